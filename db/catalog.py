@@ -1,0 +1,172 @@
+"""Skills and their variations: what is registered, which content production runs, rollback."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Row, case, select, update
+
+from db.base import StoreBase, require_text
+from db.models import SKILLS, VARIATION_STATUSES, VARIATIONS, utcnow
+
+VARIATION_ID_LENGTH = 16
+
+
+def variation_id_for(content: str) -> str:
+    """The id of a variation: a digest of its exact content (same content, same id)."""
+    return hashlib.sha256(content.encode("utf-8")).hexdigest()[:VARIATION_ID_LENGTH]
+
+
+class CatalogStore(StoreBase):
+    def register_skill(
+        self,
+        name: str,
+        content: str,
+        *,
+        default_agent: str,
+        description: str = "",
+        threshold: float | None = None,
+        replace: bool = False,
+    ) -> str:
+        """Register a skill with ``content`` as its baseline variation; returns the variation id.
+
+        Registering the same content again changes nothing. New content for a known skill is refused
+        unless ``replace`` (an operator's explicit act), which makes it production and keeps the old
+        version for rollback.
+        """
+        require_text(name, "skill name")
+        require_text(content, "skill content", max_length=1_000_000)
+        require_text(default_agent, "default agent", max_length=64)
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be within 0..1, got {threshold}")
+        variation_id = variation_id_for(content)
+        with self.transaction() as conn:
+            current = conn.execute(select(SKILLS).where(SKILLS.c.name == name).with_for_update()).first()
+            if (
+                current is not None
+                and current.production_variation_id not in (None, variation_id)
+                and not replace
+            ):
+                raise ValueError(
+                    f"skill {name!r} is already registered with other content "
+                    f"(production {current.production_variation_id}); "
+                    "pass replace=True to make this content production"
+                )
+            values = {"description": description, "default_agent": default_agent, "threshold": threshold}
+            if current is None:
+                conn.execute(SKILLS.insert().values(name=name, **values))
+            else:
+                conn.execute(
+                    update(SKILLS).where(SKILLS.c.name == name).values(updated_at=utcnow(), **values)
+                )
+            status = "baseline" if current is None else "promoted"
+            self._insert_variation(conn, name, content, None, "registration", status, [])
+            if current is None or current.production_variation_id != variation_id:
+                self._set_production(
+                    conn, name, variation_id, current.production_variation_id if current else None
+                )
+        return variation_id
+
+    def store_variation(
+        self,
+        skill_name: str,
+        content: str,
+        parent_version: str | None = None,
+        created_by: str = "",
+        test_status: str = "testing",
+        learned_from: Sequence[str] = (),
+    ) -> str:
+        """Store a variation of a known skill; returns its id. Same content is stored once."""
+        require_text(skill_name, "skill name")
+        require_text(content, "variation content", max_length=1_000_000)
+        if test_status not in VARIATION_STATUSES:
+            raise ValueError(f"test_status must be one of {VARIATION_STATUSES}, got {test_status!r}")
+        with self.transaction() as conn:
+            if conn.execute(select(SKILLS.c.name).where(SKILLS.c.name == skill_name)).first() is None:
+                raise ValueError(f"unknown skill {skill_name!r}")
+            return self._insert_variation(
+                conn, skill_name, content, parent_version, created_by, test_status, list(learned_from)
+            )
+
+    def _insert_variation(
+        self,
+        conn: Connection,
+        skill_name: str,
+        content: str,
+        parent: str | None,
+        created_by: str,
+        status: str,
+        learned_from: list[Any],
+    ) -> str:
+        variation_id = variation_id_for(content)
+        statement = (
+            self.upsert(VARIATIONS)
+            .values(
+                variation_id=variation_id,
+                skill_name=skill_name,
+                parent_version=parent,
+                variation_content=content,
+                created_by=created_by,
+                test_status=status,
+                promoted=False,
+                learned_from=learned_from,
+                created_at=utcnow(),
+            )
+            .on_conflict_do_nothing(index_elements=["variation_id"])
+        )
+        conn.execute(statement)
+        return variation_id
+
+    def _set_production(self, conn: Connection, skill_name: str, new: str, old: str | None) -> None:
+        conn.execute(
+            update(SKILLS)
+            .where(SKILLS.c.name == skill_name)
+            .values(production_variation_id=new, previous_variation_id=old, updated_at=utcnow())
+        )
+        # The registered content keeps its "baseline" status while production: the lineage starts there.
+        status = case((VARIATIONS.c.created_by == "registration", "baseline"), else_="promoted")
+        conn.execute(
+            update(VARIATIONS)
+            .where(VARIATIONS.c.variation_id == new)
+            .values(promoted=True, test_status=status)
+        )
+        if old is not None and old != new:
+            conn.execute(
+                update(VARIATIONS).where(VARIATIONS.c.variation_id == old).values(test_status="retired")
+            )
+
+    def get_skill(self, name: str) -> Row[Any] | None:
+        with self.transaction() as conn:
+            return conn.execute(select(SKILLS).where(SKILLS.c.name == name)).first()
+
+    def list_skills(self) -> list[Row[Any]]:
+        with self.transaction() as conn:
+            return list(conn.execute(select(SKILLS).order_by(SKILLS.c.name)))
+
+    def get_variation(self, variation_id: str) -> Row[Any] | None:
+        with self.transaction() as conn:
+            return conn.execute(select(VARIATIONS).where(VARIATIONS.c.variation_id == variation_id)).first()
+
+    def list_variations(self, skill_name: str) -> list[Row[Any]]:
+        with self.transaction() as conn:
+            query = (
+                select(VARIATIONS)
+                .where(VARIATIONS.c.skill_name == skill_name)
+                .order_by(VARIATIONS.c.created_at)
+            )
+            return list(conn.execute(query))
+
+    def get_production(self, skill_name: str) -> tuple[str, str]:
+        """(variation id, content) that production runs for ``skill_name``; ValueError if unknown."""
+        query = (
+            select(VARIATIONS.c.variation_id, VARIATIONS.c.variation_content)
+            .join(SKILLS, SKILLS.c.production_variation_id == VARIATIONS.c.variation_id)
+            .where(SKILLS.c.name == skill_name)
+        )
+        with self.transaction() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            raise ValueError(f"unknown skill {skill_name!r}")
+        return row.variation_id, row.variation_content

@@ -1,0 +1,187 @@
+"""The six tables of wre, as typed SQLAlchemy 2 models.
+
+Table and column names follow the seed plan (skill_outcomes, skill_variations, learning_events,
+ab_test_assignments, telemetry_counters) plus ``skills`` and the columns DESIGN.md adds.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# JSONB on Postgres (indexable, compact), plain JSON text elsewhere (SQLite for the embedded default).
+JsonType = JSON().with_variant(JSONB(), "postgresql")
+
+VARIATION_STATUSES = ("baseline", "testing", "promoted", "archived", "retired")
+TEST_STATUSES = ("running", "completed", "stopped")
+ARMS = ("control", "treatment")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JsonType, list[Any]: JsonType}
+
+
+class Skill(Base):
+    """A registered skill and which variation production runs."""
+
+    __tablename__ = "skills"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    default_agent: Mapped[str] = mapped_column(String(64))
+    threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
+    production_variation_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The production version before the last promotion: what `wre ab rollback` restores.
+    previous_variation_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class SkillVariation(Base):
+    """One exact content of a skill; the id is a digest of the content, so same content, same id."""
+
+    __tablename__ = "skill_variations"
+
+    variation_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    skill_name: Mapped[str] = mapped_column(ForeignKey("skills.name", ondelete="CASCADE"), index=True)
+    parent_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    variation_content: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(64), default="")
+    test_status: Mapped[str] = mapped_column(String(16), default="testing")
+    promoted: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Which runs the evolver learned from (run ids), so a variation can be traced to its evidence.
+    learned_from: Mapped[list[Any]] = mapped_column(default=list)
+
+
+class SkillOutcome(Base):
+    """One scored attempt of one run. (run_id, attempt) is the idempotency key."""
+
+    __tablename__ = "skill_outcomes"
+    __table_args__ = (
+        UniqueConstraint("run_id", "attempt", name="uq_skill_outcomes_run_attempt"),
+        Index("ix_skill_outcomes_skill_time", "skill_name", "created_at"),
+        Index("ix_skill_outcomes_test", "test_id"),
+        # Windows of runs (dashboard) and recent failures (evolver) scan a skill's final attempts by id.
+        Index("ix_skill_outcomes_skill_final_id", "skill_name", "final", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(64))
+    attempt: Mapped[int] = mapped_column(Integer)
+    final: Mapped[bool] = mapped_column(Boolean, default=False)
+    skill_name: Mapped[str] = mapped_column(String(128))
+    variation_id: Mapped[str] = mapped_column(String(64))
+    agent: Mapped[str] = mapped_column(String(64))
+    test_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    arm: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    success: Mapped[bool] = mapped_column(Boolean)
+    execution_success: Mapped[bool] = mapped_column(Boolean)
+    pattern_fidelity: Mapped[float] = mapped_column(Float)
+    failed_at_step: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    step_results: Mapped[list[Any]] = mapped_column(default=list)
+    input_context: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    output: Mapped[str | None] = mapped_column(Text, nullable=True)
+    execution_time_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    token_usage: Mapped[dict[str, Any] | None] = mapped_column(JsonType, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AbTestAssignment(Base):
+    """An A/B test of a treatment variation against the production (control) variation."""
+
+    __tablename__ = "ab_test_assignments"
+    __table_args__ = (
+        # At most one running test per skill, enforced by the database so two concurrent
+        # schedulers cannot both succeed.
+        Index(
+            "uq_ab_test_running_per_skill",
+            "skill_name",
+            unique=True,
+            postgresql_where=text("status = 'running'"),
+            sqlite_where=text("status = 'running'"),
+        ),
+        Index("ix_ab_test_status", "status"),
+    )
+
+    test_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    skill_name: Mapped[str] = mapped_column(ForeignKey("skills.name", ondelete="CASCADE"))
+    control_version: Mapped[str] = mapped_column(String(64))
+    treatment_version: Mapped[str] = mapped_column(String(64))
+    sample_size_target: Mapped[int] = mapped_column(Integer, default=20)
+    control_trials: Mapped[int] = mapped_column(Integer, default=0)
+    control_successes: Mapped[int] = mapped_column(Integer, default=0)
+    treatment_trials: Mapped[int] = mapped_column(Integer, default=0)
+    treatment_successes: Mapped[int] = mapped_column(Integer, default=0)
+    # Sums of first-attempt fidelity per arm: the before/after figures of a promotion.
+    control_fidelity_sum: Mapped[float] = mapped_column(Float, default=0.0)
+    treatment_fidelity_sum: Mapped[float] = mapped_column(Float, default=0.0)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    policy: Mapped[str] = mapped_column(String(32), default="sequential")
+    winner: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    decision: Mapped[dict[str, Any] | None] = mapped_column(JsonType, nullable=True)
+
+
+class LearningEvent(Base):
+    """Something the system learned or did: a promotion, an archive, a rollback, a finished ReAct run."""
+
+    __tablename__ = "learning_events"
+    __table_args__ = (Index("ix_learning_events_skill_type", "skill_name", "event_type"),)
+
+    event_id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    skill_name: Mapped[str] = mapped_column(String(128))
+    event_type: Mapped[str] = mapped_column(String(64))
+    variation_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    fidelity_before: Mapped[float | None] = mapped_column(Float, nullable=True)
+    fidelity_after: Mapped[float | None] = mapped_column(Float, nullable=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class TelemetryCounter(Base):
+    """A counter split over shards: writers upsert a random shard, readers sum the shards.
+
+    Every run bumps counters; a single row per counter would make every worker queue on one row lock.
+    """
+
+    __tablename__ = "telemetry_counters"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    shard: Mapped[int] = mapped_column(Integer, primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+# The tables as Core objects, for the gateway's statements.
+SKILLS = cast(Table, Skill.__table__)
+VARIATIONS = cast(Table, SkillVariation.__table__)
+OUTCOMES = cast(Table, SkillOutcome.__table__)
+TESTS = cast(Table, AbTestAssignment.__table__)
+EVENTS = cast(Table, LearningEvent.__table__)
+COUNTERS = cast(Table, TelemetryCounter.__table__)

@@ -1,0 +1,190 @@
+"""Attempts and what was learned from them: outcomes, learning events, per-skill metrics.
+
+``record_attempt`` is the worker's hot path: the outcome, its counters, its A/B trial and its learning
+event in ONE transaction, all or nothing, and nothing at all when the (run id, attempt) was seen before.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping
+from dataclasses import asdict
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Connection, and_, case, func, select, update
+
+from db.base import bounded_context, bounded_output, require_count, require_text
+from db.counters import CounterStore
+from db.models import EVENTS, OUTCOMES, TESTS, utcnow
+from db.records import LearningEventRecord, OutcomeRecord
+
+
+class OutcomeStore(CounterStore):
+    def record_attempt(
+        self,
+        outcome: OutcomeRecord,
+        counters: Mapping[str, int] | None = None,
+        learning_event: LearningEventRecord | None = None,
+    ) -> bool:
+        """Store one attempt with everything that depends on it; False (and nothing written) if seen before.
+
+        The A/B unit is the run, judged on its first attempt: only attempt 1 of a routed run adds a trial,
+        and only while the test is still running.
+        """
+        _validate_outcome(outcome)
+        row = asdict(outcome)
+        row["output"] = bounded_output(outcome.output)
+        row["input_context"] = bounded_context(outcome.input_context)
+        row["created_at"] = utcnow()
+        insert = (
+            self.upsert(OUTCOMES).values(row).on_conflict_do_nothing(index_elements=["run_id", "attempt"])
+        )
+        with self.transaction() as conn:
+            inserted = conn.execute(insert.returning(OUTCOMES.c.id)).first() is not None
+            if not inserted:
+                return False
+            if counters:
+                self.add_to_counters(counters, conn)
+            if outcome.test_id is not None and outcome.arm is not None and outcome.attempt == 1:
+                _add_trial(conn, outcome.test_id, outcome.arm, outcome.success, outcome.pattern_fidelity)
+            if learning_event is not None:
+                _insert_event(conn, learning_event)
+        return True
+
+    def store_outcome(self, **fields: Any) -> bool:
+        """The seed's name for :meth:`record_attempt` without extras; True if stored, False if a duplicate."""
+        return self.record_attempt(OutcomeRecord(**fields))
+
+    def record_learning_event(
+        self,
+        skill_name: str,
+        event_type: str,
+        variation_id: str | None = None,
+        fidelity_before: float | None = None,
+        fidelity_after: float | None = None,
+        description: str = "",
+        details: dict[str, Any] | None = None,
+    ) -> int:
+        """Append a learning event; returns its id."""
+        event = LearningEventRecord(
+            skill_name=require_text(skill_name, "skill name"),
+            event_type=require_text(event_type, "event type", max_length=64),
+            variation_id=variation_id,
+            fidelity_before=fidelity_before,
+            fidelity_after=fidelity_after,
+            description=description,
+            details=details or {},
+        )
+        with self.transaction() as conn:
+            return _insert_event(conn, event)
+
+    def get_evolution_history(self, skill_name: str, limit: int = 500) -> list[LearningEventRecord]:
+        """The skill's learning events, oldest first."""
+        query = (
+            select(EVENTS)
+            .where(EVENTS.c.skill_name == skill_name)
+            .order_by(EVENTS.c.created_at.desc(), EVENTS.c.event_id.desc())
+            .limit(limit)
+        )
+        with self.transaction() as conn:
+            rows = list(conn.execute(query))
+        return [LearningEventRecord(**dict(row._mapping)) for row in reversed(rows)]
+
+    def get_skill_metrics(self, skill_name: str, days: float = 7) -> dict[str, Any]:
+        """Execution figures of the last ``days`` days.
+
+        execution_count counts attempts; run_count and success_rate count runs (their final attempts);
+        fidelities and times are per attempt.
+        """
+        since = utcnow() - timedelta(days=days)
+        scope = and_(OUTCOMES.c.skill_name == skill_name, OUTCOMES.c.created_at >= since)
+        query = select(
+            func.count(),
+            func.coalesce(func.sum(case((OUTCOMES.c.final, 1), else_=0)), 0),
+            func.coalesce(func.sum(case((and_(OUTCOMES.c.final, OUTCOMES.c.success), 1), else_=0)), 0),
+            func.avg(OUTCOMES.c.pattern_fidelity),
+            func.avg(OUTCOMES.c.execution_time_ms),
+        ).where(scope)
+        with self.transaction() as conn:
+            attempts, runs, successes, avg_fidelity, avg_time = conn.execute(query).one()
+            median = self.median(conn, select(OUTCOMES.c.pattern_fidelity).where(scope))
+        return {
+            "skill_name": skill_name,
+            "days": days,
+            "execution_count": int(attempts),
+            "run_count": int(runs),
+            "avg_fidelity": float(avg_fidelity) if avg_fidelity is not None else None,
+            "median_fidelity": median,
+            "success_rate": successes / runs if runs else None,
+            "avg_time_ms": float(avg_time) if avg_time is not None else None,
+        }
+
+    def recent_failures(self, skill_name: str, limit: int = 20) -> list[dict[str, Any]]:
+        """The last failed runs' final attempts (newest first): what an evolver learns from."""
+        query = (
+            select(
+                OUTCOMES.c.run_id,
+                OUTCOMES.c.variation_id,
+                OUTCOMES.c.pattern_fidelity,
+                OUTCOMES.c.failed_at_step,
+                OUTCOMES.c.error,
+                OUTCOMES.c.output,
+            )
+            .where(OUTCOMES.c.skill_name == skill_name, OUTCOMES.c.final, ~OUTCOMES.c.success)
+            .order_by(OUTCOMES.c.id.desc())
+            .limit(limit)
+        )
+        with self.transaction() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
+    def run_outcomes(self, run_id: str) -> list[dict[str, Any]]:
+        """Every recorded attempt of one run, in order."""
+        query = select(OUTCOMES).where(OUTCOMES.c.run_id == run_id).order_by(OUTCOMES.c.attempt)
+        with self.transaction() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
+    def median(self, conn: Connection, values: Any) -> float | None:
+        """Median of a one-column select; in SQL on Postgres, in Python on SQLite (which lacks it)."""
+        if self.is_postgres:
+            sub = values.subquery()
+            column = next(iter(sub.c))
+            result = conn.execute(select(func.percentile_cont(0.5).within_group(column))).scalar()
+            return float(result) if result is not None else None
+        found = [float(v) for v in conn.execute(values).scalars() if v is not None]
+        return statistics.median(found) if found else None
+
+
+def _validate_outcome(outcome: OutcomeRecord) -> None:
+    require_text(outcome.run_id, "run id", max_length=64)
+    require_count(outcome.attempt, "attempt", minimum=1)
+    require_text(outcome.skill_name, "skill name")
+    require_text(outcome.variation_id, "variation id", max_length=64)
+    if not 0.0 <= outcome.pattern_fidelity <= 1.0:
+        raise ValueError(f"pattern_fidelity must be within 0..1, got {outcome.pattern_fidelity}")
+    if outcome.arm not in (None, "control", "treatment"):
+        raise ValueError(f"arm must be 'control' or 'treatment', got {outcome.arm!r}")
+
+
+def _add_trial(conn: Connection, test_id: int, arm: str, success: bool, fidelity: float) -> int:
+    """Count one trial on a running test; returns the rows touched (0 when the test is not running)."""
+    trials, successes, fidelity_sum = (
+        TESTS.c[f"{arm}_trials"],
+        TESTS.c[f"{arm}_successes"],
+        TESTS.c[f"{arm}_fidelity_sum"],
+    )
+    statement = (
+        update(TESTS)
+        .where(TESTS.c.test_id == test_id, TESTS.c.status == "running")
+        .values(
+            {trials: trials + 1, successes: successes + int(success), fidelity_sum: fidelity_sum + fidelity}
+        )
+    )
+    return conn.execute(statement).rowcount
+
+
+def _insert_event(conn: Connection, event: LearningEventRecord) -> int:
+    values = asdict(event)
+    values.pop("event_id")
+    values["created_at"] = event.created_at or utcnow()
+    return int(conn.execute(EVENTS.insert().values(values).returning(EVENTS.c.event_id)).scalar_one())

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Make sure the Postgres and Redis that the tests use answer; start local ones that are installed but stopped.
+# Where one is missing, say what to run and fail.
+set -u
+
+PG_HOST="${WRE_TEST_PG_HOST:-127.0.0.1}"
+PG_PORT="${WRE_TEST_PG_PORT:-5432}"
+REDIS_HOST="${WRE_TEST_REDIS_HOST:-127.0.0.1}"
+REDIS_PORT="${WRE_TEST_REDIS_PORT:-6379}"
+
+pg_up() { pg_isready -q -h "$PG_HOST" -p "$PG_PORT" 2>/dev/null; }
+redis_up() { [ "$(redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" ping 2>/dev/null)" = "PONG" ]; }
+wait_for() { for _ in $(seq 1 30); do "$1" && return 0; sleep 0.5; done; return 1; }
+
+missing=()
+
+if ! command -v pg_isready >/dev/null 2>&1; then
+    missing+=("postgres (client tools not installed)")
+elif ! pg_up; then
+    if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
+        version="$(ls /etc/postgresql | sort -V | tail -1)"
+        echo "starting the local Postgres cluster $version/main"
+        pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+        wait_for pg_up || missing+=("postgres (installed, failed to start)")
+    else
+        missing+=("postgres")
+    fi
+fi
+
+if ! command -v redis-cli >/dev/null 2>&1; then
+    missing+=("redis (not installed)")
+elif ! redis_up; then
+    if command -v redis-server >/dev/null 2>&1; then
+        echo "starting a local redis-server on $REDIS_HOST:$REDIS_PORT (no persistence)"
+        redis-server --daemonize yes --bind "$REDIS_HOST" --port "$REDIS_PORT" --save "" --appendonly no
+        wait_for redis_up || missing+=("redis (installed, failed to start)")
+    else
+        missing+=("redis")
+    fi
+fi
+
+if [ ${#missing[@]} -gt 0 ]; then
+    echo >&2 "wre's tests need Postgres on $PG_HOST:$PG_PORT and Redis on $REDIS_HOST:$REDIS_PORT."
+    echo >&2 "Not available: ${missing[*]}."
+    echo >&2 "Start them with:  docker compose up -d postgres redis"
+    echo >&2 "or install them:  apt-get install postgresql redis-server"
+    echo >&2 "or point the tests elsewhere: WRE_TEST_DATABASE_URL=postgresql://... WRE_TEST_BROKER_URL=redis://..."
+    exit 1
+fi
+echo "postgres and redis answer"

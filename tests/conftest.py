@@ -1,0 +1,95 @@
+"""Shared fixtures: a throwaway Postgres database per test session and a private Redis DB number.
+
+Settings come from WRE_TEST_DATABASE_URL (an admin URL of a Postgres server; the fixture creates and drops
+its own database there) and WRE_TEST_BROKER_URL (a Redis URL; the DB number is replaced by a free one).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from db.engine import normalize_url
+from db.memory import PatternMemory
+from db.migrate import upgrade
+from db.models import Base
+
+DEFAULT_TEST_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+DEFAULT_TEST_BROKER_URL = "redis://127.0.0.1:6379/0"
+
+
+def admin_database_url() -> str:
+    return normalize_url(os.environ.get("WRE_TEST_DATABASE_URL", DEFAULT_TEST_DATABASE_URL))
+
+
+def create_database(prefix: str = "wre_test") -> str:
+    """Create an empty throwaway database; returns its URL."""
+    admin = admin_database_url()
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    engine = create_engine(admin, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return make_url(admin).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_database(url: str) -> None:
+    name = make_url(url).database
+    engine = create_engine(admin_database_url(), isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A migrated throwaway Postgres database for the whole session."""
+    url = create_database()
+    upgrade(url)
+    yield url
+    drop_database(url)
+
+
+@pytest.fixture
+def memory(database_url: str) -> Iterator[PatternMemory]:
+    """A PatternMemory on empty tables (truncated before each test)."""
+    def policy(test, **overrides):  # type: ignore[no-untyped-def]
+        from scheduler.policies import decide
+
+        if test.policy == "margin":
+            overrides.setdefault("sample_size_target", test.sample_size_target)
+        return decide(
+            test.control_successes,
+            test.control_trials,
+            test.treatment_successes,
+            test.treatment_trials,
+            policy=test.policy,
+            **overrides,
+        )
+
+    store = PatternMemory(database_url, policy=policy)
+    truncate_all(store)
+    yield store
+
+
+def truncate_all(store: PatternMemory) -> None:
+    tables = ", ".join(table.name for table in Base.metadata.sorted_tables)
+    with store.transaction() as conn:
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+
+
+@pytest.fixture(scope="session")
+def broker_url() -> str:
+    """A Redis URL on a DB number of its own (flushed), so parallel sessions do not share queues."""
+    import redis
+
+    base = make_url(os.environ.get("WRE_TEST_BROKER_URL", DEFAULT_TEST_BROKER_URL))
+    number = 1 + os.getpid() % 14
+    url = base.set(database=str(number)).render_as_string(hide_password=False)
+    redis.Redis.from_url(url).flushdb()
+    return url

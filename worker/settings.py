@@ -1,0 +1,99 @@
+"""Every setting wre reads, in one place (environment variables with the prefix ``WRE_``).
+
+Out-of-range ReAct figures are clamped rather than refused: an operator who sets ``WRE_REACT_MAX_ITER=50``
+gets the documented ceiling (10), not a worker that will not start.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "sqlite:///wre.db"
+DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+REACT_MAX_ITER_BOUNDS = (1, 10)
+DEFAULT_MAX_CONTEXT_BYTES = 256 * 1024
+
+
+class Settings(BaseSettings):
+    """wre's configuration.
+
+    :param database_url: SQLAlchemy URL of the store (Postgres in production, a SQLite file embedded).
+    :param broker_url: Celery broker URL (Redis in production).
+    :param result_backend: Celery result backend; empty means "same Redis as the broker" (``disabled`` for none).
+    :param react_mode: 1 retries low-fidelity attempts (ReAct), 0 gives every run one attempt.
+    :param react_max_iter: attempts per run, clamped to 1..10.
+    :param react_fidelity: default fidelity threshold of a skill, clamped to 0..1.
+    :param react_backoff_seconds: countdown before a ReAct retry.
+    :param ab_policy: promotion policy, ``sequential`` (default) or ``margin`` (the seed's rule).
+    :param ab_eval_seconds: period of the beat task that decides running A/B tests.
+    :param ab_alpha: the sequential test's error budget for a wrong promotion.
+    :param ab_min_trials_per_arm: no verdict before each arm has this many trials.
+    :param ab_max_trials_per_arm: a test still undecided here closes as inconclusive.
+    :param ab_min_margin: a floor on the observed lift for promotion.
+    :param python_skill_modules: modules (and their submodules) a python skill may name as entrypoint or check.
+    :param max_context_bytes: largest JSON input context a run accepts.
+    :param default_time_limit_seconds: an attempt's time limit when the skill declares none.
+    :param evolve_cooldown_seconds: least time between two evolutions of one skill.
+    :param evolve_failure_window: how many recent failed runs the evolver learns from.
+    :param llm_base_url: OpenAI-compatible server for the ``llm`` agent and evolver.
+    :param llm_model: default model name.
+    :param llm_api_key: API key; never logged, never in kwargs or rows.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="WRE_", extra="ignore")
+
+    database_url: str = DEFAULT_DATABASE_URL
+    broker_url: str = DEFAULT_BROKER_URL
+    result_backend: str = ""
+    react_mode: bool = True
+    react_max_iter: int = 3
+    react_fidelity: float = 0.90
+    react_backoff_seconds: float = 0.0
+    ab_policy: str = "sequential"
+    ab_eval_seconds: float = 5.0
+    ab_alpha: float = 0.05
+    ab_min_trials_per_arm: int = 20
+    ab_max_trials_per_arm: int = 1000
+    ab_min_margin: float = 0.0
+    python_skill_modules: list[str] = Field(default_factory=lambda: ["skills"])
+    max_context_bytes: int = DEFAULT_MAX_CONTEXT_BYTES
+    default_time_limit_seconds: float = 60.0
+    evolve_cooldown_seconds: float = 30.0
+    evolve_failure_window: int = 20
+    llm_base_url: str = "http://127.0.0.1:11434/v1"
+    llm_model: str = "llama3.1"
+    llm_api_key: SecretStr = SecretStr("")
+
+    @field_validator("react_max_iter", mode="after")
+    @classmethod
+    def _clamp_iterations(cls, value: int) -> int:
+        low, high = REACT_MAX_ITER_BOUNDS
+        return max(low, min(high, value))
+
+    @field_validator("react_fidelity", mode="after")
+    @classmethod
+    def _clamp_fidelity(cls, value: float) -> float:
+        return max(0.0, min(1.0, value))
+
+    @field_validator("python_skill_modules", mode="before")
+    @classmethod
+    def _split_modules(cls, value: object) -> object:
+        # Accept the plain comma list an operator types, as well as JSON.
+        if isinstance(value, str) and not value.lstrip().startswith("["):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def effective_result_backend(self) -> str | None:
+        if self.result_backend == "disabled":
+            return None
+        return self.result_backend or self.broker_url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once from the environment."""
+    return Settings()
