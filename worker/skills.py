@@ -1,0 +1,532 @@
+"""Skill files: Markdown with YAML front matter, parsed and validated into a :class:`Skill`.
+
+A skill file looks like::
+
+    ---
+    name: extract_contact
+    agent: python
+    entrypoint: skills.examples:extract_contact
+    steps:
+      - id: email
+        description: the contact's e-mail address
+        expect: {key: email}
+    ---
+    The instructions (the Markdown body).
+
+The exact text of a file is what a *variation* stores, and its digest is the variation id. Every mistake
+in a file is reported as a :class:`SkillFileError` naming the file, the line (taken from the YAML node
+positions) and the field, e.g. ``skills/x.md:7: steps[1].expect: unknown check 'foo' (...)``. Field paths
+index lists from 0.
+
+Python references (a skill's ``entrypoint``, a ``python`` check) name ``module:function``; the module must
+be under the allow-list ``WRE_PYTHON_SKILL_MODULES``. :func:`check_entrypoint` is that rule: the parser
+applies it here, and the python agent and the scorer apply it again when they import (the settings may have
+changed since the file was parsed).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, NoReturn, cast, get_args
+
+import jsonschema
+import yaml
+
+from worker.settings import get_settings
+
+FRONT_MATTER_DELIMITER = "---"
+# The YAML text starts on the line after the opening delimiter; YAML marks count lines from 0.
+YAML_FIRST_FILE_LINE = 2
+FRONT_MATTER_FIELD = "front matter"
+
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]*")
+MAX_NAME_CHARS = 100
+STEP_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+ENTRYPOINT_PATTERN = re.compile(
+    r"(?P<module>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*):(?P<function>[A-Za-z_][A-Za-z0-9_]*)"
+)
+
+CheckKind = Literal["key", "regex", "json_schema", "equals", "python"]
+CHECK_KINDS: tuple[str, ...] = get_args(CheckKind)
+STEP_FIELDS = ("id", "description", "expect")
+KNOWN_FIELDS = ("name", "description", "agent", "threshold", "time_limit", "entrypoint", "evolver", "steps")
+DEFAULT_EVOLVER = "hints"
+# The file format accepts every evolver the design names; whether one is installed is the registry's business.
+EVOLVER_CHOICES = ("hints", "simulated", "llm")
+PYTHON_AGENT = "python"
+DIGEST_CHARS = 16
+
+FieldPath = tuple[str | int, ...]
+
+
+class SkillFileError(ValueError):
+    """A skill file that cannot be used, with where and what.
+
+    :param source: the file name (or ``<string>``).
+    :param line: 1-based line in the file of the offending field.
+    :param field: the field's path, e.g. ``steps[1].expect`` (``front matter`` for the whole header).
+    :param message: what is wrong, and what was expected.
+    """
+
+    def __init__(self, source: str, line: int, field: str, message: str) -> None:
+        self.source = source
+        self.line = line
+        self.field = field
+        self.message = message
+        super().__init__(f"{source}:{line}: {field}: {message}")
+
+
+class EntrypointError(ValueError):
+    """A ``module:function`` reference that is malformed or cannot be imported."""
+
+
+class ForbiddenEntrypointError(EntrypointError):
+    """A ``module:function`` reference outside the allow-list ``WRE_PYTHON_SKILL_MODULES``."""
+
+
+@dataclass(frozen=True)
+class StepCheck:
+    """One declared step of a skill and the check its output must pass.
+
+    :param id: the step's id, unique within the skill.
+    :param description: what the step does (free text, may be empty).
+    :param kind: which check: ``key``, ``regex``, ``json_schema``, ``equals`` or ``python``.
+    :param argument: the check's argument as written (key name, pattern, schema, value, ``module:function``).
+    """
+
+    id: str
+    description: str
+    kind: CheckKind
+    argument: Any
+
+    @property
+    def expect(self) -> dict[str, Any]:
+        """The ``expect`` mapping as it appears in the file."""
+        return {self.kind: copy.deepcopy(self.argument)}
+
+
+@dataclass(frozen=True)
+class Skill:
+    """A parsed, validated skill file (one variation's content).
+
+    :param name: the skill's name.
+    :param description: one line about the skill.
+    :param agent: the default agent's name.
+    :param threshold: the fidelity a successful attempt needs; None means ``WRE_REACT_FIDELITY``.
+    :param time_limit: seconds an attempt may take; None means ``WRE_DEFAULT_TIME_LIMIT_SECONDS``.
+    :param entrypoint: ``module:function`` the python agent calls, if any.
+    :param evolver: the evolver that proposes new variations.
+    :param steps: the declared step checks, in order.
+    :param instructions: the Markdown body, stripped of surrounding whitespace.
+    :param extra: the other front-matter keys (``simulation:``, ``llm:``, ...); treat as read-only.
+    :param content: the full original text, exactly as stored in a variation.
+    """
+
+    name: str
+    description: str
+    agent: str
+    threshold: float | None
+    time_limit: float | None
+    entrypoint: str | None
+    evolver: str
+    steps: tuple[StepCheck, ...]
+    instructions: str
+    extra: dict[str, Any]
+    content: str = field(repr=False)
+
+    @property
+    def variation_id(self) -> str:
+        """The id of the variation whose content this is: the digest of :attr:`content`."""
+        return content_digest(self.content)
+
+    def front_matter(self) -> dict[str, Any]:
+        """A fresh copy of the front matter as written, to build a new variation with :func:`render_skill`."""
+        yaml_text, _, _ = _split_front_matter(self.content, "<skill>")
+        loaded = yaml.safe_load(yaml_text)
+        if not isinstance(loaded, dict):  # parse_skill accepted this content, so this cannot happen
+            raise AssertionError("a parsed skill's front matter is a mapping")
+        return loaded
+
+
+def content_digest(text: str) -> str:
+    """The variation id of a content: the first 16 hex digits of its SHA-256.
+
+    :param text: the exact content (no normalisation: one changed byte is another variation).
+    """
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:DIGEST_CHARS]
+
+
+def render_skill(front_matter: Mapping[str, Any], instructions: str) -> str:
+    """Write a skill file's text from its parts; :func:`parse_skill` reads back the same fields.
+
+    :param front_matter: the front-matter mapping (plain JSON-like values).
+    :param instructions: the Markdown body; surrounding whitespace is dropped, as the parser drops it.
+    """
+    header = yaml.safe_dump(dict(front_matter), sort_keys=False, allow_unicode=True, default_flow_style=False)
+    text = f"{FRONT_MATTER_DELIMITER}\n{header}{FRONT_MATTER_DELIMITER}\n"
+    body = instructions.strip()
+    return f"{text}\n{body}\n" if body else text
+
+
+def is_module_allowed(module: str, allowed: Sequence[str]) -> bool:
+    """Whether ``module`` equals an allowed name or is a submodule of one (``skills`` covers ``skills.x``).
+
+    :param module: a dotted module name.
+    :param allowed: the allow-list.
+    """
+    return any(module == name or module.startswith(f"{name}.") for name in allowed if name)
+
+
+def check_entrypoint(reference: object, allowed: Sequence[str] | None = None) -> tuple[str, str]:
+    """Validate a ``module:function`` reference against the allow-list, without importing anything.
+
+    :param reference: the reference as written.
+    :param allowed: the allow-list; None means ``get_settings().python_skill_modules``.
+    :returns: ``(module, function)``.
+    :raises EntrypointError: the reference is not of the form ``module:function``.
+    :raises ForbiddenEntrypointError: the module is outside the allow-list.
+    """
+    if not isinstance(reference, str) or (match := ENTRYPOINT_PATTERN.fullmatch(reference)) is None:
+        raise EntrypointError(
+            f"expected 'module:function' (e.g. 'skills.examples:extract_contact'), got {reference!r}"
+        )
+    module, function = match["module"], match["function"]
+    if function.startswith("__"):
+        raise ForbiddenEntrypointError(f"{reference!r}: dunder names may not be called")
+    allow_list = list(get_settings().python_skill_modules if allowed is None else allowed)
+    if not is_module_allowed(module, allow_list):
+        raise ForbiddenEntrypointError(
+            f"{reference!r}: module {module!r} is not allowed (WRE_PYTHON_SKILL_MODULES allows {allow_list})"
+        )
+    return module, function
+
+
+def load_skill_file(path: str | Path, *, allowed_modules: Sequence[str] | None = None) -> Skill:
+    """Read and parse a skill file.
+
+    :param path: the file (UTF-8).
+    :param allowed_modules: the python allow-list; None means the settings'.
+    :raises SkillFileError: the file is malformed (the message names the path and line).
+    :raises OSError: the file cannot be read.
+    """
+    source = str(path)
+    raw = Path(path).read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SkillFileError(
+            source, raw[: exc.start].count(b"\n") + 1, FRONT_MATTER_FIELD, "not UTF-8"
+        ) from exc
+    return parse_skill(text, source, allowed_modules=allowed_modules)
+
+
+def parse_skill(
+    text: str, source: str = "<string>", *, allowed_modules: Sequence[str] | None = None
+) -> Skill:
+    """Parse and validate a skill file's text.
+
+    :param text: the full file text.
+    :param source: the name errors report (a path, or ``<string>``).
+    :param allowed_modules: the python allow-list; None means ``get_settings().python_skill_modules``.
+    :raises SkillFileError: anything malformed, with its line and field.
+    """
+    yaml_text, body, first_line = _split_front_matter(text, source)
+    root, data = _load_yaml(yaml_text, source, first_line)
+    reader = _FrontMatter(source, root, first_line, allowed_modules)
+    return reader.build(data, body.strip(), text)
+
+
+def _split_front_matter(text: str, source: str) -> tuple[str, str, int]:
+    """Split ``text`` into (YAML text, body, file line of the YAML's first line)."""
+    lines = text.split("\n")
+    if not lines or lines[0].rstrip() != FRONT_MATTER_DELIMITER:
+        raise SkillFileError(
+            source, 1, FRONT_MATTER_FIELD, "missing front matter: the file must start with a '---' line"
+        )
+    for index in range(1, len(lines)):
+        if lines[index].rstrip() == FRONT_MATTER_DELIMITER:
+            return "\n".join(lines[1:index]) + "\n", "\n".join(lines[index + 1 :]), YAML_FIRST_FILE_LINE
+    raise SkillFileError(
+        source, 1, FRONT_MATTER_FIELD, "front matter is not closed: no '---' line after line 1"
+    )
+
+
+def _load_yaml(yaml_text: str, source: str, first_line: int) -> tuple[yaml.Node | None, Any]:
+    """Compose (for positions) and construct (for values) the front matter in one pass."""
+    loader = yaml.SafeLoader(yaml_text)
+    try:
+        root = loader.get_single_node()
+        data = loader.construct_document(root) if root is not None else None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = first_line + mark.line if mark is not None else 1
+        problem = exc.problem or "malformed"
+        if exc.context:
+            # An unclosed bracket is reported where the text ends; where it was opened helps more.
+            opened = f" (line {first_line + exc.context_mark.line})" if exc.context_mark is not None else ""
+            problem = f"{exc.context}{opened}: {problem}"
+        raise SkillFileError(source, line, FRONT_MATTER_FIELD, f"invalid YAML: {problem}") from exc
+    except yaml.YAMLError as exc:
+        raise SkillFileError(source, 1, FRONT_MATTER_FIELD, f"invalid YAML: {exc}") from exc
+    finally:
+        loader.dispose()
+    return root, data
+
+
+def _field_name(path: FieldPath) -> str:
+    if not path:
+        return FRONT_MATTER_FIELD
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text
+
+
+class _FrontMatter:
+    """Validates a front-matter mapping, reporting errors at the YAML node they are about."""
+
+    def __init__(
+        self, source: str, root: yaml.Node | None, first_line: int, allowed_modules: Sequence[str] | None
+    ) -> None:
+        self.source = source
+        self.root = root
+        self.first_line = first_line
+        self.allowed_modules = allowed_modules
+
+    # -- locating
+
+    def _node(self, path: FieldPath, *, at_key: bool) -> yaml.Node | None:
+        """The deepest node along ``path`` (the key node of the last step if ``at_key``)."""
+        node = self.root
+        for depth, part in enumerate(path):
+            last = depth == len(path) - 1
+            if isinstance(node, yaml.MappingNode) and isinstance(part, str):
+                match = next((pair for pair in node.value if pair[0].value == part), None)
+                if match is None:
+                    return node
+                node = match[0] if (last and at_key) else match[1]
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+                node = node.value[part]
+            else:
+                return node
+        return node
+
+    def line(self, path: FieldPath, *, at_key: bool = False) -> int:
+        node = self._node(path, at_key=at_key)
+        if node is None:
+            return 1
+        return self.first_line + node.start_mark.line
+
+    def fail(self, path: FieldPath, message: str, *, at_key: bool = False) -> NoReturn:
+        raise SkillFileError(self.source, self.line(path, at_key=at_key), _field_name(path), message)
+
+    # -- checks of the whole front matter
+
+    def check_duplicate_keys(self, node: yaml.Node | None, path: FieldPath, seen: set[int]) -> None:
+        # PyYAML silently keeps the last of two equal keys; the author almost certainly meant something else.
+        if node is None or id(node) in seen:
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            keys: set[str] = set()
+            for key_node, value_node in node.value:
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+                if key is not None and key in keys:
+                    raise SkillFileError(
+                        self.source,
+                        self.first_line + key_node.start_mark.line,
+                        _field_name((*path, key)),
+                        "duplicate key",
+                    )
+                if key is not None:
+                    keys.add(key)
+                self.check_duplicate_keys(value_node, (*path, key) if key is not None else path, seen)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                self.check_duplicate_keys(item, (*path, index), seen)
+
+    def check_json_like(self, value: Any, path: FieldPath, ancestors: tuple[int, ...] = ()) -> None:
+        # Front matter ends up in JSON (outcome rows, task kwargs, checks): refuse what JSON cannot hold.
+        if isinstance(value, dict | list):
+            if id(value) in ancestors:
+                self.fail(path, "recursive YAML alias is not supported")
+            inner = (*ancestors, id(value))
+            if isinstance(value, list):
+                for index, item in enumerate(value):
+                    self.check_json_like(item, (*path, index), inner)
+                return
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    self.fail(path, f"keys must be strings, got {key!r}")
+                self.check_json_like(item, (*path, key), inner)
+        elif isinstance(value, float) and not math.isfinite(value):
+            self.fail(path, f"{value} is not a finite number")
+        elif value is not None and not isinstance(value, str | int | float | bool):
+            self.fail(
+                path, f"a {type(value).__name__} value is not supported here; quote it to make it a string"
+            )
+
+    # -- fields
+
+    def build(self, data: Any, instructions: str, content: str) -> Skill:
+        if data is None:
+            raise SkillFileError(self.source, 1, FRONT_MATTER_FIELD, "front matter is empty")
+        if not isinstance(data, dict):
+            self.fail((), f"front matter must be a mapping of fields, got a {type(data).__name__}")
+        self.check_duplicate_keys(self.root, (), set())
+        self.check_json_like(data, ())
+        name = self.identifier(data, "name")
+        agent = self.identifier(data, "agent")
+        entrypoint = self.entrypoint(data, agent)
+        extra = {key: value for key, value in data.items() if key not in KNOWN_FIELDS}
+        return Skill(
+            name=name,
+            description=self.optional_str(data, "description") or "",
+            agent=agent,
+            threshold=self.threshold(data),
+            time_limit=self.time_limit(data),
+            entrypoint=entrypoint,
+            evolver=self.evolver(data),
+            steps=self.steps(data),
+            instructions=instructions,
+            extra=extra,
+            content=content,
+        )
+
+    def identifier(self, data: dict[str, Any], key: str) -> str:
+        if key not in data:
+            self.fail((key,), "missing required field")
+        value = data[key]
+        if not isinstance(value, str) or len(value) > MAX_NAME_CHARS or not NAME_PATTERN.fullmatch(value):
+            self.fail(
+                (key,),
+                f"expected lower-case letters, digits, '_', '.', '-' (starting with a letter or digit, "
+                f"at most {MAX_NAME_CHARS} characters), got {value!r}",
+            )
+        return value
+
+    def optional_str(self, data: dict[str, Any], key: str) -> str | None:
+        value = data.get(key)
+        if value is not None and not isinstance(value, str):
+            self.fail((key,), f"expected a string, got {value!r}")
+        return value
+
+    def number(self, data: dict[str, Any], key: str) -> float | None:
+        value = data.get(key)
+        if value is None:
+            return None
+        # bool is an int to Python, but `threshold: yes` is a mistake, not 1.0.
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.fail((key,), f"expected a number, got {value!r}")
+        return float(value)
+
+    def threshold(self, data: dict[str, Any]) -> float | None:
+        value = self.number(data, "threshold")
+        if value is not None and not 0.0 <= value <= 1.0:
+            self.fail(("threshold",), f"expected a fidelity between 0 and 1, got {value:g}")
+        return value
+
+    def time_limit(self, data: dict[str, Any]) -> float | None:
+        value = self.number(data, "time_limit")
+        if value is not None and value <= 0:
+            self.fail(("time_limit",), f"expected a positive number of seconds, got {value:g}")
+        return value
+
+    def evolver(self, data: dict[str, Any]) -> str:
+        value = data.get("evolver", DEFAULT_EVOLVER)
+        if value not in EVOLVER_CHOICES:
+            self.fail(
+                ("evolver",), f"unknown evolver {value!r} (expected one of {', '.join(EVOLVER_CHOICES)})"
+            )
+        return str(value)
+
+    def entrypoint(self, data: dict[str, Any], agent: str) -> str | None:
+        value = data.get("entrypoint")
+        if value is None:
+            if agent == PYTHON_AGENT:
+                self.fail(("entrypoint",), "the python agent needs an entrypoint 'module:function'")
+            return None
+        self.python_reference(value, ("entrypoint",))
+        return str(value)
+
+    def python_reference(self, value: object, path: FieldPath) -> None:
+        try:
+            check_entrypoint(value, self.allowed_modules)
+        except EntrypointError as exc:
+            self.fail(path, str(exc))
+
+    def steps(self, data: dict[str, Any]) -> tuple[StepCheck, ...]:
+        if "steps" not in data:
+            self.fail(("steps",), "missing required field (a non-empty list of {id, description, expect})")
+        raw_steps = data["steps"]
+        if not isinstance(raw_steps, list) or not raw_steps:
+            self.fail(("steps",), "expected a non-empty list of {id, description, expect}")
+        steps: list[StepCheck] = []
+        seen: dict[str, int] = {}
+        for index, raw in enumerate(raw_steps):
+            step = self.step(raw, ("steps", index))
+            if step.id in seen:
+                self.fail(
+                    ("steps", index, "id"), f"duplicate step id {step.id!r} (also steps[{seen[step.id]}])"
+                )
+            seen[step.id] = index
+            steps.append(step)
+        return tuple(steps)
+
+    def step(self, raw: Any, path: FieldPath) -> StepCheck:
+        if not isinstance(raw, dict):
+            self.fail(path, f"expected a mapping with {', '.join(STEP_FIELDS)}, got {raw!r}")
+        for key in raw:
+            if key not in STEP_FIELDS:
+                self.fail((*path, key), f"unknown field (expected {', '.join(STEP_FIELDS)})", at_key=True)
+        if "id" not in raw:
+            self.fail((*path, "id"), "missing required field")
+        step_id = raw["id"]
+        # YAML reads `id: 1` as an int; ids are names, so say so rather than silently converting.
+        if not isinstance(step_id, str) or not STEP_ID_PATTERN.fullmatch(step_id):
+            self.fail((*path, "id"), f"expected a name of letters, digits, '_', '.', '-', got {step_id!r}")
+        description = raw.get("description")
+        if description is not None and not isinstance(description, str):
+            self.fail((*path, "description"), f"expected a string, got {description!r}")
+        if "expect" not in raw:
+            self.fail(
+                (*path, "expect"), f"missing required field (a mapping with one of {', '.join(CHECK_KINDS)})"
+            )
+        kind, argument = self.expect(raw["expect"], (*path, "expect"))
+        return StepCheck(id=step_id, description=description or "", kind=kind, argument=argument)
+
+    def expect(self, raw: Any, path: FieldPath) -> tuple[CheckKind, Any]:
+        expected = f"expected one of {', '.join(CHECK_KINDS)}"
+        if not isinstance(raw, dict) or len(raw) != 1:
+            self.fail(path, f"expected a mapping with exactly one check ({expected}), got {raw!r}")
+        ((kind, argument),) = raw.items()
+        if kind not in CHECK_KINDS:
+            self.fail(path, f"unknown check {kind!r} ({expected})")
+        arg_path = (*path, kind)
+        if kind == "key":
+            if not isinstance(argument, str) or not argument:
+                self.fail(arg_path, f"expected a non-empty key name, got {argument!r}")
+        elif kind == "regex":
+            if not isinstance(argument, str):
+                self.fail(arg_path, f"expected a pattern string, got {argument!r}")
+            try:
+                re.compile(argument)
+            except re.error as exc:
+                self.fail(arg_path, f"pattern does not compile: {exc}")
+        elif kind == "json_schema":
+            if not isinstance(argument, dict):
+                self.fail(arg_path, f"expected a JSON Schema (a mapping), got {argument!r}")
+            try:
+                jsonschema.validators.validator_for(argument).check_schema(argument)
+            except jsonschema.SchemaError as exc:
+                where = "/".join(str(part) for part in exc.path)
+                self.fail(arg_path, f"invalid JSON Schema{f' at {where}' if where else ''}: {exc.message}")
+        elif kind == "python":
+            self.python_reference(argument, arg_path)
+        return cast(CheckKind, kind), argument
