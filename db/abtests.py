@@ -7,13 +7,14 @@ this module only applies its verdicts, each in one transaction with its learning
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import Connection, exc, select, update
 
 from db.base import require_count, require_text
 from db.catalog import CatalogStore
-from db.models import ARMS, SKILLS, TESTS, VARIATIONS, utcnow
+from db.models import ARMS, EVENTS, SKILLS, TESTS, VARIATIONS, utcnow
 from db.outcomes import OutcomeStore, _add_trial, _insert_event
 from db.records import AbTestRecord, Conclusion, LearningEventRecord
 
@@ -276,6 +277,32 @@ class AbTestStore(CatalogStore, OutcomeStore):
                 ),
             )
         return current, previous
+
+    def claim_evolution(self, skill_name: str, cooldown_seconds: float) -> bool:
+        """Claim the right to evolve a skill now; False while it has a test running or is cooling down.
+
+        The skill's row lock serializes concurrent claims, so a burst of failed runs evolves a skill once.
+        A successful claim writes an ``evolution_started`` event, which starts the cooldown.
+        """
+        with self.transaction() as conn:
+            self._lock_skill(conn, skill_name)
+            running = conn.execute(
+                select(TESTS.c.test_id).where(TESTS.c.skill_name == skill_name, TESTS.c.status == "running")
+            ).first()
+            if running is not None:
+                return False
+            since = utcnow() - timedelta(seconds=cooldown_seconds)
+            recent = conn.execute(
+                select(EVENTS.c.event_id).where(
+                    EVENTS.c.skill_name == skill_name,
+                    EVENTS.c.event_type == "evolution_started",
+                    EVENTS.c.created_at >= since,
+                )
+            ).first()
+            if recent is not None:
+                return False
+            _insert_event(conn, LearningEventRecord(skill_name=skill_name, event_type="evolution_started"))
+            return True
 
     def _require_policy(self) -> PromotionPolicy:
         if self.policy is None:

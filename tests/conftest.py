@@ -11,6 +11,9 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+
+# The test process registers skills whose python entrypoints live in tests/fixtures.
+os.environ.setdefault("WRE_PYTHON_SKILL_MODULES", "skills,tests.fixtures")
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -58,21 +61,10 @@ def database_url() -> Iterator[str]:
 @pytest.fixture
 def memory(database_url: str) -> Iterator[PatternMemory]:
     """A PatternMemory on empty tables (truncated before each test)."""
-    def policy(test, **overrides):  # type: ignore[no-untyped-def]
-        from scheduler.policies import decide
+    from scheduler.evaluation import PromotionPolicy
+    from worker.settings import Settings
 
-        if test.policy == "margin":
-            overrides.setdefault("sample_size_target", test.sample_size_target)
-        return decide(
-            test.control_successes,
-            test.control_trials,
-            test.treatment_successes,
-            test.treatment_trials,
-            policy=test.policy,
-            **overrides,
-        )
-
-    store = PatternMemory(database_url, policy=policy)
+    store = PatternMemory(database_url, policy=PromotionPolicy(Settings(database_url=database_url)))
     truncate_all(store)
     yield store
 

@@ -1,0 +1,188 @@
+"""Skill runs through a real worker process, real Redis and real Postgres."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from celery import Celery
+
+from db.memory import PatternMemory
+from tests.integration.skills_for_tests import python_skill
+from tests.processes import Process, broker_app, service_env, start_worker, wait_until
+from worker.client import enqueue_skill
+from worker.registry import register_skill_text
+
+RESULT_TIMEOUT = 30
+
+
+@pytest.fixture(scope="module")
+def app(database_url: str, broker_url: str) -> Celery:
+    return broker_app(database_url, broker_url)
+
+
+@pytest.fixture(scope="module")
+def worker(
+    app: Celery, database_url: str, broker_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Process]:
+    process = start_worker(app, service_env(database_url, broker_url), tmp_path_factory.mktemp("worker"))
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def skills(memory: PatternMemory) -> PatternMemory:
+    for name, entrypoint in [
+        ("echo", "echo"),
+        ("learner", "learns_from_feedback"),
+        ("hopeless", "always_fails"),
+        ("crasher", "raises"),
+    ]:
+        register_skill_text(memory, python_skill(name, entrypoint))
+    return memory
+
+
+def _run(
+    app: Celery, skill: str, context: dict[str, object] | None = None, **kwargs: object
+) -> dict[str, object]:
+    result = enqueue_skill(skill, context or {"text": "hi"}, app=app, **kwargs)  # type: ignore[arg-type]
+    return result.get(timeout=RESULT_TIMEOUT)  # type: ignore[no-any-return]
+
+
+def test_early_exit_on_first_success(app: Celery, worker: Process, skills: PatternMemory) -> None:
+    result = _run(app, "echo", {"text": "hello"})
+    assert result["success"] is True
+    assert result["result"] == {"answer": "hello", "saw_retry": False}
+    meta = result["_react_metadata"]
+    assert meta["iterations"] == 1 and meta["early_success"] is True
+    assert len(skills.run_outcomes(str(result["execution_id"]))) == 1
+
+
+def test_retry_carries_the_failure_context(app: Celery, worker: Process, skills: PatternMemory) -> None:
+    result = _run(app, "learner")
+    assert result["success"] is True
+    assert result["_react_metadata"]["iterations"] == 2
+    seen = result["result"]["saw_previous"]  # type: ignore[index]
+    assert seen["failed_at_step"] == "answer"
+    assert seen["fidelity"] == pytest.approx(0.5)
+    assert "error" in seen
+    rows = skills.run_outcomes(str(result["execution_id"]))
+    assert [(r["attempt"], r["success"], r["final"]) for r in rows] == [(1, False, False), (2, True, True)]
+    assert skills.get_counter("react_retry_count") == 1
+
+
+def test_max_iterations_then_evolution(app: Celery, worker: Process, skills: PatternMemory) -> None:
+    result = _run(app, "hopeless")
+    assert result["success"] is False
+    meta = result["_react_metadata"]
+    assert meta["iterations"] == meta["max_iterations"] == 3
+    assert meta["early_success"] is False
+    assert result["evolution_triggered"] is True
+    assert len(skills.run_outcomes(str(result["execution_id"]))) == 3
+    wait_until(lambda: skills.get_active_ab_test("hopeless") is not None, what="the evolved variation's test")
+    events = [e.event_type for e in skills.get_evolution_history("hopeless")]
+    assert "react_execution" in events and "variation_proposed" in events
+
+
+def test_agent_exception_is_a_scored_attempt(app: Celery, worker: Process, skills: PatternMemory) -> None:
+    result = _run(app, "crasher")
+    assert result["success"] is False
+    assert result["pattern_fidelity"] == 0.0
+    assert "RuntimeError" in str(result["error"])
+    rows = skills.run_outcomes(str(result["execution_id"]))
+    assert len(rows) == 3 and all(r["execution_success"] is False for r in rows)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"skill_name": "nope", "input_context": {}}, "unknown skill"),
+        ({"skill_name": "echo", "agent": "gpt-9", "input_context": {}}, "unknown agent"),
+        ({"skill_name": "echo", "input_context": [1, 2]}, "JSON object"),
+        ({"skill_name": "echo", "input_context": "text"}, "JSON object"),
+        ({"skill_name": "echo", "input_context": {"blob": "x" * 300_000}}, "over the limit"),
+        ({"skill_name": "echo", "input_context": {}, "max_iterations": 1000}, "unknown argument"),
+    ],
+)
+def test_bad_input_fails_at_once_and_writes_nothing(
+    app: Celery, worker: Process, skills: PatternMemory, kwargs: dict[str, object], message: str
+) -> None:
+    result = app.send_task("wre.execute_skill", kwargs=kwargs)
+    with pytest.raises(Exception, match=message):
+        result.get(timeout=RESULT_TIMEOUT)
+    assert result.state == "FAILURE"
+    assert skills.run_outcomes(result.id) == []
+    assert skills.get_counter("total_executions") == 0
+
+
+def test_positional_args_are_refused(app: Celery, worker: Process, skills: PatternMemory) -> None:
+    result = app.send_task("wre.execute_skill", args=["echo", "python", {}])
+    with pytest.raises(Exception, match="keyword arguments only"):
+        result.get(timeout=RESULT_TIMEOUT)
+    assert skills.get_counter("total_executions") == 0
+
+
+def test_forbidden_entrypoint_stored_behind_our_back_fails_cleanly(
+    app: Celery, worker: Process, skills: PatternMemory
+) -> None:
+    # Registration refuses it; a row written around wre's API must still not run os.system.
+    sneaky = python_skill("echo", "echo").replace("tests.fixtures.entrypoints:echo", "os:system")
+    variation = skills.store_variation("echo", sneaky, created_by="test")
+    skills.promote_variation(variation)
+    result = app.send_task("wre.execute_skill", kwargs={"skill_name": "echo", "input_context": {}})
+    with pytest.raises(Exception, match="not allowed"):
+        result.get(timeout=RESULT_TIMEOUT)
+    assert skills.run_outcomes(result.id) == []
+
+
+def test_worker_survives_bad_input(app: Celery, worker: Process, skills: PatternMemory) -> None:
+    for _ in range(3):
+        app.send_task("wre.execute_skill", kwargs={"skill_name": "echo", "input_context": 5})
+    assert _run(app, "echo")["success"] is True
+
+
+def test_routing_is_sticky_and_balanced(app: Celery, worker: Process, skills: PatternMemory) -> None:
+    register_skill_text(skills, python_skill("ab", "learns_from_feedback"))
+    control, _ = skills.get_production("ab")
+    treatment = skills.store_variation("ab", python_skill("ab", "learns_from_feedback", body="Answer well."))
+    test_id = skills.schedule_ab_test("ab", control, treatment, policy="margin", sample_size_target=10_000)
+    results = [enqueue_skill("ab", {"i": i}, app=app) for i in range(400)]
+    finished = [r.get(timeout=120) for r in results]
+    arms = {"control": 0, "treatment": 0}
+    for run in finished:
+        rows = skills.run_outcomes(str(run["execution_id"]))
+        assert len(rows) == 2  # every run needed one retry
+        assert (
+            len({(r["arm"], r["variation_id"], r["test_id"]) for r in rows}) == 1
+        )  # the same arm throughout
+        arms[str(rows[0]["arm"])] += 1
+    assert 160 <= arms["treatment"] <= 240, arms
+    test = skills.get_ab_test(test_id)
+    assert test is not None
+    # One trial per run, judged on its first attempt.
+    assert (test.control_trials, test.treatment_trials) == (arms["control"], arms["treatment"])
+    assert test.control_successes == test.treatment_successes == 0
+
+
+def test_assignment_key_pins_the_arm(app: Celery, worker: Process, skills: PatternMemory) -> None:
+    register_skill_text(skills, python_skill("pinned", "echo"))
+    control, _ = skills.get_production("pinned")
+    treatment = skills.store_variation("pinned", python_skill("pinned", "echo", body="Other."))
+    skills.schedule_ab_test("pinned", control, treatment, policy="margin", sample_size_target=10_000)
+    arms = {str(_run(app, "pinned", assignment_key="user-42")["arm"]) for _ in range(6)}
+    assert len(arms) == 1
+
+
+def test_burst_of_failures_evolves_once(app: Celery, worker: Process, skills: PatternMemory) -> None:
+    results = [enqueue_skill("hopeless", {"i": i}, app=app) for i in range(20)]
+    for result in results:
+        assert result.get(timeout=60)["evolution_triggered"] is True
+    wait_until(lambda: skills.get_active_ab_test("hopeless") is not None, what="one A/B test")
+    wait_until(lambda: _maintenance_idle(app), timeout=30, what="the evolve tasks to finish")
+    assert len(skills.list_ab_tests(skill_name="hopeless")) == 1
+    assert len(skills.list_variations("hopeless")) == 2
+
+
+def _maintenance_idle(app: Celery) -> bool:
+    with app.connection_for_write() as conn:
+        return int(conn.default_channel.client.llen("maintenance")) == 0  # type: ignore[attr-defined]

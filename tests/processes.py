@@ -1,0 +1,146 @@
+"""Real Celery worker, beat and Flower processes for integration tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+from celery import Celery
+
+from worker.app import create_app
+from worker.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+START_TIMEOUT_SECONDS = 30
+STOP_TIMEOUT_SECONDS = 15
+TEST_SKILL_MODULES = "skills,tests.fixtures"
+
+
+def service_env(database_url: str, broker_url: str, **overrides: str) -> dict[str, str]:
+    """The environment of a worker/beat process in a test: the test's store and broker, fast evaluation."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WRE_")}
+    env.update(
+        {
+            "WRE_DATABASE_URL": database_url,
+            "WRE_BROKER_URL": broker_url,
+            "WRE_PYTHON_SKILL_MODULES": TEST_SKILL_MODULES,
+            "WRE_EVOLVE_COOLDOWN_SECONDS": "3600",
+            "PYTHONPATH": str(REPO),
+        }
+    )
+    env.update(overrides)
+    return env
+
+
+def broker_app(database_url: str, broker_url: str) -> Celery:
+    """A Celery app in the test process that talks to the test broker (to send and to inspect)."""
+    return create_app(Settings(database_url=database_url, broker_url=broker_url))
+
+
+class Process:
+    """A child process with its log file; stopped with SIGTERM (then SIGKILL) on exit."""
+
+    def __init__(self, args: list[str], env: Mapping[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.popen = subprocess.Popen(
+            args, env=dict(env), cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        self.popen.send_signal(signal.SIGKILL)
+        self.popen.wait(STOP_TIMEOUT_SECONDS)
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(STOP_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(STOP_TIMEOUT_SECONDS)
+        self._log.close()
+
+
+def start_worker(
+    app: Celery,
+    env: Mapping[str, str],
+    log_dir: Path,
+    concurrency: int = 4,
+    pool: str = "threads",
+    queues: str = "skills,maintenance",
+) -> Process:
+    """A real ``celery -A worker.app worker`` process; returns once it answers a ping."""
+    name = f"test-{uuid.uuid4().hex[:8]}@%h"
+    args = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.app",
+        "worker",
+        "-P",
+        pool,
+        "-c",
+        str(concurrency),
+        "-Q",
+        queues,
+        "-n",
+        name,
+        "--without-gossip",
+        "--without-mingle",
+        "-l",
+        "INFO",
+    ]
+    process = Process(args, env, log_dir / f"worker-{uuid.uuid4().hex[:6]}.log")
+    hostname = name.replace("%h", os.uname().nodename)
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if process.popen.poll() is not None:
+            raise RuntimeError(f"worker exited at start:\n{process.log()}")
+        if app.control.ping(destination=[hostname], timeout=0.5):
+            process.hostname = hostname  # type: ignore[attr-defined]
+            return process
+    process.stop()
+    raise RuntimeError(f"worker did not answer within {START_TIMEOUT_SECONDS}s:\n{process.log()}")
+
+
+def start_beat(env: Mapping[str, str], log_dir: Path) -> Process:
+    schedule = log_dir / f"beat-schedule-{uuid.uuid4().hex[:6]}"
+    args = [sys.executable, "-m", "celery", "-A", "worker.app", "beat", "-l", "INFO", "-s", str(schedule)]
+    return Process(args, env, log_dir / f"beat-{uuid.uuid4().hex[:6]}.log")
+
+
+@contextmanager
+def running(*processes: Process) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for process in processes:
+            process.stop()
+
+
+def wait_until(
+    predicate: object, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"
+) -> None:
+    """Poll ``predicate()`` until it is truthy; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

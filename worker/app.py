@@ -1,0 +1,77 @@
+"""The Celery app: ``celery -A worker.app worker|beat|flower``.
+
+JSON only, late acks with redelivery when a worker dies, one prefetched message per process (skill runs are
+long), task events on for Flower, two queues: ``skills`` for runs and ``maintenance`` for evolution and the
+beat task. The scheduler's tasks are included by module name and the beat entry names its task as data:
+worker/ never imports scheduler/.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from worker.settings import Settings, get_settings
+
+SKILLS_QUEUE = "skills"
+MAINTENANCE_QUEUE = "maintenance"
+# Redis redelivers an unacked message after this long. It must exceed any countdown wre uses (ReAct and
+# infrastructure backoffs are seconds), or a delayed retry would be delivered twice.
+VISIBILITY_TIMEOUT_SECONDS = 3600
+RESULT_EXPIRES_SECONDS = 24 * 3600
+TASK_MODULES = ["worker.tasks", "scheduler.tasks"]
+EVALUATE_TASK = "wre.evaluate_ab_tests"
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """The app's configuration for ``settings`` (a pure function, so tests can read it)."""
+    transport_options: dict[str, Any] = {"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS}
+    if settings.broker_url.startswith("memory://"):
+        # kombu's in-memory transport polls once a second by default; the embedded demo needs it brisk.
+        transport_options["polling_interval"] = 0.01
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.effective_result_backend,
+        "result_expires": RESULT_EXPIRES_SECONDS,
+        "result_extended": True,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "broker_transport_options": transport_options,
+        "result_backend_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS},
+        "broker_connection_retry_on_startup": True,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_track_started": True,
+        "task_default_queue": SKILLS_QUEUE,
+        "task_queues": [Queue(SKILLS_QUEUE), Queue(MAINTENANCE_QUEUE)],
+        "task_routes": {
+            "wre.execute_skill": {"queue": SKILLS_QUEUE},
+            "wre.evolve_skill": {"queue": MAINTENANCE_QUEUE},
+            EVALUATE_TASK: {"queue": MAINTENANCE_QUEUE},
+        },
+        "beat_schedule": {
+            "evaluate-ab-tests": {
+                "task": EVALUATE_TASK,
+                "schedule": settings.ab_eval_seconds,
+                # A round that waited longer than one period is stale: the next one supersedes it.
+                "options": {"expires": settings.ab_eval_seconds, "queue": MAINTENANCE_QUEUE},
+            }
+        },
+        "timezone": "UTC",
+    }
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    celery = Celery("wre", include=TASK_MODULES)
+    celery.conf.update(celery_config(settings or get_settings()))
+    return celery
+
+
+app = create_app()

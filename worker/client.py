@@ -1,0 +1,45 @@
+"""Producers: enqueue a skill run from any Python process that has wre installed.
+
+Producers without wre send by name: ``app.send_task("wre.execute_skill", kwargs={...})`` — kwargs only, JSON.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.result import AsyncResult
+
+from worker.app import SKILLS_QUEUE
+from worker.app import app as default_app
+
+EXECUTE_TASK = "wre.execute_skill"
+
+
+def enqueue_skill(
+    skill_name: str,
+    input_context: dict[str, Any],
+    agent: str | None = None,
+    assignment_key: str | None = None,
+    *,
+    force: bool = False,
+    app: Celery | None = None,
+) -> AsyncResult:  # type: ignore[type-arg]
+    """Queue one run of ``skill_name`` on ``input_context``; returns the run's AsyncResult (its id is the run id).
+
+    :param skill_name: a registered skill.
+    :param input_context: a JSON object (the worker refuses anything else, and anything over the size limit).
+    :param agent: the agent to use; the skill's default when None.
+    :param assignment_key: what the A/B arm is derived from (e.g. a user id, so one user always sees one
+        arm); the run id when None.
+    :param force: run the production version even while an A/B test is running.
+    :param app: the Celery app to send through (wre's, configured from the environment, by default).
+    """
+    kwargs: dict[str, Any] = {"skill_name": skill_name, "input_context": input_context}
+    if agent is not None:
+        kwargs["agent"] = agent
+    if assignment_key is not None:
+        kwargs["assignment_key"] = assignment_key
+    if force:
+        kwargs["force"] = True
+    return (app or default_app).send_task(EXECUTE_TASK, kwargs=kwargs, queue=SKILLS_QUEUE)

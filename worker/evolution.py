@@ -1,0 +1,76 @@
+"""Evolution of one skill: claim it, ask its evolver for a variation, store it, start its A/B test.
+
+Shared by the ``wre.evolve_skill`` task and the in-process API.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from db.catalog import variation_id_for
+from db.memory import AbTestConflictError, PatternMemory
+from worker.evolvers import EvolutionRefused, Failure, get_evolver
+from worker.runner import parse_variation
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def evolve_skill(memory: PatternMemory, settings: Settings, skill_name: str) -> dict[str, Any]:
+    """Propose and test a new variation of ``skill_name``; returns what happened as a dict.
+
+    Does nothing while the skill has a test running or within the evolution cooldown, so a burst of
+    failed runs produces one variation and one test.
+    """
+    if not memory.claim_evolution(skill_name, settings.evolve_cooldown_seconds):
+        return {"skill_name": skill_name, "status": "skipped", "reason": "test running or cooling down"}
+    production_id, content = memory.get_production(skill_name)
+    parent = parse_variation(content)
+    failures = [
+        Failure(
+            run_id=row["run_id"],
+            pattern_fidelity=row["pattern_fidelity"],
+            failed_at_step=row["failed_at_step"],
+            error=row["error"],
+            output=row["output"] or "",
+        )
+        for row in memory.recent_failures(skill_name, settings.evolve_failure_window)
+    ]
+    try:
+        evolver = get_evolver(parent.evolver)
+        proposal = evolver.propose(parent, failures, seed=f"{production_id}:{len(failures)}")
+    except (EvolutionRefused, ValueError) as error:
+        memory.record_learning_event(
+            skill_name,
+            "evolution_refused",
+            production_id,
+            description=str(error)[:500],
+            details={"evolver": parent.evolver},
+        )
+        log.warning("evolver %s refused for %s: %s", parent.evolver, skill_name, error)
+        return {"skill_name": skill_name, "status": "refused", "reason": str(error)}
+    known = memory.get_variation(variation_id_for(proposal))
+    if known is not None:
+        reason = f"the evolver proposed a known variation ({known.variation_id}, {known.test_status})"
+        memory.record_learning_event(skill_name, "evolution_refused", production_id, description=reason)
+        return {"skill_name": skill_name, "status": "refused", "reason": reason}
+    variation_id = memory.store_variation(
+        skill_name,
+        proposal,
+        parent_version=production_id,
+        created_by=f"evolver:{parent.evolver}",
+        learned_from=[failure.run_id for failure in failures],
+    )
+    try:
+        test_id = memory.schedule_ab_test(skill_name, production_id, variation_id, policy=settings.ab_policy)
+    except AbTestConflictError:
+        return {"skill_name": skill_name, "status": "skipped", "reason": "a test started meanwhile"}
+    memory.record_learning_event(
+        skill_name,
+        "variation_proposed",
+        variation_id,
+        description=f"{parent.evolver} evolver proposed {variation_id} from {len(failures)} failed run(s)",
+        details={"test_id": test_id, "parent": production_id, "learned_from": len(failures)},
+    )
+    return {"skill_name": skill_name, "status": "testing", "variation_id": variation_id, "test_id": test_id}

@@ -1,0 +1,317 @@
+"""The steps of one skill run, shared by the Celery task and the in-process API (one implementation).
+
+validate → resolve the version (sticky A/B arm) → run the agent → score → decide (worker/react.py) → record
+(one transaction). The drivers (worker/tasks.py, worker/orchestrator.py) only loop and hand over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from db.dashboard import (
+    COUNTER_EVOLUTIONS,
+    COUNTER_RETRIES,
+    COUNTER_RUNS_RETRIED,
+    COUNTER_TOTAL_EXECUTIONS,
+    COUNTER_TOTAL_RUNS,
+)
+from db.memory import LearningEventRecord, OutcomeRecord, PatternMemory
+from worker import react
+from worker.agents import AttemptInfo, get_agent, run_attempt
+from worker.scoring import Score, score
+from worker.settings import Settings
+from worker.skills import Skill, parse_skill
+
+# How long a worker trusts its view of a skill's production version and running test. Promotions reach
+# every worker within this; in between, the hot path reads nothing.
+RESOLVE_CACHE_SECONDS = 2.0
+MAX_OUTPUT_RESULT_CHARS = 20_000
+RUN_KWARGS = ("skill_name", "agent", "input_context", "force", "assignment_key")
+
+
+class InvalidRunError(ValueError):
+    """A run request that can never succeed (unknown skill or agent, bad context, bad figures).
+
+    It fails at once, is not retried and writes nothing.
+    """
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """A validated request to run a skill.
+
+    :param skill_name: a registered skill.
+    :param agent: the agent's name (the skill's default when the producer gave none).
+    :param input_context: a JSON object under the size limit.
+    :param force: run the production version even while an A/B test runs (no routing, no trial).
+    :param assignment_key: what the A/B arm is derived from; the run id when None.
+    """
+
+    skill_name: str
+    agent: str
+    input_context: dict[str, Any]
+    force: bool = False
+    assignment_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Version:
+    """The content a run executes, and the A/B test and arm that chose it (if any)."""
+
+    variation_id: str
+    skill: Skill
+    test_id: int | None = None
+    arm: str | None = None
+
+
+@dataclass
+class AttemptOutcome:
+    """One scored attempt and what the ReAct policy decided about it."""
+
+    score: Score
+    output: object
+    execution_time_ms: float
+    decision: react.ReactDecision
+    recorded: bool
+    usage: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def choose_arm(test_id: int, assignment_key: str) -> str:
+    """The arm of a run, a pure function of (test id, key): retries and redeliveries land on the same arm."""
+    digest = hashlib.sha256(f"{test_id}:{assignment_key}".encode()).digest()
+    return "treatment" if digest[0] & 1 else "control"
+
+
+@lru_cache(maxsize=512)
+def parse_variation(content: str) -> Skill:
+    """A variation's parsed content; cached because a variation's content never changes."""
+    return parse_skill(content, source="<variation>")
+
+
+class SkillRunner:
+    """Runs the steps of a skill run against one store with one set of settings.
+
+    :param memory: the store.
+    :param settings: wre's settings (limits, thresholds, ReAct figures).
+    """
+
+    def __init__(self, memory: PatternMemory, settings: Settings) -> None:
+        self.memory = memory
+        self.settings = settings
+        self._resolved: dict[str, tuple[float, Any]] = {}
+        self._lock = threading.Lock()
+
+    # 1. validate
+    def validate(self, kwargs: Mapping[str, Any]) -> RunRequest:
+        """Check a run's kwargs; raise :class:`InvalidRunError` naming what is wrong."""
+        unknown = sorted(set(kwargs) - set(RUN_KWARGS))
+        if unknown:
+            raise InvalidRunError(
+                f"unknown argument(s) {', '.join(unknown)}; expected {', '.join(RUN_KWARGS)}"
+            )
+        skill_name = kwargs.get("skill_name")
+        if not isinstance(skill_name, str) or not skill_name:
+            raise InvalidRunError("skill_name must be a non-empty string")
+        context = kwargs.get("input_context", {})
+        if not isinstance(context, dict):
+            raise InvalidRunError(f"input_context must be a JSON object, got {type(context).__name__}")
+        try:
+            size = len(json.dumps(context).encode())
+        except (TypeError, ValueError) as error:
+            raise InvalidRunError(f"input_context is not JSON: {error}") from None
+        if size > self.settings.max_context_bytes:
+            raise InvalidRunError(
+                f"input_context is {size} bytes, over the limit of {self.settings.max_context_bytes} "
+                "(WRE_MAX_CONTEXT_BYTES)"
+            )
+        force = kwargs.get("force", False)
+        if not isinstance(force, bool):
+            raise InvalidRunError(f"force must be true or false, got {force!r}")
+        key = kwargs.get("assignment_key")
+        if key is not None and (not isinstance(key, str) or not key or len(key) > 256):
+            raise InvalidRunError("assignment_key must be a non-empty string of at most 256 characters")
+        skill_row = self.memory.get_skill(skill_name)
+        if skill_row is None:
+            raise InvalidRunError(f"unknown skill {skill_name!r}; register it with `wre skill add PATH`")
+        agent = kwargs.get("agent") or skill_row.default_agent
+        try:
+            get_agent(agent)
+        except ValueError as error:
+            raise InvalidRunError(str(error)) from None
+        return RunRequest(skill_name, agent, context, force, key)
+
+    # 2. resolve the version
+    def resolve(self, request: RunRequest, run_id: str) -> Version:
+        """The version this run executes: production, or the arm of the running test chosen from the key."""
+        production_id, production_content, test = self._production_and_test(request.skill_name)
+        if test is None or request.force:
+            return Version(production_id, parse_variation(production_content))
+        arm = choose_arm(test.test_id, request.assignment_key or run_id)
+        variation_id = test.treatment_version if arm == "treatment" else test.control_version
+        content = production_content if variation_id == production_id else self._content(variation_id)
+        return Version(variation_id, parse_variation(content), test.test_id, arm)
+
+    def version_from_state(self, state: react.ReactState) -> Version:
+        """The version a retry runs: exactly the one its first attempt ran (sticky across retries)."""
+        return Version(
+            state.variation_id, parse_variation(self._content(state.variation_id)), state.test_id, state.arm
+        )
+
+    def start_state(
+        self,
+        request: RunRequest,
+        version: Version,
+        max_iterations: int | None = None,
+        threshold: float | None = None,
+        react_mode: bool | None = None,
+    ) -> react.ReactState:
+        """The ReAct state of a new run: the skill's threshold (or the setting's), the settings' budget."""
+        if threshold is None:
+            threshold = version.skill.threshold
+        return react.start(
+            max_iterations=self.settings.react_max_iter if max_iterations is None else max_iterations,
+            threshold=self.settings.react_fidelity if threshold is None else threshold,
+            react_mode=self.settings.react_mode if react_mode is None else react_mode,
+            arm=version.arm,
+            variation_id=version.variation_id,
+            test_id=version.test_id,
+        )
+
+    # 3–6. run, score, decide, record
+    def attempt(
+        self, request: RunRequest, version: Version, state: react.ReactState, run_id: str
+    ) -> AttemptOutcome:
+        """Run one attempt and record it; agent failures are scored, infrastructure errors propagate."""
+        context = react.retry_context(request.input_context, state)
+        agent = get_agent(request.agent)
+        time_limit = version.skill.time_limit or self.settings.default_time_limit_seconds
+        started = time.perf_counter()
+        result = run_attempt(
+            agent,
+            version.skill,
+            context,
+            AttemptInfo(run_id, state.attempt, version.variation_id),
+            time_limit,
+        )
+        scored = score(version.skill, result.output, result.error, state.threshold)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        summary = react.AttemptSummary(
+            state.attempt, scored.pattern_fidelity, scored.success, scored.failed_at_step, scored.error
+        )
+        decision = react.next_step(state, summary)
+        outcome = OutcomeRecord(
+            run_id=run_id,
+            attempt=state.attempt,
+            skill_name=request.skill_name,
+            variation_id=version.variation_id,
+            agent=request.agent,
+            success=scored.success,
+            execution_success=scored.execution_success,
+            pattern_fidelity=scored.pattern_fidelity,
+            failed_at_step=scored.failed_at_step,
+            error=scored.error,
+            step_results=[dict(step) for step in scored.step_results],
+            input_context=request.input_context,
+            output=_as_text(result.output),
+            execution_time_ms=elapsed_ms,
+            test_id=version.test_id,
+            arm=version.arm,
+            final=decision.action != "retry",
+            token_usage=result.usage,
+        )
+        recorded = self.memory.record_attempt(
+            outcome, counters=_counters(state, decision), learning_event=_react_event(request, decision)
+        )
+        return AttemptOutcome(scored, result.output, elapsed_ms, decision, recorded, result.usage)
+
+    def result(
+        self, request: RunRequest, version: Version, run_id: str, outcome: AttemptOutcome
+    ) -> dict[str, Any]:
+        """The run's result as the seed shaped it, plus the ReAct metadata and the version that ran."""
+        return {
+            "execution_id": run_id,
+            "skill_name": request.skill_name,
+            "agent": request.agent,
+            "success": outcome.score.success,
+            "pattern_fidelity": outcome.score.pattern_fidelity,
+            "execution_time_ms": outcome.execution_time_ms,
+            "evolution_triggered": outcome.decision.evolve,
+            "result": _json_safe(outcome.output),
+            "failed_at_step": outcome.score.failed_at_step,
+            "error": outcome.score.error,
+            "step_results": [dict(step) for step in outcome.score.step_results],
+            "variation_id": version.variation_id,
+            "test_id": version.test_id,
+            "arm": version.arm,
+            "_react_metadata": outcome.decision.metadata,
+        }
+
+    def _production_and_test(self, skill_name: str) -> tuple[str, str, Any]:
+        now = time.monotonic()
+        with self._lock:
+            cached = self._resolved.get(skill_name)
+        if cached is not None and now - cached[0] < RESOLVE_CACHE_SECONDS:
+            return cached[1]  # type: ignore[no-any-return]
+        production_id, content = self.memory.get_production(skill_name)
+        resolved = (production_id, content, self.memory.get_active_ab_test(skill_name))
+        with self._lock:
+            self._resolved[skill_name] = (now, resolved)
+        return resolved
+
+    def _content(self, variation_id: str) -> str:
+        row = self.memory.get_variation(variation_id)
+        if row is None:
+            raise InvalidRunError(f"variation {variation_id!r} does not exist")
+        return str(row.variation_content)
+
+
+def _counters(state: react.ReactState, decision: react.ReactDecision) -> dict[str, int]:
+    counters = {COUNTER_TOTAL_EXECUTIONS: 1}
+    if state.attempt == 1:
+        counters[COUNTER_TOTAL_RUNS] = 1
+        if decision.action == "retry":
+            counters[COUNTER_RUNS_RETRIED] = 1
+    if decision.action == "retry":
+        counters[COUNTER_RETRIES] = 1
+    if decision.evolve:
+        counters[COUNTER_EVOLUTIONS] = 1
+    return counters
+
+
+def _react_event(request: RunRequest, decision: react.ReactDecision) -> LearningEventRecord | None:
+    """A finished run's ``react_execution`` event: iterations, first and final fidelity."""
+    if decision.action == "retry":
+        return None
+    attempts = decision.metadata["all_attempts"]
+    return LearningEventRecord(
+        skill_name=request.skill_name,
+        event_type="react_execution",
+        fidelity_before=attempts[0]["pattern_fidelity"],
+        fidelity_after=attempts[-1]["pattern_fidelity"],
+        description=f"{len(attempts)} iteration(s), {'success' if decision.action == 'finish_success' else 'exhausted'}",
+        details={"iterations": len(attempts), "early_success": decision.metadata["early_success"]},
+    )
+
+
+def _as_text(output: object) -> str | None:
+    if output is None:
+        return None
+    if isinstance(output, str):
+        return output
+    return json.dumps(output, default=str)
+
+
+def _json_safe(output: object) -> object:
+    try:
+        text = json.dumps(output)
+    except (TypeError, ValueError):
+        return str(output)[:MAX_OUTPUT_RESULT_CHARS]
+    return output if len(text) <= MAX_OUTPUT_RESULT_CHARS else text[:MAX_OUTPUT_RESULT_CHARS]

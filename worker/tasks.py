@@ -1,0 +1,110 @@
+"""The Celery tasks of worker/: ``wre.execute_skill`` (one attempt per delivery) and ``wre.evolve_skill``.
+
+A ReAct retry is ``self.retry`` with the whole kwargs plus the ``react`` state, so the next attempt runs on
+whichever worker takes it, on the same version and arm. Infrastructure errors (database, broker, an LLM
+server's 429/5xx) are retried with backoff through the same mechanism, on the same attempt number: they
+never spend a ReAct iteration.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from typing import Any
+
+import kombu.exceptions
+import redis.exceptions
+import sqlalchemy.exc
+from celery import Task
+
+from db.memory import PatternMemory
+from worker import react
+from worker.agents import AgentInfrastructureError
+from worker.app import MAINTENANCE_QUEUE, app
+from worker.evolution import evolve_skill as evolve
+from worker.runner import InvalidRunError, SkillRunner
+from worker.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.DisconnectionError,
+    sqlalchemy.exc.TimeoutError,
+    redis.exceptions.ConnectionError,
+    kombu.exceptions.OperationalError,
+    AgentInfrastructureError,
+)
+INFRA_RETRY_KWARG = "_infra_retries"
+INFRA_MAX_RETRIES = 30
+INFRA_BACKOFF_BASE_SECONDS = 0.5
+INFRA_BACKOFF_MAX_SECONDS = 30.0
+
+
+@lru_cache(maxsize=1)
+def get_runner() -> SkillRunner:
+    """The process's runner: one store (one engine, pooled) shared by every thread of the worker."""
+    settings = get_settings()
+    return SkillRunner(PatternMemory(settings.database_url), settings)
+
+
+def infrastructure_backoff(retries: int) -> float:
+    """Exponential backoff for infrastructure retries: 0.5 s, 1 s, 2 s, ... capped at 30 s."""
+    return float(min(INFRA_BACKOFF_MAX_SECONDS, INFRA_BACKOFF_BASE_SECONDS * 2**retries))
+
+
+@app.task(bind=True, name="wre.execute_skill", max_retries=None)
+def execute_skill(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Run one attempt of a skill run; retry (ReAct or infrastructure) or return the run's result.
+
+    Kwargs: ``skill_name``, ``input_context``, optional ``agent``, ``force``, ``assignment_key``; ``react``
+    is set by wre itself on a retry. Positional arguments are refused.
+    """
+    if args:
+        raise InvalidRunError(
+            f"wre.execute_skill takes keyword arguments only (got {len(args)} positional); "
+            "send kwargs={'skill_name': ..., 'input_context': {...}}"
+        )
+    run_id = str(self.request.id)
+    runner = get_runner()
+    infra_retries = kwargs.get(INFRA_RETRY_KWARG, 0)
+    try:
+        request = runner.validate({k: v for k, v in kwargs.items() if k not in ("react", INFRA_RETRY_KWARG)})
+        if kwargs.get("react") is None:
+            version = runner.resolve(request, run_id)
+            state = runner.start_state(request, version)
+        else:
+            try:
+                state = react.ReactState.from_dict(kwargs["react"])
+            except ValueError as error:
+                raise InvalidRunError(f"react state is malformed: {error}") from None
+            version = runner.version_from_state(state)
+        outcome = runner.attempt(request, version, state, run_id)
+    except INFRASTRUCTURE_ERRORS as error:
+        if infra_retries >= INFRA_MAX_RETRIES:
+            raise
+        log.warning("run %s: infrastructure error, retrying: %s", run_id, error)
+        raise self.retry(
+            exc=error,
+            countdown=infrastructure_backoff(infra_retries),
+            kwargs={**kwargs, INFRA_RETRY_KWARG: infra_retries + 1},
+        ) from error
+    decision = outcome.decision
+    if decision.action == "retry" and decision.next_state is not None:
+        retry_kwargs = {k: v for k, v in kwargs.items() if k != INFRA_RETRY_KWARG}
+        retry_kwargs["react"] = decision.next_state.to_dict()
+        raise self.retry(kwargs=retry_kwargs, countdown=runner.settings.react_backoff_seconds)
+    if decision.evolve and outcome.recorded:
+        evolve_skill_task.apply_async(kwargs={"skill_name": request.skill_name}, queue=MAINTENANCE_QUEUE)
+    return runner.result(request, version, run_id, outcome)
+
+
+@app.task(bind=True, name="wre.evolve_skill", max_retries=INFRA_MAX_RETRIES)
+def evolve_skill_task(self: Task, skill_name: str) -> dict[str, Any]:
+    """Propose a variation of ``skill_name`` from its recent failures and start its A/B test."""
+    runner = get_runner()
+    try:
+        return evolve(runner.memory, runner.settings, skill_name)
+    except INFRASTRUCTURE_ERRORS as error:
+        raise self.retry(exc=error, countdown=infrastructure_backoff(self.request.retries)) from error

@@ -1,0 +1,85 @@
+"""`wre ab list | show | start | stop | rollback`: the A/B tests and production, by hand."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from db.memory import AbTestRecord
+from worker.settings import get_settings
+from wre.context import console, store, user_errors
+
+app = typer.Typer(help="A/B tests: list, inspect, start, stop; roll production back.", no_args_is_help=True)
+
+
+def _rate(successes: int, trials: int) -> str:
+    return f"{successes}/{trials} ({successes / trials:.0%})" if trials else "0/0"
+
+
+def ab_row(test: AbTestRecord) -> list[str]:
+    return [
+        f"#{test.test_id}",
+        test.skill_name,
+        test.status,
+        test.policy,
+        _rate(test.control_successes, test.control_trials),
+        _rate(test.treatment_successes, test.treatment_trials),
+        test.winner or "-",
+    ]
+
+
+@app.command("list")
+@user_errors
+def list_tests(
+    status: str | None = typer.Option(None, help="running, completed or stopped."),
+    skill: str | None = typer.Option(None, help="Only this skill's tests."),
+) -> None:
+    """A/B tests, newest last."""
+    table = Table("test", "skill", "status", "policy", "control", "treatment", "winner")
+    for test in store().list_ab_tests(status=status, skill_name=skill):
+        table.add_row(*ab_row(test))
+    console.print(table)
+
+
+@app.command("show")
+@user_errors
+def show(test_id: int = typer.Argument(..., help="The test's id.")) -> None:
+    """One test: its arms, and what the policy says now (or said when it decided)."""
+    memory = store()
+    test = memory.get_ab_test(test_id)
+    if test is None:
+        raise ValueError(f"unknown A/B test {test_id}")
+    console.print(test.to_dict())
+    if test.status == "running":
+        console.rule("the policy now")
+        console.print(memory.check_ab_promotion(test_id))
+
+
+@app.command("start")
+@user_errors
+def start(
+    skill: str = typer.Argument(..., help="The skill."),
+    variation: str = typer.Argument(..., help="The variation id to test against production."),
+    policy: str | None = typer.Option(None, help="sequential or margin (default: WRE_AB_POLICY)."),
+) -> None:
+    """Start an A/B test of VARIATION against the skill's production version."""
+    memory = store()
+    production, _ = memory.get_production(skill)
+    test_id = memory.schedule_ab_test(skill, production, variation, policy=policy or get_settings().ab_policy)
+    console.print(f"started A/B test #{test_id}: {production} (control) vs {variation} (treatment)")
+
+
+@app.command("stop")
+@user_errors
+def stop(test_id: int = typer.Argument(..., help="The test's id.")) -> None:
+    """Stop a running test without a verdict; its treatment is archived."""
+    store().stop_ab_test(test_id)
+    console.print(f"stopped A/B test #{test_id}")
+
+
+@app.command("rollback")
+@user_errors
+def rollback(skill: str = typer.Argument(..., help="The skill.")) -> None:
+    """Restore the production version the last promotion replaced."""
+    old, new = store().rollback_skill(skill)
+    console.print(f"{skill}: production rolled back from {old} to {new}")

@@ -1,0 +1,107 @@
+"""The dashboard: wre's figures as Rich tables (used by `wre dashboard` and the demo's last screen)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.table import Table
+
+from db.memory import PatternMemory
+from worker.settings import get_settings
+from wre.context import console as default_console
+from wre.context import store
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _gain(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.0%}"
+
+
+def distance_to_verdict(decision: dict[str, Any], min_trials: int) -> str:
+    """How far a running test is from a verdict, in the words an operator needs."""
+    fewest = min(int(decision.get("control_trials", 0)), int(decision.get("treatment_trials", 0)))
+    if fewest < min_trials:
+        return f"{min_trials - fewest} more trials on the smaller arm before any verdict"
+    statistic, threshold = decision.get("statistic"), decision.get("threshold")
+    if isinstance(statistic, int | float) and isinstance(threshold, int | float) and threshold:
+        return f"evidence {statistic:.2f} of {threshold:.2f} needed ({min(statistic / threshold, 1):.0%})"
+    return "waiting for more trials"
+
+
+def build_dashboard(memory: PatternMemory, window: int = 100) -> Group:
+    overall = memory.get_telemetry_dashboard(window=window)
+    summary = Table.grid(padding=(0, 2))
+    summary.add_row("runs", str(overall["total_runs"]), "attempts", str(overall["total_executions"]))
+    summary.add_row(
+        "retries",
+        str(overall["retry_count"]),
+        "repeated failure rate",
+        _pct(overall["repeated_failure_rate"]),
+    )
+    summary.add_row(
+        "variations tested",
+        str(overall["variations_tested"]),
+        "promoted",
+        str(overall["variations_promoted"]),
+    )
+    summary.add_row(
+        "win rate",
+        _pct(overall["variation_win_rate"]),
+        "avg fidelity delta",
+        _num(overall["avg_fidelity_delta"]),
+    )
+    summary.add_row(
+        f"median fidelity, first {window} runs",
+        _num(overall["median_fidelity_first_window"]),
+        f"latest {window} runs",
+        f"{_num(overall['median_fidelity_now'])} ({_gain(overall['median_fidelity_gain'])})",
+    )
+    skills = Table(
+        "skill",
+        "runs",
+        "fidelity first → now",
+        "gain",
+        "repeated failures",
+        "retries",
+        "tokens",
+        title="skills",
+    )
+    tests = Table(
+        "test", "skill", "control", "treatment", "lift", "distance to a verdict", title="running A/B tests"
+    )
+    min_trials = get_settings().ab_min_trials_per_arm
+    for skill in memory.list_skills():
+        figures = memory.get_skill_dashboard(skill.name, window=window)
+        skills.add_row(
+            skill.name,
+            str(figures["runs"]),
+            f"{_num(figures['median_fidelity_first_window'])} → {_num(figures['median_fidelity_now'])}",
+            _gain(figures["median_fidelity_gain"]),
+            _pct(figures["repeated_failure_rate"]),
+            str(figures["retries"]),
+            str(figures["total_tokens"] or "-"),
+        )
+    for test in memory.list_ab_tests(status="running"):
+        decision = memory.check_ab_promotion(test.test_id)
+        tests.add_row(
+            f"#{test.test_id}",
+            test.skill_name,
+            f"{test.control_successes}/{test.control_trials}",
+            f"{test.treatment_successes}/{test.treatment_trials}",
+            _num(decision.get("lift")),
+            distance_to_verdict(decision, min_trials),
+        )
+    return Group(Panel(summary, title="wre"), skills, tests)
+
+
+def render_dashboard(window: int = 100, console: Console | None = None) -> None:
+    (console or default_console).print(build_dashboard(store(), window))
