@@ -1,0 +1,289 @@
+"""The ReAct retry rules, pure: attempt state in, a decision out. No I/O, no Celery, no database.
+
+A run makes up to ``max_iterations`` attempts. After each attempt :func:`next_step` decides:
+
+- ``finish_success`` — the attempt succeeded: stop, return its result;
+- ``retry`` — it failed and attempts are left: run the next one, telling it what failed
+  (:func:`retry_context` adds ``_react_retry`` and ``_previous_attempt`` to the input context);
+- ``finish_exhausted`` — it failed and it was the last one: return it, and evolve the skill.
+
+The state travels in the retry task's kwargs, so it is JSON (:meth:`ReactState.to_dict`) and is checked when
+it comes back (:meth:`ReactState.from_dict`): kwargs are input like any other.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from worker.settings import REACT_MAX_ITER_BOUNDS
+
+Action = Literal["finish_success", "retry", "finish_exhausted"]
+RETRY_FLAG = "_react_retry"
+PREVIOUS_ATTEMPT = "_previous_attempt"
+STATE_FIELDS = ("attempt", "max_iterations", "threshold", "attempts", "arm", "variation_id", "test_id")
+SUMMARY_FIELDS = ("attempt", "pattern_fidelity", "success", "failed_at_step", "error")
+
+
+class ReactStateError(ValueError):
+    """A ReAct state or attempt summary that is malformed or inconsistent."""
+
+
+def _integer(value: object, name: str) -> int:
+    # bool is an int to Python; `"attempt": true` in kwargs is garbage, not 1.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ReactStateError(f"{name} must be an integer, got {value!r}")
+    return value
+
+
+def _fraction(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+        raise ReactStateError(f"{name} must be a number between 0 and 1, got {value!r}")
+    return float(value)
+
+
+def _optional_str(value: object, name: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ReactStateError(f"{name} must be a string or null, got {value!r}")
+    return value
+
+
+def _fields(data: object, expected: tuple[str, ...], what: str) -> Mapping[str, Any]:
+    if not isinstance(data, Mapping):
+        raise ReactStateError(f"{what} must be a JSON object, got {type(data).__name__}")
+    missing = [name for name in expected if name not in data]
+    unknown = [str(name) for name in data if name not in expected]
+    if missing or unknown:
+        raise ReactStateError(
+            f"{what}: missing fields {missing}, unknown fields {unknown} (expected {list(expected)})"
+        )
+    return data
+
+
+@dataclass(frozen=True)
+class AttemptSummary:
+    """What the retry rules need to know about one scored attempt.
+
+    :param attempt: the attempt's number, from 1.
+    :param pattern_fidelity: its fidelity, within 0..1.
+    :param success: whether it succeeded (no error and fidelity at least the threshold).
+    :param failed_at_step: its first failing step, or None.
+    :param error: the agent's error, or None.
+    """
+
+    attempt: int
+    pattern_fidelity: float
+    success: bool
+    failed_at_step: str | None
+    error: str | None
+
+    def __post_init__(self) -> None:
+        if _integer(self.attempt, "attempt") < 1:
+            raise ReactStateError(f"attempt must be at least 1, got {self.attempt}")
+        _fraction(self.pattern_fidelity, "pattern_fidelity")
+        if not isinstance(self.success, bool):
+            raise ReactStateError(f"success must be true or false, got {self.success!r}")
+        _optional_str(self.failed_at_step, "failed_at_step")
+        _optional_str(self.error, "error")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary as JSON-able data (the shape of ``_react_metadata.all_attempts`` items)."""
+        return {
+            "attempt": self.attempt,
+            "pattern_fidelity": self.pattern_fidelity,
+            "success": self.success,
+            "failed_at_step": self.failed_at_step,
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_dict(cls, data: object) -> AttemptSummary:
+        """Read a summary written by :meth:`to_dict`.
+
+        :param data: the decoded JSON.
+        :raises ReactStateError: missing, unknown or ill-typed fields.
+        """
+        fields = _fields(data, SUMMARY_FIELDS, "attempt summary")
+        return cls(**{name: fields[name] for name in SUMMARY_FIELDS})
+
+    def previous_attempt(self) -> dict[str, Any]:
+        """What the next attempt is told about this one: ``{fidelity, failed_at_step, error}``."""
+        return {"fidelity": self.pattern_fidelity, "failed_at_step": self.failed_at_step, "error": self.error}
+
+
+@dataclass(frozen=True)
+class ReactState:
+    """A run's ReAct state, before an attempt runs.
+
+    :param attempt: the attempt about to run (1-based).
+    :param max_iterations: the attempts the run may make, within 1..10.
+    :param threshold: the fidelity a successful attempt needs, within 0..1.
+    :param attempts: the summaries of the attempts already made (``attempt - 1`` of them, in order).
+    :param arm: the A/B arm the run is on, if a test chose its version.
+    :param variation_id: the variation every attempt of the run executes.
+    :param test_id: the A/B test that chose the version, if any.
+    """
+
+    attempt: int
+    max_iterations: int
+    threshold: float
+    attempts: tuple[AttemptSummary, ...]
+    variation_id: str
+    arm: str | None = None
+    test_id: int | None = None
+
+    def __post_init__(self) -> None:
+        low, high = REACT_MAX_ITER_BOUNDS
+        if not low <= _integer(self.max_iterations, "max_iterations") <= high:
+            raise ReactStateError(f"max_iterations must be within {low}..{high}, got {self.max_iterations}")
+        if not 1 <= _integer(self.attempt, "attempt") <= self.max_iterations:
+            raise ReactStateError(f"attempt must be within 1..{self.max_iterations}, got {self.attempt}")
+        _fraction(self.threshold, "threshold")
+        if not isinstance(self.attempts, tuple) or not all(
+            isinstance(a, AttemptSummary) for a in self.attempts
+        ):
+            raise ReactStateError("attempts must be a tuple of AttemptSummary")
+        if [summary.attempt for summary in self.attempts] != list(range(1, self.attempt)):
+            raise ReactStateError(
+                f"attempt {self.attempt} must follow attempts 1..{self.attempt - 1}, "
+                f"got {[summary.attempt for summary in self.attempts]}"
+            )
+        if any(summary.success for summary in self.attempts):
+            raise ReactStateError("a run does not go on after a successful attempt")
+        if not isinstance(self.variation_id, str) or not self.variation_id:
+            raise ReactStateError(f"variation_id must be a non-empty string, got {self.variation_id!r}")
+        _optional_str(self.arm, "arm")
+        if self.test_id is not None:
+            _integer(self.test_id, "test_id")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The state as JSON-able data, for the retry task's kwargs."""
+        return {
+            "attempt": self.attempt,
+            "max_iterations": self.max_iterations,
+            "threshold": self.threshold,
+            "attempts": [summary.to_dict() for summary in self.attempts],
+            "arm": self.arm,
+            "variation_id": self.variation_id,
+            "test_id": self.test_id,
+        }
+
+    @classmethod
+    def from_dict(cls, data: object) -> ReactState:
+        """Read a state written by :meth:`to_dict` (it comes back through task kwargs: trust nothing).
+
+        :param data: the decoded JSON.
+        :raises ReactStateError: missing, unknown, ill-typed or inconsistent fields.
+        """
+        fields = _fields(data, STATE_FIELDS, "react state")
+        attempts = fields["attempts"]
+        if not isinstance(attempts, list):
+            raise ReactStateError(f"attempts must be a list, got {type(attempts).__name__}")
+        return cls(
+            attempt=fields["attempt"],
+            max_iterations=fields["max_iterations"],
+            threshold=fields["threshold"],
+            attempts=tuple(AttemptSummary.from_dict(item) for item in attempts),
+            variation_id=fields["variation_id"],
+            arm=fields["arm"],
+            test_id=fields["test_id"],
+        )
+
+
+@dataclass(frozen=True)
+class ReactDecision:
+    """What to do after an attempt.
+
+    :param action: ``finish_success``, ``retry`` or ``finish_exhausted``.
+    :param next_state: the state of the next attempt (only for ``retry``).
+    :param previous_attempt: ``{fidelity, failed_at_step, error}`` for the next attempt (only for ``retry``).
+    :param evolve: whether the skill should evolve (only when exhausted, i.e. the final attempt failed).
+    :param metadata: the result's ``_react_metadata``: ``iterations``, ``max_iterations``, ``all_attempts``
+        and ``early_success`` (the run stopped on a success rather than running out of attempts).
+    """
+
+    action: Action
+    next_state: ReactState | None
+    previous_attempt: dict[str, Any] | None
+    evolve: bool
+    metadata: dict[str, Any]
+
+
+def start(
+    max_iterations: int,
+    threshold: float,
+    react_mode: bool,
+    *,
+    variation_id: str,
+    arm: str | None = None,
+    test_id: int | None = None,
+) -> ReactState:
+    """The state of a run's first attempt.
+
+    Out-of-range figures are clamped, as the settings clamp them: 50 iterations means 10, 1.2 means 1.0.
+
+    :param max_iterations: attempts wanted (clamped to 1..10).
+    :param threshold: the fidelity needed (clamped to 0..1).
+    :param react_mode: False gives the run a single attempt.
+    :param variation_id: the variation the run executes.
+    :param arm: the A/B arm, if a test chose the version.
+    :param test_id: the A/B test, if any.
+    :raises ReactStateError: a figure that is not a number (or a NaN threshold).
+    """
+    low, high = REACT_MAX_ITER_BOUNDS
+    iterations = max(low, min(high, _integer(max_iterations, "max_iterations"))) if react_mode else low
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or math.isnan(threshold):
+        raise ReactStateError(f"threshold must be a number, got {threshold!r}")
+    return ReactState(
+        attempt=1,
+        max_iterations=iterations,
+        threshold=max(0.0, min(1.0, float(threshold))),
+        attempts=(),
+        variation_id=variation_id,
+        arm=arm,
+        test_id=test_id,
+    )
+
+
+def next_step(state: ReactState, latest: AttemptSummary) -> ReactDecision:
+    """Decide what follows the attempt just made.
+
+    :param state: the state the attempt ran with.
+    :param latest: the attempt's summary; its number must be ``state.attempt``.
+    :raises ReactStateError: the summary is not of the state's attempt.
+    """
+    if latest.attempt != state.attempt:
+        raise ReactStateError(
+            f"the summary is of attempt {latest.attempt}, the state of attempt {state.attempt}"
+        )
+    attempts = (*state.attempts, latest)
+    metadata = {
+        "iterations": len(attempts),
+        "max_iterations": state.max_iterations,
+        "all_attempts": [summary.to_dict() for summary in attempts],
+        "early_success": latest.success,
+    }
+    if latest.success:
+        return ReactDecision("finish_success", None, None, evolve=False, metadata=metadata)
+    if latest.attempt < state.max_iterations:
+        next_state = replace(state, attempt=latest.attempt + 1, attempts=attempts)
+        return ReactDecision("retry", next_state, latest.previous_attempt(), evolve=False, metadata=metadata)
+    return ReactDecision("finish_exhausted", None, None, evolve=True, metadata=metadata)
+
+
+def retry_context(context: Mapping[str, Any], state: ReactState) -> dict[str, Any]:
+    """The input context an attempt runs with: a copy of the run's, plus what failed last time on a retry.
+
+    On the first attempt the copy carries no ``_react_retry``/``_previous_attempt``: any the producer sent
+    are dropped, so an agent never sees a failure that did not happen.
+
+    :param context: the run's input context (not modified).
+    :param state: the state of the attempt about to run.
+    """
+    copy = {key: value for key, value in context.items() if key not in (RETRY_FLAG, PREVIOUS_ATTEMPT)}
+    if state.attempts:
+        copy[RETRY_FLAG] = True
+        copy[PREVIOUS_ATTEMPT] = state.attempts[-1].previous_attempt()
+    return copy
