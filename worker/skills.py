@@ -33,7 +33,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NoReturn, cast, get_args
+from typing import Any, Literal, NamedTuple, NoReturn, cast, get_args
 
 import jsonschema
 import yaml
@@ -145,10 +145,18 @@ class Skill:
         """The id of the variation whose content this is: the digest of :attr:`content`."""
         return content_digest(self.content)
 
+    def with_instructions(self, instructions: str) -> str:
+        """This content with another body: the front matter's text is kept byte for byte (comments too).
+
+        :param instructions: the new Markdown body; surrounding whitespace is dropped, as the parser drops it.
+        """
+        header = _split_front_matter(self.content, "<skill>").header
+        body = instructions.strip()
+        return f"{header}\n{body}\n" if body else header
+
     def front_matter(self) -> dict[str, Any]:
         """A fresh copy of the front matter as written, to build a new variation with :func:`render_skill`."""
-        yaml_text, _, _ = _split_front_matter(self.content, "<skill>")
-        loaded = yaml.safe_load(yaml_text)
+        loaded = yaml.safe_load(_split_front_matter(self.content, "<skill>").yaml_text)
         if not isinstance(loaded, dict):  # parse_skill accepted this content, so this cannot happen
             raise AssertionError("a parsed skill's front matter is a mapping")
         return loaded
@@ -236,14 +244,20 @@ def parse_skill(
     :param allowed_modules: the python allow-list; None means ``get_settings().python_skill_modules``.
     :raises SkillFileError: anything malformed, with its line and field.
     """
-    yaml_text, body, first_line = _split_front_matter(text, source)
-    root, data = _load_yaml(yaml_text, source, first_line)
-    reader = _FrontMatter(source, root, first_line, allowed_modules)
-    return reader.build(data, body.strip(), text)
+    parts = _split_front_matter(text, source)
+    root, data = _load_yaml(parts.yaml_text, source, YAML_FIRST_FILE_LINE)
+    reader = _FrontMatter(source, root, YAML_FIRST_FILE_LINE, allowed_modules)
+    return reader.build(data, parts.body.strip(), text)
 
 
-def _split_front_matter(text: str, source: str) -> tuple[str, str, int]:
-    """Split ``text`` into (YAML text, body, file line of the YAML's first line)."""
+class _Parts(NamedTuple):
+    header: str  # the front matter with both delimiter lines, ending in a newline
+    yaml_text: str
+    body: str
+
+
+def _split_front_matter(text: str, source: str) -> _Parts:
+    """Split a skill file's text at its front-matter delimiters."""
     lines = text.split("\n")
     if not lines or lines[0].rstrip() != FRONT_MATTER_DELIMITER:
         raise SkillFileError(
@@ -251,7 +265,8 @@ def _split_front_matter(text: str, source: str) -> tuple[str, str, int]:
         )
     for index in range(1, len(lines)):
         if lines[index].rstrip() == FRONT_MATTER_DELIMITER:
-            return "\n".join(lines[1:index]) + "\n", "\n".join(lines[index + 1 :]), YAML_FIRST_FILE_LINE
+            header = "\n".join(lines[: index + 1]) + "\n"
+            return _Parts(header, "\n".join(lines[1:index]) + "\n", "\n".join(lines[index + 1 :]))
     raise SkillFileError(
         source, 1, FRONT_MATTER_FIELD, "front matter is not closed: no '---' line after line 1"
     )
