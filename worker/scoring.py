@@ -4,11 +4,13 @@ How each check reads the output (a string or a JSON-able value):
 
 - ``key: NAME`` — the output is a JSON object (a dict, or a string that parses to one) whose ``NAME`` is
   present and non-empty (not null, not a blank string, not an empty list or object; 0 and false count).
-- ``regex: PATTERN`` — ``re.search`` on the output's text (a string as is, anything else as its JSON).
+- ``regex: PATTERN`` — ``re.search`` on the output's text: a string as is, anything else as
+  ``json.dumps(output, sort_keys=True, ensure_ascii=False)`` (so ``"key": "value"`` with one space).
 - ``json_schema: {...}`` — the output validates; a string that parses as JSON is validated as that value.
 - ``equals: VALUE`` — the output equals VALUE: a string is compared with surrounding whitespace stripped,
   or as the JSON it parses to; booleans never equal numbers.
-- ``python: module:function`` — ``function(output)`` returns True (anything but a bool fails the check).
+- ``python: module:function`` — ``function(output)`` returns True (anything but a bool fails the check);
+  it gets a copy of the output, so it cannot change what is recorded.
 
 A check that raises (a crashing custom check, a schema the validator chokes on) fails with the exception as
 its detail; scoring itself never raises for an output.
@@ -16,6 +18,7 @@ its detail; scoring itself never raises for an output.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from collections.abc import Callable
@@ -183,7 +186,7 @@ def _check_equals(expected: object, output: object) -> tuple[bool, str]:
 
 
 def _check_python(reference: str, output: object) -> tuple[bool, str]:
-    verdict = load_entrypoint(reference)(output)
+    verdict = load_entrypoint(reference)(copy.deepcopy(output))
     if not isinstance(verdict, bool):
         return False, f"{reference} returned {verdict!r}, expected True or False"
     return verdict, f"{reference} returned {verdict}"

@@ -44,6 +44,8 @@ FRONT_MATTER_DELIMITER = "---"
 # The YAML text starts on the line after the opening delimiter; YAML marks count lines from 0.
 YAML_FIRST_FILE_LINE = 2
 FRONT_MATTER_FIELD = "front matter"
+# Skill content is stored in every variation row and may come from an evolver: bound it.
+MAX_SKILL_CHARS = 200_000
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 MAX_NAME_CHARS = 100
@@ -244,6 +246,10 @@ def parse_skill(
     :param allowed_modules: the python allow-list; None means ``get_settings().python_skill_modules``.
     :raises SkillFileError: anything malformed, with its line and field.
     """
+    if len(text) > MAX_SKILL_CHARS:
+        raise SkillFileError(
+            source, 1, FRONT_MATTER_FIELD, f"the file is longer than {MAX_SKILL_CHARS} characters"
+        )
     parts = _split_front_matter(text, source)
     root, data = _load_yaml(parts.yaml_text, source, YAML_FIRST_FILE_LINE)
     reader = _FrontMatter(source, root, YAML_FIRST_FILE_LINE, allowed_modules)
@@ -366,20 +372,27 @@ class _FrontMatter:
             for index, item in enumerate(node.value):
                 self.check_duplicate_keys(item, (*path, index), seen)
 
-    def check_json_like(self, value: Any, path: FieldPath, ancestors: tuple[int, ...] = ()) -> None:
+    def check_json_like(
+        self, value: Any, path: FieldPath, ancestors: tuple[int, ...] = (), checked: set[int] | None = None
+    ) -> None:
         # Front matter ends up in JSON (outcome rows, task kwargs, checks): refuse what JSON cannot hold.
+        checked = set() if checked is None else checked
         if isinstance(value, dict | list):
             if id(value) in ancestors:
                 self.fail(path, "recursive YAML alias is not supported")
+            # Aliases share one object; checking it once keeps an alias bomb from taking exponential time.
+            if id(value) in checked:
+                return
+            checked.add(id(value))
             inner = (*ancestors, id(value))
             if isinstance(value, list):
                 for index, item in enumerate(value):
-                    self.check_json_like(item, (*path, index), inner)
+                    self.check_json_like(item, (*path, index), inner, checked)
                 return
             for key, item in value.items():
                 if not isinstance(key, str):
                     self.fail(path, f"keys must be strings, got {key!r}")
-                self.check_json_like(item, (*path, key), inner)
+                self.check_json_like(item, (*path, key), inner, checked)
         elif isinstance(value, float) and not math.isfinite(value):
             self.fail(path, f"{value} is not a finite number")
         elif value is not None and not isinstance(value, str | int | float | bool):

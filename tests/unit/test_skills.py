@@ -317,3 +317,26 @@ def test_check_entrypoint() -> None:
         check_entrypoint("skills.examples", ["skills"])
     with pytest.raises(EntrypointError):
         check_entrypoint(".relative:f", ["skills"])
+
+
+def test_an_alias_bomb_parses_in_linear_time() -> None:
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 20)]
+    bomb = "\n".join(f"  {line}" for line in levels)
+    skill = parse(
+        f"---\nname: b\nagent: simulated\nsteps: [{{id: a, expect: {{key: a}}}}]\nbomb:\n{bomb}\n---\n"
+    )
+    assert "bomb" in skill.extra
+
+
+def test_oversized_files_are_refused() -> None:
+    with pytest.raises(SkillFileError, match="longer than"):
+        parse("---\n" + "x: y\n" * 50_000 + "---\n")
+
+
+def test_with_instructions_keeps_the_front_matter_text() -> None:
+    text = VALID.replace("name: demo", "name: demo  # a comment")
+    skill = parse(text)
+    new = skill.with_instructions("  New body.\n")
+    assert new == text.replace("\nDo the thing.\n", "\nNew body.\n")
+    assert parse(new).instructions == "New body."
