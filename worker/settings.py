@@ -6,10 +6,12 @@ gets the documented ceiling (10), not a worker that will not start.
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
+from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///wre.db"
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
@@ -58,7 +60,8 @@ class Settings(BaseSettings):
     ab_min_trials_per_arm: int = 20
     ab_max_trials_per_arm: int = 1000
     ab_min_margin: float = 0.0
-    python_skill_modules: list[str] = Field(default_factory=lambda: ["skills"])
+    # NoDecode: the environment's plain comma list reaches the validator below undecoded.
+    python_skill_modules: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["skills"])
     max_context_bytes: int = DEFAULT_MAX_CONTEXT_BYTES
     default_time_limit_seconds: float = 60.0
     evolve_cooldown_seconds: float = 30.0
@@ -81,8 +84,10 @@ class Settings(BaseSettings):
     @field_validator("python_skill_modules", mode="before")
     @classmethod
     def _split_modules(cls, value: object) -> object:
-        # Accept the plain comma list an operator types, as well as JSON.
-        if isinstance(value, str) and not value.lstrip().startswith("["):
+        # Accept the plain comma list an operator types, as well as a JSON list.
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 

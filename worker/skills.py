@@ -27,7 +27,6 @@ changed since the file was parsed).
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -38,6 +37,7 @@ from typing import Any, Literal, NamedTuple, NoReturn, cast, get_args
 import jsonschema
 import yaml
 
+from db.catalog import variation_id_for
 from worker.settings import get_settings
 
 FRONT_MATTER_DELIMITER = "---"
@@ -62,7 +62,6 @@ DEFAULT_EVOLVER = "hints"
 # The file format accepts every evolver the design names; whether one is installed is the registry's business.
 EVOLVER_CHOICES = ("hints", "simulated", "llm")
 PYTHON_AGENT = "python"
-DIGEST_CHARS = 16
 
 FieldPath = tuple[str | int, ...]
 
@@ -169,7 +168,7 @@ def content_digest(text: str) -> str:
 
     :param text: the exact content (no normalisation: one changed byte is another variation).
     """
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:DIGEST_CHARS]
+    return variation_id_for(text)
 
 
 def render_skill(front_matter: Mapping[str, Any], instructions: str) -> str:

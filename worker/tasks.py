@@ -85,9 +85,13 @@ def execute_skill(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         if infra_retries >= INFRA_MAX_RETRIES:
             raise
         log.warning("run %s: infrastructure error, retrying: %s", run_id, error)
+        # An agent may know better when to come back (an LLM server's Retry-After).
+        retry_after = getattr(error, "retry_after", None)
         raise self.retry(
             exc=error,
-            countdown=infrastructure_backoff(infra_retries),
+            countdown=retry_after
+            if isinstance(retry_after, int | float)
+            else infrastructure_backoff(infra_retries),
             kwargs={**kwargs, INFRA_RETRY_KWARG: infra_retries + 1},
         ) from error
     decision = outcome.decision
