@@ -32,6 +32,8 @@ def service_env(database_url: str, broker_url: str, **overrides: str) -> dict[st
             "WRE_BROKER_URL": broker_url,
             "WRE_PYTHON_SKILL_MODULES": TEST_SKILL_MODULES,
             "WRE_EVOLVE_COOLDOWN_SECONDS": "3600",
+            # Tests rewrite production between runs; workers must not serve a cached view of it.
+            "WRE_PRODUCTION_CACHE_SECONDS": "0",
             "PYTHONPATH": str(REPO),
         }
     )

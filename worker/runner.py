@@ -29,9 +29,6 @@ from worker.scoring import Score, score
 from worker.settings import Settings
 from worker.skills import Skill, parse_skill
 
-# How long a worker trusts its view of a skill's production version and running test. Promotions reach
-# every worker within this; in between, the hot path reads nothing.
-RESOLVE_CACHE_SECONDS = 2.0
 MAX_OUTPUT_RESULT_CHARS = 20_000
 RUN_KWARGS = ("skill_name", "agent", "input_context", "force", "assignment_key")
 
@@ -258,7 +255,8 @@ class SkillRunner:
         now = time.monotonic()
         with self._lock:
             cached = self._resolved.get(skill_name)
-        if cached is not None and now - cached[0] < RESOLVE_CACHE_SECONDS:
+        # Within the cache window the hot path reads nothing; a promotion reaches every worker after it.
+        if cached is not None and now - cached[0] < self.settings.production_cache_seconds:
             return cached[1]  # type: ignore[no-any-return]
         production_id, content = self.memory.get_production(skill_name)
         resolved = (production_id, content, self.memory.get_active_ab_test(skill_name))

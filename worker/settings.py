@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     :param python_skill_modules: modules (and their submodules) a python skill may name as entrypoint or check.
     :param max_context_bytes: largest JSON input context a run accepts.
     :param default_time_limit_seconds: an attempt's time limit when the skill declares none.
+    :param production_cache_seconds: how long a worker trusts its view of a skill's production version and
+        running test; a promotion reaches every worker within this (0: read on every run).
     :param evolve_cooldown_seconds: least time between two evolutions of one skill.
     :param evolve_failure_window: how many recent failed runs the evolver learns from.
     :param llm_base_url: OpenAI-compatible server for the ``llm`` agent and evolver.
@@ -64,6 +66,7 @@ class Settings(BaseSettings):
     python_skill_modules: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["skills"])
     max_context_bytes: int = DEFAULT_MAX_CONTEXT_BYTES
     default_time_limit_seconds: float = 60.0
+    production_cache_seconds: float = 2.0
     evolve_cooldown_seconds: float = 30.0
     evolve_failure_window: int = 20
     llm_base_url: str = "http://127.0.0.1:11434/v1"
