@@ -215,3 +215,42 @@ def test_hints_describe_every_check_kind(check: str) -> None:
     )
     child = parse_skill(get_evolver("hints").propose(parent, [failure("a", output="nope")], seed="x"))
     assert ("must equal" if "equals" in check else "custom check") in child.instructions
+
+
+def test_simulated_evolver_uses_the_declared_evolution() -> None:
+    from worker.agents.simulated import simulation_spec
+    from worker.evolvers import get_evolver
+    from worker.skills import parse_skill
+
+    text = """---
+name: declared
+agent: simulated
+evolver: simulated
+steps:
+  - {id: a, description: a, expect: {key: a}}
+simulation: {pass_probability: 0.3, evolution: {mean_shift: 0.4, spread: 0.0}}
+---
+Do it.
+"""
+    parent = parse_skill(text)
+    child = parse_skill(get_evolver("simulated").propose(parent, [], seed="s"))
+    spec = simulation_spec(child)
+    assert spec.pass_probability == pytest.approx(0.7)
+    assert spec.evolution == {"mean_shift": 0.4, "spread": 0.0}
+
+
+def test_simulated_evolution_declaration_is_checked() -> None:
+    from worker.agents.simulated import SimulationSpecError, simulation_spec
+    from worker.skills import parse_skill
+
+    text = """---
+name: declared
+agent: simulated
+steps:
+  - {id: a, description: a, expect: {key: a}}
+simulation: {pass_probability: 0.3, evolution: {mean_shift: 0.4}}
+---
+Do it.
+"""
+    with pytest.raises(SimulationSpecError, match="evolution"):
+        simulation_spec(parse_skill(text))

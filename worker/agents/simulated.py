@@ -46,11 +46,14 @@ class SimulationSpec:
     :param pass_probability: chance that an attempt passes every step (None when per-step).
     :param pass_probabilities: chance per step id that the step passes (None when per-attempt).
     :param generation: how many simulated evolutions led to this variation (0 for a hand-written one).
+    :param evolution: optional ``{mean_shift, spread}`` for the simulated evolver's draw (its defaults when
+        None): lets a demo or a benchmark declare how good evolution is, instead of hiding it in code.
     """
 
     pass_probability: float | None
     pass_probabilities: dict[str, float] | None
     generation: int = 0
+    evolution: dict[str, float] | None = None
 
 
 def _probability(value: object, where: str) -> float:
@@ -86,6 +89,7 @@ def simulation_spec(skill: Skill) -> SimulationSpec:
     generation = raw.get("generation", 0)
     if isinstance(generation, bool) or not isinstance(generation, int) or generation < 0:
         raise SimulationSpecError(f"simulation.generation must be a non-negative integer, got {generation!r}")
+    evolution = _evolution(raw.get("evolution"))
     has_single, has_per_step = "pass_probability" in raw, "pass_probabilities" in raw
     if has_single == has_per_step:
         raise SimulationSpecError(
@@ -94,7 +98,7 @@ def simulation_spec(skill: Skill) -> SimulationSpec:
         )
     if has_single:
         return SimulationSpec(
-            _probability(raw["pass_probability"], "simulation.pass_probability"), None, generation
+            _probability(raw["pass_probability"], "simulation.pass_probability"), None, generation, evolution
         )
     per_step = raw["pass_probabilities"]
     step_ids = [step.id for step in skill.steps]
@@ -107,7 +111,23 @@ def simulation_spec(skill: Skill) -> SimulationSpec:
         step_id: _probability(per_step[step_id], f"simulation.pass_probabilities.{step_id}")
         for step_id in step_ids
     }
-    return SimulationSpec(None, probabilities, generation)
+    return SimulationSpec(None, probabilities, generation, evolution)
+
+
+def _evolution(raw: object) -> dict[str, float] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) != {"mean_shift", "spread"}:
+        raise SimulationSpecError(f"simulation.evolution must be {{mean_shift: M, spread: S}}, got {raw!r}")
+    figures = {}
+    for key in ("mean_shift", "spread"):
+        value = raw[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not -1.0 <= value <= 1.0:
+            raise SimulationSpecError(f"simulation.evolution.{key} must be a number within -1..1, got {value!r}")
+        figures[key] = float(value)
+    if figures["spread"] < 0:
+        raise SimulationSpecError("simulation.evolution.spread must not be negative")
+    return figures
 
 
 def attempt_seed(variation_id: str, run_id: str, attempt: int) -> int:

@@ -54,17 +54,20 @@ class SimulatedEvolver:
         except SimulationSpecError as error:
             raise EvolutionRefused(f"cannot simulate evolving {skill.name!r}: {error}") from error
         rng = _rng(seed, skill)
+        mean_shift, spread = MEAN_SHIFT, SHIFT_SPREAD
+        if spec.evolution is not None:
+            mean_shift, spread = spec.evolution["mean_shift"], spec.evolution["spread"]
         generation = spec.generation + 1
         simulation: dict[str, Any] = {}
         if spec.pass_probability is not None:
             before = spec.pass_probability
-            after = _clamp(before + rng.gauss(MEAN_SHIFT, SHIFT_SPREAD))
+            after = _clamp(before + rng.gauss(mean_shift, spread))
             simulation["pass_probability"] = after
             change = f"declared pass probability {before:g} → {after:g}"
         else:
             assert spec.pass_probabilities is not None  # simulation_spec sets exactly one of the two
             drawn = {
-                step_id: _clamp(p + rng.gauss(MEAN_SHIFT, SHIFT_SPREAD))
+                step_id: _clamp(p + rng.gauss(mean_shift, spread))
                 for step_id, p in spec.pass_probabilities.items()
             }
             simulation["pass_probabilities"] = drawn
@@ -72,6 +75,8 @@ class SimulatedEvolver:
                 f"{step_id} {spec.pass_probabilities[step_id]:g} → {p:g}" for step_id, p in drawn.items()
             )
         simulation["generation"] = generation
+        if spec.evolution is not None:
+            simulation["evolution"] = dict(spec.evolution)
         front_matter = skill.front_matter()
         front_matter[SIMULATION_FIELD] = simulation
         note = f"{NOTE_PREFIX}, generation {generation}: {change}. (A simulation: the instructions did not change.)"
