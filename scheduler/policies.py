@@ -1,0 +1,625 @@
+"""Promotion policies for A/B tests of skill variations: counts in, a decision out.
+
+Pure: no I/O, no Celery, no database, stdlib ``math`` only, so that the statistics can be tested
+exhaustively and simulated fast (``bench/promotion_quality.py``). docs/STATISTICS.md explains the
+choice of test, what it guarantees and what it costs, with measured figures.
+
+Policies (``decide(..., policy=...)``):
+
+``sequential`` (default)
+    Two one-sided, always-valid tests of "the treatment's success rate is higher" and "... lower",
+    each at level ``alpha / 2``: a normal mixture (half-normal on the lift, sd ``mixing_sd``) of
+    likelihood ratios of the randomisation statistic. The probability of *ever* promoting a
+    treatment that is no better than the control stays below ``alpha / 2`` however often the
+    policy is asked. At ``max_trials_per_arm`` on both arms without a verdict the test closes as
+    ``"inconclusive"``.
+``margin``
+    The seed's rule, kept for comparison: once both arms have ``sample_size_target`` trials,
+    promote at a lift of at least ``min_margin``, archive at ``-min_margin``. It has no error
+    control; asked after every trial it promotes equal arms most of the time.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
+from types import MappingProxyType
+from typing import Any, ClassVar, Final, Literal, SupportsIndex, TypeAlias
+
+Winner: TypeAlias = Literal["treatment", "control", "inconclusive"] | None
+JSONScalar: TypeAlias = str | int | float | None
+JSONValue: TypeAlias = JSONScalar | dict[str, JSONScalar]
+
+SEQUENTIAL: Final = "sequential"
+MARGIN: Final = "margin"
+POLICIES: Final = (SEQUENTIAL, MARGIN)
+DEFAULT_POLICY: Final = SEQUENTIAL
+
+# --- sequential policy defaults -----------------------------------------------------------------
+#: Family-wise level: each of the two one-sided tests gets ``ALPHA / 2``.
+ALPHA: Final = 0.05
+#: No verdict before both arms have this many trials; the normal approximation behind the
+#: plug-in weights is poor below it, and a skill's first runs are often unrepresentative.
+MIN_TRIALS_PER_ARM: Final = 20
+#: Both arms at this many trials without a verdict: close the test as inconclusive.
+MAX_TRIALS_PER_ARM: Final = 1000
+#: Floor on the observed lift for a promotion (0: any lift the test establishes).
+MIN_MARGIN: Final = 0.0
+#: Standard deviation of the half-normal mixing distribution over the lift (success-rate points).
+#: Tuned by simulation for lifts of 0.1-0.2 to be found within a few hundred trials per arm while
+#: spending little of alpha inside the 1,000-trial horizon (docs/STATISTICS.md, "Mixing sd").
+MIXING_SD: Final = 0.10
+
+# --- margin policy defaults (the seed's rule) ---------------------------------------------------
+#: Trials each arm needs before the margin rule looks at the lift.
+SAMPLE_SIZE_TARGET: Final = 20
+#: Lift (in success-rate points) at which the margin rule promotes, and minus which it archives.
+MARGIN_MIN_MARGIN: Final = 0.10
+
+# log erfcx(y) switches to its asymptotic series here: math.erfc underflows past y ~ 26 and the
+# series' first omitted term (105 / (2 y^2)^4) is below 3e-10 from y = 20 on.
+_ERFCX_SERIES_FROM: Final = 20.0
+_BISECTION_STEPS: Final = 200
+
+
+# --- input checks -------------------------------------------------------------------------------
+
+
+def _as_count(name: str, value: object) -> int:
+    # bool is an int subclass; a True/False count is always a caller's bug, never a tally.
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an int, got bool {value!r}")
+    if not isinstance(value, SupportsIndex):
+        raise ValueError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    number = operator.index(value)
+    if number < 0:
+        raise ValueError(f"{name} must be >= 0, got {number}")
+    return number
+
+
+def _as_int_param(name: str, value: object, minimum: int) -> int:
+    number = _as_count(name, value)
+    if number < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {number}")
+    return number
+
+
+def _as_real(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {number!r}")
+    return number
+
+
+def _exact(value: float) -> Fraction:
+    # Margins are read as the decimal they print as, so a lift of exactly 0.1 (17/20 - 15/20)
+    # meets a 0.1 margin instead of losing to binary rounding.
+    return Fraction(repr(value))
+
+
+# --- the data -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Successes and trials of the two arms of a test, checked on construction.
+
+    Args:
+        control_successes: successful trials of the production version (control arm).
+        control_trials: trials of the control arm.
+        treatment_successes: successful trials of the candidate variation (treatment arm).
+        treatment_trials: trials of the treatment arm.
+
+    Raises:
+        ValueError: a count that is not an int (bools and floats included), is negative, or
+            successes above trials.
+    """
+
+    control_successes: int
+    control_trials: int
+    treatment_successes: int
+    treatment_trials: int
+
+    def __post_init__(self) -> None:
+        for name in ("control_successes", "control_trials", "treatment_successes", "treatment_trials"):
+            object.__setattr__(self, name, _as_count(name, getattr(self, name)))
+        for arm in ("control", "treatment"):
+            successes, trials = getattr(self, f"{arm}_successes"), getattr(self, f"{arm}_trials")
+            if successes > trials:
+                raise ValueError(f"{arm}_successes ({successes}) exceeds {arm}_trials ({trials})")
+
+    @property
+    def trials(self) -> int:
+        return self.control_trials + self.treatment_trials
+
+    @property
+    def successes(self) -> int:
+        return self.control_successes + self.treatment_successes
+
+    @property
+    def control_rate(self) -> float | None:
+        return self.control_successes / self.control_trials if self.control_trials else None
+
+    @property
+    def treatment_rate(self) -> float | None:
+        return self.treatment_successes / self.treatment_trials if self.treatment_trials else None
+
+    @property
+    def exact_lift(self) -> Fraction | None:
+        """Treatment rate minus control rate as an exact fraction; None while an arm is empty."""
+        if not (self.control_trials and self.treatment_trials):
+            return None
+        return Fraction(self.treatment_successes, self.treatment_trials) - Fraction(
+            self.control_successes, self.control_trials
+        )
+
+    @property
+    def lift(self) -> float | None:
+        exact = self.exact_lift
+        return None if exact is None else float(exact)
+
+    def reached(self, trials_per_arm: int) -> bool:
+        return min(self.control_trials, self.treatment_trials) >= trials_per_arm
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a policy decided about a test, and the figures behind it.
+
+    ``winner`` is ``"treatment"`` (promote), ``"control"`` (archive the treatment),
+    ``"inconclusive"`` (maximum reached without a verdict) or ``None`` (keep going).
+    Figures that do not exist yet (a rate of an empty arm, an interval before any information)
+    are ``None``, never NaN. ``to_dict()`` gives the JSON-able form stored with the test.
+
+    Attributes:
+        winner: the verdict, or None to keep the test running.
+        policy: the policy's name.
+        reason: one line for people: why this verdict, with the deciding figures.
+        control_successes, control_trials, treatment_successes, treatment_trials: the input.
+        control_rate, treatment_rate: observed success rates (None for an empty arm).
+        lift: treatment_rate - control_rate (None while an arm is empty).
+        statistic: ``sequential``: the larger of the two one-sided log e-values;
+            ``margin``: the lift.
+        threshold: the value ``statistic`` must reach: log(2 / alpha), or the margin.
+        evidence_treatment: log e-value for "treatment better" (``sequential`` only).
+        evidence_control: log e-value for "treatment worse" (``sequential`` only).
+        critical_lift: the absolute lift that would give a verdict at the current counts
+            (``sequential`` only; None without information).
+        lift_ci_low, lift_ci_high: always-valid (1 - alpha) confidence sequence for the lift,
+            normal approximation (``sequential`` only; None without information). A verdict
+            for the treatment is exactly ``lift_ci_low > 0``, for the control ``lift_ci_high < 0``.
+        params: every parameter the policy used, defaults included.
+    """
+
+    winner: Winner
+    policy: str
+    reason: str
+    control_successes: int
+    control_trials: int
+    treatment_successes: int
+    treatment_trials: int
+    control_rate: float | None
+    treatment_rate: float | None
+    lift: float | None
+    statistic: float | None
+    threshold: float
+    evidence_treatment: float | None = None
+    evidence_control: float | None = None
+    critical_lift: float | None = None
+    lift_ci_low: float | None = None
+    lift_ci_high: float | None = None
+    params: Mapping[str, float | int] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        # Read-only, so a frozen Decision cannot be changed through its params either.
+        object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
+
+    @property
+    def decided(self) -> bool:
+        return self.winner is not None
+
+    def to_dict(self) -> dict[str, JSONValue]:
+        """The decision as JSON-able values (stored in Postgres JSON columns)."""
+        return {
+            "winner": self.winner,
+            "policy": self.policy,
+            "reason": self.reason,
+            "control_successes": self.control_successes,
+            "control_trials": self.control_trials,
+            "treatment_successes": self.treatment_successes,
+            "treatment_trials": self.treatment_trials,
+            "control_rate": self.control_rate,
+            "treatment_rate": self.treatment_rate,
+            "lift": self.lift,
+            "statistic": self.statistic,
+            "threshold": self.threshold,
+            "evidence_treatment": self.evidence_treatment,
+            "evidence_control": self.evidence_control,
+            "critical_lift": self.critical_lift,
+            "lift_ci_low": self.lift_ci_low,
+            "lift_ci_high": self.lift_ci_high,
+            "params": dict(self.params),
+        }
+
+
+# --- the sequential statistic -------------------------------------------------------------------
+
+
+def log_erfcx(y: float) -> float:
+    """log(exp(y**2) * erfc(y)), finite for every finite y (erfc alone underflows past ~26)."""
+    if y < _ERFCX_SERIES_FROM:
+        return y * y + math.log(math.erfc(y))
+    u = 1.0 / (2.0 * y * y)
+    return math.log1p(-u + 3.0 * u * u - 15.0 * u**3) - math.log(y * math.sqrt(math.pi))
+
+
+def one_sided_log_evidence(lift: float, variance: float, mixing_sd: float) -> float:
+    """log of the half-normal mixture of Gaussian likelihood ratios for "lift > 0".
+
+    ``integral over theta > 0 of exp(theta * lift / variance - theta**2 / (2 * variance))``
+    ``* 2 * phi(theta / mixing_sd) / mixing_sd``, in closed form (Howard et al. 2021, one-sided
+    normal mixture): ``log erfcx(-x / sqrt 2) - log(1 + r) / 2`` with ``r = mixing_sd**2 / variance``
+    and ``x = lift / sqrt(variance) * sqrt(r / (1 + r))``.
+
+    Args:
+        lift: the (balance-weighted) lift estimate; use its negation for "lift < 0".
+        variance: its variance under the null; 0 means no information (log e-value 0).
+        mixing_sd: sd of the half-normal mixing distribution over the true lift.
+    """
+    if variance <= 0.0:
+        return 0.0
+    r = mixing_sd * mixing_sd / variance
+    x = lift / math.sqrt(variance) * math.sqrt(r / (1.0 + r))
+    return log_erfcx(-x / math.sqrt(2.0)) - 0.5 * math.log1p(r)
+
+
+@dataclass(frozen=True)
+class RandomizationEvidence:
+    """The evidence the counts carry about the arms, as the sequential policy reads it.
+
+    Under "the variation makes no difference", each run's outcome is what it would have been on
+    either arm, and its arm was a fair coin. Given the outcomes, ``D = sum w(Y) * (+1 treatment,
+    -1 control)`` with ``w(success) = (1 - p) / (p (1 - p))``, ``w(failure) = -p / (p (1 - p))``
+    is then a sum of independent symmetric bounded steps, so ``exp(theta * D - theta**2 * I / 2)``
+    is a supermartingale for every theta (``cosh(z) <= exp(z**2 / 2)``), and so is any mixture of
+    them; ``I = n / (4 p (1 - p))``. With ``p`` the pooled success rate this gives, in lift units,
+    ``lift_estimate = D / I = 4 (s_t n_c - s_c n_t) / n**2`` and ``variance = 1 / I``. For balanced
+    arms that is the observed lift and the usual pooled variance (Johari et al.'s mSPRT);
+    imbalance only makes the test more conservative.
+
+    Args:
+        counts: the test's counts.
+        mixing_sd: sd of the half-normal mixing distribution over the lift.
+    """
+
+    counts: Counts
+    mixing_sd: float
+
+    @property
+    def informative(self) -> bool:
+        """False while an arm is empty or every trial so far had the same outcome."""
+        c = self.counts
+        return bool(c.control_trials and c.treatment_trials and 0 < c.successes < c.trials)
+
+    @property
+    def balance(self) -> float:
+        """4 n_c n_t / n**2: 1 for equal arms, smaller the more unequal they are."""
+        c = self.counts
+        return 4.0 * c.control_trials * c.treatment_trials / c.trials**2 if c.trials else 0.0
+
+    @property
+    def lift_estimate(self) -> float:
+        if not self.informative:
+            return 0.0
+        c = self.counts
+        cross = c.treatment_successes * c.control_trials - c.control_successes * c.treatment_trials
+        return 4.0 * cross / c.trials**2
+
+    @property
+    def variance(self) -> float:
+        if not self.informative:
+            return 0.0
+        p = self.counts.successes / self.counts.trials
+        return 4.0 * p * (1.0 - p) / self.counts.trials
+
+    @property
+    def treatment(self) -> float:
+        """log e-value for "treatment better"."""
+        return one_sided_log_evidence(self.lift_estimate, self.variance, self.mixing_sd)
+
+    @property
+    def control(self) -> float:
+        """log e-value for "treatment worse"."""
+        return one_sided_log_evidence(-self.lift_estimate, self.variance, self.mixing_sd)
+
+    def critical_estimate(self, threshold: float) -> float | None:
+        """The lift_estimate at which the one-sided evidence reaches ``threshold`` (bisection)."""
+        variance = self.variance
+        if variance <= 0.0:
+            return None
+        r = self.mixing_sd**2 / variance
+        # erfc(y) >= 1 for y <= 0, so log erfcx(y) >= y**2: this lift surely reaches the threshold.
+        high = math.sqrt(2.0 * (threshold + 0.5 * math.log1p(r)) * variance * (1.0 + r) / r)
+        low = 0.0
+        for _ in range(_BISECTION_STEPS):
+            middle = 0.5 * (low + high)
+            if middle in (low, high):
+                break
+            if one_sided_log_evidence(middle, variance, self.mixing_sd) >= threshold:
+                high = middle
+            else:
+                low = middle
+        return high
+
+
+# --- the policies -------------------------------------------------------------------------------
+
+
+def _reject_unknown(policy: str, params: Mapping[str, object], allowed: tuple[str, ...]) -> None:
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"unknown parameter(s) for policy {policy!r}: {', '.join(unknown)}; allowed: {', '.join(allowed)}"
+        )
+
+
+def _waiting(counts: Counts, needed: int) -> str:
+    return (
+        f"waiting: {counts.control_trials} control and {counts.treatment_trials} treatment trials, "
+        f"a verdict needs {needed} on each arm"
+    )
+
+
+@dataclass(frozen=True)
+class SequentialPolicy:
+    """Always-valid sequential test; see the module docstring and docs/STATISTICS.md.
+
+    Args:
+        alpha: family-wise error level in (0, 1); each one-sided test runs at alpha / 2.
+        min_trials_per_arm: no verdict before both arms have this many trials (>= 1).
+        max_trials_per_arm: both arms at this many trials without a verdict: "inconclusive"
+            (>= min_trials_per_arm).
+        min_margin: a promotion also needs an observed lift of at least this much, in [0, 1).
+        mixing_sd: sd of the half-normal mixing distribution over the lift, in (0, 1].
+    """
+
+    alpha: float = ALPHA
+    min_trials_per_arm: int = MIN_TRIALS_PER_ARM
+    max_trials_per_arm: int = MAX_TRIALS_PER_ARM
+    min_margin: float = MIN_MARGIN
+    mixing_sd: float = MIXING_SD
+
+    PARAMS: ClassVar[tuple[str, ...]] = (
+        "alpha",
+        "min_trials_per_arm",
+        "max_trials_per_arm",
+        "min_margin",
+        "mixing_sd",
+    )
+
+    def __post_init__(self) -> None:
+        alpha = _as_real("alpha", self.alpha)
+        if not 0.0 < alpha < 1.0:
+            raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+        low = _as_int_param("min_trials_per_arm", self.min_trials_per_arm, 1)
+        high = _as_int_param("max_trials_per_arm", self.max_trials_per_arm, low)
+        margin = _as_real("min_margin", self.min_margin)
+        if not 0.0 <= margin < 1.0:
+            raise ValueError(f"min_margin must be in [0, 1), got {margin!r}")
+        mixing_sd = _as_real("mixing_sd", self.mixing_sd)
+        if not 0.0 < mixing_sd <= 1.0:
+            raise ValueError(f"mixing_sd must be in (0, 1], got {mixing_sd!r}")
+        for name, value in (
+            ("alpha", alpha),
+            ("min_trials_per_arm", low),
+            ("max_trials_per_arm", high),
+            ("min_margin", margin),
+            ("mixing_sd", mixing_sd),
+        ):
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, float]) -> SequentialPolicy:
+        _reject_unknown(SEQUENTIAL, params, cls.PARAMS)
+        # Types are checked at run time by __post_init__, which is the point of this path.
+        changes: dict[str, Any] = dict(params)
+        return replace(cls(), **changes)
+
+    @property
+    def threshold(self) -> float:
+        """log(2 / alpha): Ville's inequality bounds each one-sided error by alpha / 2."""
+        return math.log(2.0 / self.alpha)
+
+    @property
+    def params(self) -> dict[str, float | int]:
+        return {name: getattr(self, name) for name in self.PARAMS}
+
+    def decide(self, counts: Counts) -> Decision:
+        evidence = RandomizationEvidence(counts, self.mixing_sd)
+        for_treatment, for_control = evidence.treatment, evidence.control
+        critical = evidence.critical_estimate(self.threshold)
+        interval: tuple[float | None, float | None] = (None, None)
+        critical_lift = None
+        lift = counts.lift
+        if critical is not None and lift is not None:
+            # lift_estimate = balance * lift, so the critical estimate maps back to the lift scale.
+            critical_lift = critical / evidence.balance
+            # A lift lives in [-1, 1]; clipping there keeps "treatment wins <=> low > 0".
+            interval = (max(-1.0, lift - critical_lift), min(1.0, lift + critical_lift))
+        winner, reason = self._verdict(counts, for_treatment, for_control)
+        return Decision(
+            winner=winner,
+            policy=SEQUENTIAL,
+            reason=reason,
+            control_successes=counts.control_successes,
+            control_trials=counts.control_trials,
+            treatment_successes=counts.treatment_successes,
+            treatment_trials=counts.treatment_trials,
+            control_rate=counts.control_rate,
+            treatment_rate=counts.treatment_rate,
+            lift=lift,
+            statistic=max(for_treatment, for_control),
+            threshold=self.threshold,
+            evidence_treatment=for_treatment,
+            evidence_control=for_control,
+            critical_lift=critical_lift,
+            lift_ci_low=interval[0],
+            lift_ci_high=interval[1],
+            params=self.params,
+        )
+
+    def _verdict(self, counts: Counts, for_treatment: float, for_control: float) -> tuple[Winner, str]:
+        if not counts.reached(self.min_trials_per_arm):
+            return None, _waiting(counts, self.min_trials_per_arm)
+        threshold = self.threshold
+        figures = f"log e-values {for_treatment:.3f} (treatment) / {for_control:.3f} (control)"
+        if for_treatment >= threshold:
+            exact_lift = counts.exact_lift
+            if exact_lift is not None and exact_lift >= _exact(self.min_margin):
+                return "treatment", f"treatment better: {figures}, threshold {threshold:.3f}"
+            held_back = f"treatment better but lift {counts.lift:.4f} < min_margin {self.min_margin}"
+            if counts.reached(self.max_trials_per_arm):
+                return "inconclusive", f"{held_back} at {self.max_trials_per_arm} trials per arm"
+            return None, f"{held_back}: keep going"
+        if for_control >= threshold:
+            return "control", f"control better: {figures}, threshold {threshold:.3f}"
+        if counts.reached(self.max_trials_per_arm):
+            return "inconclusive", (
+                f"inconclusive: no verdict within {self.max_trials_per_arm} trials per arm ({figures})"
+            )
+        return None, f"keep going: {figures} below {threshold:.3f}"
+
+
+@dataclass(frozen=True)
+class MarginPolicy:
+    """The seed's rule: per-arm target, then promote/archive at a fixed lift margin.
+
+    Unlike the seed, which kept a test that was undecided at the target running forever, an
+    undecided test keeps going until ``max_trials_per_arm`` on both arms and then closes as
+    "inconclusive" (the same horizon as the sequential policy, so the two compare like for like).
+
+    Args:
+        sample_size_target: trials each arm needs before the rule looks at the lift (>= 1).
+        min_margin: promote at lift >= min_margin, archive at lift <= -min_margin; in (0, 1].
+        max_trials_per_arm: both arms at this many trials undecided: "inconclusive"
+            (>= sample_size_target).
+    """
+
+    sample_size_target: int = SAMPLE_SIZE_TARGET
+    min_margin: float = MARGIN_MIN_MARGIN
+    max_trials_per_arm: int = MAX_TRIALS_PER_ARM
+
+    PARAMS: ClassVar[tuple[str, ...]] = ("sample_size_target", "min_margin", "max_trials_per_arm")
+
+    def __post_init__(self) -> None:
+        target = _as_int_param("sample_size_target", self.sample_size_target, 1)
+        margin = _as_real("min_margin", self.min_margin)
+        # A zero margin would both promote and archive a tie.
+        if not 0.0 < margin <= 1.0:
+            raise ValueError(f"min_margin must be in (0, 1] for the margin policy, got {margin!r}")
+        high = _as_int_param("max_trials_per_arm", self.max_trials_per_arm, target)
+        for name, value in (
+            ("sample_size_target", target),
+            ("min_margin", margin),
+            ("max_trials_per_arm", high),
+        ):
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, float]) -> MarginPolicy:
+        _reject_unknown(MARGIN, params, cls.PARAMS)
+        # Types are checked at run time by __post_init__, which is the point of this path.
+        changes: dict[str, Any] = dict(params)
+        return replace(cls(), **changes)
+
+    @property
+    def params(self) -> dict[str, float | int]:
+        return {name: getattr(self, name) for name in self.PARAMS}
+
+    def decide(self, counts: Counts) -> Decision:
+        winner, reason = self._verdict(counts)
+        return Decision(
+            winner=winner,
+            policy=MARGIN,
+            reason=reason,
+            control_successes=counts.control_successes,
+            control_trials=counts.control_trials,
+            treatment_successes=counts.treatment_successes,
+            treatment_trials=counts.treatment_trials,
+            control_rate=counts.control_rate,
+            treatment_rate=counts.treatment_rate,
+            lift=counts.lift,
+            statistic=counts.lift,
+            threshold=self.min_margin,
+            params=self.params,
+        )
+
+    def _verdict(self, counts: Counts) -> tuple[Winner, str]:
+        if not counts.reached(self.sample_size_target):
+            return None, _waiting(counts, self.sample_size_target)
+        exact_lift = counts.exact_lift
+        assert exact_lift is not None  # both arms have >= 1 trial here
+        margin = _exact(self.min_margin)
+        lift = float(exact_lift)
+        if exact_lift >= margin:
+            return "treatment", f"treatment better: lift {lift:.4f} >= {self.min_margin}"
+        if exact_lift <= -margin:
+            return "control", f"control better: lift {lift:.4f} <= -{self.min_margin}"
+        if counts.reached(self.max_trials_per_arm):
+            return "inconclusive", (
+                f"inconclusive: lift {lift:.4f} within +/-{self.min_margin} "
+                f"at {self.max_trials_per_arm} trials per arm"
+            )
+        return None, f"keep going: lift {lift:.4f} within +/-{self.min_margin}"
+
+
+_POLICY_CLASSES: Final[dict[str, type[SequentialPolicy] | type[MarginPolicy]]] = {
+    SEQUENTIAL: SequentialPolicy,
+    MARGIN: MarginPolicy,
+}
+
+
+def make_policy(policy: str = DEFAULT_POLICY, **params: float) -> SequentialPolicy | MarginPolicy:
+    """The named policy with its parameters checked (see ``decide``)."""
+    if policy not in _POLICY_CLASSES:
+        raise ValueError(f"unknown policy {policy!r}; known: {', '.join(POLICIES)}")
+    return _POLICY_CLASSES[policy].from_params(params)
+
+
+def decide(
+    control_successes: int,
+    control_trials: int,
+    treatment_successes: int,
+    treatment_trials: int,
+    policy: str = DEFAULT_POLICY,
+    **params: float,
+) -> Decision:
+    """Decide an A/B test from its counts: promote, archive, close, or keep going.
+
+    Args:
+        control_successes: successful trials of the production version.
+        control_trials: trials of the production version.
+        treatment_successes: successful trials of the candidate variation.
+        treatment_trials: trials of the candidate variation.
+        policy: ``"sequential"`` (default) or ``"margin"``.
+        **params: the policy's parameters; omitted ones take the module defaults.
+            ``sequential``: ``alpha`` (ALPHA = 0.05), ``min_trials_per_arm`` (20),
+            ``max_trials_per_arm`` (1000), ``min_margin`` (0.0), ``mixing_sd`` (0.10).
+            ``margin``: ``sample_size_target`` (20), ``min_margin`` (0.10),
+            ``max_trials_per_arm`` (1000).
+
+    Returns:
+        A Decision; ``winner`` is "treatment", "control", "inconclusive" or None (keep going).
+
+    Raises:
+        ValueError: a count that is not an int (bools and floats included) or is negative,
+            successes above trials, an unknown policy or parameter name, or a parameter out of
+            range (alpha outside (0, 1), max_trials_per_arm below the minimum, ...).
+    """
+    counts = Counts(control_successes, control_trials, treatment_successes, treatment_trials)
+    return make_policy(policy, **params).decide(counts)
