@@ -29,7 +29,7 @@ class DashboardStore(AbTestStore):
     def get_telemetry_dashboard(self, window: int = DEFAULT_WINDOW_RUNS) -> dict[str, Any]:
         """wre's figures in one dict.
 
-        :param window: runs in the "first" and "now" windows whose median final fidelity is compared
+        :param window: runs in the "first" and "now" windows whose median first-attempt fidelity is compared
             (the seed's "median fidelity +20%" gate).
         """
         counters = self.get_counters(DASHBOARD_COUNTERS)
@@ -94,11 +94,14 @@ class DashboardStore(AbTestStore):
     def _window_medians(
         self, conn: Connection, window: int, skill_name: str | None
     ) -> tuple[float | None, float | None]:
-        scope = (
-            OUTCOMES.c.final
-            if skill_name is None
-            else and_(OUTCOMES.c.final, OUTCOMES.c.skill_name == skill_name)
-        )
+        """Median first-attempt fidelity of the first and of the latest ``window`` runs.
+
+        First attempts measure the skill itself; a run's final attempt has been rescued by retries, so its
+        fidelity would show ReAct at work rather than the skill getting better.
+        """
+        scope = OUTCOMES.c.attempt == 1
+        if skill_name is not None:
+            scope = and_(scope, OUTCOMES.c.skill_name == skill_name)
         base = select(OUTCOMES.c.pattern_fidelity).where(scope)
         first = self.median(conn, base.order_by(OUTCOMES.c.id).limit(window))
         now = self.median(conn, base.order_by(OUTCOMES.c.id.desc()).limit(window))

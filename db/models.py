@@ -84,8 +84,9 @@ class SkillOutcome(Base):
         UniqueConstraint("run_id", "attempt", name="uq_skill_outcomes_run_attempt"),
         Index("ix_skill_outcomes_skill_time", "skill_name", "created_at"),
         Index("ix_skill_outcomes_test", "test_id"),
-        # Windows of runs (dashboard) and recent failures (evolver) scan a skill's final attempts by id.
+        # Recent failures (evolver) scan a skill's final attempts by id; windows of runs its first attempts.
         Index("ix_skill_outcomes_skill_final_id", "skill_name", "final", "id"),
+        Index("ix_skill_outcomes_skill_attempt_id", "skill_name", "attempt", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)

@@ -91,6 +91,17 @@ class OutcomeStore(CounterStore):
             rows = list(conn.execute(query))
         return [LearningEventRecord(**dict(row._mapping)) for row in reversed(rows)]
 
+    def finished_runs(self) -> int:
+        """How many runs have ended (their final attempt is recorded)."""
+        with self.transaction() as conn:
+            return int(conn.execute(select(func.count()).where(OUTCOMES.c.final)).scalar_one())
+
+    def learning_events_since(self, event_id: int = 0, limit: int = 200) -> list[LearningEventRecord]:
+        """Every skill's learning events after ``event_id``, oldest first (a feed to follow)."""
+        query = select(EVENTS).where(EVENTS.c.event_id > event_id).order_by(EVENTS.c.event_id).limit(limit)
+        with self.transaction() as conn:
+            return [LearningEventRecord(**dict(row._mapping)) for row in conn.execute(query)]
+
     def get_skill_metrics(self, skill_name: str, days: float = 7) -> dict[str, Any]:
         """Execution figures of the last ``days`` days.
 

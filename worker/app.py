@@ -17,9 +17,13 @@ from worker.settings import Settings, get_settings
 
 SKILLS_QUEUE = "skills"
 MAINTENANCE_QUEUE = "maintenance"
-# Redis redelivers an unacked message after this long. It must exceed any countdown wre uses (ReAct and
-# infrastructure backoffs are seconds), or a delayed retry would be delivered twice.
-VISIBILITY_TIMEOUT_SECONDS = 3600
+# Redis redelivers an unacked message after the visibility timeout (WRE_VISIBILITY_TIMEOUT_SECONDS, default
+# 3600). It must exceed any countdown wre uses and any attempt's time limit, or a message would be delivered
+# twice; see Settings.visibility_timeout_seconds.
+# kombu looks for expired unacked messages every interval x throttle seconds (10 x 10 by default: a dead
+# worker's runs would wait up to 100 s beyond the visibility timeout). wre sweeps at most every 10 s, and
+# four times per visibility timeout when that is shorter; one sweep is one ZRANGE on the unacked index.
+MAX_RESTORE_INTERVAL_SECONDS = 10.0
 RESULT_EXPIRES_SECONDS = 24 * 3600
 TASK_MODULES = ["worker.tasks", "scheduler.tasks"]
 EVALUATE_TASK = "wre.evaluate_ab_tests"
@@ -27,7 +31,12 @@ EVALUATE_TASK = "wre.evaluate_ab_tests"
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """The app's configuration for ``settings`` (a pure function, so tests can read it)."""
-    transport_options: dict[str, Any] = {"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS}
+    visibility = settings.visibility_timeout_seconds
+    transport_options: dict[str, Any] = {
+        "visibility_timeout": visibility,
+        "unacked_restore_interval": max(1.0, min(MAX_RESTORE_INTERVAL_SECONDS, visibility / 4)),
+        "unacked_restore_throttle": 1,
+    }
     if settings.broker_url.startswith("memory://"):
         # kombu's in-memory transport polls once a second by default; the embedded demo needs it brisk.
         transport_options["polling_interval"] = 0.01
@@ -44,7 +53,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "broker_transport_options": transport_options,
-        "result_backend_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS},
+        "result_backend_transport_options": {"visibility_timeout": visibility},
         "broker_connection_retry_on_startup": True,
         "worker_send_task_events": True,
         "task_send_sent_event": True,
@@ -75,3 +84,7 @@ def create_app(settings: Settings | None = None) -> Celery:
 
 
 app = create_app()
+# The process's app is wre's, in every thread: signatures that Celery builds without an explicit app (a
+# retry's, for one) would otherwise fall back to a default app with a default broker when the worker runs
+# embedded in another program's thread.
+app.set_default()

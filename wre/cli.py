@@ -79,5 +79,61 @@ def dashboard(window: int = typer.Option(100, help="Runs in the first and the la
     render_dashboard(window)
 
 
+@app.command("exporter")
+@user_errors
+def exporter(
+    port: int = typer.Option(9808, min=1, max=65535, help="TCP port of /metrics."),
+    address: str = typer.Option("0.0.0.0", help="Interface to listen on."),
+    window: int = typer.Option(100, min=1, help="Latest finished runs per skill behind the fidelity gauges."),
+) -> None:
+    """Serve Prometheus metrics read from the database on every scrape (runs, retries, fidelity, tests)."""
+    from wre.context import store
+    from wre.exporter import serve_forever
+
+    console.print(f"serving wre metrics on http://{address}:{port}/metrics", soft_wrap=True)
+    serve_forever(store(), port=port, address=address, window=window)
+
+
+@app.command("report")
+@user_errors
+def report(
+    output: str = typer.Option("report.html", "--output", "-o", help="The HTML file to write."),
+    buckets: int = typer.Option(30, min=1, max=500, help="Points per skill on the fidelity charts."),
+) -> None:
+    """Write a self-contained HTML report (no network needed): fidelity over time, A/B tests with intervals."""
+    from wre.context import store
+    from wre.report import write_report
+
+    summary = write_report(store(), output, buckets=buckets)
+    console.print(f"wrote {output}: {summary}", soft_wrap=True)
+
+
+@app.command("demo")
+def demo(
+    runs: int = typer.Option(300, min=10, help="Runs to enqueue (more are added while a test still needs trials)."),
+    database_url: str = typer.Option(
+        "", help="Store to use; default: a fresh SQLite file wre-demo.db. e.g. postgresql://postgres@127.0.0.1/wre"
+    ),
+    broker_url: str = typer.Option("memory://", help="Broker to use, e.g. redis://127.0.0.1:6379/0."),
+) -> None:
+    """The whole loop in under a minute: runs, retries, an evolved variation, its A/B test, a promotion.
+
+    Runs on an embedded store and broker with a real worker and beat in this process. To see the same on
+    Postgres and Redis: `wre demo --database-url postgresql://postgres@127.0.0.1/wre --broker-url
+    redis://127.0.0.1:6379/0` (the database must exist; the demo migrates it and adds the example skills).
+    For the full stack with separate worker, beat and Flower processes see `docker compose up` in the README.
+    """
+    from pathlib import Path
+
+    from wre.demo import DEFAULT_DATABASE, run_demo
+
+    if not database_url:
+        for suffix in ("", "-wal", "-shm"):
+            Path(DEFAULT_DATABASE + suffix).unlink(missing_ok=True)
+        database_url = f"sqlite:///{DEFAULT_DATABASE}"
+    if not run_demo(runs, database_url, broker_url, console):
+        console.print("[yellow]no promotion within the demo's time budget; run it again with more --runs[/]")
+
+
 def main() -> None:
     app()

@@ -254,6 +254,7 @@ def test_telemetry_dashboard(memory: PatternMemory) -> None:
     assert dashboard["variations_promoted"] == 1
     assert dashboard["variation_win_rate"] == 1.0
     assert dashboard["avg_fidelity_delta"] == pytest.approx(0.5)
-    assert dashboard["median_fidelity_first_window"] == pytest.approx(0.8)
+    # Windows compare first attempts: r1's first attempt (0.2) against r2's (1.0).
+    assert dashboard["median_fidelity_first_window"] == pytest.approx(0.2)
     assert dashboard["median_fidelity_now"] == pytest.approx(1.0)
-    assert dashboard["median_fidelity_gain"] == pytest.approx(0.25)
+    assert dashboard["median_fidelity_gain"] == pytest.approx(4.0)

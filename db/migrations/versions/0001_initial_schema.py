@@ -85,6 +85,9 @@ def upgrade() -> None:
     op.create_index(
         "ix_skill_outcomes_skill_final_id", "skill_outcomes", ["skill_name", "final", "id"], unique=False
     )
+    op.create_index(
+        "ix_skill_outcomes_skill_attempt_id", "skill_outcomes", ["skill_name", "attempt", "id"], unique=False
+    )
     op.create_table(
         "skills",
         sa.Column("name", sa.String(length=128), nullable=False),
@@ -177,6 +180,7 @@ def downgrade() -> None:
     op.drop_table("skills")
     op.drop_index("ix_skill_outcomes_test", table_name="skill_outcomes")
     op.drop_index("ix_skill_outcomes_skill_final_id", table_name="skill_outcomes")
+    op.drop_index("ix_skill_outcomes_skill_attempt_id", table_name="skill_outcomes")
     op.drop_index("ix_skill_outcomes_skill_time", table_name="skill_outcomes")
     op.drop_table("skill_outcomes")
     op.drop_index("ix_learning_events_skill_type", table_name="learning_events")

@@ -1,0 +1,167 @@
+"""`wre demo`: the whole loop on an embedded store, in under a minute.
+
+A SQLite file and kombu's in-memory broker (or Postgres and Redis when given), a real Celery worker and a
+real beat running in this process (not eager mode), the example skills on the simulated agent: runs are
+enqueued, retried, evolved, A/B tested and promoted while the screen shows it happen.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+import skills as example_skills
+from db.memory import LearningEventRecord, PatternMemory
+
+DEFAULT_RUNS = 300
+DEFAULT_DATABASE = "wre-demo.db"
+TIME_BUDGET_SECONDS = 50.0
+EXTRA_BATCH = 40
+WORKER_THREADS = 4
+# Which example skills the demo runs, and how often (the simulated ones carry the loop).
+SKILL_WEIGHTS = {"summarize_ticket": 5, "classify_intent": 3, "extract_contact": 2}
+DEMO_ENV = {
+    "WRE_AB_EVAL_SECONDS": "1",
+    "WRE_EVOLVE_COOLDOWN_SECONDS": "2",
+    "WRE_PRODUCTION_CACHE_SECONDS": "0.5",
+    "WRE_REACT_BACKOFF_SECONDS": "0",
+}
+QUIET_EVENTS = {"react_execution", "evolution_started"}
+TICKETS = ["The export button does nothing.", "I was charged twice.", "Password reset mail never arrives."]
+MESSAGES = [
+    "Hi, it's Ada Lovelace, ada@example.org, +44 20 7946 0958.",
+    "Please call me back. Grace Hopper, grace@navy.example",
+    "Alan here: alan@example.com / 0161 496 0000",
+]
+
+
+def configure(database_url: str, broker_url: str) -> None:
+    """Point wre's settings at the demo's store and broker (before the Celery app is imported)."""
+    os.environ.update(DEMO_ENV)
+    os.environ["WRE_DATABASE_URL"] = database_url
+    os.environ["WRE_BROKER_URL"] = broker_url
+    os.environ["WRE_PYTHON_SKILL_MODULES"] = "skills"
+    # The demo follows runs in the store, not through results.
+    os.environ["WRE_RESULT_BACKEND"] = "disabled"
+    from worker.settings import get_settings
+    from wre.context import store
+
+    get_settings.cache_clear()
+    store.cache_clear()
+
+
+@contextmanager
+def embedded_services(app: Celery, schedule_path: Path) -> Iterator[None]:
+    """A real worker (thread pool) and a real beat, in threads of this process."""
+    from celery.beat import EmbeddedService
+
+    worker = app.WorkController(
+        pool_cls="threads",
+        concurrency=WORKER_THREADS,
+        queues=["skills", "maintenance"],
+        without_heartbeat=True,
+        without_mingle=True,
+        without_gossip=True,
+        loglevel="ERROR",
+    )
+    worker_thread = threading.Thread(target=worker.start, name="wre-demo-worker", daemon=True)
+    beat = EmbeddedService(app, thread=True, schedule_filename=str(schedule_path))
+    worker_thread.start()
+    beat.start()
+    try:
+        yield
+    finally:
+        beat.stop()
+        worker.stop(in_sighandler=False)
+        worker_thread.join(timeout=10)
+
+
+def describe(event: LearningEventRecord) -> str | None:
+    """One line about a learning event, for the live feed."""
+    details = event.details or {}
+    if event.event_type == "variation_proposed":
+        return (f"[cyan]evolved[/]  {event.skill_name}: variation {event.variation_id} "
+                f"enters A/B test #{details.get('test_id')} against production")
+    if event.event_type == "variation_promoted":
+        return (f"[bold green]promoted[/] {event.skill_name}: {event.variation_id} wins its A/B test; "
+                f"fidelity {_fmt(event.fidelity_before)} → {_fmt(event.fidelity_after)}")
+    if event.event_type == "variation_archived":
+        return (f"[yellow]archived[/] {event.skill_name}: {event.variation_id} "
+                f"({event.description}; fidelity {_fmt(event.fidelity_before)} vs {_fmt(event.fidelity_after)})")
+    if event.event_type == "evolution_refused":
+        return f"[dim]evolver refused for {event.skill_name}: {event.description}[/]"
+    return f"{event.event_type} {event.skill_name} {event.description}"
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _context(skill: str, rng: random.Random) -> dict[str, Any]:
+    if skill == "extract_contact":
+        return {"text": rng.choice(MESSAGES)}
+    return {"ticket": rng.choice(TICKETS), "customer": f"c-{rng.randrange(1000)}"}
+
+
+def run_demo(runs: int, database_url: str, broker_url: str, console: Console) -> bool:
+    """Run the demo; True when it showed a promotion."""
+    configure(database_url, broker_url)
+    from db.migrate import upgrade
+    from worker.app import app
+    from worker.client import enqueue_skill
+    from worker.registry import register_skill_file
+    from wre.context import store
+    from wre.dashboard import render_dashboard
+
+    if broker_url.startswith("memory://"):
+        app.conf.worker_send_task_events = False  # no one watches events in-process
+    upgrade(database_url)
+    memory: PatternMemory = store()
+    for path in sorted(Path(example_skills.__file__).parent.glob("*.md")):
+        if path.stem in SKILL_WEIGHTS:
+            skill = register_skill_file(memory, path)
+            console.print(f"registered [bold]{skill.name}[/] (agent {skill.agent}, evolver {skill.evolver})")
+    rng = random.Random(7)
+    names, weights = list(SKILL_WEIGHTS), list(SKILL_WEIGHTS.values())
+    last_event, promoted = 0, False
+    started = time.monotonic()
+    with embedded_services(app, Path(database_url.rsplit("/", 1)[-1] + ".beat")), Progress(
+        TextColumn("[bold]runs"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+        TimeElapsedColumn(), console=console,
+    ) as progress:
+        bar = progress.add_task("", total=runs)
+        for name in rng.choices(names, weights, k=runs):
+            enqueue_skill(name, _context(name, rng))
+        while True:
+            time.sleep(0.25)
+            done = memory.finished_runs()
+            retries = memory.get_counter("react_retry_count")
+            progress.update(bar, completed=done, description=f"retries {retries}")
+            for event in memory.learning_events_since(last_event):
+                last_event = event.event_id or last_event
+                line = None if event.event_type in QUIET_EVENTS else describe(event)
+                if line:
+                    progress.console.print(line)
+                promoted = promoted or event.event_type == "variation_promoted"
+            total = int(progress.tasks[0].total or 0)
+            if (done >= total and promoted) or time.monotonic() - started > TIME_BUDGET_SECONDS:
+                break
+            if done >= total:
+                # Keep feeding the skills whose tests still need trials, a batch at a time.
+                testing = [t.skill_name for t in memory.list_ab_tests(status="running")] or names
+                for name in rng.choices(testing, k=EXTRA_BATCH):
+                    enqueue_skill(name, _context(name, rng))
+                progress.update(bar, total=total + EXTRA_BATCH)
+    console.rule("dashboard")
+    render_dashboard(window=50, console=console)
+    return promoted
