@@ -5,7 +5,9 @@ A run makes up to ``max_iterations`` attempts. After each attempt :func:`next_st
 - ``finish_success`` — the attempt succeeded: stop, return its result;
 - ``retry`` — it failed and attempts are left: run the next one, telling it what failed
   (:func:`retry_context` adds ``_react_retry`` and ``_previous_attempt`` to the input context);
-- ``finish_exhausted`` — it failed and it was the last one: return it, and evolve the skill.
+- ``finish_exhausted`` — it failed and it was the last one: return it, and evolve the skill. A *fatal*
+  failure (the agent's setup is broken: a refused API key, an unknown model) finishes the run the same way at
+  once, without evolving: neither another attempt nor a new variation can fix a setup.
 
 The state travels in the retry task's kwargs, so it is JSON (:meth:`ReactState.to_dict`) and is checked when
 it comes back (:meth:`ReactState.from_dict`): kwargs are input like any other.
@@ -247,11 +249,13 @@ def start(
     )
 
 
-def next_step(state: ReactState, latest: AttemptSummary) -> ReactDecision:
+def next_step(state: ReactState, latest: AttemptSummary, *, fatal: bool = False) -> ReactDecision:
     """Decide what follows the attempt just made.
 
     :param state: the state the attempt ran with.
     :param latest: the attempt's summary; its number must be ``state.attempt``.
+    :param fatal: the attempt failed in a way no retry or variation can fix (the agent's setup): finish now,
+        without evolving. Ignored for a successful attempt.
     :raises ReactStateError: the summary is not of the state's attempt.
     """
     if latest.attempt != state.attempt:
@@ -267,6 +271,8 @@ def next_step(state: ReactState, latest: AttemptSummary) -> ReactDecision:
     }
     if latest.success:
         return ReactDecision("finish_success", None, None, evolve=False, metadata=metadata)
+    if fatal:
+        return ReactDecision("finish_exhausted", None, None, evolve=False, metadata=metadata)
     if latest.attempt < state.max_iterations:
         next_state = replace(state, attempt=latest.attempt + 1, attempts=attempts)
         return ReactDecision("retry", next_state, latest.previous_attempt(), evolve=False, metadata=metadata)

@@ -203,7 +203,7 @@ class SkillRunner:
         summary = react.AttemptSummary(
             state.attempt, scored.pattern_fidelity, scored.success, scored.failed_at_step, scored.error
         )
-        decision = react.next_step(state, summary)
+        decision = react.next_step(state, summary, fatal=result.fatal)
         outcome = OutcomeRecord(
             run_id=run_id,
             attempt=state.attempt,

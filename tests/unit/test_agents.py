@@ -71,13 +71,13 @@ def run(skill: Skill, context: dict[str, Any] | None = None, time_limit: float =
 
 
 def test_registry_names() -> None:
-    assert AGENT_NAMES == ("python", "simulated")
+    assert AGENT_NAMES == ("llm", "python", "simulated")
     for name in AGENT_NAMES:
         assert get_agent(name).name == name
 
 
 def test_unknown_agent_lists_the_known_ones() -> None:
-    with pytest.raises(UnknownAgentError, match="unknown agent 'gpt' \\(known agents: python, simulated\\)"):
+    with pytest.raises(UnknownAgentError, match="unknown agent 'gpt' \\(known agents: llm, python, simulated\\)"):
         get_agent("gpt")
     assert issubclass(UnknownAgentError, ValueError)
 

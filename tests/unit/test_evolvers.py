@@ -33,13 +33,13 @@ def failure(step: str | None, error: str | None = None, output: str = "", run: s
 
 
 def test_registry() -> None:
-    assert EVOLVER_NAMES == ("hints", "simulated")
+    assert EVOLVER_NAMES == ("hints", "llm", "simulated")
     for name in EVOLVER_NAMES:
         assert get_evolver(name).name == name
     with pytest.raises(
-        UnknownEvolverError, match="unknown evolver 'llm' \\(known evolvers: hints, simulated\\)"
+        UnknownEvolverError, match="unknown evolver 'gpt' \\(known evolvers: hints, llm, simulated\\)"
     ):
-        get_evolver("llm")
+        get_evolver("gpt")
     assert issubclass(UnknownEvolverError, ValueError)
     assert issubclass(EvolutionRefused, ValueError)
 

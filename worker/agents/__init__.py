@@ -1,19 +1,22 @@
 """Agents: what runs a skill on a context. One protocol (:class:`Agent`), a registry, and the attempt runner.
 
-Known agents: ``python`` (calls the skill's allowed ``entrypoint``) and ``simulated`` (a simulation that draws
-outcomes from the variation's declared quality). Agents know nothing of the database.
+Known agents: ``python`` (calls the skill's allowed ``entrypoint``), ``simulated`` (a simulation that draws
+outcomes from the variation's declared quality) and ``llm`` (a model behind an OpenAI-compatible API).
+Agents know nothing of the database.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from .base import Agent, AgentInfrastructureError, AgentReply, AttemptInfo
+from .base import Agent, AgentConfigurationError, AgentInfrastructureError, AgentReply, AttemptInfo
+from .llm import LlmAgent, LlmOverrideError
 from .python import EntrypointError, ForbiddenEntrypointError, PythonAgent, load_entrypoint
 from .simulated import SimulatedAgent, SimulationSpecError
 from .timing import AgentResult, run_attempt
 
 _FACTORIES: dict[str, Callable[[], Agent]] = {
+    LlmAgent.name: LlmAgent,
     PythonAgent.name: PythonAgent,
     SimulatedAgent.name: SimulatedAgent,
 }
@@ -43,12 +46,14 @@ def get_agent(name: str) -> Agent:
 __all__ = [
     "AGENT_NAMES",
     "Agent",
+    "AgentConfigurationError",
     "AgentInfrastructureError",
     "AgentReply",
     "AgentResult",
     "AttemptInfo",
     "EntrypointError",
     "ForbiddenEntrypointError",
+    "LlmOverrideError",
     "SimulationSpecError",
     "UnknownAgentError",
     "get_agent",

@@ -16,6 +16,23 @@ class AgentInfrastructureError(Exception):
 
     :func:`worker.agents.run_attempt` re-raises it instead of recording an attempt error, so that the caller
     retries through Celery without spending a ReAct iteration.
+
+    :param args: the message, as for any exception.
+    :param retry_after: seconds the server asked us to wait (``Retry-After``), or None for the usual backoff.
+    """
+
+    def __init__(self, *args: object, retry_after: float | None = None) -> None:
+        super().__init__(*args)
+        self.retry_after = retry_after
+
+
+class AgentConfigurationError(Exception):
+    """Raised by an agent when no attempt can succeed until an operator fixes the setup (a refused API key,
+    an unknown model, a malformed ``llm:`` block).
+
+    :func:`worker.agents.run_attempt` records it as the attempt's error and marks the result ``fatal``, so
+    the run finishes at once: no ReAct retries (each would fail the same way) and no evolution (a new
+    variation cannot fix a key).
     """
 
 

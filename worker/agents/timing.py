@@ -11,7 +11,7 @@ from typing import Any
 
 from worker.skills import Skill
 
-from .base import Agent, AgentInfrastructureError, AgentReply, AttemptInfo
+from .base import Agent, AgentConfigurationError, AgentInfrastructureError, AgentReply, AttemptInfo
 
 MAX_ERROR_CHARS = 500
 ELLIPSIS = "…"
@@ -25,12 +25,14 @@ class AgentResult:
     :param error: why the attempt failed (``Type: message``, trimmed), or None.
     :param elapsed_ms: wall time the attempt took, in milliseconds.
     :param usage: what the agent reported it used (tokens, ...), if anything.
+    :param fatal: the agent raised :class:`AgentConfigurationError`: retrying cannot help, end the run.
     """
 
     output: object
     error: str | None
     elapsed_ms: float
     usage: dict[str, Any] | None = None
+    fatal: bool = False
 
 
 def trim(text: str, limit: int = MAX_ERROR_CHARS) -> str:
@@ -63,6 +65,8 @@ def run_attempt(
     agent: Agent, skill: Skill, context: dict[str, Any], attempt: AttemptInfo, time_limit: float
 ) -> AgentResult:
     """Run one attempt under a time limit; any failure of the skill becomes the result's ``error``.
+
+    An :class:`AgentConfigurationError` is an error too, and marks the result ``fatal`` (end the run now).
 
     :param agent: the agent.
     :param skill: the variation to run.
@@ -98,6 +102,8 @@ def run_attempt(
         return AgentResult(None, f"timed out after {time_limit:g}s", elapsed_ms)
     if isinstance(outcome.exception, AgentInfrastructureError):
         raise outcome.exception
+    if isinstance(outcome.exception, AgentConfigurationError):
+        return AgentResult(None, describe_error(outcome.exception), elapsed_ms, fatal=True)
     if outcome.exception is not None:
         return AgentResult(None, describe_error(outcome.exception), elapsed_ms)
     output, usage = outcome.output, None

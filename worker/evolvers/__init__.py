@@ -1,7 +1,8 @@
 """Evolvers: propose a new variation of a skill from its recent failures.
 
-Known evolvers: ``hints`` (deterministic hints added to the instructions) and ``simulated`` (a simulation that
-redraws the declared quality). Every proposal is checked by :func:`validate_proposal`.
+Known evolvers: ``hints`` (deterministic hints added to the instructions), ``simulated`` (a simulation that
+redraws the declared quality) and ``llm`` (a model rewrites the instructions). Every proposal is checked by
+:func:`validate_proposal`.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from collections.abc import Callable
 
 from .base import EvolutionRefused, Evolver, Failure, validate_proposal
 from .hints import HintsEvolver
+from .llm import LlmEvolver
 from .simulated import SimulatedEvolver
 
 _FACTORIES: dict[str, Callable[[], Evolver]] = {
     HintsEvolver.name: HintsEvolver,
+    LlmEvolver.name: LlmEvolver,
     SimulatedEvolver.name: SimulatedEvolver,
 }
 EVOLVER_NAMES: tuple[str, ...] = tuple(sorted(_FACTORIES))

@@ -1,0 +1,144 @@
+"""The ``llm`` evolver: asks the model to rewrite a skill's instructions from its recent failures.
+
+The model sees the current content, the declared steps with their checks, and the recent failures (how often
+each step failed, the errors, and the lowest-fidelity outputs, trimmed). Only the instructions may change: the
+front matter — the steps above all, which are the contract — is kept byte for byte (:meth:`Skill.with_instructions`).
+A reply that is a whole skill file is accepted for its body only if its steps are the parent's.
+
+It uses the ``llm`` agent's connection (``WRE_LLM_*``) and the skill's ``llm:`` overrides. Anything that
+keeps the model from answering (the server down, a refused key, a malformed ``llm:`` block) is a refusal:
+the evolution is recorded as refused, with the reason, and the skill evolves again after its cooldown.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+from worker.agents.base import AgentConfigurationError, AgentInfrastructureError
+from worker.agents.llm import llm_options
+from worker.agents.llm_client import LlmResponseError, chat_completion
+from worker.settings import get_settings
+from worker.skills import FRONT_MATTER_DELIMITER, Skill, SkillFileError, parse_skill
+
+from .base import EvolutionRefused, Failure, validate_proposal
+from .hints import describe_check
+
+# Enough examples to show a pattern, few enough to keep the prompt small for a local model.
+MAX_PROMPT_FAILURES = 8
+MAX_PROMPT_OUTPUT_CHARS = 600
+ELLIPSIS = "…"
+FENCE = "```"
+
+SYSTEM_PROMPT = """You improve the instructions of a skill: a procedure a language model follows to turn an \
+input (JSON) into an output that must pass the skill's checks.
+You get the skill file (YAML front matter between --- lines, then the instructions in Markdown), the checks \
+its output must pass, and recent runs that failed them.
+Rewrite the instructions so that the next runs pass every check: be specific about the output's exact shape, \
+the keys it must have and the values they take. Keep what already works.
+Reply with the new instructions only, in Markdown: no front matter, no explanation, no code fence around the \
+whole reply. The checks are fixed; do not try to change them."""
+
+
+def _trimmed(text: str) -> str:
+    flat = text.strip()
+    return flat if len(flat) <= MAX_PROMPT_OUTPUT_CHARS else flat[: MAX_PROMPT_OUTPUT_CHARS - 1] + ELLIPSIS
+
+
+def evolution_prompt(skill: Skill, failures: list[Failure]) -> str:
+    """The user message: the current content, the checks, and the failures.
+
+    :param skill: the parent.
+    :param failures: recent failed runs, newest first.
+    """
+    lines = ["# The skill file", "", skill.content.strip(), "", "# The checks its output must pass", ""]
+    for step in skill.steps:
+        about = f" ({step.description})" if step.description else ""
+        lines.append(f"- Step `{step.id}`{about}: {describe_check(step)}.")
+    by_step = Counter(failure.failed_at_step or "(none: the agent failed)" for failure in failures)
+    lines += ["", f"# {len(failures)} recent failed run(s)", ""]
+    lines += [f"- first failed step `{step}`: {count} run(s)" for step, count in by_step.most_common()]
+    # The worst outputs teach the most; the rest are summarised by the counts above.
+    worst = sorted(failures, key=lambda failure: failure.pattern_fidelity)[:MAX_PROMPT_FAILURES]
+    for number, failure in enumerate(worst, start=1):
+        lines += [
+            "",
+            f"## Failed run {number}: fidelity {failure.pattern_fidelity:.2f}, "
+            f"failed at step {failure.failed_at_step or '(none)'}",
+        ]
+        if failure.error:
+            lines.append(f"Error: {_trimmed(failure.error)}")
+        if failure.output:
+            lines += ["Output:", FENCE, _trimmed(failure.output), FENCE]
+    lines += ["", "Write the new instructions."]
+    return "\n".join(lines)
+
+
+def _unfenced(text: str) -> str:
+    """The reply without a code fence wrapped around all of it (models add one despite being asked not to)."""
+    stripped = text.strip()
+    if stripped.startswith(FENCE) and stripped.endswith(FENCE) and len(stripped) > 2 * len(FENCE):
+        first_line_end = stripped.find("\n")
+        if first_line_end != -1:
+            return stripped[first_line_end + 1 : -len(FENCE)].strip()
+    return stripped
+
+
+def proposed_instructions(parent: Skill, reply: str) -> str:
+    """The new instructions in a model's reply.
+
+    :param parent: the skill being evolved.
+    :param reply: the model's text: instructions, or a whole skill file (then its steps must be the parent's).
+    :raises EvolutionRefused: the reply is empty, or a skill file that is malformed or changes the steps.
+    """
+    text = _unfenced(reply)
+    if text.startswith(FRONT_MATTER_DELIMITER):
+        try:
+            whole = parse_skill(text + "\n", source=f"<llm proposal for {parent.name}>")
+        except SkillFileError as error:
+            raise EvolutionRefused(f"the model answered a malformed skill file: {error}") from None
+        if whole.steps != parent.steps:
+            raise EvolutionRefused(
+                "the model answered a skill file with other steps: the checks are the contract and may not evolve"
+            )
+        text = whole.instructions
+    if not text.strip():
+        raise EvolutionRefused(f"the model proposed empty instructions for {parent.name!r}")
+    return text
+
+
+class LlmEvolver:
+    """Asks the model for better instructions; the front matter (the steps above all) stays as it is."""
+
+    name = "llm"
+
+    def propose(self, skill: Skill, failures: list[Failure], seed: str) -> str:
+        """Propose the parent with rewritten instructions.
+
+        :param skill: the parent (the production variation).
+        :param failures: recent failed runs, newest first (at least one).
+        :param seed: unused: a model's answer is not reproducible from a seed across servers.
+        :raises EvolutionRefused: no failures; the model could not be asked (the reason says why); or the
+            proposal is empty, unchanged or malformed.
+        """
+        if not failures:
+            raise EvolutionRefused(f"no failed runs of {skill.name!r} to learn from")
+        settings = get_settings()
+        try:
+            options = llm_options(skill, settings)
+            completion = chat_completion(
+                settings,
+                [
+                    {"role": "system", "content": SYSTEM_PROMPT},
+                    {"role": "user", "content": evolution_prompt(skill, failures)},
+                ],
+                model=options.model,
+                deadline=time.monotonic() + (options.timeout or settings.default_time_limit_seconds),
+                temperature=options.temperature,
+                max_tokens=options.max_tokens,
+            )
+        except (AgentConfigurationError, AgentInfrastructureError, LlmResponseError) as error:
+            # The messages are already redacted: they name the server and status, never the key.
+            raise EvolutionRefused(f"the llm evolver could not ask the model: {error}") from None
+        instructions = proposed_instructions(skill, completion.text)
+        return validate_proposal(skill, skill.with_instructions(instructions)).content
