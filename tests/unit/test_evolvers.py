@@ -109,7 +109,7 @@ def test_simulated_evolver_keeps_one_note_across_generations() -> None:
 
 
 def test_simulated_evolver_makes_some_variations_better_and_some_worse() -> None:
-    parent = example("summarize_ticket")
+    parent = example("classify_intent")  # declares no evolution of its own: the evolver's defaults apply
     p = parent.extra["simulation"]["pass_probability"]
     drawn = [
         parse_skill(get_evolver("simulated").propose(parent, [], seed=f"s{i}")).extra["simulation"][

@@ -1,0 +1,36 @@
+"""A real beat process decides an A/B test, and workers then run the promoted content."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from db.memory import PatternMemory
+from tests.integration.skills_for_tests import python_skill
+from tests.processes import broker_app, running, service_env, start_beat, start_worker, wait_until
+from worker.client import enqueue_skill
+from worker.registry import register_skill_text
+
+
+def test_beat_promotes_and_workers_run_the_promoted_content(
+    memory: PatternMemory, database_url: str, broker_url: str, tmp_path: Path
+) -> None:
+    register_skill_text(memory, python_skill("greet", "echo"))
+    control, _ = memory.get_production("greet")
+    treatment = memory.store_variation("greet", python_skill("greet", "echo", body="Answer warmly."))
+    test_id = memory.schedule_ab_test("greet", control, treatment)
+    for i in range(60):  # a clear difference, recorded before beat starts looking
+        memory.record_ab_outcome(test_id, "control", i < 15)
+        memory.record_ab_outcome(test_id, "treatment", i < 57)
+    app = broker_app(database_url, broker_url)
+    env = service_env(database_url, broker_url, WRE_AB_EVAL_SECONDS="1")
+    worker = start_worker(app, env, tmp_path)
+    beat = start_beat(env, tmp_path)
+    with running(beat, worker):
+        wait_until(lambda: memory.get_ab_test(test_id).status == "completed", timeout=30,  # type: ignore[union-attr]
+                   what="beat to decide the test")
+        result = enqueue_skill("greet", {"text": "hi"}, app=app).get(timeout=30)
+    decided = memory.get_ab_test(test_id)
+    assert decided is not None and decided.winner == "treatment"
+    assert memory.get_production("greet")[0] == treatment
+    assert result["variation_id"] == treatment and result["test_id"] is None
+    assert "wre.evaluate_ab_tests" in beat.log()
