@@ -30,6 +30,7 @@ from worker.settings import Settings
 from worker.skills import Skill, parse_skill
 
 MAX_OUTPUT_RESULT_CHARS = 20_000
+MAX_CACHED_VARIATIONS = 1024
 RUN_KWARGS = ("skill_name", "agent", "input_context", "force", "assignment_key")
 
 
@@ -104,6 +105,8 @@ class SkillRunner:
         self.memory = memory
         self.settings = settings
         self._resolved: dict[str, tuple[float, Any]] = {}
+        self._skills: dict[str, tuple[float, Any]] = {}
+        self._contents: dict[str, str] = {}
         self._lock = threading.Lock()
 
     # 1. validate
@@ -135,7 +138,7 @@ class SkillRunner:
         key = kwargs.get("assignment_key")
         if key is not None and (not isinstance(key, str) or not key or len(key) > 256):
             raise InvalidRunError("assignment_key must be a non-empty string of at most 256 characters")
-        skill_row = self.memory.get_skill(skill_name)
+        skill_row = self._skill_row(skill_name)
         if skill_row is None:
             raise InvalidRunError(f"unknown skill {skill_name!r}; register it with `wre skill add PATH`")
         agent = kwargs.get("agent") or skill_row.default_agent
@@ -264,11 +267,32 @@ class SkillRunner:
             self._resolved[skill_name] = (now, resolved)
         return resolved
 
+    def _skill_row(self, skill_name: str) -> Any:
+        """The skill's row (default agent), cached like the production view; an unknown skill is not cached."""
+        now = time.monotonic()
+        with self._lock:
+            cached = self._skills.get(skill_name)
+        if cached is not None and now - cached[0] < self.settings.production_cache_seconds:
+            return cached[1]
+        row = self.memory.get_skill(skill_name)
+        if row is not None:
+            with self._lock:
+                self._skills[skill_name] = (now, row)
+        return row
+
     def _content(self, variation_id: str) -> str:
-        row = self.memory.get_variation(variation_id)
-        if row is None:
-            raise InvalidRunError(f"variation {variation_id!r} does not exist")
-        return str(row.variation_content)
+        # A variation's content never changes (its id is its digest): once read, it is kept.
+        content = self._contents.get(variation_id)
+        if content is None:
+            row = self.memory.get_variation(variation_id)
+            if row is None:
+                raise InvalidRunError(f"variation {variation_id!r} does not exist")
+            content = str(row.variation_content)
+            with self._lock:
+                self._contents[variation_id] = content
+                while len(self._contents) > MAX_CACHED_VARIATIONS:
+                    self._contents.pop(next(iter(self._contents)))
+        return content
 
 
 def _counters(state: react.ReactState, decision: react.ReactDecision) -> dict[str, int]:
