@@ -1,0 +1,214 @@
+"""`wre exporter`: Prometheus metrics read from the store on every scrape.
+
+A custom collector, not process-global counters: every scrape asks the database, so any number of exporters
+(or a restarted one) report the same figures, and nothing drifts from what the workers recorded. Counts
+come out as Prometheus counters (monotonic as long as outcomes are not deleted), rates and fidelities as
+gauges. All names start with ``wre_``; the docs/OPERATIONS.md table says what each one means.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+from sqlalchemy.exc import SQLAlchemyError
+
+from db.memory import PatternMemory
+from wre.figures import (
+    ARCHIVED_EVENT,
+    DEFAULT_FIDELITY_WINDOW,
+    PROMOTED_EVENT,
+    ROLLBACK_EVENT,
+    event_counts,
+    recent_fidelity,
+    run_figures,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 9808
+DEFAULT_ADDRESS = "0.0.0.0"
+PREFIX = "wre"
+EVOLUTIONS_COUNTER = "evolutions_triggered"
+SKILL = ["skill"]
+ARM_LABELS = ["test_id", "skill", "arm"]
+
+
+class StoreCollector(Collector):
+    """Collects wre's metrics from a PatternMemory at scrape time.
+
+    :param memory: the store to read (any dialect).
+    :param window: finished runs per skill behind the fidelity and success-rate gauges.
+    """
+
+    def __init__(self, memory: PatternMemory, window: int = DEFAULT_FIDELITY_WINDOW) -> None:
+        if window < 1:
+            raise ValueError(f"window must be at least 1, got {window}")
+        self.memory = memory
+        self.window = window
+
+    def collect(self) -> Iterator[Metric]:
+        started = time.perf_counter()
+        try:
+            metrics = list(self._store_metrics())
+            up = 1.0
+        except SQLAlchemyError as error:
+            # An unreachable database must show as wre_up 0, not as a failed scrape with no series at all.
+            log.warning("wre exporter: cannot read the store: %s", error)
+            metrics, up = [], 0.0
+        yield from metrics
+        yield GaugeMetricFamily(f"{PREFIX}_up", "1 if the store answered this scrape, else 0.", value=up)
+        yield GaugeMetricFamily(
+            f"{PREFIX}_scrape_duration_seconds",
+            "Seconds this scrape spent reading the store.",
+            value=time.perf_counter() - started,
+        )
+
+    def _store_metrics(self) -> Iterator[Metric]:
+        yield from self._run_metrics()
+        yield from self._fidelity_metrics()
+        yield from self._test_metrics()
+        yield from self._event_metrics()
+        evolutions = self.memory.get_counter(EVOLUTIONS_COUNTER)
+        yield CounterMetricFamily(
+            f"{PREFIX}_evolutions", "Evolutions triggered by runs that exhausted their attempts.", evolutions
+        )
+
+    def _run_metrics(self) -> Iterator[Metric]:
+        families = {
+            "attempts": _counter("attempts", "Attempts recorded, runs still in flight included."),
+            "runs": _counter("runs", "Finished runs (their final attempts)."),
+            "failed_runs": _counter("runs_failed", "Finished runs whose last attempt still failed."),
+            "runs_retried": _counter("runs_retried", "Finished runs that needed more than one attempt."),
+            "retries": _counter("retries", "ReAct retries: attempts after the first, over finished runs."),
+        }
+        rate = GaugeMetricFamily(
+            f"{PREFIX}_repeated_failure_rate",
+            "Share of finished runs that needed more than one attempt.",
+            labels=SKILL,
+        )
+        for name, figures in run_figures(self.memory).items():
+            for field, family in families.items():
+                family.add_metric([name], getattr(figures, field))
+            rate.add_metric([name], figures.repeated_failure_rate)
+        yield from families.values()
+        yield rate
+
+    def _fidelity_metrics(self) -> Iterator[Metric]:
+        scope = f"the latest {self.window} finished runs"
+        median = _gauge("fidelity_median", f"Median pattern fidelity of {scope}.")
+        mean = _gauge("fidelity_mean", f"Mean pattern fidelity of {scope}.")
+        success = _gauge("success_rate", f"Share of {scope} that succeeded.")
+        covered = _gauge(
+            "fidelity_window_runs", "Finished runs behind the fidelity gauges (at most the window)."
+        )
+        for name, figures in recent_fidelity(self.memory, self.window).items():
+            median.add_metric([name], figures.median)
+            mean.add_metric([name], figures.mean)
+            success.add_metric([name], figures.success_rate)
+            covered.add_metric([name], figures.runs)
+        yield from (median, mean, success, covered)
+
+    def _test_metrics(self) -> Iterator[Metric]:
+        running = _gauge("ab_tests_running", "A/B tests running now (at most one per skill).")
+        tested = _counter("variations_tested", "Variations put under an A/B test.")
+        verdicts = CounterMetricFamily(
+            f"{PREFIX}_ab_test_verdicts",
+            "A/B tests decided, by winner (treatment, control, inconclusive).",
+            labels=["skill", "winner"],
+        )
+        trials = GaugeMetricFamily(
+            f"{PREFIX}_ab_test_trials", "Trials of a running test's arm.", labels=ARM_LABELS
+        )
+        wins = GaugeMetricFamily(
+            f"{PREFIX}_ab_test_successes", "Successful trials of a running test's arm.", labels=ARM_LABELS
+        )
+        running_per_skill: dict[str, int] = {}
+        tested_per_skill: dict[str, set[str]] = {}
+        verdicts_per_skill: dict[tuple[str, str], int] = {}
+        for test in self.memory.list_ab_tests():
+            skill = test.skill_name
+            tested_per_skill.setdefault(skill, set()).add(test.treatment_version)
+            running_per_skill.setdefault(skill, 0)
+            if test.winner is not None:
+                verdicts_per_skill[skill, test.winner] = verdicts_per_skill.get((skill, test.winner), 0) + 1
+            if test.status != "running":
+                continue
+            running_per_skill[skill] += 1
+            for arm in ("control", "treatment"):
+                labels = [str(test.test_id), skill, arm]
+                trials.add_metric(labels, getattr(test, f"{arm}_trials"))
+                wins.add_metric(labels, getattr(test, f"{arm}_successes"))
+        for skill, count in sorted(running_per_skill.items()):
+            running.add_metric([skill], count)
+            tested.add_metric([skill], len(tested_per_skill[skill]))
+        for (skill, winner), count in sorted(verdicts_per_skill.items()):
+            verdicts.add_metric([skill, winner], count)
+        yield from (running, tested, verdicts, trials, wins)
+
+    def _event_metrics(self) -> Iterator[Metric]:
+        families = {
+            PROMOTED_EVENT: _counter(
+                "promotions", "Variations promoted to production (by a test or by hand)."
+            ),
+            ROLLBACK_EVENT: _counter("rollbacks", "Rollbacks to the previous production version."),
+            ARCHIVED_EVENT: _counter(
+                "variations_archived", "Variations archived (lost a test, or archived by hand)."
+            ),
+        }
+        for (skill, kind), count in sorted(event_counts(self.memory).items()):
+            families[kind].add_metric([skill], count)
+        yield from families.values()
+
+
+def _counter(name: str, documentation: str) -> CounterMetricFamily:
+    return CounterMetricFamily(f"{PREFIX}_{name}", documentation, labels=SKILL)
+
+
+def _gauge(name: str, documentation: str) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"{PREFIX}_{name}", documentation, labels=SKILL)
+
+
+def registry_for(memory: PatternMemory, window: int = DEFAULT_FIDELITY_WINDOW) -> CollectorRegistry:
+    """A registry holding only wre's collector (no process or platform metrics of the exporter itself)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(memory, window))
+    return registry
+
+
+def start(
+    memory: PatternMemory,
+    port: int = DEFAULT_PORT,
+    address: str = DEFAULT_ADDRESS,
+    window: int = DEFAULT_FIDELITY_WINDOW,
+) -> tuple[WSGIServer, threading.Thread]:
+    """Serve ``/metrics`` on ``address:port`` from a daemon thread; returns the server and its thread.
+
+    :param memory: the store every scrape reads.
+    :param port: TCP port (0 picks a free one; read it from ``server.server_port``).
+    :param address: interface to listen on.
+    :param window: finished runs per skill behind the fidelity gauges.
+    """
+    return start_http_server(port, addr=address, registry=registry_for(memory, window))
+
+
+def serve_forever(
+    memory: PatternMemory,
+    port: int = DEFAULT_PORT,
+    address: str = DEFAULT_ADDRESS,
+    window: int = DEFAULT_FIDELITY_WINDOW,
+) -> None:
+    """Serve until interrupted (what `wre exporter` runs); parameters as for :func:`start`."""
+    server, thread = start(memory, port, address, window)
+    try:
+        thread.join()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()

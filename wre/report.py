@@ -1,0 +1,323 @@
+"""`wre report`: one self-contained HTML file with wre's history, for a browser without a network.
+
+Fidelity over time per skill (finished runs, in buckets of consecutive runs) with promotions, rollbacks
+and archives marked; each A/B test's arms with their success rates and Wilson 95% intervals, plus the
+figures its decision recorded. Inline CSS and SVG only: no script, no font, no URL.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from db.memory import AbTestRecord, PatternMemory
+from wre.charts import IntervalRow, Marker, Point, Series, interval_chart, time_series_chart
+from wre.figures import (
+    ARCHIVED_EVENT,
+    DEFAULT_FIDELITY_WINDOW,
+    PROMOTED_EVENT,
+    ROLLBACK_EVENT,
+    FidelityBucket,
+    RecentFidelity,
+    SkillRunFigures,
+    event_counts,
+    fidelity_buckets,
+    marked_events,
+    recent_fidelity,
+    run_figures,
+)
+
+DEFAULT_BUCKETS = 30
+# z for a two-sided 95% interval.
+Z_95 = 1.959963984540054
+FIDELITY_COLOR = "#2563eb"
+SUCCESS_COLOR = "#059669"
+ARM_COLORS = {"control": "#6b7280", "treatment": "#2563eb"}
+EVENT_STYLE = {
+    PROMOTED_EVENT: ("promoted", "#7c3aed"),
+    ROLLBACK_EVENT: ("rollback", "#dc2626"),
+    ARCHIVED_EVENT: ("archived", "#9ca3af"),
+}
+# Decision figures longer than this (nested structures) are left out of the report's figure lists.
+MAX_FIGURE_CHARS = 80
+
+STYLE = """
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #111827; margin: 2rem auto;
+       max-width: 780px; padding: 0 1rem; }
+h1 { margin-bottom: 0.2rem; } h2 { margin-top: 2.2rem; border-bottom: 1px solid #e5e7eb; }
+h3 { margin-bottom: 0.3rem; } .muted { color: #6b7280; }
+table { border-collapse: collapse; margin: 0.5rem 0 1rem; } th, td { padding: 3px 10px; text-align: right; }
+th:first-child, td:first-child { text-align: left; } thead th { border-bottom: 1px solid #d1d5db; }
+.legend span { display: inline-block; margin-right: 1rem; } .swatch { display: inline-block; width: 14px;
+       height: 3px; vertical-align: middle; margin-right: 4px; }
+dl.figures { display: grid; grid-template-columns: max-content auto; gap: 0 1rem; margin: 0.3rem 0 1rem; }
+dl.figures dt { color: #6b7280; } dl.figures dd { margin: 0; font-family: ui-monospace, monospace; }
+svg { max-width: 100%; height: auto; }
+"""
+
+
+@dataclass(frozen=True)
+class Report:
+    """A rendered report and what it covers."""
+
+    html: str
+    skills: int
+    tests: int
+    runs: int
+
+    def summary(self) -> str:
+        return f"{self.skills} skills, {self.tests} A/B tests, {self.runs} finished runs"
+
+
+def wilson_interval(successes: int, trials: int, z: float = Z_95) -> tuple[float, float]:
+    """The Wilson score interval of a success rate (sound at 0 and at n, unlike the normal one).
+
+    :param successes: successful trials, 0..trials.
+    :param trials: all trials; 0 gives the uninformative (0, 1).
+    :param z: the normal quantile of the interval's coverage (1.96 for 95%).
+    """
+    if trials <= 0:
+        return 0.0, 1.0
+    if not 0 <= successes <= trials:
+        raise ValueError(f"successes must be within 0..{trials}, got {successes}")
+    rate = successes / trials
+    denominator = 1 + z * z / trials
+    centre = (rate + z * z / (2 * trials)) / denominator
+    half = z * math.sqrt(rate * (1 - rate) / trials + z * z / (4 * trials * trials)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def build_report(
+    memory: PatternMemory, buckets: int = DEFAULT_BUCKETS, now: datetime | None = None
+) -> Report:
+    """Render the report from the store.
+
+    :param memory: the store to read.
+    :param buckets: points per skill on the fidelity charts.
+    :param now: the generation time shown in the header (now by default).
+    """
+    runs = run_figures(memory)
+    recent = recent_fidelity(memory, DEFAULT_FIDELITY_WINDOW)
+    series = fidelity_buckets(memory, buckets)
+    events = marked_events(memory)
+    counts = event_counts(memory)
+    tests = memory.list_ab_tests()
+    total_runs = sum(figures.runs for figures in runs.values())
+    generated = (now or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+    body = [
+        "<h1>wre report</h1>",
+        f'<p class="muted">Generated {escape(generated)}: {len(runs)} skills, {len(tests)} A/B tests, '
+        f"{total_runs} finished runs.</p>",
+        "<h2>Skills</h2>",
+        _skill_table(runs, recent, counts),
+    ]
+    for index, name in enumerate(runs):
+        skill_events = [event for event in events if event["skill_name"] == name]
+        body.append(_skill_section(index, name, series.get(name, []), skill_events))
+    body.append("<h2>A/B tests</h2>")
+    body.extend(_test_section(test) for test in tests)
+    if not tests:
+        body.append('<p class="muted">No A/B tests yet.</p>')
+    body.append("<h2>Promotions, rollbacks and archives</h2>")
+    body.append(_event_table(events))
+    html = (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>wre report</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body>\n</html>\n"
+    )
+    return Report(html=html, skills=len(runs), tests=len(tests), runs=total_runs)
+
+
+def write_report(memory: PatternMemory, path: str | Path, buckets: int = DEFAULT_BUCKETS) -> str:
+    """Render the report and write it to ``path``; returns a one-line summary of what it covers.
+
+    :param memory: the store to read.
+    :param path: the HTML file to write (replaced if it exists).
+    :param buckets: points per skill on the fidelity charts.
+    """
+    report = build_report(memory, buckets)
+    Path(path).write_text(report.html, encoding="utf-8")
+    return report.summary()
+
+
+def _skill_table(
+    runs: dict[str, SkillRunFigures], recent: dict[str, RecentFidelity], counts: dict[tuple[str, str], int]
+) -> str:
+    header = (
+        "<tr><th>skill</th><th>runs</th><th>retries</th><th>repeated failures</th>"
+        f"<th>median fidelity (latest {DEFAULT_FIDELITY_WINDOW})</th><th>success rate</th>"
+        "<th>promotions</th><th>rollbacks</th></tr>"
+    )
+    rows = []
+    for index, (name, figures) in enumerate(runs.items()):
+        latest = recent.get(name)
+        rows.append(
+            # The anchors match _skill_section's ids: the same order, by index (names may hold any text).
+            f'<tr><td><a href="#skill-{index}">{escape(name)}</a></td>'
+            f"<td>{figures.runs}</td><td>{figures.retries}</td><td>{figures.repeated_failure_rate:.0%}</td>"
+            f"<td>{_number(latest.median if latest else None)}</td>"
+            f"<td>{_percent(latest.success_rate if latest else None)}</td>"
+            f"<td>{counts.get((name, PROMOTED_EVENT), 0)}</td><td>{counts.get((name, ROLLBACK_EVENT), 0)}</td></tr>"
+        )
+    return f"<table><thead>{header}</thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _skill_section(index: int, name: str, buckets: list[FidelityBucket], events: list[dict[str, Any]]) -> str:
+    heading = f'<section id="skill-{index}">\n<h3>{escape(name)}</h3>'
+    if not buckets:
+        return f'{heading}\n<p class="muted">No finished runs yet.</p>\n</section>'
+    fidelity = Series(
+        "mean fidelity",
+        FIDELITY_COLOR,
+        [Point(b.middle_at, b.mean_fidelity, _bucket_tooltip(b)) for b in buckets],
+    )
+    success = Series(
+        "success rate",
+        SUCCESS_COLOR,
+        [Point(b.middle_at, b.success_rate, _bucket_tooltip(b)) for b in buckets],
+        dashed=True,
+    )
+    markers = [_marker(event) for event in events]
+    chart = time_series_chart(f"fidelity of {name} over time", [fidelity, success], markers)
+    legend = [
+        _swatch(FIDELITY_COLOR, "mean fidelity of finished runs"),
+        _swatch(SUCCESS_COLOR, "success rate"),
+    ]
+    legend += [_swatch(color, label) for kind, (label, color) in EVENT_STYLE.items() if _has(events, kind)]
+    per_point = sum(b.runs for b in buckets) / len(buckets)
+    return (
+        f"{heading}\n{chart}\n"
+        f'<p class="legend">{"".join(legend)}<span class="muted">about {per_point:.0f} runs per point, '
+        "times in UTC</span></p>\n</section>"
+    )
+
+
+def _test_section(test: AbTestRecord) -> str:
+    verdict = test.winner or ("undecided" if test.status == "running" else "none")
+    heading = (
+        f'<section id="test-{test.test_id}">\n<h3>A/B test {test.test_id}: {escape(test.skill_name)}</h3>\n'
+        f'<p class="muted">{escape(test.status)}, policy {escape(test.policy)}, winner: {escape(verdict)}; '
+        f"started {_time(test.started_at)}"
+        + (f", decided {_time(test.decided_at)}" if test.decided_at else "")
+        + "</p>"
+    )
+    rows, table = [], []
+    for arm in ("control", "treatment"):
+        trials = int(getattr(test, f"{arm}_trials"))
+        successes = int(getattr(test, f"{arm}_successes"))
+        version = str(getattr(test, f"{arm}_version"))
+        fidelity = getattr(test, f"{arm}_fidelity")
+        low, high = wilson_interval(successes, trials)
+        rate = successes / trials if trials else None
+        note = (
+            f"{arm} {version}: {successes}/{trials} succeeded = {rate:.1%}, 95% interval {low:.1%} to {high:.1%}"
+            if rate is not None
+            else f"{arm} {version}: no trials yet"
+        )
+        rows.append(IntervalRow(arm, rate, low, high, ARM_COLORS[arm], note))
+        table.append(
+            f"<tr><td>{arm}</td><td>{escape(version)}</td><td>{trials}</td><td>{successes}</td>"
+            f"<td>{_percent(rate)}</td><td>{f'{low:.0%} to {high:.0%}' if trials else '-'}</td>"
+            f"<td>{_number(fidelity)}</td></tr>"
+        )
+    chart = interval_chart(f"success rates of the arms of A/B test {test.test_id}", rows)
+    header = (
+        "<tr><th>arm</th><th>variation</th><th>trials</th><th>successes</th><th>success rate</th>"
+        "<th>Wilson 95% interval</th><th>mean fidelity</th></tr>"
+    )
+    return (
+        f"{heading}\n{chart}\n<table><thead>{header}</thead><tbody>{''.join(table)}</tbody></table>\n"
+        f"{_decision_figures(test.decision)}</section>"
+    )
+
+
+def _decision_figures(decision: dict[str, Any] | None) -> str:
+    """The decision's own figures (statistic, threshold, its interval if the policy gave one), flat values only."""
+    if not decision:
+        return ""
+    items = []
+    for key, value in sorted(decision.items()):
+        shown = _figure(value)
+        if shown is not None:
+            items.append(f"<dt>{escape(str(key))}</dt><dd>{escape(shown)}</dd>")
+    if not items:
+        return ""
+    return '<p class="muted">The decision\'s figures:</p>\n<dl class="figures">' + "".join(items) + "</dl>\n"
+
+
+def _figure(value: Any) -> str | None:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, bool | int | str) or value is None:
+        text = str(value)
+    elif isinstance(value, list | tuple) and all(isinstance(v, int | float) for v in value):
+        text = "[" + ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in value) + "]"
+    else:
+        return None
+    return text if len(text) <= MAX_FIGURE_CHARS else None
+
+
+def _event_table(events: list[dict[str, Any]]) -> str:
+    if not events:
+        return '<p class="muted">None yet.</p>'
+    rows = []
+    for event in events:
+        label, color = EVENT_STYLE[event["event_type"]]
+        rows.append(
+            f"<tr><td>{_time(event['created_at'])}</td><td>{escape(event['skill_name'])}</td>"
+            f'<td style="color:{color}">{label}</td><td>{escape(event["variation_id"] or "-")}</td>'
+            f"<td>{_number(event['fidelity_before'])} → {_number(event['fidelity_after'])}</td>"
+            f"<td>{escape(event['description'] or '')}</td></tr>"
+        )
+    header = (
+        "<tr><th>time (UTC)</th><th>skill</th><th>event</th><th>variation</th>"
+        "<th>fidelity before → after</th><th>what</th></tr>"
+    )
+    return f"<table><thead>{header}</thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _marker(event: dict[str, Any]) -> Marker:
+    label, color = EVENT_STYLE[event["event_type"]]
+    before, after = event["fidelity_before"], event["fidelity_after"]
+    tooltip = f"{label} {event['variation_id'] or ''} at {_time(event['created_at'])}"
+    if before is not None and after is not None:
+        tooltip += f": fidelity {before:.2f} → {after:.2f}"
+    return Marker(event["created_at"], label, color, tooltip)
+
+
+def _bucket_tooltip(bucket: FidelityBucket) -> str:
+    return (
+        f"{bucket.runs} runs, {_time(bucket.first_at)} to {_time(bucket.last_at)}: "
+        f"mean fidelity {bucket.mean_fidelity:.2f}, success rate {bucket.success_rate:.0%}"
+    )
+
+
+def _has(events: list[dict[str, Any]], kind: str) -> bool:
+    return any(event["event_type"] == kind for event in events)
+
+
+def _swatch(color: str, label: str) -> str:
+    return f'<span><i class="swatch" style="background:{color}"></i>{escape(label)}</span>'
+
+
+def _time(moment: datetime | None) -> str:
+    if moment is None:
+        return "-"
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
