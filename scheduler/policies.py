@@ -193,7 +193,8 @@ class Decision:
             (``sequential`` only; None without information).
         lift_ci_low, lift_ci_high: always-valid (1 - alpha) confidence sequence for the lift,
             normal approximation (``sequential`` only; None without information). A verdict
-            for the treatment is exactly ``lift_ci_low > 0``, for the control ``lift_ci_high < 0``.
+            for the treatment is ``lift_ci_low >= 0`` (with the margin), for the control
+            ``lift_ci_high <= 0``: the same inversion, up to the bisection's rounding.
         params: every parameter the policy used, defaults included.
     """
 
