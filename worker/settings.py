@@ -17,6 +17,7 @@ DEFAULT_DATABASE_URL = "sqlite:///wre.db"
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 REACT_MAX_ITER_BOUNDS = (1, 10)
 DEFAULT_MAX_CONTEXT_BYTES = 256 * 1024
+DEFAULT_VISIBILITY_TIMEOUT_SECONDS = 3600.0
 
 
 class Settings(BaseSettings):
@@ -37,6 +38,13 @@ class Settings(BaseSettings):
     :param ab_min_margin: a floor on the observed lift for promotion.
     :param python_skill_modules: modules (and their submodules) a python skill may name as entrypoint or check.
     :param max_context_bytes: largest JSON input context a run accepts.
+    :param visibility_timeout_seconds: how long Redis waits for a delivered message's ack before it hands the
+        message to another worker. This is how the runs of a worker that died without acking (SIGKILL, OOM,
+        a lost node) come back: after this long, plus at most one restore sweep. It must exceed the longest
+        a healthy worker can hold a message unacked: the longest attempt (a skill's ``time_limit``, else
+        ``default_time_limit_seconds``) and the longest countdown wre schedules (the infrastructure backoff,
+        up to 30 s, and ``react_backoff_seconds``), because a message held longer is delivered a second time
+        while the first delivery still runs. A duplicate records nothing twice, but it costs an attempt.
     :param default_time_limit_seconds: an attempt's time limit when the skill declares none.
     :param production_cache_seconds: how long a worker trusts its view of a skill's production version and
         running test; a promotion reaches every worker within this (0: read on every run).
@@ -65,6 +73,7 @@ class Settings(BaseSettings):
     # NoDecode: the environment's plain comma list reaches the validator below undecoded.
     python_skill_modules: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["skills"])
     max_context_bytes: int = DEFAULT_MAX_CONTEXT_BYTES
+    visibility_timeout_seconds: float = DEFAULT_VISIBILITY_TIMEOUT_SECONDS
     default_time_limit_seconds: float = 60.0
     production_cache_seconds: float = 2.0
     evolve_cooldown_seconds: float = 30.0
