@@ -9,7 +9,6 @@ from rich.panel import Panel
 from rich.table import Table
 
 from db.memory import PatternMemory
-from worker.settings import get_settings
 from wre.context import console as default_console
 from wre.context import store
 
@@ -26,15 +25,12 @@ def _gain(value: float | None) -> str:
     return "-" if value is None else f"{value:+.0%}"
 
 
-def distance_to_verdict(decision: dict[str, Any], min_trials: int) -> str:
+def distance_to_verdict(decision: dict[str, Any]) -> str:
     """How far a running test is from a verdict, in the words an operator needs."""
-    fewest = min(int(decision.get("control_trials", 0)), int(decision.get("treatment_trials", 0)))
-    if fewest < min_trials:
-        return f"{min_trials - fewest} more trials on the smaller arm before any verdict"
-    statistic, threshold = decision.get("statistic"), decision.get("threshold")
-    if isinstance(statistic, int | float) and isinstance(threshold, int | float) and threshold:
-        return f"evidence {statistic:.2f} of {threshold:.2f} needed ({min(statistic / threshold, 1):.0%})"
-    return "waiting for more trials"
+    lift, critical = decision.get("lift"), decision.get("critical_lift")
+    if isinstance(lift, float) and isinstance(critical, float):
+        return f"needs |lift| >= {critical:.2f} at these counts (now {lift:+.2f})"
+    return str(decision.get("reason") or "waiting for trials")
 
 
 def build_dashboard(memory: PatternMemory, window: int = 100) -> Group:
@@ -78,7 +74,6 @@ def build_dashboard(memory: PatternMemory, window: int = 100) -> Group:
     tests = Table(
         "test", "skill", "control", "treatment", "lift", "distance to a verdict", title="running A/B tests"
     )
-    min_trials = get_settings().ab_min_trials_per_arm
     for skill in memory.list_skills():
         figures = memory.get_skill_dashboard(skill.name, window=window)
         skills.add_row(
@@ -98,7 +93,7 @@ def build_dashboard(memory: PatternMemory, window: int = 100) -> Group:
             f"{test.control_successes}/{test.control_trials}",
             f"{test.treatment_successes}/{test.treatment_trials}",
             _num(decision.get("lift")),
-            distance_to_verdict(decision, min_trials),
+            distance_to_verdict(decision),
         )
     return Group(Panel(summary, title="wre"), skills, tests)
 
