@@ -28,7 +28,9 @@ def _gain(value: float | None) -> str:
 def distance_to_verdict(decision: dict[str, Any]) -> str:
     """How far a running test is from a verdict, in the words an operator needs."""
     lift, critical = decision.get("lift"), decision.get("critical_lift")
-    if isinstance(lift, float) and isinstance(critical, float):
+    minimum = (decision.get("params") or {}).get("min_trials_per_arm", 0)
+    fewest = min(int(decision.get("control_trials") or 0), int(decision.get("treatment_trials") or 0))
+    if fewest >= minimum and isinstance(lift, float) and isinstance(critical, float):
         return f"needs |lift| >= {critical:.2f} at these counts (now {lift:+.2f})"
     return str(decision.get("reason") or "waiting for trials")
 
