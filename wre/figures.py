@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import Select, and_, case, func, select, true
 
 from db.memory import PatternMemory
 from db.models import EVENTS, OUTCOMES, SKILLS
@@ -111,22 +111,9 @@ def recent_fidelity(
     """
     if window < 1:
         raise ValueError(f"window must be at least 1, got {window}")
-    newest_first = (
-        func.row_number()
-        .over(partition_by=OUTCOMES.c.skill_name, order_by=OUTCOMES.c.id.desc())
-        .label("position")
-    )
-    latest = (
-        select(OUTCOMES.c.skill_name, OUTCOMES.c.pattern_fidelity, OUTCOMES.c.success, newest_first)
-        .where(OUTCOMES.c.final)
-        .subquery()
-    )
-    query = select(latest.c.skill_name, latest.c.pattern_fidelity, latest.c.success).where(
-        latest.c.position <= window
-    )
     per_skill: dict[str, list[tuple[float, bool]]] = {}
     with memory.transaction() as conn:
-        for name, fidelity, success in conn.execute(query):
+        for name, fidelity, success in conn.execute(_latest_final_attempts(memory, window)):
             per_skill.setdefault(name, []).append((float(fidelity), bool(success)))
     return {
         name: RecentFidelity(
@@ -138,6 +125,39 @@ def recent_fidelity(
         )
         for name, values in sorted(per_skill.items())
     }
+
+
+def _latest_final_attempts(memory: PatternMemory, window: int) -> Select[Any]:
+    """(skill, fidelity, success) of each skill's latest ``window`` final attempts.
+
+    On Postgres a LATERAL join per registered skill reads only those rows through the
+    (skill_name, final, id) index, so a scrape costs skills x window rows however long the history is.
+    SQLite (the embedded store) has no LATERAL: a window function over the final attempts does it there.
+    """
+    if memory.is_postgres:
+        latest = (
+            select(OUTCOMES.c.pattern_fidelity, OUTCOMES.c.success)
+            .where(OUTCOMES.c.skill_name == SKILLS.c.name, OUTCOMES.c.final)
+            .order_by(OUTCOMES.c.id.desc())
+            .limit(window)
+            .lateral("latest")
+        )
+        return select(SKILLS.c.name, latest.c.pattern_fidelity, latest.c.success).select_from(
+            SKILLS.join(latest, true())
+        )
+    newest_first = (
+        func.row_number()
+        .over(partition_by=OUTCOMES.c.skill_name, order_by=OUTCOMES.c.id.desc())
+        .label("position")
+    )
+    ranked = (
+        select(OUTCOMES.c.skill_name, OUTCOMES.c.pattern_fidelity, OUTCOMES.c.success, newest_first)
+        .where(OUTCOMES.c.final)
+        .subquery()
+    )
+    return select(ranked.c.skill_name, ranked.c.pattern_fidelity, ranked.c.success).where(
+        ranked.c.position <= window
+    )
 
 
 def event_counts(memory: PatternMemory) -> dict[tuple[str, str], int]:

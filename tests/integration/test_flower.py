@@ -128,9 +128,19 @@ def test_flower_shows_the_worker_and_the_task(app: Celery, stack: Stack, skill: 
     assert kwargs["input_context"] == {"text": "seen by flower"}
     assert task["args"] in ("()", "[]")  # kwargs only, as DESIGN.md requires
 
-    workers = get(f"{base}/api/workers?refresh=1", auth=(USER, PASSWORD))
-    assert workers.status_code == 200
-    ours = workers.json()[hostname]
+    # refresh=1 makes Flower inspect the workers by broadcast, which waits a second for replies: a loaded
+    # machine can miss that, and the next call asks again.
+    # Each inspected figure (stats, active_queues, ...) is its own broadcast: wait for the ones read below.
+    seen: dict[str, Any] = {}
+
+    def worker_listed() -> bool:
+        response = get(f"{base}/api/workers?refresh=1", auth=(USER, PASSWORD))
+        assert response.status_code == 200
+        seen.update(response.json())
+        return {"stats", "active_queues"} <= set(seen.get(hostname) or {})
+
+    wait_until(worker_listed, timeout=15, interval=0.5, what=f"Flower's API to list {hostname}")
+    ours = seen[hostname]
     assert {queue["name"] for queue in ours["active_queues"]} == {SKILLS_QUEUE, MAINTENANCE_QUEUE}
     assert ours["stats"]["pool"]["max-concurrency"] == 2
 
