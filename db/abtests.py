@@ -6,6 +6,7 @@ this module only applies its verdicts, each in one transaction with its learning
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, Protocol
@@ -30,6 +31,22 @@ class Verdict(Protocol):
 
 PromotionPolicy = Callable[..., Verdict]
 """Called as ``policy(test: AbTestRecord, **overrides)``."""
+
+log = logging.getLogger(__name__)
+
+
+def _verdict(policy: PromotionPolicy, test: AbTestRecord) -> Verdict | None:
+    """The policy's verdict on one test, or None to keep going.
+
+    A test the policy cannot judge (a policy name or parameters it refuses) is logged and left running: one
+    bad test must not stop every other test's decision.
+    """
+    try:
+        verdict = policy(test)
+    except ValueError as error:
+        log.error("A/B test %s of %s cannot be decided: %s", test.test_id, test.skill_name, error)
+        return None
+    return verdict if verdict.winner else None
 
 
 class AbTestConflictError(ValueError):
@@ -148,7 +165,7 @@ class AbTestStore(CatalogStore, OutcomeStore):
         and concluded. Queries per round do not grow with the number of undecided tests.
         """
         policy = self._require_policy()
-        decided = [test.test_id for test in self.list_ab_tests(status="running") if policy(test).winner]
+        decided = [test.test_id for test in self.list_ab_tests(status="running") if _verdict(policy, test)]
         if not decided:
             return []
         conclusions = []
@@ -160,9 +177,9 @@ class AbTestStore(CatalogStore, OutcomeStore):
             )
             for row in list(locked):
                 test = AbTestRecord(**row._mapping)
-                verdict = policy(test)
-                if verdict.winner:
-                    conclusions.append(self._conclude(conn, test, verdict.winner, verdict.to_dict()))
+                verdict = _verdict(policy, test)
+                if verdict is not None:
+                    conclusions.append(self._conclude(conn, test, verdict.winner or "", verdict.to_dict()))
         return conclusions
 
     def _conclude(
@@ -292,14 +309,18 @@ class AbTestStore(CatalogStore, OutcomeStore):
             if running is not None:
                 return False
             since = utcnow() - timedelta(seconds=cooldown_seconds)
-            recent = conn.execute(
-                select(EVENTS.c.event_id).where(
+            latest = conn.execute(
+                select(EVENTS.c.event_type)
+                .where(
                     EVENTS.c.skill_name == skill_name,
-                    EVENTS.c.event_type == "evolution_started",
+                    EVENTS.c.event_type.in_(("evolution_started", "evolution_failed")),
                     EVENTS.c.created_at >= since,
                 )
-            ).first()
-            if recent is not None:
+                .order_by(EVENTS.c.event_id.desc())
+                .limit(1)
+            ).scalar()
+            # An evolution that failed (an outage, not a refusal) gives its claim back: its retry may go on.
+            if latest == "evolution_started":
                 return False
             _insert_event(conn, LearningEventRecord(skill_name=skill_name, event_type="evolution_started"))
             return True
@@ -348,6 +369,13 @@ class AbTestStore(CatalogStore, OutcomeStore):
         return row
 
     def _lock_skill(self, conn: Connection, skill_name: str) -> Any:
+        # One lock order everywhere: the skill's running test first, then the skill. The evaluator holds a
+        # test's lock when it promotes; taking them the other way round here could deadlock with it.
+        conn.execute(
+            select(TESTS.c.test_id)
+            .where(TESTS.c.skill_name == skill_name, TESTS.c.status == "running")
+            .with_for_update()
+        ).all()
         row = conn.execute(select(SKILLS).where(SKILLS.c.name == skill_name).with_for_update()).first()
         if row is None:
             raise ValueError(f"unknown skill {skill_name!r}")

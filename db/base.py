@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -46,7 +47,28 @@ class StoreBase:
         self._engine.dispose()
 
 
+# Postgres text and JSONB cannot hold NUL; an agent's output may contain one. It is stored as U+FFFD.
+NUL, NUL_ESCAPED, REPLACEMENT = "\x00", "\\u0000", "\ufffd"
+# Nor can they hold a lone surrogate (UTF-8 cannot encode it; an agent's text may still carry one): U+FFFD too.
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def storable_text(text: str | None) -> str | None:
+    return None if text is None else UNSTORABLE.sub(REPLACEMENT, text)
+
+
+def storable_json(value: Any) -> Any:
+    """``value`` with every NUL and lone surrogate in its strings replaced, so that JSONB accepts it."""
+    # ensure_ascii=False leaves a lone surrogate as it is (to be found), NUL is escaped either way.
+    text = json.dumps(value, default=str, ensure_ascii=False)
+    if NUL_ESCAPED not in text and SURROGATE.search(text) is None:
+        return value
+    return json.loads(SURROGATE.sub(REPLACEMENT, text).replace(NUL_ESCAPED, "\\ufffd"))
+
+
 def bounded_output(output: str | None) -> str | None:
+    output = storable_text(output)
     if output is None or len(output) <= MAX_STORED_OUTPUT_CHARS:
         return output
     return output[:MAX_STORED_OUTPUT_CHARS] + f"... [{len(output) - MAX_STORED_OUTPUT_CHARS} chars trimmed]"
@@ -56,8 +78,8 @@ def bounded_context(context: dict[str, Any]) -> dict[str, Any]:
     """The context as stored: whole when small, a marked preview when large (rows stay small)."""
     text = json.dumps(context, default=str)
     if len(text.encode()) <= MAX_STORED_CONTEXT_BYTES:
-        return context
-    return {"_truncated": True, "bytes": len(text.encode()), "preview": text[:CONTEXT_PREVIEW_CHARS]}
+        return storable_json(context)  # type: ignore[no-any-return]
+    return {"_truncated": True, "bytes": len(text.encode()), "preview": storable_text(text[:CONTEXT_PREVIEW_CHARS])}
 
 
 def require_text(value: object, what: str, max_length: int = 128) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, case, select, update
 
 from db.base import StoreBase, require_text
-from db.models import SKILLS, VARIATION_STATUSES, VARIATIONS, utcnow
+from db.models import SKILLS, TESTS, VARIATION_STATUSES, VARIATIONS, utcnow
 
 VARIATION_ID_LENGTH = 16
 
@@ -54,6 +54,15 @@ class CatalogStore(StoreBase):
                     f"(production {current.production_variation_id}); "
                     "pass replace=True to make this content production"
                 )
+            if replace and current is not None and current.production_variation_id != variation_id:
+                running = conn.execute(
+                    select(TESTS.c.test_id).where(TESTS.c.skill_name == name, TESTS.c.status == "running")
+                ).scalar()
+                if running is not None:
+                    # Its control would no longer be production: the comparison would mean nothing.
+                    raise ValueError(
+                        f"skill {name!r} has A/B test {running} running; stop it first (wre ab stop {running})"
+                    )
             values = {"description": description, "default_agent": default_agent, "threshold": threshold}
             if current is None:
                 conn.execute(SKILLS.insert().values(name=name, **values))

@@ -14,7 +14,14 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, case, func, select, update
 
-from db.base import bounded_context, bounded_output, require_count, require_text
+from db.base import (
+    bounded_context,
+    bounded_output,
+    require_count,
+    require_text,
+    storable_json,
+    storable_text,
+)
 from db.counters import CounterStore
 from db.models import EVENTS, OUTCOMES, TESTS, utcnow
 from db.records import LearningEventRecord, OutcomeRecord
@@ -36,6 +43,10 @@ class OutcomeStore(CounterStore):
         row = asdict(outcome)
         row["output"] = bounded_output(outcome.output)
         row["input_context"] = bounded_context(outcome.input_context)
+        row["error"] = storable_text(outcome.error)
+        row["failed_at_step"] = storable_text(outcome.failed_at_step)
+        row["step_results"] = storable_json(outcome.step_results)
+        row["token_usage"] = storable_json(outcome.token_usage)
         row["created_at"] = utcnow()
         insert = (
             self.upsert(OUTCOMES).values(row).on_conflict_do_nothing(index_elements=["run_id", "attempt"])
@@ -95,6 +106,11 @@ class OutcomeStore(CounterStore):
         """How many runs have ended (their final attempt is recorded)."""
         with self.transaction() as conn:
             return int(conn.execute(select(func.count()).where(OUTCOMES.c.final)).scalar_one())
+
+    def latest_event_id(self) -> int:
+        """The id of the newest learning event (0 when there is none): where a feed starts."""
+        with self.transaction() as conn:
+            return int(conn.execute(select(func.coalesce(func.max(EVENTS.c.event_id), 0))).scalar_one())
 
     def learning_events_since(self, event_id: int = 0, limit: int = 200) -> list[LearningEventRecord]:
         """Every skill's learning events after ``event_id``, oldest first (a feed to follow)."""

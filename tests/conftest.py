@@ -7,6 +7,7 @@ its own database there) and WRE_TEST_BROKER_URL (a Redis URL; the DB number is r
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -16,6 +17,7 @@ import pytest
 os.environ.setdefault("WRE_PYTHON_SKILL_MODULES", "skills,tests.fixtures")
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from db.engine import normalize_url
 from db.memory import PatternMemory
@@ -69,10 +71,19 @@ def memory(database_url: str) -> Iterator[PatternMemory]:
     yield store
 
 
-def truncate_all(store: PatternMemory) -> None:
+def truncate_all(store: PatternMemory, attempts: int = 5) -> None:
+    """Empty every table. A worker left over from the previous test (an evolve task still running) may
+    hold locks in another order; Postgres then breaks the deadlock by failing one side: retry ours."""
     tables = ", ".join(table.name for table in Base.metadata.sorted_tables)
-    with store.transaction() as conn:
-        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    for attempt in range(attempts):
+        try:
+            with store.transaction() as conn:
+                conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+            return
+        except OperationalError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2)
 
 
 @pytest.fixture(scope="session")

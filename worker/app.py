@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from kombu import Queue  # type: ignore[attr-defined]
+from kombu import Exchange, Queue  # type: ignore[attr-defined]
 
 from worker.settings import Settings, get_settings
 
@@ -59,7 +59,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_send_sent_event": True,
         "task_track_started": True,
         "task_default_queue": SKILLS_QUEUE,
-        "task_queues": [Queue(SKILLS_QUEUE), Queue(MAINTENANCE_QUEUE)],
+        # Each queue on its own exchange and routing key: a message published for one can never land in both.
+        "task_queues": [
+            Queue(name, Exchange(name), routing_key=name) for name in (SKILLS_QUEUE, MAINTENANCE_QUEUE)
+        ],
         "task_routes": {
             "wre.execute_skill": {"queue": SKILLS_QUEUE},
             "wre.evolve_skill": {"queue": MAINTENANCE_QUEUE},

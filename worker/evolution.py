@@ -10,7 +10,7 @@ from typing import Any
 
 from db.catalog import variation_id_for
 from db.memory import AbTestConflictError, PatternMemory
-from worker.evolvers import EvolutionRefused, Failure, get_evolver
+from worker.evolvers import EvolutionRefused, Failure, get_evolver, validate_proposal
 from worker.runner import parse_variation
 from worker.settings import Settings
 
@@ -25,6 +25,15 @@ def evolve_skill(memory: PatternMemory, settings: Settings, skill_name: str) -> 
     """
     if not memory.claim_evolution(skill_name, settings.evolve_cooldown_seconds):
         return {"skill_name": skill_name, "status": "skipped", "reason": "test running or cooling down"}
+    try:
+        return _evolve_claimed(memory, settings, skill_name)
+    except Exception as error:
+        # Give the claim back, so the task's retry after an outage is not refused as "cooling down".
+        memory.record_learning_event(skill_name, "evolution_failed", description=str(error)[:500])
+        raise
+
+
+def _evolve_claimed(memory: PatternMemory, settings: Settings, skill_name: str) -> dict[str, Any]:
     production_id, content = memory.get_production(skill_name)
     parent = parse_variation(content)
     failures = [
@@ -40,6 +49,9 @@ def evolve_skill(memory: PatternMemory, settings: Settings, skill_name: str) -> 
     try:
         evolver = get_evolver(parent.evolver)
         proposal = evolver.propose(parent, failures, seed=f"{production_id}:{len(failures)}")
+        # Held to the parent's contract here, whatever the evolver: a proposal that does not parse, renames
+        # the skill or changes its checks would otherwise be stored and A/B tested on live runs.
+        validate_proposal(parent, proposal)
     except (EvolutionRefused, ValueError) as error:
         memory.record_learning_event(
             skill_name,
@@ -65,6 +77,7 @@ def evolve_skill(memory: PatternMemory, settings: Settings, skill_name: str) -> 
     try:
         test_id = memory.schedule_ab_test(skill_name, production_id, variation_id, policy=settings.ab_policy)
     except AbTestConflictError:
+        memory.archive_variation(variation_id)  # not left "testing" without a test
         return {"skill_name": skill_name, "status": "skipped", "reason": "a test started meanwhile"}
     memory.record_learning_event(
         skill_name,

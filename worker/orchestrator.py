@@ -42,10 +42,14 @@ class Orchestrator:
         agent: str | None,
         input_context: dict[str, Any],
         max_iterations: int = 3,
-        fidelity_threshold: float = 0.90,
+        fidelity_threshold: float | None = None,
         force: bool = False,
     ) -> dict[str, Any]:
-        """Up to ``max_iterations`` attempts (clamped to 1..10), each told what the previous one failed."""
+        """Up to ``max_iterations`` attempts (clamped to 1..10), each told what the previous one failed.
+
+        ``fidelity_threshold`` None means the skill's own threshold (else WRE_REACT_FIDELITY, 0.90), as in
+        the Celery task: both drivers feed the same A/B trials, so they must judge success alike.
+        """
         return self._run(skill_name, agent, input_context, force, max_iterations, fidelity_threshold)
 
     def _run(

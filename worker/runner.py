@@ -106,7 +106,7 @@ class SkillRunner:
         self.settings = settings
         self._resolved: dict[str, tuple[float, Any]] = {}
         self._skills: dict[str, tuple[float, Any]] = {}
-        self._contents: dict[str, str] = {}
+        self._variations: dict[str, tuple[str, str]] = {}
         self._lock = threading.Lock()
 
     # 1. validate
@@ -124,9 +124,13 @@ class SkillRunner:
         if not isinstance(context, dict):
             raise InvalidRunError(f"input_context must be a JSON object, got {type(context).__name__}")
         try:
-            size = len(json.dumps(context).encode())
+            text = json.dumps(context, allow_nan=False, ensure_ascii=False)
+            # A lone surrogate is not text: UTF-8 cannot encode it (and Postgres refuses its JSON escape).
+            size = len(text.encode())
         except (TypeError, ValueError) as error:
             raise InvalidRunError(f"input_context is not JSON: {error}") from None
+        if "\\u0000" in text:
+            raise InvalidRunError("input_context contains a NUL character (\\u0000), which cannot be stored")
         if size > self.settings.max_context_bytes:
             raise InvalidRunError(
                 f"input_context is {size} bytes, over the limit of {self.settings.max_context_bytes} "
@@ -159,11 +163,35 @@ class SkillRunner:
         content = production_content if variation_id == production_id else self._content(variation_id)
         return Version(variation_id, parse_variation(content), test.test_id, arm)
 
-    def version_from_state(self, state: react.ReactState) -> Version:
-        """The version a retry runs: exactly the one its first attempt ran (sticky across retries)."""
-        return Version(
-            state.variation_id, parse_variation(self._content(state.variation_id)), state.test_id, state.arm
-        )
+    def version_from_state(self, request: RunRequest, state: react.ReactState, run_id: str) -> Version:
+        """The version a retry runs: exactly the one its first attempt ran (sticky across retries).
+
+        The state comes back through the broker, so it is checked, not trusted: its variation must be one of
+        this skill's, and a test's arm must be the one the run's key is assigned to.
+        """
+        skill_name, content = self._variation(state.variation_id)
+        if skill_name != request.skill_name:
+            raise InvalidRunError(f"react state names variation {state.variation_id} of another skill")
+        if state.test_id is not None or state.arm is not None:
+            test = self.memory.get_ab_test(state.test_id) if state.test_id is not None else None
+            arm = choose_arm(state.test_id, request.assignment_key or run_id) if state.test_id else None
+            if (
+                test is None
+                or test.skill_name != request.skill_name
+                or state.arm != arm
+                or state.variation_id != (test.treatment_version if arm == "treatment" else test.control_version)
+            ):
+                raise InvalidRunError("react state does not match the run's A/B assignment")
+        return Version(state.variation_id, parse_variation(content), state.test_id, state.arm)
+
+    def recorded_version(self, run_id: str) -> Version | None:
+        """The version a redelivered run's first attempt was recorded with, if it was."""
+        rows = self.memory.run_outcomes(run_id)
+        if not rows:
+            return None
+        first = rows[0]
+        _, content = self._variation(first["variation_id"])
+        return Version(first["variation_id"], parse_variation(content), first["test_id"], first["arm"])
 
     def start_state(
         self,
@@ -230,7 +258,32 @@ class SkillRunner:
         recorded = self.memory.record_attempt(
             outcome, counters=_counters(state, decision), learning_event=_react_event(request, decision)
         )
+        if not recorded:
+            return self._as_recorded(state, run_id, elapsed_ms)
         return AttemptOutcome(scored, result.output, elapsed_ms, decision, recorded, result.usage)
+
+    def _as_recorded(self, state: react.ReactState, run_id: str, elapsed_ms: float) -> AttemptOutcome:
+        """A redelivered attempt: the run goes on from what was recorded the first time, not from this rerun.
+
+        An agent need not answer the same twice; deciding from the rerun could end a run whose recorded
+        attempt failed, or retry one whose recorded attempt was final.
+        """
+        stored = next(row for row in self.memory.run_outcomes(run_id) if row["attempt"] == state.attempt)
+        scored = Score(
+            step_results=list(stored["step_results"]),
+            pattern_fidelity=stored["pattern_fidelity"],
+            failed_at_step=stored["failed_at_step"],
+            error=stored["error"],
+            success=stored["success"],
+            execution_success=stored["execution_success"],
+        )
+        summary = react.AttemptSummary(
+            state.attempt, scored.pattern_fidelity, scored.success, scored.failed_at_step, scored.error
+        )
+        # A final failed row ends the run whatever the budget says (it may have been a fatal error).
+        decision = react.next_step(state, summary, fatal=stored["final"] and not stored["success"])
+        output = _from_text(stored["output"])
+        return AttemptOutcome(scored, output, elapsed_ms, decision, False, stored["token_usage"])
 
     def result(
         self, request: RunRequest, version: Version, run_id: str, outcome: AttemptOutcome
@@ -281,18 +334,23 @@ class SkillRunner:
         return row
 
     def _content(self, variation_id: str) -> str:
-        # A variation's content never changes (its id is its digest): once read, it is kept.
-        content = self._contents.get(variation_id)
-        if content is None:
-            row = self.memory.get_variation(variation_id)
-            if row is None:
-                raise InvalidRunError(f"variation {variation_id!r} does not exist")
-            content = str(row.variation_content)
-            with self._lock:
-                self._contents[variation_id] = content
-                while len(self._contents) > MAX_CACHED_VARIATIONS:
-                    self._contents.pop(next(iter(self._contents)))
-        return content
+        return self._variation(variation_id)[1]
+
+    def _variation(self, variation_id: str) -> tuple[str, str]:
+        """(skill name, content) of a variation; kept once read, since a variation never changes."""
+        with self._lock:
+            known = self._variations.get(variation_id)
+        if known is not None:
+            return known
+        row = self.memory.get_variation(variation_id)
+        if row is None:
+            raise InvalidRunError(f"variation {variation_id!r} does not exist")
+        known = (str(row.skill_name), str(row.variation_content))
+        with self._lock:
+            self._variations[variation_id] = known
+            while len(self._variations) > MAX_CACHED_VARIATIONS:
+                self._variations.pop(next(iter(self._variations)))
+        return known
 
 
 def _counters(state: react.ReactState, decision: react.ReactDecision) -> dict[str, int]:
@@ -329,6 +387,15 @@ def _as_text(output: object) -> str | None:
     if isinstance(output, str):
         return output
     return json.dumps(output, default=str)
+
+
+def _from_text(stored: str | None) -> object:
+    if stored is None:
+        return None
+    try:
+        return json.loads(stored)
+    except ValueError:
+        return stored
 
 
 def _json_safe(output: object) -> object:

@@ -16,6 +16,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 DEFAULT_DATABASE_URL = "sqlite:///wre.db"
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 REACT_MAX_ITER_BOUNDS = (1, 10)
+# The promotion policies scheduler/policies.py implements (worker/ cannot import it; a test keeps them equal).
+AB_POLICIES = ("sequential", "margin")
 DEFAULT_MAX_CONTEXT_BYTES = 256 * 1024
 DEFAULT_VISIBILITY_TIMEOUT_SECONDS = 3600.0
 
@@ -81,6 +83,14 @@ class Settings(BaseSettings):
     llm_base_url: str = "http://127.0.0.1:11434/v1"
     llm_model: str = "llama3.1"
     llm_api_key: SecretStr = SecretStr("")
+
+    @field_validator("ab_policy", mode="after")
+    @classmethod
+    def _known_policy(cls, value: str) -> str:
+        # A test scheduled with a policy the evaluator refuses would never be decided.
+        if value not in AB_POLICIES:
+            raise ValueError(f"WRE_AB_POLICY must be one of {', '.join(AB_POLICIES)}, got {value!r}")
+        return value
 
     @field_validator("react_max_iter", mode="after")
     @classmethod

@@ -22,7 +22,7 @@ from worker import react
 from worker.agents import AgentInfrastructureError
 from worker.app import MAINTENANCE_QUEUE, app
 from worker.evolution import evolve_skill as evolve
-from worker.runner import InvalidRunError, SkillRunner
+from worker.runner import InvalidRunError, RunRequest, SkillRunner, Version
 from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -69,31 +69,34 @@ def execute_skill(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     run_id = str(self.request.id)
     runner = get_runner()
     infra_retries = kwargs.get(INFRA_RETRY_KWARG, 0)
+    # wre's own count, but it comes back through the broker like any kwarg: garbage here would only show
+    # during an outage (a TypeError instead of a retry, or no retry at all).
+    if (
+        isinstance(infra_retries, bool)
+        or not isinstance(infra_retries, int)
+        or not 0 <= infra_retries <= INFRA_MAX_RETRIES
+    ):
+        raise InvalidRunError(
+            f"{INFRA_RETRY_KWARG} must be an integer within 0..{INFRA_MAX_RETRIES}, got {infra_retries!r}"
+        )
+    state: react.ReactState | None = None
     try:
         request = runner.validate({k: v for k, v in kwargs.items() if k not in ("react", INFRA_RETRY_KWARG)})
-        if kwargs.get("react") is None:
-            version = runner.resolve(request, run_id)
-            state = runner.start_state(request, version)
-        else:
-            try:
-                state = react.ReactState.from_dict(kwargs["react"])
-            except ValueError as error:
-                raise InvalidRunError(f"react state is malformed: {error}") from None
-            version = runner.version_from_state(state)
+        redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+        version, state = _version_and_state(runner, request, kwargs.get("react"), run_id, redelivered)
         outcome = runner.attempt(request, version, state, run_id)
     except INFRASTRUCTURE_ERRORS as error:
         if infra_retries >= INFRA_MAX_RETRIES:
             raise
         log.warning("run %s: infrastructure error, retrying: %s", run_id, error)
+        retry_kwargs = {**kwargs, INFRA_RETRY_KWARG: infra_retries + 1}
+        if state is not None:
+            # The same attempt again, on the version already chosen: a promotion meanwhile must not move it.
+            retry_kwargs["react"] = state.to_dict()
         # An agent may know better when to come back (an LLM server's Retry-After).
         retry_after = getattr(error, "retry_after", None)
-        raise self.retry(
-            exc=error,
-            countdown=retry_after
-            if isinstance(retry_after, int | float)
-            else infrastructure_backoff(infra_retries),
-            kwargs={**kwargs, INFRA_RETRY_KWARG: infra_retries + 1},
-        ) from error
+        countdown = retry_after if isinstance(retry_after, int | float) else infrastructure_backoff(infra_retries)
+        raise self.retry(exc=error, countdown=countdown, kwargs=retry_kwargs) from error
     decision = outcome.decision
     if decision.action == "retry" and decision.next_state is not None:
         retry_kwargs = {k: v for k, v in kwargs.items() if k != INFRA_RETRY_KWARG}
@@ -102,6 +105,21 @@ def execute_skill(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     if decision.evolve and outcome.recorded:
         evolve_skill_task.apply_async(kwargs={"skill_name": request.skill_name}, queue=MAINTENANCE_QUEUE)
     return runner.result(request, version, run_id, outcome)
+
+
+def _version_and_state(
+    runner: SkillRunner, request: RunRequest, state_data: object, run_id: str, redelivered: bool
+) -> tuple[Version, react.ReactState]:
+    """The version and ReAct state of this delivery: a new run's, or the ones its kwargs carry."""
+    if state_data is None:
+        # A redelivered first attempt keeps the version it was recorded with, if it got that far.
+        version = (runner.recorded_version(run_id) if redelivered else None) or runner.resolve(request, run_id)
+        return version, runner.start_state(request, version)
+    try:
+        state = react.ReactState.from_dict(state_data)
+    except ValueError as error:
+        raise InvalidRunError(f"react state is malformed: {error}") from None
+    return runner.version_from_state(request, state, run_id), state
 
 
 @app.task(bind=True, name="wre.evolve_skill", max_retries=INFRA_MAX_RETRIES)

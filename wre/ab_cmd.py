@@ -6,6 +6,7 @@ import typer
 from rich.table import Table
 
 from db.memory import AbTestRecord
+from scheduler.policies import make_policy
 from worker.settings import get_settings
 from wre.context import console, store, user_errors
 
@@ -64,8 +65,10 @@ def start(
 ) -> None:
     """Start an A/B test of VARIATION against the skill's production version."""
     memory = store()
+    chosen = policy or get_settings().ab_policy
+    make_policy(chosen)  # an unknown policy is refused here, not left for the evaluator to choke on
     production, _ = memory.get_production(skill)
-    test_id = memory.schedule_ab_test(skill, production, variation, policy=policy or get_settings().ab_policy)
+    test_id = memory.schedule_ab_test(skill, production, variation, policy=chosen)
     console.print(f"started A/B test #{test_id}: {production} (control) vs {variation} (treatment)")
 
 

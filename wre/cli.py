@@ -61,6 +61,11 @@ def run(
         raise ValueError(f"--context is not JSON: {error}") from None
     if not isinstance(input_context, dict):
         raise ValueError('--context must be a JSON object, like \'{"text": "hello"}\'')
+    from worker.app import app as celery_app
+
+    # Fail fast and plainly when the broker is down, instead of Celery's reconnect loop and tracebacks.
+    with celery_app.connection_for_write() as connection:
+        connection.ensure_connection(max_retries=1)
     result = enqueue_skill(skill, input_context, agent=agent, assignment_key=assignment_key)
     console.print(f"queued run {result.id}")
     if wait:

@@ -133,7 +133,9 @@ def run_demo(runs: int, database_url: str, broker_url: str, console: Console) ->
             console.print(f"registered [bold]{skill.name}[/] (agent {skill.agent}, evolver {skill.evolver})")
     rng = random.Random(7)
     names, weights = list(SKILL_WEIGHTS), list(SKILL_WEIGHTS.values())
-    last_event, promoted = 0, False
+    # A store that saw a demo before (a Postgres database run twice) keeps its history: count from here.
+    last_event = memory.latest_event_id()
+    finished_before, promoted = memory.finished_runs(), False
     started = time.monotonic()
     with embedded_services(app, Path(database_url.rsplit("/", 1)[-1] + ".beat")), Progress(
         TextColumn("[bold]runs"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
@@ -144,7 +146,7 @@ def run_demo(runs: int, database_url: str, broker_url: str, console: Console) ->
             enqueue_skill(name, _context(name, rng))
         while True:
             time.sleep(0.25)
-            done = memory.finished_runs()
+            done = memory.finished_runs() - finished_before
             retries = memory.get_counter("react_retry_count")
             progress.update(bar, completed=done, description=f"retries {retries}")
             for event in memory.learning_events_since(last_event):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from db.catalog import variation_id_for
-from db.memory import AbTestConflictError, OutcomeRecord, PatternMemory
+from db.memory import AbTestConflictError, LearningEventRecord, OutcomeRecord, PatternMemory
 
 CONTENT = "---\nname: greet\n---\nSay hello."
 
@@ -258,3 +258,25 @@ def test_telemetry_dashboard(memory: PatternMemory) -> None:
     assert dashboard["median_fidelity_first_window"] == pytest.approx(0.2)
     assert dashboard["median_fidelity_now"] == pytest.approx(1.0)
     assert dashboard["median_fidelity_gain"] == pytest.approx(4.0)
+
+
+def test_nul_characters_are_stored_not_refused(memory: PatternMemory) -> None:
+    _skill(memory)
+    stored = memory.record_attempt(
+        _outcome(output="a\x00b", error="bad\x00", step_results=[{"id": "a", "passed": False, "detail": "\x00"}])
+    )
+    assert stored
+    row = memory.run_outcomes("run-1")[0]
+    assert row["output"] == "a\ufffdb" and row["error"] == "bad\ufffd"
+    assert row["step_results"][0]["detail"] == "\ufffd"
+
+
+def test_a_duplicate_attempt_adds_no_trial_and_no_event(memory: PatternMemory) -> None:
+    base, treatment = _two_versions(memory)
+    test_id = memory.schedule_ab_test("greet", base, treatment)
+    event = LearningEventRecord(skill_name="greet", event_type="react_execution")
+    for _ in range(2):
+        memory.record_attempt(_outcome(test_id=test_id, arm="treatment"), learning_event=event)
+    test = memory.get_ab_test(test_id)
+    assert test is not None and test.treatment_trials == 1
+    assert [e.event_type for e in memory.get_evolution_history("greet")] == ["react_execution"]

@@ -79,6 +79,22 @@ def test_unreachable_database_is_one_line(broker_url: str) -> None:
     assert "Traceback" not in done.stderr and "cannot reach the database" in done.stderr
 
 
+def test_unreachable_broker_is_one_line(memory: PatternMemory, database_url: str) -> None:
+    env = service_env(database_url, "redis://127.0.0.1:1/0")
+    done = wre(env, "run", "echo", "--context", "{}")
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr and "cannot reach the broker" in done.stderr, done.stderr
+
+
+def test_unknown_policy_is_refused_at_start(env: dict[str, str], memory: PatternMemory) -> None:
+    assert wre(env, "skill", "add", "skills/summarize_ticket.md").returncode == 0
+    production, content = memory.get_production("summarize_ticket")
+    variation = memory.store_variation("summarize_ticket", content + "\nv2\n", parent_version=production)
+    done = wre(env, "ab", "start", "summarize_ticket", variation, "--policy", "bayes")
+    assert done.returncode == 1 and "unknown policy" in done.stderr
+    assert memory.list_ab_tests() == []
+
+
 def test_ab_start_show_stop_and_rollback(env: dict[str, str], memory: PatternMemory) -> None:
     assert wre(env, "skill", "add", "skills/summarize_ticket.md").returncode == 0
     production, content = memory.get_production("summarize_ticket")

@@ -12,6 +12,7 @@ from tests.integration.skills_for_tests import python_skill
 from tests.processes import Process, broker_app, service_env, start_worker, wait_until
 from worker.client import enqueue_skill
 from worker.registry import register_skill_text
+from worker.runner import choose_arm
 
 RESULT_TIMEOUT = 30
 
@@ -136,16 +137,19 @@ def test_forbidden_entrypoint_stored_behind_our_back_fails_cleanly(
 
 
 def test_worker_survives_bad_input(app: Celery, worker: Process, skills: PatternMemory) -> None:
-    for _ in range(3):
-        app.send_task("wre.execute_skill", kwargs={"skill_name": "echo", "input_context": 5})
+    bad = [app.send_task("wre.execute_skill", kwargs={"skill_name": "echo", "input_context": 5}) for _ in range(3)]
+    for result in bad:  # each has failed, cleanly, before the good run is sent
+        with pytest.raises(Exception, match="JSON object"):
+            result.get(timeout=RESULT_TIMEOUT)
     assert _run(app, "echo")["success"] is True
+    assert worker.popen.poll() is None
 
 
 def test_routing_is_sticky_and_balanced(app: Celery, worker: Process, skills: PatternMemory) -> None:
     register_skill_text(skills, python_skill("ab", "learns_from_feedback"))
     control, _ = skills.get_production("ab")
     treatment = skills.store_variation("ab", python_skill("ab", "learns_from_feedback", body="Answer well."))
-    test_id = skills.schedule_ab_test("ab", control, treatment, policy="margin", sample_size_target=10_000)
+    test_id = skills.schedule_ab_test("ab", control, treatment, policy="margin", sample_size_target=500)
     results = [enqueue_skill("ab", {"i": i}, app=app) for i in range(400)]
     finished = [r.get(timeout=120) for r in results]
     arms = {"control": 0, "treatment": 0}
@@ -168,9 +172,15 @@ def test_assignment_key_pins_the_arm(app: Celery, worker: Process, skills: Patte
     register_skill_text(skills, python_skill("pinned", "echo"))
     control, _ = skills.get_production("pinned")
     treatment = skills.store_variation("pinned", python_skill("pinned", "echo", body="Other."))
-    skills.schedule_ab_test("pinned", control, treatment, policy="margin", sample_size_target=10_000)
-    arms = {str(_run(app, "pinned", assignment_key="user-42")["arm"]) for _ in range(6)}
-    assert len(arms) == 1
+    test_id = skills.schedule_ab_test("pinned", control, treatment, policy="margin", sample_size_target=500)
+    # Two keys on different arms: each run of a key must land where choose_arm says, every time.
+    keys = {choose_arm(test_id, f"user-{i}"): f"user-{i}" for i in range(20)}
+    assert set(keys) == {"control", "treatment"}
+    for arm, key in keys.items():
+        for _ in range(3):
+            result = _run(app, "pinned", assignment_key=key)
+            assert result["arm"] == arm
+            assert result["variation_id"] == (treatment if arm == "treatment" else control)
 
 
 def test_burst_of_failures_evolves_once(app: Celery, worker: Process, skills: PatternMemory) -> None:

@@ -178,3 +178,57 @@ def test_rollback_after_promotion(memory: PatternMemory) -> None:
     assert memory.rollback_skill("s") == (treatment, base)
     assert memory.get_production("s")[0] == base
     assert [e.event_type for e in memory.get_evolution_history("s")][-1] == "rollback"
+
+
+def test_a_test_the_policy_refuses_does_not_stop_the_others(memory: PatternMemory) -> None:
+    base, treatment = _skill_with_variation(memory, "bad")
+    poisoned = memory.schedule_ab_test("bad", base, treatment, policy="no-such-policy")
+    ids = _decisive_tests(memory, 2)
+    decided = [c.test_id for c in run_evaluation_round(memory)]
+    assert sorted(decided) == sorted(ids)
+    test = memory.get_ab_test(poisoned)
+    assert test is not None and test.status == "running"
+
+
+def test_rollback_racing_the_evaluator_does_not_deadlock(memory: PatternMemory) -> None:
+    _decisive_tests(memory, 20)
+    run_evaluation_round(memory)  # promotes all 20: every skill now has a previous version
+    for i in range(20):
+        memory.promote_variation(memory.store_variation(f"s{i}", f"---\nname: s{i}\n---\nmanual"))
+    ids = [memory.schedule_ab_test(f"s{i}", *_production_and_new(memory, f"s{i}")) for i in range(20)]
+    _make_decisive(memory, ids)
+    errors: list[BaseException] = []
+
+    def roll_back() -> None:
+        try:
+            for i in range(20):
+                memory.rollback_skill(f"s{i}")
+        except BaseException as error:  # noqa: BLE001 - surfaced below
+            errors.append(error)
+
+    thread = threading.Thread(target=roll_back)
+    thread.start()
+    run_evaluation_round(memory)
+    thread.join(timeout=60)
+    assert not thread.is_alive() and errors == []
+    for test_id in ids:
+        test = memory.get_ab_test(test_id)
+        assert test is not None and test.status in ("completed", "stopped")
+
+
+def _production_and_new(memory: PatternMemory, skill: str) -> tuple[str, str]:
+    production, content = memory.get_production(skill)
+    return production, memory.store_variation(skill, content + "\nagain", parent_version=production)
+
+
+def _make_decisive(memory: PatternMemory, ids: list[int]) -> None:
+    from sqlalchemy import update
+
+    from db.models import TESTS
+
+    with memory.transaction() as conn:
+        conn.execute(
+            update(TESTS)
+            .where(TESTS.c.test_id.in_(ids))
+            .values(control_trials=100, control_successes=20, treatment_trials=100, treatment_successes=90)
+        )
