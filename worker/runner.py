@@ -231,9 +231,7 @@ class SkillRunner:
         )
         scored = score(version.skill, result.output, result.error, state.threshold)
         elapsed_ms = (time.perf_counter() - started) * 1000
-        summary = react.AttemptSummary(
-            state.attempt, scored.pattern_fidelity, scored.success, scored.failed_at_step, scored.error
-        )
+        summary = _summary(state.attempt, scored)
         decision = react.next_step(state, summary, fatal=result.fatal)
         outcome = OutcomeRecord(
             run_id=run_id,
@@ -277,9 +275,7 @@ class SkillRunner:
             success=stored["success"],
             execution_success=stored["execution_success"],
         )
-        summary = react.AttemptSummary(
-            state.attempt, scored.pattern_fidelity, scored.success, scored.failed_at_step, scored.error
-        )
+        summary = _summary(state.attempt, scored)
         # A final failed row ends the run whatever the budget says (it may have been a fatal error).
         decision = react.next_step(state, summary, fatal=stored["final"] and not stored["success"])
         output = _from_text(stored["output"])
@@ -351,6 +347,10 @@ class SkillRunner:
             while len(self._variations) > MAX_CACHED_VARIATIONS:
                 self._variations.pop(next(iter(self._variations)))
         return known
+
+
+def _summary(attempt: int, scored: Score) -> react.AttemptSummary:
+    return react.AttemptSummary(attempt, scored.pattern_fidelity, scored.success, scored.failed_at_step, scored.error)
 
 
 def _counters(state: react.ReactState, decision: react.ReactDecision) -> dict[str, int]:
