@@ -19,8 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy.exc import SQLAlchemyError
 
-from db.memory import PatternMemory
-from wre.figures import (
+from db.figures import (
     ARCHIVED_EVENT,
     DEFAULT_FIDELITY_WINDOW,
     PROMOTED_EVENT,
@@ -29,6 +28,7 @@ from wre.figures import (
     recent_fidelity,
     run_figures,
 )
+from db.memory import PatternMemory
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class StoreCollector(Collector):
         yield rate
 
     def _fidelity_metrics(self) -> Iterator[Metric]:
-        scope = f"the latest {self.window} finished runs"
+        scope = f"the latest {self.window} finished runs (their final attempts)"
         median = _gauge("fidelity_median", f"Median pattern fidelity of {scope}.")
         mean = _gauge("fidelity_mean", f"Mean pattern fidelity of {scope}.")
         success = _gauge("success_rate", f"Share of {scope} that succeeded.")

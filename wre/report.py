@@ -14,9 +14,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from db.memory import AbTestRecord, PatternMemory
-from wre.charts import IntervalRow, Marker, Point, Series, interval_chart, time_series_chart
-from wre.figures import (
+from db.figures import (
     ARCHIVED_EVENT,
     DEFAULT_FIDELITY_WINDOW,
     PROMOTED_EVENT,
@@ -30,6 +28,8 @@ from wre.figures import (
     recent_fidelity,
     run_figures,
 )
+from db.memory import AbTestRecord, PatternMemory
+from wre.charts import IntervalRow, Marker, Point, Series, interval_chart, time_series_chart
 
 DEFAULT_BUCKETS = 30
 # z for a two-sided 95% interval.

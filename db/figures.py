@@ -1,5 +1,8 @@
 """Read-only figures for the exporter and the report, each one query however many skills there are.
 
+Fidelity here is a run's delivered fidelity (its final attempt), what the producer got; the dashboard's
+windows compare first attempts, the skill's own quality before retries rescue it.
+
 A Prometheus scrape comes every few seconds and must not cost a query per skill, so these aggregate in SQL
 with GROUP BY and window functions (both Postgres and SQLite have them). The definitions match
 ``PatternMemory.get_skill_dashboard``: a run is its final attempt, its retries are ``attempt - 1``, a run
