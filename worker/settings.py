@@ -45,8 +45,9 @@ class Settings(BaseSettings):
         a lost node) come back: after this long, plus at most one restore sweep. It must exceed the longest
         a healthy worker can hold a message unacked: the longest attempt (a skill's ``time_limit``, else
         ``default_time_limit_seconds``) and the longest countdown wre schedules (the infrastructure backoff,
-        up to 30 s, and ``react_backoff_seconds``), because a message held longer is delivered a second time
-        while the first delivery still runs. A duplicate records nothing twice, but it costs an attempt.
+        up to 30 s; an LLM server's Retry-After, capped at 300 s; ``react_backoff_seconds``), because a
+        message held longer is delivered a second time while the first delivery still runs. A duplicate
+        records nothing twice, but it costs an attempt.
     :param default_time_limit_seconds: an attempt's time limit when the skill declares none.
     :param production_cache_seconds: how long a worker trusts its view of a skill's production version and
         running test; a promotion reaches every worker within this (0: read on every run).

@@ -44,6 +44,10 @@ FRONT_MATTER_DELIMITER = "---"
 # The YAML text starts on the line after the opening delimiter; YAML marks count lines from 0.
 YAML_FIRST_FILE_LINE = 2
 FRONT_MATTER_FIELD = "front matter"
+INSTRUCTIONS_FIELD = "instructions"
+# A skill's text is stored in Postgres (text columns cannot hold NUL) and digested as UTF-8 (which cannot encode
+# a lone surrogate): refused when parsed rather than failing when stored.
+UNSTORABLE_CHARACTER = re.compile("[\x00\ud800-\udfff]")
 # Skill content is stored in every variation row and may come from an evolver: bound it.
 MAX_SKILL_CHARS = 200_000
 
@@ -249,6 +253,18 @@ def parse_skill(
         raise SkillFileError(
             source, 1, FRONT_MATTER_FIELD, f"the file is longer than {MAX_SKILL_CHARS} characters"
         )
+    unstorable = UNSTORABLE_CHARACTER.search(text)
+    if unstorable is not None:
+        line = text.count("\n", 0, unstorable.start()) + 1
+        in_body = text.startswith(FRONT_MATTER_DELIMITER) and any(
+            row.rstrip() == FRONT_MATTER_DELIMITER for row in text.split("\n")[1:line]
+        )
+        raise SkillFileError(
+            source,
+            line,
+            INSTRUCTIONS_FIELD if in_body else FRONT_MATTER_FIELD,
+            f"character U+{ord(unstorable.group()):04X} is not allowed in a skill file",
+        )
     parts = _split_front_matter(text, source)
     root, data = _load_yaml(parts.yaml_text, source, YAML_FIRST_FILE_LINE)
     reader = _FrontMatter(source, root, YAML_FIRST_FILE_LINE, allowed_modules)
@@ -279,7 +295,15 @@ def _split_front_matter(text: str, source: str) -> _Parts:
 
 def _load_yaml(yaml_text: str, source: str, first_line: int) -> tuple[yaml.Node | None, Any]:
     """Compose (for positions) and construct (for values) the front matter in one pass."""
-    loader = yaml.SafeLoader(yaml_text)
+    try:
+        loader = yaml.SafeLoader(yaml_text)
+    except yaml.reader.ReaderError as exc:
+        # The reader checks every character up front: control characters are refused before any parsing.
+        line = first_line + yaml_text.count("\n", 0, max(0, exc.position))
+        character = f"#x{exc.character:04x}" if isinstance(exc.character, int) else repr(exc.character)
+        raise SkillFileError(
+            source, line, FRONT_MATTER_FIELD, f"invalid YAML: unacceptable character {character}"
+        ) from exc
     try:
         root = loader.get_single_node()
         data = loader.construct_document(root) if root is not None else None
