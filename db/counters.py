@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
+from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import BigInteger, Connection, Integer, String, bindparam, func, select
+from sqlalchemy.dialects import postgresql, sqlite
 
 from db.base import StoreBase, require_text
 from db.models import COUNTERS
@@ -25,27 +28,19 @@ class CounterStore(StoreBase):
 
     def add_to_counters(self, deltas: Mapping[str, int], conn: Connection | None = None) -> None:
         """Add several deltas in one statement (one round trip), inside ``conn``'s transaction when given."""
-        rows = []
-        for name, delta in deltas.items():
-            require_text(name, "counter name")
-            if isinstance(delta, bool) or not isinstance(delta, int):
-                raise ValueError(f"counter delta must be an integer, got {delta!r}")
-            if delta:
-                rows.append({"name": name, "shard": random.randrange(NUM_SHARDS), "value": delta})
+        rows = counter_rows(deltas)
         if not rows:
             return
-        # Rows go as parameters, not .values(rows): SQLAlchemy cannot cache a multi-row VALUES statement and
-        # would compile it on every run (the worker's hot path); this one compiles once, and psycopg sends
-        # several rows in one pipelined round trip.
-        insert = self.upsert(COUNTER_TABLE)
-        statement = insert.on_conflict_do_update(
-            index_elements=["name", "shard"], set_={"value": COUNTER_TABLE.c.value + insert.excluded.value}
-        )
+        # One statement built once (SQLAlchemy cannot cache a multi-row VALUES and would compile it on every
+        # run: the worker's hot path). On Postgres the rows travel as three arrays, one round trip; SQLite,
+        # in process, takes them as an executemany.
+        statement = _upsert_statement(postgres=self.is_postgres)
+        parameters: Any = counter_arrays(rows) if self.is_postgres else rows
         if conn is not None:
-            conn.execute(statement, rows)
+            conn.execute(statement, parameters)
             return
         with self.transaction() as own:
-            own.execute(statement, rows)
+            own.execute(statement, parameters)
 
     def get_counter(self, name: str) -> int:
         return self.get_counters([name])[name]
@@ -61,3 +56,53 @@ class CounterStore(StoreBase):
         with self.transaction() as conn:
             found = {name: int(total) for name, total in conn.execute(query)}
         return {name: found.get(name, 0) for name in wanted}
+
+
+def counter_rows(deltas: Mapping[str, int]) -> list[dict[str, Any]]:
+    """The rows that add ``deltas`` (each on a random shard), zero deltas left out; bad names or deltas refused."""
+    rows = []
+    for name, delta in deltas.items():
+        require_text(name, "counter name")
+        if isinstance(delta, bool) or not isinstance(delta, int):
+            raise ValueError(f"counter delta must be an integer, got {delta!r}")
+        if delta:
+            rows.append({"name": name, "shard": random.randrange(NUM_SHARDS), "value": delta})
+    return rows
+
+
+def counter_arrays(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """The parameters of the Postgres upsert: the rows as three arrays."""
+    return {f"{key}s": [row[key] for row in rows] for key in ("name", "shard", "value")}
+
+
+@lru_cache(maxsize=2)
+def _upsert_statement(postgres: bool) -> Any:
+    return counter_upsert(postgres)
+
+
+def counter_upsert(postgres: bool, only_if: Any = None) -> Any:
+    """``value = value + delta`` per (name, shard) row, as one statement object (build it once, reuse it).
+
+    Postgres: ``INSERT … SELECT … FROM unnest(:names, :shards, :values)``, so any number of rows is one statement
+    and one round trip (psycopg's executemany would pipeline, and its pipeline wait spins holding the GIL);
+    ``only_if`` (a boolean SQL expression) makes the insert conditional. SQLite: the plain upsert of one row.
+    """
+    if postgres:
+        rows = (
+            func.unnest(
+                bindparam("names", type_=postgresql.ARRAY(String)),
+                bindparam("shards", type_=postgresql.ARRAY(Integer)),
+                bindparam("values", type_=postgresql.ARRAY(BigInteger)),
+            )
+            .table_valued("name", "shard", "value")
+            .render_derived(with_types=False)
+        )
+        values = select(rows.c.name, rows.c.shard, rows.c.value)
+        if only_if is not None:
+            values = values.where(only_if)
+        insert: Any = postgresql.insert(COUNTER_TABLE).from_select(["name", "shard", "value"], values)
+    else:
+        insert = sqlite.insert(COUNTER_TABLE)
+    return insert.on_conflict_do_update(
+        index_elements=["name", "shard"], set_={"value": COUNTER_TABLE.c.value + insert.excluded.value}
+    )

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
 POOL_SIZE = 10
 POOL_MAX_OVERFLOW = 20
+# A pooled connection idle for longer than this is pinged before use (a restart or a proxy may have cut it).
+# One used just now is not: pinging on every checkout (pool_pre_ping) costs the worker's hot path a round
+# trip per attempt. A connection cut while busy fails its statement; the pool is then invalidated and the
+# task retried as an infrastructure error.
+PING_AFTER_IDLE_SECONDS = 1.0
+_CHECKED_IN_AT = "wre_checked_in_at"
 
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
@@ -53,7 +60,30 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_MAX_OVERFLOW)
+    engine = create_engine(url, pool_size=POOL_SIZE, max_overflow=POOL_MAX_OVERFLOW)
+    _ping_idle_connections(engine)
+    return engine
+
+
+def _ping_idle_connections(engine: Engine) -> None:
+    """Like ``pool_pre_ping``, but only for a connection that sat in the pool for PING_AFTER_IDLE_SECONDS."""
+
+    def checked_in(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_CHECKED_IN_AT] = time.monotonic()
+
+    def checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get(_CHECKED_IN_AT)
+        # No check-in yet: a connection made just now.
+        if since is None or time.monotonic() - since < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as error:
+            # The pool discards this connection and checks out (or makes) another.
+            raise exc.DisconnectionError(f"stale pooled connection: {error}") from error
+
+    event.listen(engine, "checkin", checked_in)
+    event.listen(engine, "checkout", checkout)
 
 
 def get_engine(url: str) -> Engine:

@@ -48,7 +48,10 @@ def _evolve_claimed(memory: PatternMemory, settings: Settings, skill_name: str) 
     ]
     try:
         evolver = get_evolver(parent.evolver)
-        proposal = evolver.propose(parent, failures, seed=f"{production_id}:{len(failures)}")
+        # The newest failure names the draw: evolving the same production version again after new failures
+        # must not repeat a proposal already tested (a count of failures stops changing at the window).
+        seed = f"{production_id}:{failures[0].run_id if failures else 'no failures'}"
+        proposal = evolver.propose(parent, failures, seed=seed)
         # Held to the parent's contract here, whatever the evolver: a proposal that does not parse, renames
         # the skill or changes its checks would otherwise be stored and A/B tested on live runs.
         validate_proposal(parent, proposal)

@@ -1,0 +1,206 @@
+"""Throughput of wre's hot path against bare Celery, alternating in one run on one worker process.
+
+(a) ``bench.noop``: a bare Celery task on wre's app (same config, same worker, its result stored too);
+(b) ``wre.execute_skill`` on a python-agent skill that returns at once and passes (one attempt);
+(c) ``bench.insert_and_count``: a reference task that inserts one row and bumps one counter (one transaction).
+
+Each round enqueues its runs while the worker does not consume, then times the drain (from "consume" to
+"every message acked"). Rounds alternate a→b→c→a→b→c…, so the machine's noise falls on every side alike.
+Bars: b/a ≥ 0.65; one database transaction per wre attempt (counted inside the worker, and by the server).
+
+    python -m bench.throughput                          # 10,000 runs of each kind in 10 rounds (~4 minutes)
+    python -m bench.throughput --runs 300 --rounds 1    # a quick look
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from bench.common import (
+    Report,
+    Services,
+    base_parser,
+    python_skill,
+    register,
+    result_states,
+    services,
+    timed_drain,
+)
+from bench.tasks import BENCH_METADATA, DB_COUNTS_TASK, NOOP_TASK, REFERENCE_TASK
+from db.memory import PatternMemory
+from worker.app import SKILLS_QUEUE
+from worker.client import EXECUTE_TASK, enqueue_skill
+
+SKILL = "bench_instant"
+BAR_RATIO = 0.65
+# The production view (and the skill row) is re-read every WRE_PRODUCTION_CACHE_SECONDS per worker thread:
+# a cost per second, not per attempt. Allowed on top of the attempt's one transaction: 5%.
+BAR_TRANSACTIONS = 1.05
+WARMUP_RUNS = 200
+STATS_SETTLE_SECONDS = 11.0  # Postgres 15 flushes an idle backend's statistics within 10 s
+DRAIN_TIMEOUT_SECONDS = 600.0
+DB_COUNT_NAMES = (
+    "statements",
+    "writes",
+    "reads",
+    "autocommit_statements",
+    "commits",
+    "rollbacks",
+    "checkouts",
+    "connects",
+)
+
+
+@dataclass
+class Kind:
+    key: str
+    label: str
+    task: str
+    seconds: float = 0.0
+    runs: int = 0
+    rounds: list[float] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.runs / self.seconds if self.seconds else 0.0
+
+
+def _enqueuer(services_: Services, kind: Kind, runs: int) -> Callable[[], list[str]]:
+    """Sends ``runs`` messages of ``kind``, all with wre's kwargs (so every message has the same size)."""
+
+    def enqueue() -> list[str]:
+        if kind.task == EXECUTE_TASK:
+            return [enqueue_skill(SKILL, {"i": i}, app=services_.app).id for i in range(runs)]
+        with services_.app.producer_or_acquire() as producer:
+            return [
+                services_.app.send_task(
+                    kind.task,
+                    kwargs={"skill_name": SKILL, "input_context": {"i": i}},
+                    queue=SKILLS_QUEUE,
+                    producer=producer,
+                ).id
+                for i in range(runs)
+            ]
+
+    return enqueue
+
+
+def _worker_db_counts(services_: Services, reset: bool = False) -> dict[str, int]:
+    result = services_.app.send_task(DB_COUNTS_TASK, kwargs={"reset": reset}, queue=SKILLS_QUEUE)
+    return dict(result.get(timeout=30))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser(
+        "Throughput of wre.execute_skill against a bare Celery task, alternating on one worker."
+    )
+    parser.add_argument("--runs", type=int, default=10_000, help="runs of each kind in total (default 10000)")
+    parser.add_argument("--rounds", type=int, default=10, help="rounds per kind, alternating (default 10)")
+    parser.add_argument("--pool", default="threads", help="the worker's pool (default threads)")
+    parser.add_argument("--concurrency", type=int, default=4, help="the worker's concurrency (default 4)")
+    parser.add_argument(
+        "--count-runs", type=int, default=1000, help="wre runs of the server's transaction count"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=WARMUP_RUNS, help="untimed runs of each kind first (200)"
+    )
+    parser.add_argument(
+        "--settle-seconds",
+        type=float,
+        default=STATS_SETTLE_SECONDS,
+        help="wait for Postgres's statistics before and after the count (default 11: PG flushes within 10 s)",
+    )
+    args = parser.parse_args(argv)
+    begun = time.monotonic()
+    report = Report("throughput: wre.execute_skill vs bare Celery (one worker, Redis broker, Postgres)")
+    per_round = max(1, args.runs // args.rounds)
+    kinds = [
+        Kind("a", "bare Celery no-op", NOOP_TASK),
+        Kind("b", "wre.execute_skill", EXECUTE_TASK),
+        Kind("c", "insert 1 row + bump 1 counter", REFERENCE_TASK),
+    ]
+    a, b, c = kinds
+    with services(args.broker_url, "wre_bench_throughput", args.keep_logs) as found:
+        memory = PatternMemory(found.database_url)
+        BENCH_METADATA.create_all(memory.engine)
+        register(memory, python_skill(SKILL, "instant"))
+        worker = found.worker(args.concurrency, args.pool)
+        report.line(
+            f"worker: 1 process, pool {args.pool}, concurrency {args.concurrency}, wre's Celery config "
+            f"(late acks, prefetch 1, task events, Redis result backend); {per_round * args.rounds} runs per "
+            f"kind in {args.rounds} alternating rounds of {per_round}"
+        )
+        for kind in kinds:  # warm-up: imports, connection pool, production cache
+            timed_drain(found, [worker], _enqueuer(found, kind, args.warmup), DRAIN_TIMEOUT_SECONDS)
+        wre_db = dict.fromkeys(DB_COUNT_NAMES, 0)
+        report.line(f"{'round':>5}  {'kind':<34} {'runs':>6} {'seconds':>8} {'runs/s':>8}")
+        for number in range(1, args.rounds + 1):
+            for kind in kinds:
+                before = _worker_db_counts(found) if kind is b else {}
+                enqueue = _enqueuer(found, kind, per_round)
+                ids, seconds = timed_drain(found, [worker], enqueue, DRAIN_TIMEOUT_SECONDS)
+                if kind is b:
+                    after = _worker_db_counts(found)
+                    for name in DB_COUNT_NAMES:
+                        wre_db[name] += after.get(name, 0) - before.get(name, 0)
+                states = result_states(found, ids)
+                if states.get("SUCCESS", 0) != len(ids) or (
+                    kind is b and states.get("wre_success") != len(ids)
+                ):
+                    raise RuntimeError(f"round {number} of ({kind.key}) did not all succeed: {states}")
+                kind.seconds += seconds
+                kind.runs += len(ids)
+                kind.rounds.append(len(ids) / seconds)
+                report.line(
+                    f"{number:>5}  ({kind.key}) {kind.label:<30} {len(ids):>6} {seconds:>8.2f} "
+                    f"{len(ids) / seconds:>8.0f}"
+                )
+        report.line()
+        for kind in kinds:
+            report.line(
+                f"({kind.key}) {kind.label:<30} {kind.runs:>6} runs in {kind.seconds:7.2f} s: "
+                f"{kind.rate:6.0f} runs/s"
+            )
+        ratio_b, ratio_c = b.rate / a.rate, c.rate / a.rate
+        round_ratios = [rb / ra for ra, rb in zip(a.rounds, b.rounds, strict=True)]
+        report.line(
+            f"b/a = {ratio_b:.3f}   c/a = {ratio_c:.3f}   b/c = {b.rate / c.rate:.3f}   "
+            f"(b/a per round: {', '.join(f'{r:.2f}' for r in round_ratios)}; "
+            f"median {statistics.median(round_ratios):.3f})"
+        )
+        n = b.runs
+        worker_tx = (wre_db["commits"] + wre_db["autocommit_statements"]) / n
+        report.line(
+            f"database per wre attempt, counted in the worker over the timed rounds: {worker_tx:.3f} transactions "
+            f"({wre_db['autocommit_statements'] / n:.3f} single-statement, {wre_db['commits'] / n:.3f} committed), "
+            f"{wre_db['statements'] / n:.3f} statements ({wre_db['writes'] / n:.3f} writes, "
+            f"{wre_db['reads'] / n:.3f} reads of the cached production view), "
+            f"{wre_db['checkouts'] / n:.3f} pool checkouts, {wre_db['connects']} new connections"
+        )
+        # The server's count, over a separate untimed batch (its statistics reach pg_stat_database late).
+        time.sleep(args.settle_seconds)
+        xacts_before = found.xact_count()
+        count_ids, _ = timed_drain(
+            found, [worker], _enqueuer(found, b, args.count_runs), DRAIN_TIMEOUT_SECONDS
+        )
+        time.sleep(args.settle_seconds)
+        server_tx = (found.xact_count() - xacts_before) / len(count_ids)
+        report.line(
+            f"database per wre attempt, counted by Postgres (pg_stat_database xact_commit + xact_rollback over "
+            f"{len(count_ids)} more runs): {server_tx:.3f} transactions"
+        )
+        report.bar(f"b/a ≥ {BAR_RATIO}", f"{ratio_b:.3f}", ratio_b >= BAR_RATIO)
+        report.bar(
+            "one transaction per wre attempt (1 write; cache reads ≤ 5%)",
+            f"writes {wre_db['writes'] / n:.3f}, transactions: worker {worker_tx:.3f}, server {server_tx:.3f}",
+            wre_db["writes"] == n and worker_tx <= BAR_TRANSACTIONS and server_tx <= BAR_TRANSACTIONS,
+        )
+        return report.finish(begun)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Each benchmark at a tiny size: it runs end to end and prints sane figures (the bars need full size)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from bench import evaluate_scale, io_concurrency, self_improvement, throughput
+
+pytestmark = pytest.mark.integration
+
+
+def _numbers(pattern: str, text: str) -> list[float]:
+    found = re.search(pattern, text)
+    assert found, f"{pattern!r} not in:\n{text}"
+    return [float(group) for group in found.groups()]
+
+
+def _bars(text: str, expected: int) -> None:
+    bars = re.findall(r"^BAR .*: .* (PASS|FAIL)", text, re.MULTILINE)
+    assert len(bars) == expected, text
+    assert re.search(rf"== \d+/{expected} bars pass; took \d+ s", text), text
+
+
+def test_throughput(broker_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    throughput.main(
+        [
+            "--broker-url",
+            broker_url,
+            "--runs",
+            "40",
+            "--rounds",
+            "2",
+            "--count-runs",
+            "20",
+            "--settle-seconds",
+            "0",
+        ]
+    )
+    out = capsys.readouterr().out
+    rates = {key: _numbers(rf"\({key}\) .* (\d+) runs in +([\d.]+) s: +(\d+) runs/s", out) for key in "abc"}
+    for runs, seconds, rate in rates.values():
+        assert runs == 40 and seconds > 0 and rate > 0
+    ratio_b, ratio_c, _ = _numbers(r"b/a = ([\d.]+) +c/a = ([\d.]+) +b/c = ([\d.]+)", out)
+    assert 0 < ratio_b < 5 and 0 < ratio_c < 5
+    # Counted in the worker: every attempt is one single-statement write.
+    (writes,) = _numbers(r"statements \(([\d.]+) writes", out)
+    assert writes == 1.0
+    _bars(out, 2)
+
+
+def test_io_concurrency(broker_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    io_concurrency.main(
+        ["--broker-url", broker_url, "--threads", "8", "--seconds", "0.3", "--alternations", "1"]
+    )
+    out = capsys.readouterr().out
+    for workers in (1, 2):
+        wre, share, ideal, bare, _, ratio = _numbers(
+            rf"{workers} worker\(s\): wre +(\d+) runs/s = ([\d.]+)% of the ideal (\d+); "
+            rf"bare Celery +(\d+) runs/s = ([\d.]+)%; wre/bare = ([\d.]+)",
+            out,
+        )
+        assert ideal == 80 * workers and 0 < wre <= ideal and 0 < bare <= ideal and 0 < share <= 100
+    _bars(out, 2)
+
+
+def test_self_improvement(broker_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    self_improvement.main(
+        ["--broker-url", broker_url, "--skills", "2", "--runs", "60", "--max-trials-per-arm", "20"]
+    )
+    out = capsys.readouterr().out
+    assert _numbers(r"(\d+) runs \((\d+) attempts\)", out)[0] == 60
+    rows = re.findall(r"^sim_\d\d +([\d.]+) +([\d.]+) +(\d+) \|", out, re.MULTILINE)
+    assert [float(p0) for p0, _, _ in rows] == [0.3, 0.8]
+    assert sum(int(runs) for _, _, runs in rows) == 60
+    tested, promoted, archived, inconclusive = _numbers(
+        r"variations tested (\d+): promoted (\d+), archived (\d+), inconclusive (\d+)", out
+    )
+    assert promoted + archived + inconclusive <= tested
+    _bars(out, 3)
+
+
+def test_evaluate_scale(capsys: pytest.CaptureFixture[str]) -> None:
+    evaluate_scale.main(
+        ["--tests", "200", "--small", "40", "--outcomes-per-test", "4", "--alternations", "1"]
+    )
+    out = capsys.readouterr().out
+    assert "loaded 200 skills, 400 variations, 200 running tests" in out
+    # One in 20 tests has a verdict: 2 of 40, 10 of 200; a second round finds none left.
+    verdicts = [int(v) for v in re.findall(r"^ +\d+ with verdicts +(\d+)", out, re.MULTILINE)]
+    assert verdicts == [2, 10]
+    assert re.findall(r"^ +\d+ none left +0 +1 ", out, re.MULTILINE), out
+    _bars(out, 2)

@@ -1,0 +1,169 @@
+"""The worker's hot path against real Postgres: an attempt is recorded by ONE statement (one round trip,
+atomic on its own), no ping on a busy connection, a ping (and a fresh connection) after an idle one was cut;
+counters exact on both dialects."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, event, text
+
+import db.engine
+from db.engine import make_engine
+from db.memory import LearningEventRecord, OutcomeRecord, PatternMemory
+from db.migrate import upgrade
+
+
+def _outcome(run_id: str, test_id: int | None = None, arm: str | None = None) -> OutcomeRecord:
+    return OutcomeRecord(
+        run_id=run_id,
+        attempt=1,
+        skill_name="s",
+        variation_id="v" * 16,
+        agent="python",
+        success=True,
+        execution_success=True,
+        pattern_fidelity=1.0,
+        step_results=[{"id": "answer", "passed": True}],
+        input_context={"i": 1},
+        output='{"answer": "ok"}',
+        test_id=test_id,
+        arm=arm,
+        final=True,
+    )
+
+
+class Calls:
+    """Counts what an engine sends: statements (and pings), commits."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.counts: Counter[str] = Counter()
+        event.listen(engine, "before_cursor_execute", lambda *_: self.counts.update(["statements"]))
+        event.listen(engine, "commit", lambda *_: self.counts.update(["commits"]))
+        original = engine.dialect.do_ping
+
+        def ping(dbapi_connection: Any) -> bool:
+            self.counts.update(["pings"])
+            return bool(original(dbapi_connection))
+
+        engine.dialect.do_ping = ping  # type: ignore[method-assign]
+
+    def take(self) -> Counter[str]:
+        found, self.counts = self.counts, Counter()
+        return found
+
+
+@pytest.fixture
+def fresh(database_url: str, memory: PatternMemory) -> Iterator[tuple[PatternMemory, Calls]]:
+    """A store on an engine of its own (the shared one's pool must not see these listeners)."""
+    engine = make_engine(database_url)
+    yield PatternMemory(engine), Calls(engine)
+    engine.dispose()
+
+
+def test_record_attempt_is_one_statement(fresh: tuple[PatternMemory, Calls]) -> None:
+    store, calls = fresh
+    store.register_skill("s", "content", default_agent="python")
+    event_ = LearningEventRecord(skill_name="s", event_type="react_execution", fidelity_before=1.0)
+    store.record_attempt(_outcome("warm"), counters={"a": 1}, learning_event=event_)
+    calls.take()
+    for i in range(20):
+        assert store.record_attempt(_outcome(f"r{i}"), counters={"a": 1, "b": 2}, learning_event=event_)
+    # Outcome, both counters and the event in one autocommit statement; no ping on a busy pool.
+    assert calls.take() == Counter({"statements": 20})
+    assert store.get_counters(["a", "b"]) == {"a": 21, "b": 40}
+    assert store.record_attempt(_outcome("r0"), counters={"a": 1}, learning_event=event_) is False
+    assert store.get_counter("a") == 21
+    assert len(store.get_evolution_history("s")) == 21
+
+
+def test_trial_is_counted_in_the_same_transaction(fresh: tuple[PatternMemory, Calls]) -> None:
+    store, calls = fresh
+    control = store.register_skill("s", "content", default_agent="python")
+    treatment = store.store_variation("s", "other content", parent_version=control)
+    test_id = store.schedule_ab_test("s", control, treatment)
+    calls.take()
+    assert store.record_attempt(_outcome("t1", test_id, "treatment"), counters={"a": 1})
+    assert calls.take() == Counter({"statements": 1})
+    failed = replace(_outcome("t2", test_id, "control"), success=False, pattern_fidelity=0.5)
+    assert store.record_attempt(failed, counters={"a": 1})
+    assert not store.record_attempt(failed, counters={"a": 1})
+    retry = replace(_outcome("t2", test_id, "control"), attempt=2)
+    assert store.record_attempt(retry)  # a retry is no trial: the run is judged on its first attempt
+    test = store.get_ab_test(test_id)
+    assert test is not None
+    assert (test.treatment_trials, test.treatment_successes, test.treatment_fidelity_sum) == (1, 1, 1.0)
+    assert (test.control_trials, test.control_successes, test.control_fidelity_sum) == (1, 0, 0.5)
+    assert store.get_counter("a") == 2
+
+
+def test_an_outcome_without_extras_and_the_sqlite_path_agree(tmp_path: Path, memory: PatternMemory) -> None:
+    url = f"sqlite:///{tmp_path / 'wre.db'}"
+    upgrade(url)
+    lite = PatternMemory(make_engine(url))
+    event_ = LearningEventRecord(skill_name="s", event_type="react_execution", fidelity_before=0.5)
+    for store in (memory, lite):
+        store.register_skill("s", "content", default_agent="python")
+        assert store.record_attempt(_outcome("x"))
+        assert store.record_attempt(_outcome("y"), counters={"n": 2, "zero": 0}, learning_event=event_)
+        assert not store.record_attempt(_outcome("y"), counters={"n": 2}, learning_event=event_)
+        assert store.get_counters(["n", "zero"]) == {"n": 2, "zero": 0}
+        assert [row["run_id"] for row in store.run_outcomes("y")] == ["y"]
+        assert [e.event_type for e in store.get_evolution_history("s")] == ["react_execution"]
+    lite.dispose()
+
+
+def test_an_idle_connection_is_pinged_and_replaced_when_cut(
+    fresh: tuple[PatternMemory, Calls], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, calls = fresh
+    with store.engine.connect() as conn:
+        backend = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+    calls.take()
+    with store.engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+    assert calls.take()["pings"] == 0  # used a moment ago: trusted
+    monkeypatch.setattr(db.engine, "PING_AFTER_IDLE_SECONDS", 0.0)
+    killer = PatternMemory(store.engine.url.render_as_string(hide_password=False))
+    with killer.engine.connect() as conn:
+        assert conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend}).scalar_one()
+    time.sleep(0.1)
+    with store.engine.connect() as conn:
+        assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() != backend
+    assert calls.take()["pings"] >= 1
+
+
+def test_counters_are_exact_on_sqlite(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'wre.db'}"
+    upgrade(url)
+    store = PatternMemory(make_engine(url))
+    for _ in range(30):
+        store.add_to_counters({"x": 1, "y": 3, "z": 0})
+    store.increment_counter("x", -5)
+    assert store.get_counters(["x", "y", "z"]) == {"x": 25, "y": 90, "z": 0}
+    store.dispose()
+
+
+def test_many_threads_count_exactly(fresh: tuple[PatternMemory, Calls]) -> None:
+    import threading
+
+    store, _ = fresh
+    name = f"c{uuid.uuid4().hex[:6]}"
+
+    def bump() -> None:
+        for _ in range(50):
+            store.add_to_counters({name: 1, f"{name}_twice": 2})
+
+    threads = [threading.Thread(target=bump) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert store.get_counters([name, f"{name}_twice"]) == {name: 400, f"{name}_twice": 800}
