@@ -25,6 +25,9 @@ MAINTENANCE_QUEUE = "maintenance"
 # four times per visibility timeout when that is shorter; one sweep is one ZRANGE on the unacked index.
 MAX_RESTORE_INTERVAL_SECONDS = 10.0
 RESULT_EXPIRES_SECONDS = 24 * 3600
+# A result that cannot be stored while Redis is away is retried with backoff (10 ms doubling to 10 s, jittered:
+# about a minute in all) instead of turning a run that succeeded into a FAILURE result (docs/RELIABILITY.md).
+RESULT_STORE_RETRIES = 20
 TASK_MODULES = ["worker.tasks", "scheduler.tasks"]
 EVALUATE_TASK = "wre.evaluate_ab_tests"
 
@@ -45,6 +48,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend": settings.effective_result_backend,
         "result_expires": RESULT_EXPIRES_SECONDS,
         "result_extended": True,
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": RESULT_STORE_RETRIES,
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],

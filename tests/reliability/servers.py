@@ -206,10 +206,14 @@ class PrivateRedis:
             self.popen.wait(START_TIMEOUT_SECONDS)
         self.popen = None
 
-    def restart(self, sig: signal.Signals = signal.SIGTERM) -> float:
-        """Stop and start again on the same port and directory; returns the seconds it was away."""
+    def restart(self, sig: signal.Signals = signal.SIGTERM, down_seconds: float = 0.0) -> float:
+        """Stop, stay down ``down_seconds``, start again on the same port and directory.
+
+        :returns: the seconds it was away.
+        """
         started = time.monotonic()
         self.stop(sig)
+        time.sleep(down_seconds)  # the outage itself, not a wait for a condition
         self.start()
         return time.monotonic() - started
 

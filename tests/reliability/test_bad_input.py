@@ -26,7 +26,7 @@ from sqlalchemy import select
 from db.memory import PatternMemory
 from db.models import OUTCOMES, Base
 from tests.integration.skills_for_tests import python_skill
-from tests.processes import REPO, Process, service_env
+from tests.processes import REPO, Process, service_env, wait_until
 from tests.reliability.checks import report, row_counts
 from tests.reliability.conftest import SECRET
 from tests.reliability.servers import PrivateRedis
@@ -97,8 +97,13 @@ def test_bad_kwargs_fail_clearly_and_write_nothing(
             )
     # Nothing half-written: no row in any table, no counter moved.
     assert row_counts(skills) == before
-    # Nothing stuck in the broker: every bad message was acked, none waits for redelivery.
-    assert broker.client().llen("skills") == 0 and broker.client().hlen("unacked") == 0
+    # Nothing stuck in the broker: every bad message is acked (just after its result is stored), none
+    # waits for redelivery.
+    wait_until(
+        lambda: broker.client().llen("skills") == 0 and broker.client().hlen("unacked") == 0,
+        timeout=10,
+        what="every message to be acked",
+    )
     # The worker logged one line per refusal, not the 10 MB it was sent.
     assert len(worker.log()) - log_before < 100_000
     # And it keeps serving, in the same process.

@@ -73,7 +73,11 @@ def test_a_pickled_message_is_refused(
     assert row_counts(memory) == before
     assert AsyncResult(task_id, app=serving_app).state == "PENDING"
     client = serving_broker.client()
-    assert client.llen("skills") == 0 and client.hlen("unacked") == 0
+    wait_until(
+        lambda: client.llen("skills") == 0 and client.hlen("unacked") == 0,
+        timeout=10,
+        what="the refused message to be dropped",
+    )
     # The worker is alive and serves the next (JSON) run.
     assert serving_worker.popen.poll() is None
     assert enqueue_skill("echo", {"text": "json"}, app=serving_app).get(timeout=30)["success"] is True
