@@ -30,5 +30,11 @@ test: install services lint
 demo: install
 	$(BIN)/wre demo
 
+# Every benchmark (about 15 minutes): figures and PASS/FAIL bars on stdout; docs/BENCHMARKS.md has the latest.
+bench: install services
+	@status=0; for name in throughput io_concurrency self_improvement evaluate_scale promotion_quality; do \
+		$(BIN)/python -m bench.$$name || status=1; \
+	done; exit $$status
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache wre.db

@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             f"database per wre attempt, counted in the worker over the timed rounds: {worker_tx:.3f} transactions "
             f"({wre_db['autocommit_statements'] / n:.3f} single-statement, {wre_db['commits'] / n:.3f} committed), "
             f"{wre_db['statements'] / n:.3f} statements ({wre_db['writes'] / n:.3f} writes, "
-            f"{wre_db['reads'] / n:.3f} reads of the cached production view), "
+            f"{wre_db['reads'] / n:.3f} reads), "
             f"{wre_db['checkouts'] / n:.3f} pool checkouts, {wre_db['connects']} new connections"
         )
         # The server's count, over a separate untimed batch (its statistics reach pg_stat_database late).
