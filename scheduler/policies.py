@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from types import MappingProxyType
-from typing import Any, ClassVar, Final, Literal, SupportsIndex, TypeAlias
+from typing import Any, ClassVar, Final, Literal, Self, SupportsIndex, TypeAlias
 
 Winner: TypeAlias = Literal["treatment", "control", "inconclusive"] | None
 JSONScalar: TypeAlias = str | int | float | None
@@ -379,8 +379,26 @@ def _waiting(counts: Counts, needed: int) -> str:
     )
 
 
+class _ParametrisedPolicy:
+    """What both policies share: their parameters by name, and building one from a caller's mapping."""
+
+    NAME: ClassVar[str]
+    PARAMS: ClassVar[tuple[str, ...]]
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, float]) -> Self:
+        _reject_unknown(cls.NAME, params, cls.PARAMS)
+        # Types are checked at run time by __post_init__, which is the point of this path.
+        changes: dict[str, Any] = dict(params)
+        return replace(cls(), **changes)  # type: ignore[type-var]
+
+    @property
+    def params(self) -> dict[str, float | int]:
+        return {name: getattr(self, name) for name in self.PARAMS}
+
+
 @dataclass(frozen=True)
-class SequentialPolicy:
+class SequentialPolicy(_ParametrisedPolicy):
     """Always-valid sequential test; see the module docstring and docs/STATISTICS.md.
 
     Args:
@@ -398,6 +416,7 @@ class SequentialPolicy:
     min_margin: float = MIN_MARGIN
     mixing_sd: float = MIXING_SD
 
+    NAME: ClassVar[str] = SEQUENTIAL
     PARAMS: ClassVar[tuple[str, ...]] = (
         "alpha",
         "min_trials_per_arm",
@@ -427,21 +446,10 @@ class SequentialPolicy:
         ):
             object.__setattr__(self, name, value)
 
-    @classmethod
-    def from_params(cls, params: Mapping[str, float]) -> SequentialPolicy:
-        _reject_unknown(SEQUENTIAL, params, cls.PARAMS)
-        # Types are checked at run time by __post_init__, which is the point of this path.
-        changes: dict[str, Any] = dict(params)
-        return replace(cls(), **changes)
-
     @property
     def threshold(self) -> float:
         """log(2 / alpha): Ville's inequality bounds each one-sided error by alpha / 2."""
         return math.log(2.0 / self.alpha)
-
-    @property
-    def params(self) -> dict[str, float | int]:
-        return {name: getattr(self, name) for name in self.PARAMS}
 
     def decide(self, counts: Counts) -> Decision:
         evidence = RandomizationEvidence(counts, self.mixing_sd)
@@ -500,7 +508,7 @@ class SequentialPolicy:
 
 
 @dataclass(frozen=True)
-class MarginPolicy:
+class MarginPolicy(_ParametrisedPolicy):
     """The seed's rule: per-arm target, then promote/archive at a fixed lift margin.
 
     Unlike the seed, which kept a test that was undecided at the target running forever, an
@@ -518,6 +526,7 @@ class MarginPolicy:
     min_margin: float = MARGIN_MIN_MARGIN
     max_trials_per_arm: int = MAX_TRIALS_PER_ARM
 
+    NAME: ClassVar[str] = MARGIN
     PARAMS: ClassVar[tuple[str, ...]] = ("sample_size_target", "min_margin", "max_trials_per_arm")
 
     def __post_init__(self) -> None:
@@ -533,17 +542,6 @@ class MarginPolicy:
             ("max_trials_per_arm", high),
         ):
             object.__setattr__(self, name, value)
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, float]) -> MarginPolicy:
-        _reject_unknown(MARGIN, params, cls.PARAMS)
-        # Types are checked at run time by __post_init__, which is the point of this path.
-        changes: dict[str, Any] = dict(params)
-        return replace(cls(), **changes)
-
-    @property
-    def params(self) -> dict[str, float | int]:
-        return {name: getattr(self, name) for name in self.PARAMS}
 
     def decide(self, counts: Counts) -> Decision:
         winner, reason = self._verdict(counts)
