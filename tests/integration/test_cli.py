@@ -62,7 +62,7 @@ def test_malformed_skill_file_is_one_clear_line(env: dict[str, str], memory: Pat
         (["skill", "show", "nope"], "unknown skill"),
         (["ab", "show", "99"], "unknown A/B test"),
         (["ab", "rollback", "nope"], "unknown skill"),
-        (["ab", "stop", "7"], "not running"),
+        (["ab", "stop", "7"], "not open"),
         (["run", "x", "--context", "[1]"], "JSON object"),
         (["run", "x", "--context", "{oops"], "not JSON"),
     ],
@@ -109,7 +109,7 @@ def test_ab_start_show_stop_and_rollback(env: dict[str, str], memory: PatternMem
     assert wre(env, "ab", "stop", str(test.test_id)).returncode == 0
     assert memory.get_active_ab_test("summarize_ticket") is None
     memory.promote_variation(variation)
-    rolled = wre(env, "ab", "rollback", "summarize_ticket")
+    rolled = wre(env, "ab", "rollback", "summarize_ticket", "--expect", variation)
     assert rolled.returncode == 0, rolled.stderr
     assert memory.get_production("summarize_ticket")[0] == production
 
