@@ -311,7 +311,7 @@ class SkillRunner:
         if cached is not None and now - cached[0] < self.settings.production_cache_seconds:
             return cached[1]  # type: ignore[no-any-return]
         production_id, content = self.memory.get_production(skill_name)
-        resolved = (production_id, content, self.memory.get_active_ab_test(skill_name))
+        resolved = (production_id, content, self.memory.running_test(skill_name))
         with self._lock:
             self._resolved[skill_name] = (now, resolved)
         return resolved

@@ -53,7 +53,7 @@ def show(test_id: int = typer.Argument(..., help="The test's id.")) -> None:
     console.print(test.to_dict())
     if test.status == "running":
         console.rule("the policy now")
-        console.print(memory.check_ab_promotion(test_id))
+        console.print(memory.ab_verdict(test_id))
 
 
 @app.command("start")

@@ -42,33 +42,41 @@ def build_dashboard(memory: PatternMemory, window: int = 100) -> Group:
     summary.add_row(
         "retries",
         str(overall["retry_count"]),
-        "repeated failure rate",
+        "repeated failure rate (retries / attempts)",
         _pct(overall["repeated_failure_rate"]),
     )
     summary.add_row(
         "variations tested",
         str(overall["variations_tested"]),
-        "promoted",
-        str(overall["variations_promoted"]),
+        "promoted / archived (of which inconclusive)",
+        f"{overall['variations_promoted']} / {overall['variations_archived']} "
+        f"({overall['variations_inconclusive']})",
     )
     summary.add_row(
-        "win rate",
+        "variation win rate",
         _pct(overall["variation_win_rate"]),
-        "avg fidelity delta",
+        "avg first-attempt fidelity delta of promotions",
         _num(overall["avg_fidelity_delta"]),
     )
     summary.add_row(
-        f"median fidelity, first {window} runs",
-        _num(overall["median_fidelity_first_window"]),
+        f"first-attempt fidelity, median of first {window} runs",
+        _num(overall["first_attempt_fidelity_first_window"]),
         f"latest {window} runs",
-        f"{_num(overall['median_fidelity_now'])} ({_gain(overall['median_fidelity_gain'])})",
+        f"{_num(overall['first_attempt_fidelity_now'])} ({_gain(overall['first_attempt_fidelity_gain'])})",
+    )
+    summary.add_row(
+        f"delivered fidelity (after ReAct), median of latest {window} runs",
+        _num(overall["delivered_fidelity_now"]),
+        "",
+        "",
     )
     skills = Table(
         "skill",
         "runs",
-        "fidelity first → now",
+        "first-attempt fidelity first → now",
         "gain",
-        "repeated failures",
+        "delivered fidelity now",
+        "repeated failure rate",
         "retries",
         "tokens",
         title="skills",
@@ -81,14 +89,16 @@ def build_dashboard(memory: PatternMemory, window: int = 100) -> Group:
         skills.add_row(
             skill.name,
             str(figures["runs"]),
-            f"{_num(figures['median_fidelity_first_window'])} → {_num(figures['median_fidelity_now'])}",
-            _gain(figures["median_fidelity_gain"]),
+            f"{_num(figures['first_attempt_fidelity_first_window'])} → "
+            f"{_num(figures['first_attempt_fidelity_now'])}",
+            _gain(figures["first_attempt_fidelity_gain"]),
+            _num(figures["delivered_fidelity_now"]),
             _pct(figures["repeated_failure_rate"]),
             str(figures["retries"]),
             str(figures["total_tokens"] or "-"),
         )
     for test in memory.list_ab_tests(status="running"):
-        decision = memory.check_ab_promotion(test.test_id)
+        decision = memory.ab_verdict(test.test_id)
         tests.add_row(
             f"#{test.test_id}",
             test.skill_name,

@@ -77,7 +77,20 @@ class StoreCollector(Collector):
         yield from self._event_metrics()
         evolutions = self.memory.get_counter(EVOLUTIONS_COUNTER)
         yield CounterMetricFamily(
-            f"{PREFIX}_evolutions", "Evolutions triggered by runs that exhausted their attempts.", evolutions
+            f"{PREFIX}_evolution_triggers",
+            "Evolution triggers: runs that exhausted their attempts (a claim and cooldown make fewer evolutions).",
+            evolutions,
+        )
+        overall = self.memory.get_telemetry_dashboard(window=self.window)
+        yield GaugeMetricFamily(
+            f"{PREFIX}_variation_win_rate",
+            "Promoted / (promoted + archived) tests; an inconclusive test archives its variation.",
+            value=overall["variation_win_rate"],
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_ab_tests_inconclusive",
+            "Tests closed inconclusive (counted as archived in the win rate).",
+            overall["variations_inconclusive"],
         )
 
     def _run_metrics(self) -> Iterator[Metric]:
@@ -90,7 +103,7 @@ class StoreCollector(Collector):
         }
         rate = GaugeMetricFamily(
             f"{PREFIX}_repeated_failure_rate",
-            "Share of finished runs that needed more than one attempt.",
+            "Retries / attempts of finished runs (the seed's react_retry_count / total_executions).",
             labels=SKILL,
         )
         for name, figures in run_figures(self.memory).items():
@@ -101,19 +114,23 @@ class StoreCollector(Collector):
         yield rate
 
     def _fidelity_metrics(self) -> Iterator[Metric]:
-        scope = f"the latest {self.window} finished runs (their final attempts)"
-        median = _gauge("fidelity_median", f"Median pattern fidelity of {scope}.")
-        mean = _gauge("fidelity_mean", f"Mean pattern fidelity of {scope}.")
-        success = _gauge("success_rate", f"Share of {scope} that succeeded.")
+        first = f"the latest {self.window} runs' first attempts"
+        delivered = f"the latest {self.window} finished runs' final attempts (after ReAct retries)"
+        first_median = _gauge("first_attempt_fidelity_median", f"Median first-attempt fidelity of {first}.")
+        median = _gauge("delivered_fidelity_median", f"Median delivered fidelity of {delivered}.")
+        mean = _gauge("delivered_fidelity_mean", f"Mean delivered fidelity of {delivered}.")
+        success = _gauge("success_rate", f"Share of {delivered} that succeeded.")
         covered = _gauge(
-            "fidelity_window_runs", "Finished runs behind the fidelity gauges (at most the window)."
+            "fidelity_window_runs", "Finished runs behind the delivered fidelity gauges (at most the window)."
         )
         for name, figures in recent_fidelity(self.memory, self.window).items():
             median.add_metric([name], figures.median)
             mean.add_metric([name], figures.mean)
             success.add_metric([name], figures.success_rate)
             covered.add_metric([name], figures.runs)
-        yield from (median, mean, success, covered)
+        for name, figures in recent_fidelity(self.memory, self.window, first_attempts=True).items():
+            first_median.add_metric([name], figures.median)
+        yield from (first_median, median, mean, success, covered)
 
     def _test_metrics(self) -> Iterator[Metric]:
         running = _gauge("ab_tests_running", "A/B tests running now (at most one per skill).")

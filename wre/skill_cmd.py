@@ -32,7 +32,7 @@ def list_skills() -> None:
     memory = store()
     table = Table("skill", "agent", "threshold", "production", "running test", "description")
     for skill in memory.list_skills():
-        test = memory.get_active_ab_test(skill.name)
+        test = memory.running_test(skill.name)
         table.add_row(
             skill.name,
             skill.default_agent,

@@ -101,7 +101,7 @@ def test_ab_start_show_stop_and_rollback(env: dict[str, str], memory: PatternMem
     variation = memory.store_variation("summarize_ticket", content + "\nBe brief.\n", parent_version=production)
     started = wre(env, "ab", "start", "summarize_ticket", variation)
     assert started.returncode == 0, started.stderr
-    test = memory.get_active_ab_test("summarize_ticket")
+    test = memory.running_test("summarize_ticket")
     assert test is not None and test.treatment_version == variation
     assert f"#{test.test_id}" in wre(env, "ab", "list").stdout
     shown = wre(env, "ab", "show", str(test.test_id))
