@@ -150,6 +150,10 @@ class SkillRunner:
             get_agent(agent)
         except ValueError as error:
             raise InvalidRunError(str(error)) from None
+        # The production version's `input:` schema: a context that fails it is bad input, no attempt spent.
+        problem = parse_variation(self._production_and_test(skill_name)[1]).input_error(context)
+        if problem is not None:
+            raise InvalidRunError(problem)
         return RunRequest(skill_name, agent, context, force, key)
 
     # 2. resolve the version

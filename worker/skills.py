@@ -61,7 +61,9 @@ ENTRYPOINT_PATTERN = re.compile(
 CheckKind = Literal["key", "regex", "json_schema", "equals", "python"]
 CHECK_KINDS: tuple[str, ...] = get_args(CheckKind)
 STEP_FIELDS = ("id", "description", "expect")
-KNOWN_FIELDS = ("name", "description", "agent", "threshold", "time_limit", "entrypoint", "evolver", "steps")
+KNOWN_FIELDS = (
+    "name", "description", "agent", "threshold", "time_limit", "entrypoint", "evolver", "steps", "input"
+)
 DEFAULT_EVOLVER = "hints"
 # The file format accepts every evolver the design names; whether one is installed is the registry's business.
 EVOLVER_CHOICES = ("hints", "simulated", "llm")
@@ -131,6 +133,7 @@ class Skill:
     :param instructions: the Markdown body, stripped of surrounding whitespace.
     :param extra: the other front-matter keys (``simulation:``, ``llm:``, ...); treat as read-only.
     :param content: the full original text, exactly as stored in a variation.
+    :param input_schema: the JSON Schema a run's input context must satisfy (``input:``), if declared.
     """
 
     name: str
@@ -144,6 +147,18 @@ class Skill:
     instructions: str
     extra: dict[str, Any]
     content: str = field(repr=False)
+    input_schema: dict[str, Any] | None = None
+
+    def input_error(self, context: object) -> str | None:
+        """Why ``context`` fails the skill's ``input:`` schema (the most relevant error), or None if it passes."""
+        if self.input_schema is None:
+            return None
+        validator = jsonschema.validators.validator_for(self.input_schema)(self.input_schema)
+        error = jsonschema.exceptions.best_match(validator.iter_errors(cast(Any, context)))
+        if error is None:
+            return None
+        where = "/".join(str(part) for part in error.absolute_path)
+        return f"input_context{f' at {where}' if where else ''} fails skill {self.name!r}'s input schema: {error.message}"
 
     @property
     def variation_id(self) -> str:
@@ -448,7 +463,22 @@ class _FrontMatter:
             instructions=instructions,
             extra=extra,
             content=content,
+            input_schema=self.input_schema(data),
         )
+
+    def input_schema(self, data: dict[str, Any]) -> dict[str, Any] | None:
+        """``input:``, a JSON Schema of the run's input context; checked as a schema now, not at the first run."""
+        if "input" not in data:
+            return None
+        schema = data["input"]
+        if not isinstance(schema, dict):
+            self.fail(("input",), f"expected a JSON Schema (a mapping), got {schema!r}")
+        try:
+            jsonschema.validators.validator_for(schema).check_schema(schema)
+        except jsonschema.SchemaError as exc:
+            where = "/".join(str(part) for part in exc.path)
+            self.fail(("input", *exc.path), f"invalid JSON Schema{f' at {where}' if where else ''}: {exc.message}")
+        return schema
 
     def identifier(self, data: dict[str, Any], key: str) -> str:
         if key not in data:

@@ -110,5 +110,17 @@ def build_dashboard(memory: PatternMemory, window: int = 100) -> Group:
     return Group(Panel(summary, title="wre"), skills, tests)
 
 
+def dashboard_data(memory: PatternMemory, window: int = 100) -> dict[str, Any]:
+    """What `wre dashboard --json` prints: the same figures as the screen, under the same names."""
+    return {
+        "overall": memory.get_telemetry_dashboard(window=window),
+        "skills": [memory.get_skill_dashboard(skill.name, window=window) for skill in memory.list_skills()],
+        "running_tests": [
+            {**test.to_dict(), "verdict_now": memory.ab_verdict(test.test_id)}
+            for test in memory.list_ab_tests(status="running")
+        ],
+    }
+
+
 def render_dashboard(window: int = 100, console: Console | None = None) -> None:
     (console or default_console).print(build_dashboard(store(), window))

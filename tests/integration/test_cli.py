@@ -105,7 +105,8 @@ def test_ab_start_show_stop_and_rollback(env: dict[str, str], memory: PatternMem
     assert test is not None and test.treatment_version == variation
     assert f"#{test.test_id}" in wre(env, "ab", "list").stdout
     shown = wre(env, "ab", "show", str(test.test_id))
-    assert "should_promote" in shown.stdout
+    assert "the policy now" in shown.stdout and "should promote" in shown.stdout
+    assert "treatment" in shown.stdout and variation in shown.stdout
     assert wre(env, "ab", "stop", str(test.test_id)).returncode == 0
     assert memory.get_active_ab_test("summarize_ticket") is None
     memory.promote_variation(variation)
