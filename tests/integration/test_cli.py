@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from db.memory import PatternMemory
 from tests.processes import REPO, broker_app, running, service_env, start_worker
+from worker.registry import register_skill_file
 
 WRE = [sys.executable, "-m", "wre"]
 
@@ -80,8 +82,9 @@ def test_unreachable_database_is_one_line(broker_url: str) -> None:
 
 
 def test_unreachable_broker_is_one_line(memory: PatternMemory, database_url: str) -> None:
+    register_skill_file(memory, "skills/summarize_ticket.md")
     env = service_env(database_url, "redis://127.0.0.1:1/0")
-    done = wre(env, "run", "echo", "--context", "{}")
+    done = wre(env, "run", "summarize_ticket", "--context", "{}")
     assert done.returncode == 1
     assert "Traceback" not in done.stderr and "cannot reach the broker" in done.stderr, done.stderr
 
@@ -115,18 +118,81 @@ def test_ab_start_show_stop_and_rollback(env: dict[str, str], memory: PatternMem
     assert memory.get_production("summarize_ticket")[0] == production
 
 
-def test_run_wait_and_dashboard(env: dict[str, str], memory: PatternMemory, database_url: str, broker_url: str,
-                                tmp_path: Path) -> None:
-    assert wre(env, "skill", "add", "skills/extract_contact.md").returncode == 0
+def test_run_wait_result_and_dashboard(env: dict[str, str], memory: PatternMemory, database_url: str,
+                                      broker_url: str, tmp_path: Path) -> None:
+    register_skill_file(memory, "skills/extract_contact.md")
+    context_file = tmp_path / "context.json"
+    context_file.write_text(json.dumps({"text": "Ada, ada@example.org, +44 20 7946 0958"}))
     app = broker_app(database_url, broker_url)
     with running(start_worker(app, env, tmp_path)):
-        done = wre(env, "run", "extract_contact", "--context",
-                   '{"text": "Ada, ada@example.org, +44 20 7946 0958"}', "--wait")
+        done = wre(env, "run", "extract_contact", "--context", f"@{context_file}", "--wait", "--json")
+        # From stdin; this message has no e-mail address: the run fails its checks, and --wait says so.
+        failed = subprocess.run([*WRE, "run", "extract_contact", "--context", "-", "--wait", "--json"], env=env,
+                                cwd=REPO, capture_output=True, text=True, timeout=60,
+                                input=json.dumps({"text": "Call Bob on +44 20 7946 0000"}))
     assert done.returncode == 0, done.stderr
-    assert '"success": true' in done.stdout and "ada@example.org" in done.stdout
-    dashboard = wre(env, "dashboard")
-    assert dashboard.returncode == 0
-    assert "extract_contact" in dashboard.stdout and "runs" in dashboard.stdout
+    result = json.loads(done.stdout)
+    assert result["success"] is True and result["result"]["email"] == "ada@example.org"
+    assert [attempt["fidelity"] for attempt in result["_react_metadata"]["all_attempts"]] == [1.0]
+    assert failed.returncode == 3, failed.stderr
+    assert json.loads(failed.stdout)["success"] is False and "did not succeed" in failed.stderr
+    fetched = wre(env, "result", result["execution_id"], "--json")
+    assert fetched.returncode == 0, fetched.stderr
+    assert json.loads(fetched.stdout)["execution_id"] == result["execution_id"]
+    dashboard = wre(env, "dashboard", "--json")
+    figures = json.loads(dashboard.stdout)
+    assert figures["overall"]["total_runs"] == 2
+    assert {row["skill_name"] for row in figures["skills"]} == {"extract_contact"}
+    screen = wre(env, "dashboard").stdout
+    assert "first-attempt fidelity" in screen and "delivered fidelity" in screen
+
+
+def test_run_wait_without_a_worker_is_one_line(env: dict[str, str], memory: PatternMemory) -> None:
+    register_skill_file(memory, "skills/summarize_ticket.md")
+    done = wre(env, "run", "summarize_ticket", "--wait", "--timeout", "1")
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and "no result in time" in errors[0], done.stderr
+    # The AsyncResult's cleanup at interpreter exit used to print a traceback here.
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
+
+
+def test_version_and_piped_tables_keep_whole_names(memory: PatternMemory, database_url: str,
+                                                   broker_url: str, tmp_path: Path) -> None:
+    long_name = "classify_intent_of_a_customer_message_with_a_long_name"
+    text = Path(REPO / "skills/classify_intent.md").read_text().replace("name: classify_intent", f"name: {long_name}")
+    (tmp_path / "long.md").write_text(text)
+    register_skill_file(memory, tmp_path / "long.md")
+    narrow = service_env(database_url, broker_url)  # no COLUMNS: a pipe, 80 columns by default
+    version = wre(narrow, "--version")
+    assert version.returncode == 0 and version.stdout.startswith("wre ")
+    listed = wre(narrow, "skill", "list")
+    assert [line for line in listed.stdout.splitlines() if long_name in line], listed.stdout
+    assert json.loads(wre(narrow, "skill", "list", "--json").stdout)[0]["name"] == long_name
+
+
+def test_skill_add_is_idempotent_and_all_or_nothing(env: dict[str, str], memory: PatternMemory,
+                                                    tmp_path: Path) -> None:
+    assert wre(env, "skill", "add", "skills/summarize_ticket.md").returncode == 0
+    baseline, content = memory.get_production("summarize_ticket")
+    evolved = memory.store_variation("summarize_ticket", content + "\nBe brief.\n", parent_version=baseline,
+                                     created_by="evolver")
+    memory.promote_variation(evolved)
+    again = wre(env, "skill", "add", "skills/summarize_ticket.md", "skills/extract_contact.md")
+    assert again.returncode == 0, again.stderr
+    assert "unchanged summarize_ticket" in again.stdout and f"production {evolved}" in again.stdout
+    assert memory.get_production("summarize_ticket")[0] == evolved  # the promotion stands
+    changed = tmp_path / "summarize_ticket.md"
+    changed.write_text(Path(REPO / "skills/summarize_ticket.md").read_text().replace("Summarize", "Sum up", 1))
+    other = tmp_path / "classify.md"
+    other.write_text(Path(REPO / "skills/classify_intent.md").read_text())
+    refused = wre(env, "skill", "add", str(other), str(changed))
+    assert refused.returncode == 1
+    assert "differs from production in description" in refused.stderr and "--replace" in refused.stderr
+    assert "classify_intent" not in {row.name for row in memory.list_skills()}  # all or nothing
+    replaced = wre(env, "skill", "add", "--replace", str(changed))
+    assert replaced.returncode == 0 and f"was {evolved}" in replaced.stdout
+    assert memory.get_skill("summarize_ticket").previous_variation_id == evolved  # type: ignore[union-attr]
 
 
 def test_help_everywhere(env: dict[str, str]) -> None:

@@ -1,0 +1,156 @@
+"""Every `wre` command, given bad input: one line on stderr, a non-zero exit, no traceback, nothing written.
+
+The commands run in this process (a subprocess per case would cost seconds each); what only a separate
+process shows (the interpreter's exit) is in test_cli.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import func, select
+
+from db.memory import PatternMemory
+from db.models import Base
+from worker.settings import get_settings
+from wre.cli import main
+from wre.context import store
+
+SCHEMA_SKILL = """---
+name: needs_text
+agent: python
+entrypoint: skills.examples:extract_contact
+input:
+  type: object
+  required: [text]
+  properties: {text: {type: string, minLength: 1}}
+steps:
+  - {id: email, expect: {key: email}}
+---
+Extract the contact.
+"""
+BAD_FILE = "---\nname: bad\nagent: simulated\nthreshold: 1.5\nsteps:\n  - {id: a, expect: {key: a}}\n---\nbody\n"
+
+
+@pytest.fixture
+def cli_env(
+    memory: PatternMemory, database_url: str, broker_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[PatternMemory]:
+    monkeypatch.setenv("WRE_DATABASE_URL", database_url)
+    monkeypatch.setenv("WRE_BROKER_URL", broker_url)
+    monkeypatch.setenv("COLUMNS", "200")
+    get_settings.cache_clear()
+    store.cache_clear()
+    yield memory
+    get_settings.cache_clear()
+    store.cache_clear()
+
+
+def invoke(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run `wre ARGS` in this process; (exit status, stdout, stderr)."""
+    with pytest.raises(SystemExit) as exited:
+        main(list(args))
+    out, err = capsys.readouterr()
+    code = exited.value.code
+    return (code if isinstance(code, int) else 1), out, err
+
+
+def snapshot(memory: PatternMemory, broker_url: str) -> dict[str, int]:
+    """Rows in every table and messages on the broker: what "nothing written" compares."""
+    with memory.transaction() as conn:
+        counts = {t.name: int(conn.execute(select(func.count()).select_from(t)).scalar_one())
+                  for t in Base.metadata.sorted_tables}
+    counts["broker keys"] = int(redis.Redis.from_url(broker_url).dbsize())
+    return counts
+
+
+def seeded(memory: PatternMemory, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    schema_file = tmp_path / "needs_text.md"
+    schema_file.write_text(SCHEMA_SKILL)
+    code, _, err = invoke(capsys, "skill", "add", "skills/summarize_ticket.md", str(schema_file))
+    assert code == 0, err
+
+
+CASES: list[tuple[list[str], str]] = [
+    (["--bogus"], "No such option"),
+    (["nosuchcmd"], "No such command"),
+    (["db", "upgrade", "no_such_revision"], "no_such_revision"),
+    (["db", "downgrade", "no_such_revision"], "no_such_revision"),
+    (["skill", "add", "no/such/file.md"], "file.md"),
+    (["skill", "add", "skills/summarize_ticket.md", "@BAD"], "bad.md:4"),
+    (["skill", "add", "@CHANGED"], "differs from production in"),
+    (["skill", "show", "nope"], "unknown skill"),
+    (["skill", "list", "--json", "extra"], "unexpected extra argument"),
+    (["ab", "list", "--status", "foo"], "--status must be one of"),
+    (["ab", "list", "--skill", "nope"], "unknown skill"),
+    (["ab", "show", "99"], "unknown A/B test"),
+    (["ab", "show", "x"], "TEST_ID"),
+    (["ab", "start", "nope", "feedfeedfeedfeed"], "unknown skill"),
+    (["ab", "start", "summarize_ticket", "feedfeedfeedfeed"], "is not a variation of skill"),
+    (["ab", "start", "summarize_ticket", "feedfeedfeedfeed", "--policy", "foo"], "foo"),
+    (["ab", "stop", "7"], "not running"),
+    (["ab", "rollback", "nope"], "unknown skill"),
+    (["run", "nope"], "unknown skill 'nope'"),
+    (["run", "summarize_ticket", "--agent", "nope"], "unknown agent 'nope'"),
+    (["run", "summarize_ticket", "--context", "[1]"], "JSON object"),
+    (["run", "summarize_ticket", "--context", "{oops"], "not JSON"),
+    (["run", "summarize_ticket", "--context", "@no/such/context.json"], "cannot read"),
+    (["run", "summarize_ticket", "--wait", "--timeout", "-1"], "--timeout must be"),
+    (["run", "summarize_ticket", "--timeout", "abc"], "--timeout"),
+    (["run", "needs_text", "--context", "{}"], "'text' is a required property"),
+    (["run", "needs_text", "--context", '{"text": 5}'], "at text"),
+    (["result", "not-a-run-id"], "is not a run id"),
+    (["result", "0b8e5a52-5d7c-4d4c-9d0e-2b1f7b3c9a10", "--timeout", "0"], "--timeout must be"),
+    (["dashboard", "--window", "-5"], "--window"),
+    (["dashboard", "--window", "0"], "--window"),
+    (["exporter", "--port", "0"], "--port"),
+    (["exporter", "--window", "0"], "--window"),
+    (["report", "--buckets", "0"], "--buckets"),
+    (["report", "-o", "no/such/dir/report.html"], "no/such/dir"),
+    (["demo", "--runs", "5"], "--runs"),
+]
+
+
+@pytest.mark.parametrize(("args", "expected"), CASES, ids=[" ".join(args) for args, _ in CASES])
+def test_bad_input_is_one_line_and_changes_nothing(
+    cli_env: PatternMemory, broker_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    args: list[str], expected: str,
+) -> None:
+    seeded(cli_env, tmp_path, capsys)
+    (tmp_path / "bad.md").write_text(BAD_FILE)
+    (tmp_path / "changed.md").write_text(Path("skills/summarize_ticket.md").read_text() + "\nBe brief.\n")
+    files = {"@BAD": str(tmp_path / "bad.md"), "@CHANGED": str(tmp_path / "changed.md")}
+    args = [files.get(arg, arg) for arg in args]
+    before = snapshot(cli_env, broker_url)
+    code, out, err = invoke(capsys, *args)
+    assert code != 0, (out, err)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert expected in lines[0], lines[0]
+    assert "Traceback" not in err + out
+    assert snapshot(cli_env, broker_url) == before
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("WRE_DATABASE_URL", "notaurl", "WRE_DATABASE_URL: not a database URL"),
+        ("WRE_DATABASE_URL", "mysql://root@127.0.0.1/wre", "mysql:// is not supported"),
+        ("WRE_AB_POLICY", "foo", "WRE_AB_POLICY"),
+        ("WRE_DATABASE_URL", "postgresql://postgres@127.0.0.1:1/none", "cannot reach the database"),
+    ],
+)
+def test_bad_settings_are_one_line(
+    cli_env: PatternMemory, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    variable: str, value: str, expected: str,
+) -> None:
+    monkeypatch.setenv(variable, value)
+    get_settings.cache_clear()
+    store.cache_clear()
+    for args in (["skill", "list"], ["dashboard"], ["run", "summarize_ticket"]):
+        code, _, err = invoke(capsys, *args)
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 1 and len(lines) == 1 and expected in lines[0], (args, err)
