@@ -66,6 +66,13 @@ def test_view(test: AbTestRecord) -> dict[str, Any]:
         "treatment": f"{fields.pop('treatment_version')}: "
         f"{_rate(test.treatment_successes, test.treatment_trials)} successes",
     }
+    # Summed up in the arms' lines above; the fidelity means are named for what they are.
+    for key in ("control_trials", "control_successes", "treatment_trials", "treatment_successes",
+                "control_fidelity_sum", "treatment_fidelity_sum"):
+        fields.pop(key, None)
+    for arm in ("control", "treatment"):
+        if f"{arm}_fidelity" in fields:
+            fields[f"{arm} first-attempt fidelity (mean)"] = fields.pop(f"{arm}_fidelity")
     for key, value in fields.items():
         if key in ("test_id", "decision"):
             continue

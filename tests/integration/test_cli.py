@@ -157,44 +157,6 @@ def test_run_wait_without_a_worker_is_one_line(env: dict[str, str], memory: Patt
     assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
 
 
-def test_version_and_piped_tables_keep_whole_names(memory: PatternMemory, database_url: str,
-                                                   broker_url: str, tmp_path: Path) -> None:
-    long_name = "classify_intent_of_a_customer_message_with_a_long_name"
-    text = Path(REPO / "skills/classify_intent.md").read_text().replace("name: classify_intent", f"name: {long_name}")
-    (tmp_path / "long.md").write_text(text)
-    register_skill_file(memory, tmp_path / "long.md")
-    narrow = service_env(database_url, broker_url)  # no COLUMNS: a pipe, 80 columns by default
-    version = wre(narrow, "--version")
-    assert version.returncode == 0 and version.stdout.startswith("wre ")
-    listed = wre(narrow, "skill", "list")
-    assert [line for line in listed.stdout.splitlines() if long_name in line], listed.stdout
-    assert json.loads(wre(narrow, "skill", "list", "--json").stdout)[0]["name"] == long_name
-
-
-def test_skill_add_is_idempotent_and_all_or_nothing(env: dict[str, str], memory: PatternMemory,
-                                                    tmp_path: Path) -> None:
-    assert wre(env, "skill", "add", "skills/summarize_ticket.md").returncode == 0
-    baseline, content = memory.get_production("summarize_ticket")
-    evolved = memory.store_variation("summarize_ticket", content + "\nBe brief.\n", parent_version=baseline,
-                                     created_by="evolver")
-    memory.promote_variation(evolved)
-    again = wre(env, "skill", "add", "skills/summarize_ticket.md", "skills/extract_contact.md")
-    assert again.returncode == 0, again.stderr
-    assert "unchanged summarize_ticket" in again.stdout and f"production {evolved}" in again.stdout
-    assert memory.get_production("summarize_ticket")[0] == evolved  # the promotion stands
-    changed = tmp_path / "summarize_ticket.md"
-    changed.write_text(Path(REPO / "skills/summarize_ticket.md").read_text().replace("Summarize", "Sum up", 1))
-    other = tmp_path / "classify.md"
-    other.write_text(Path(REPO / "skills/classify_intent.md").read_text())
-    refused = wre(env, "skill", "add", str(other), str(changed))
-    assert refused.returncode == 1
-    assert "differs from production in description" in refused.stderr and "--replace" in refused.stderr
-    assert "classify_intent" not in {row.name for row in memory.list_skills()}  # all or nothing
-    replaced = wre(env, "skill", "add", "--replace", str(changed))
-    assert replaced.returncode == 0 and f"was {evolved}" in replaced.stdout
-    assert memory.get_skill("summarize_ticket").previous_variation_id == evolved  # type: ignore[union-attr]
-
-
 def test_help_everywhere(env: dict[str, str]) -> None:
     for args in (["--help"], ["skill", "--help"], ["ab", "--help"], ["run", "--help"], ["demo", "--help"],
                  ["dashboard", "--help"], ["db", "upgrade", "--help"]):

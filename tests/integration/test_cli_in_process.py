@@ -1,11 +1,11 @@
-"""Every `wre` command, given bad input: one line on stderr, a non-zero exit, no traceback, nothing written.
-
-The commands run in this process (a subprocess per case would cost seconds each); what only a separate
-process shows (the interpreter's exit) is in test_cli.py.
+"""`wre` commands run in this process (a subprocess per case would cost seconds each): every command given
+bad input (one line on stderr, a non-zero exit, no traceback, nothing written), skill add, piped tables.
+What only a separate process shows (a worker, the interpreter's exit) is in test_cli.py.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -154,3 +154,77 @@ def test_bad_settings_are_one_line(
         code, _, err = invoke(capsys, *args)
         lines = [line for line in err.splitlines() if line.strip()]
         assert code == 1 and len(lines) == 1 and expected in lines[0], (args, err)
+
+
+def test_skill_add_is_idempotent_and_all_or_nothing(
+    cli_env: PatternMemory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    memory = cli_env
+    assert invoke(capsys, "skill", "add", "skills/summarize_ticket.md")[0] == 0
+    baseline, content = memory.get_production("summarize_ticket")
+    evolved = memory.store_variation("summarize_ticket", content + "\nBe brief.\n", parent_version=baseline,
+                                     created_by="evolver")
+    memory.promote_variation(evolved)
+    code, out, err = invoke(capsys, "skill", "add", "skills/summarize_ticket.md", "skills/extract_contact.md")
+    assert code == 0, err
+    assert "unchanged summarize_ticket" in out and f"production {evolved}" in out
+    assert memory.get_production("summarize_ticket")[0] == evolved  # the promotion stands
+    changed = tmp_path / "summarize_ticket.md"
+    changed.write_text(Path("skills/summarize_ticket.md").read_text().replace("Summarize", "Sum up", 1))
+    other = tmp_path / "classify.md"
+    other.write_text(Path("skills/classify_intent.md").read_text())
+    code, out, err = invoke(capsys, "skill", "add", str(other), str(changed))
+    assert code == 1
+    assert "differs from production in description" in err and "--replace" in err and "evolved" in err
+    assert "classify_intent" not in {row.name for row in memory.list_skills()}  # all or nothing
+    code, out, err = invoke(capsys, "skill", "add", "--replace", str(changed))
+    assert code == 0 and f"was {evolved}" in out, err
+    assert memory.get_skill("summarize_ticket").previous_variation_id == evolved  # type: ignore[union-attr]
+
+
+def test_version_json_and_piped_tables_keep_whole_names(
+    cli_env: PatternMemory, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    long_name = "classify_intent_of_a_customer_message_with_a_long_name"
+    text = Path("skills/classify_intent.md").read_text().replace("name: classify_intent", f"name: {long_name}")
+    (tmp_path / "long.md").write_text(text)
+    assert invoke(capsys, "skill", "add", str(tmp_path / "long.md"))[0] == 0
+    monkeypatch.delenv("COLUMNS")  # a pipe: 80 columns by default
+    code, out, _ = invoke(capsys, "--version")
+    assert code == 0 and out.startswith("wre ")
+    code, out, _ = invoke(capsys, "skill", "list")
+    assert code == 0 and [line for line in out.splitlines() if long_name in line], out
+    code, out, _ = invoke(capsys, "skill", "list", "--json")
+    assert json.loads(out)[0]["name"] == long_name
+    code, out, _ = invoke(capsys, "skill", "show", long_name, "--json")
+    assert json.loads(out)["metrics"]["median_fidelity_reads"] == "first attempts"
+    code, out, _ = invoke(capsys, "ab", "list", "--json")
+    assert code == 0 and json.loads(out) == []
+
+
+def test_ab_show_is_a_panel_of_every_field(
+    cli_env: PatternMemory, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    memory = cli_env
+    assert invoke(capsys, "skill", "add", "skills/summarize_ticket.md")[0] == 0
+    production, content = memory.get_production("summarize_ticket")
+    variation = memory.store_variation("summarize_ticket", content + "\nv2\n", parent_version=production)
+    test_id = memory.schedule_ab_test("summarize_ticket", production, variation, sample_size_target=1,
+                                      policy="margin")
+    memory.record_ab_outcome(test_id, "control", False)
+    memory.record_ab_outcome(test_id, "treatment", True)
+    assert [c.winner for c in memory.evaluate_running_tests()] == ["treatment"]
+    # A field the record grows later (a pause flag, a guard phase) shows up without a change here.
+    from db.records import AbTestRecord
+
+    plain = AbTestRecord.to_dict
+    monkeypatch.setattr(AbTestRecord, "to_dict", lambda self: {**plain(self), "guard_phase": "holdout"})
+    code, out, err = invoke(capsys, "ab", "show", str(test_id))
+    assert code == 0, err
+    assert f"A/B test #{test_id}" in out and "the decision" in out
+    assert "guard phase" in out and "holdout" in out
+    assert f"{variation}: 1/1 (100%) successes" in out
+    assert "{" not in out  # a panel, not a Python dict
+    code, out, _ = invoke(capsys, "ab", "show", str(test_id), "--json")
+    shown = json.loads(out)
+    assert shown["winner"] == "treatment" and shown["guard_phase"] == "holdout" and shown["verdict_now"] is None
