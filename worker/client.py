@@ -6,6 +6,7 @@ kwargs only, JSON.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from celery import Celery
@@ -28,10 +29,12 @@ def run_request(
     *,
     force: bool = False,
     memory: PatternMemory | None = None,
+    database_url: str | None = None,
 ) -> dict[str, Any]:
     """The task kwargs of one run, checked as the worker checks them (skill registered, agent known, context a
     JSON object under the size limit that satisfies the skill's ``input:`` schema).
 
+    :param memory: the store to check against; else one on ``database_url``, else on ``WRE_DATABASE_URL``.
     :raises worker.runner.InvalidRunError: (a ValueError) naming what is wrong.
     """
     kwargs: dict[str, Any] = {"skill_name": skill_name, "input_context": input_context}
@@ -41,9 +44,16 @@ def run_request(
         kwargs["assignment_key"] = assignment_key
     if force:
         kwargs["force"] = True
-    settings = get_settings()
-    SkillRunner(memory or PatternMemory(settings.database_url), settings).validate(kwargs)
+    runner = SkillRunner(memory, get_settings()) if memory is not None else _checker(database_url)
+    runner.validate(kwargs)
     return kwargs
+
+
+@lru_cache(maxsize=8)
+def _checker(database_url: str | None) -> SkillRunner:
+    """One runner per store, so that its short cache of skills and production serves a burst of enqueues."""
+    settings = get_settings()
+    return SkillRunner(PatternMemory(database_url or settings.database_url), settings)
 
 
 def enqueue_skill(
@@ -69,14 +79,18 @@ def enqueue_skill(
         arm); the run id when None.
     :param force: run the production version even while an A/B test is running.
     :param app: the Celery app to send through (wre's, configured from the environment, by default).
-    :param memory: the store the check reads (one on ``WRE_DATABASE_URL`` when None).
+    :param memory: the store the check reads (else the app's store, ``WRE_DATABASE_URL`` for wre's app).
     :param validate: False skips the check (a producer without access to the store, or one that checked
         already; the worker checks anyway).
     """
+    app = app or default_app
     if validate:
-        kwargs = run_request(skill_name, input_context, agent, assignment_key, force=force, memory=memory)
+        kwargs = run_request(
+            skill_name, input_context, agent, assignment_key, force=force, memory=memory,
+            database_url=app.conf.get("wre_database_url"),
+        )
     else:
         kwargs = {"skill_name": skill_name, "input_context": input_context, "agent": agent,
                   "assignment_key": assignment_key, "force": force}
         kwargs = {key: value for key, value in kwargs.items() if value not in (None, False)}
-    return (app or default_app).send_task(EXECUTE_TASK, kwargs=kwargs, queue=SKILLS_QUEUE)
+    return app.send_task(EXECUTE_TASK, kwargs=kwargs, queue=SKILLS_QUEUE)
