@@ -88,6 +88,8 @@ def user_errors(function: F) -> F:
         except (ValueError, OSError, alembic.util.exc.CommandError) as error:
             fail(str(error))
         except sqlalchemy.exc.OperationalError as error:
+            if "no such table" in str(error.orig):  # SQLite's word for a database never migrated
+                fail(f"the database is not ready ({error.orig}); run `wre db upgrade`")
             fail(f"cannot reach the database at {redacted(get_settings().database_url)}: {error.orig}")
         except sqlalchemy.exc.ProgrammingError as error:
             fail(f"the database is not ready ({error.orig}); run `wre db upgrade`")

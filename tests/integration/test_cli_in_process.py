@@ -6,6 +6,7 @@ What only a separate process shows (a worker, the interpreter's exit) is in test
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -228,3 +229,22 @@ def test_ab_show_is_a_panel_of_every_field(
     code, out, _ = invoke(capsys, "ab", "show", str(test_id), "--json")
     shown = json.loads(out)
     assert shown["winner"] == "treatment" and shown["guard_phase"] == "holdout" and shown["verdict_now"] is None
+
+
+def test_help_names_values_in_words(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every command's help: no Python type placeholders (`<bool>`, `<list[Path]>`), exit 0."""
+    import typer.main
+
+    from wre.cli import app
+
+    def paths(command: object, prefix: list[str]) -> Iterator[list[str]]:
+        yield prefix
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from paths(sub, [*prefix, name])
+
+    every = list(paths(typer.main.get_command(app), []))
+    assert ["run"] in every and ["result"] in every and ["ab", "show"] in every and ["skill", "add"] in every
+    for path in every:
+        code, out, err = invoke(capsys, *path, "--help")
+        assert code == 0 and "Usage" in out, (path, err)
+        assert not re.search(r"<[a-z]", out), (path, out)  # e.g. <bool>, <list[Path]>, <str>
