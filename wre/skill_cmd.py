@@ -116,7 +116,7 @@ def show_skill(
         )
         return
     console.rule(f"{name} — production {production}")
-    console.print(content, markup=False, highlight=False)
+    console.print(content, markup=False, highlight=False, soft_wrap=True)
     listed = table("variation", "parent", "status", "created by", "created", title="variations")
     for variation in variations:
         listed.add_row(
