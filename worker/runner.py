@@ -27,7 +27,7 @@ from worker import react
 from worker.agents import AttemptInfo, get_agent, run_attempt
 from worker.scoring import Score, score
 from worker.settings import Settings
-from worker.skills import Skill, parse_skill
+from worker.skills import Skill, input_error, parse_skill
 
 MAX_OUTPUT_RESULT_CHARS = 20_000
 MAX_CACHED_VARIATIONS = 1024
@@ -151,7 +151,7 @@ class SkillRunner:
         except ValueError as error:
             raise InvalidRunError(str(error)) from None
         # The production version's `input:` schema: a context that fails it is bad input, no attempt spent.
-        problem = parse_variation(self._production_and_test(skill_name)[1]).input_error(context)
+        problem = input_error(self._production_and_test(skill_name)[1], context)
         if problem is not None:
             raise InvalidRunError(problem)
         return RunRequest(skill_name, agent, context, force, key)

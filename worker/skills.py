@@ -31,6 +31,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, NoReturn, cast, get_args
 
@@ -153,12 +154,7 @@ class Skill:
         """Why ``context`` fails the skill's ``input:`` schema (the most relevant error), or None if it passes."""
         if self.input_schema is None:
             return None
-        validator = jsonschema.validators.validator_for(self.input_schema)(self.input_schema)
-        error = jsonschema.exceptions.best_match(validator.iter_errors(cast(Any, context)))
-        if error is None:
-            return None
-        where = "/".join(str(part) for part in error.absolute_path)
-        return f"input_context{f' at {where}' if where else ''} fails skill {self.name!r}'s input schema: {error.message}"
+        return _schema_error(self.input_schema, context, f"skill {self.name!r}'s")
 
     @property
     def variation_id(self) -> str:
@@ -180,6 +176,32 @@ class Skill:
         if not isinstance(loaded, dict):  # parse_skill accepted this content, so this cannot happen
             raise AssertionError("a parsed skill's front matter is a mapping")
         return loaded
+
+
+def input_error(content: str, context: object) -> str | None:
+    """Why ``context`` fails the ``input:`` schema of a stored variation's ``content``, or None.
+
+    Reads the front matter alone (registration validated the rest), so a producer can check a run without
+    the worker's python-module allow list or agents.
+    """
+    schema = _input_schema(content)
+    return None if schema is None else _schema_error(schema, context, "this skill's")
+
+
+@lru_cache(maxsize=512)
+def _input_schema(content: str) -> dict[str, Any] | None:
+    loaded = yaml.safe_load(_split_front_matter(content, "<variation>").yaml_text)
+    schema = loaded.get("input") if isinstance(loaded, dict) else None
+    return schema if isinstance(schema, dict) else None
+
+
+def _schema_error(schema: dict[str, Any], context: object, whose: str) -> str | None:
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(cast(Any, context)))
+    if error is None:
+        return None
+    where = "/".join(str(part) for part in error.absolute_path)
+    return f"input_context{f' at {where}' if where else ''} fails {whose} input schema: {error.message}"
 
 
 def content_digest(text: str) -> str:
