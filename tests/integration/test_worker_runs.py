@@ -81,6 +81,11 @@ def test_max_iterations_then_evolution(app: Celery, worker: Process, skills: Pat
     assert result["evolution_triggered"] is True
     assert len(skills.run_outcomes(str(result["execution_id"]))) == 3
     wait_until(lambda: skills.get_active_ab_test("hopeless") is not None, what="the evolved variation's test")
+    # The proposal's event is written just after its test is scheduled.
+    wait_until(
+        lambda: "variation_proposed" in [e.event_type for e in skills.get_evolution_history("hopeless")],
+        what="the proposal's event",
+    )
     events = [e.event_type for e in skills.get_evolution_history("hopeless")]
     assert "react_execution" in events and "variation_proposed" in events
 
