@@ -49,6 +49,11 @@ ALPHA: Final = 0.05
 MIN_TRIALS_PER_ARM: Final = 20
 #: Both arms at this many trials without a verdict: close the test as inconclusive.
 MAX_TRIALS_PER_ARM: Final = 1000
+#: Both arms at this many times ``max_trials_per_arm`` in trials (runs) without a verdict: close as
+#: inconclusive even if the units are fewer than ``max_trials_per_arm``. With assignment keys the units are a fixed population (users):
+#: once each has many runs, more runs add almost no information about the lift, and a test that
+#: could never reach its maximum in units would hold the skill's only test slot for ever.
+MAX_RUNS_FACTOR: Final = 3
 #: Floor on the observed lift for a promotion (0: any lift the test establishes).
 MIN_MARGIN: Final = 0.0
 #: Standard deviation of the half-normal mixing distribution over the lift (0.10 = 10 points of
@@ -511,6 +516,8 @@ class SequentialPolicy(_ParametrisedPolicy):
         min_detectable_lift: the futility stop closes the test once a lift of this much is ruled
             out, in [0, 1); 0 turns it off.
         futility_alpha: level of the futility stop, in (0, 1).
+        max_runs_factor: both arms at ``max_runs_factor * max_trials_per_arm`` trials (runs) without
+            a verdict: "inconclusive", whatever their units (an int >= 1).
     """
 
     alpha: float = ALPHA
@@ -520,6 +527,7 @@ class SequentialPolicy(_ParametrisedPolicy):
     mixing_sd: float = MIXING_SD
     min_detectable_lift: float = MIN_DETECTABLE_LIFT
     futility_alpha: float = FUTILITY_ALPHA
+    max_runs_factor: int = MAX_RUNS_FACTOR
 
     NAME: ClassVar[str] = SEQUENTIAL
     PARAMS: ClassVar[tuple[str, ...]] = (
@@ -530,6 +538,7 @@ class SequentialPolicy(_ParametrisedPolicy):
         "mixing_sd",
         "min_detectable_lift",
         "futility_alpha",
+        "max_runs_factor",
     )
 
     def __post_init__(self) -> None:
@@ -550,6 +559,7 @@ class SequentialPolicy(_ParametrisedPolicy):
         futility_alpha = _as_real("futility_alpha", self.futility_alpha)
         if not 0.0 < futility_alpha < 1.0:
             raise ValueError(f"futility_alpha must be in (0, 1), got {futility_alpha!r}")
+        max_runs = _as_int_param("max_runs_factor", self.max_runs_factor, 1)
         for name, value in (
             ("alpha", alpha),
             ("min_trials_per_arm", low),
@@ -558,6 +568,7 @@ class SequentialPolicy(_ParametrisedPolicy):
             ("mixing_sd", mixing_sd),
             ("min_detectable_lift", detectable),
             ("futility_alpha", futility_alpha),
+            ("max_runs_factor", max_runs),
         ):
             object.__setattr__(self, name, value)
 
@@ -657,14 +668,12 @@ class SequentialPolicy(_ParametrisedPolicy):
                     f"(log LR {futility:.3f} >= {self.futility_threshold:.3f}; lift {lift:+.4f})"
                 ),
             )
-        if low >= high:
+        runs_cap = self.max_runs_factor * high
+        if low >= high or min(control.trials, treatment.trials) >= runs_cap:
+            at = f"{high} units per arm" if low >= high else f"{runs_cap} runs per arm"
             if held_back:
-                return "inconclusive", "maximum", f"{held_back} at {high} units per arm"
-            return (
-                "inconclusive",
-                "maximum",
-                f"inconclusive: no verdict within {high} units per arm ({figures})",
-            )
+                return "inconclusive", "maximum", f"{held_back} at {at}"
+            return "inconclusive", "maximum", f"inconclusive: no verdict within {at} ({figures})"
         if held_back:
             return None, None, f"{held_back}: keep going"
         return None, None, f"keep going: {figures} below {threshold:.3f}"
