@@ -279,7 +279,6 @@ def delay_row(
     runs = pq.steps_for(policy.max_trials_per_arm)
     promoted = {"mechanism": 0, "naive": 0}
     medians = []
-    done_replay = 0
     for size in pq.chunks(replicates):
         assigned = arrivals(rng, size, runs)
         to_treatment = rng.random((size, runs)) < 0.5
@@ -302,19 +301,19 @@ def delay_row(
         naive_kinds = kinds_of(naive_paths, naive)
         naive_kind, _ = first_at_looks(naive_kinds, np.take_along_axis(done, order, axis=1), looks)
         promoted["naive"] += int(np.sum(naive_kind == 0))
-        while done_replay < replay and done_replay < size:
+        # The replicates that closed soonest (pure Python walks every look: cheap ones first).
+        for row in np.argsort(length, kind="stable")[:replay]:
             replay_cohorts(
-                assigned[done_replay],
-                to_treatment[done_replay],
-                success[done_replay],
-                done[done_replay],
-                deadline[done_replay],
+                assigned[row],
+                to_treatment[row],
+                success[row],
+                done[row],
+                deadline[row],
                 None,
                 looks,
                 policy,
-                (int(kind[done_replay]), int(length[done_replay])),
+                (int(kind[row]), int(length[row])),
             )
-            done_replay += 1
         replay = 0  # only from the first chunk
     lengths = np.concatenate(medians)
     return {
@@ -458,8 +457,6 @@ def replay_units(
         tally = tallies[bool(to_treatment[step])].setdefault(int(who[step]), [0, 0])
         tally[0] += int(success[step])
         tally[1] += 1
-        if step % 7 and step != who.size - 1:
-            continue  # every seventh run is enough to check the twin, and the last one
         arms = [ArmUnits.from_units((y, m) for y, m in tallies[side].values()) for side in (False, True)]
         decision = policies.decide_units(arms[0], arms[1], **params)
         if decision.winner is not None:
@@ -633,3 +630,175 @@ def cost_rows(
         spent = sum(share * f[f"mean runs {lift:+.2f}"] for lift, share in CANDIDATE_LIFTS)
         f["lift per 10k runs"] = 10000.0 * gained / spent
     return figures
+
+
+def coverage_row(
+    rng: np.random.Generator, replicates: int, control_rate: float, treatment_rate: float
+) -> float:
+    """Share of tests whose confidence sequence ever excludes the true lift (nominal: alpha), to the maximum.
+
+    lift - critical_lift > true  <=>  the one-sided evidence at balance * (lift - true) reaches the
+    threshold (the evidence grows with the estimate), so no bisection is needed.
+    """
+    policy = policies.SequentialPolicy(min_detectable_lift=0.0)
+    true = treatment_rate - control_rate
+    scenario = pq.Scenario("coverage", control_rate, treatment_rate)
+    missed = 0
+    for size in pq.chunks(replicates):
+        paths = pq.simulate(scenario, size, rng)
+        estimate, variance, _ = pq.lift_estimate_and_variance(paths)
+        trials = (paths.control_trials + paths.treatment_trials).astype(np.float64)
+        balance = 4.0 * paths.control_trials * paths.treatment_trials / np.maximum(trials, 1.0) ** 2
+        shifted = estimate - balance * true
+        threshold = policy.threshold
+        above = pq.one_sided_log_evidence(shifted, variance, policy.mixing_sd, threshold) >= threshold
+        below = pq.one_sided_log_evidence(-shifted, variance, policy.mixing_sd, threshold) >= threshold
+        looked = pq.reached(paths, policy.min_trials_per_arm) & ~_after_maximum(
+            paths, policy.max_trials_per_arm
+        )
+        missed += int(np.sum(((above | below) & looked).any(axis=1)))
+    return missed / replicates
+
+
+def _after_maximum(paths: pq.Paths, maximum: int) -> BoolArray:
+    reached = pq.reached(paths, maximum)
+    # The step that reaches the maximum is still looked at; the ones after it are not.
+    return np.concatenate([np.zeros_like(reached[:, :1]), reached[:, :-1]], axis=1)
+
+
+# --- the report -------------------------------------------------------------------------------------
+
+DEFAULT_REPLICATES = 2000
+DEFAULT_REPLAY = 1
+CLUSTER_RUNS = 7000  # enough for both arms of 200 pinned users to reach 3 x 1,000 runs, or a verdict
+CLUSTER_CONCENTRATION = 2.0  # users' rates ~ Beta(1.4, 0.6): mean 0.7, sd 0.26 (easy and hard users)
+
+
+def _line(name: str, bar: str, mechanism: str, naive: str, passed: bool | None) -> str:
+    verdict = "" if passed is None else ("PASS" if passed else "FAIL")
+    return f"{name:<52} {bar:<26} | {mechanism:<34} | {naive:<24} {verdict}"
+
+
+def report(rng: np.random.Generator, replicates: int, replay: int) -> bool:
+    """Print the mechanism rows with their bars; True when every bar passes."""
+    policy = policies.SequentialPolicy()
+    checked = check_unit_twin(rng, policy) + check_guard_twin(rng, guards.GuardPolicy())
+    print(
+        f"Mechanisms (issue 11): {replicates} replicates per row; runs arrive at {RUNS_PER_SECOND:g}/s, "
+        f"the beat looks every {LOOK_SECONDS:g} s; deadline {DEADLINE_SECONDS:g} s; futility at "
+        f"{policy.min_detectable_lift} (level {policy.futility_alpha}); guard: holdout "
+        f"{guards.HOLDOUT_SHARE:.0%}, alpha {guards.GUARD_ALPHA}, {guards.GUARD_UNITS} units, confirm not "
+        f"before {guards.GUARD_MIN_UNITS}"
+    )
+    print(
+        f"drift check: unit and guard twins = scheduler on {checked} states; {replay} replicate(s) of the "
+        "delay rows replayed through complete_prefix + decide_units at every look, of the clustered rows "
+        "through ArmUnits.from_units + decide_units after every run"
+    )
+    print(_line("row", "bar (mechanism)", "mechanism", "naive (before issue 11)", None))
+    print("-" * 150)
+    ok = True
+
+    def check(name: str, bar: str, mechanism: str, naive: str, passed: bool | None) -> None:
+        nonlocal ok
+        ok &= passed is not False
+        print(_line(name, bar, mechanism, naive, passed), flush=True)
+
+    for label, control, treatment, slow, lost, bar in (
+        ("delay: equal 0.70, treatment failures +60 s, 1% lost", 0.70, 0.70, 60.0, 0.01, 0.02),
+        ("delay: worse 0.60 -> 0.50, treatment failures +6 s", 0.60, 0.50, 6.0, 0.0, 0.002),
+    ):
+        row = delay_row(rng, replicates, control, treatment, slow, lost, replay)
+        check(
+            label,
+            f"promoted <= {bar:.1%}",
+            f"promoted {row['mechanism promoted']:.2%}, median {row['mechanism median runs']:.0f} runs",
+            f"promoted {row['naive promoted']:.2%}",
+            row["mechanism promoted"] <= bar,
+        )
+    for users in (200, 1000):
+        row = clustered_row(rng, replicates, users, CLUSTER_RUNS, CLUSTER_CONCENTRATION, replay)
+        worst = max(row["mechanism promoted"], row["mechanism archived"])
+        check(
+            f"clustered: {users} users pinned, equal arms",
+            "<= 2.0% per side",
+            f"promoted {row['mechanism promoted']:.2%}, archived {row['mechanism archived']:.2%}",
+            f"{row['naive promoted']:.2%} / {row['naive archived']:.2%}",
+            worst <= 0.02,
+        )
+    for early, late, novelty_runs, bar in (
+        (0.85, 0.55, 150, 0.02),
+        (0.95, 0.25, 300, 0.02),
+        (0.80, 0.60, 400, None),
+    ):
+        row = novelty_row(rng, replicates, early, late, novelty_runs, 0.70)
+        check(
+            f"novelty: 0.70 vs {early:.2f} for {novelty_runs} runs, then {late:.2f}",
+            "kept <= 2.0%" if bar else "(figures: guard's -10 power)",
+            f"promoted {row['mechanism promoted (test)']:.2%}, kept {row['mechanism promoted']:.2%}",
+            f"kept {row['naive kept']:.2%}",
+            None if bar is None else row["mechanism promoted"] <= bar,
+        )
+    row = drift_row(rng, replicates, 0.2, 600.0)
+    check(
+        "drift: equal, 0.70 +/- 0.20 (period 600 s), slow fails",
+        "promoted <= 2.0%",
+        f"promoted {row['mechanism promoted']:.2%}",
+        f"promoted {row['naive promoted']:.2%}",
+        row["mechanism promoted"] <= 0.02,
+    )
+    for base, change in (
+        (0.70, -0.10),
+        (0.50, -0.10),
+        (0.70, -0.05),
+        (0.70, 0.0),
+        (0.50, 0.0),
+        (0.90, 0.0),
+        (0.70, 0.05),
+    ):
+        row = guard_row(rng, replicates, base, change)
+        if change <= -0.10:
+            bar, passed = "rolled back >= 80%", row["rolled back"] >= 0.80
+        elif change >= 0.0:
+            bar, passed = "rolled back <= 1.0%", row["rolled back"] <= 0.01
+        else:
+            bar, passed = "(figures)", None
+        check(
+            f"guard: holdout {base:.2f}, production {change:+.2f}",
+            bar,
+            f"rolled back {row['rolled back']:.2%}, median {row['median guard runs']:.0f} runs",
+            "(no guard)",
+            passed,
+        )
+    misses = []
+    for control, treatment in ((0.70, 0.80), (0.90, 0.97), (0.95, 0.99), (0.05, 0.10)):
+        misses.append(
+            f"{control:.2f}->{treatment:.2f}: {coverage_row(rng, replicates, control, treatment):.2%}"
+        )
+    print(
+        f"confidence sequence (normal approximation), tests whose interval ever excludes the true lift "
+        f"(nominal {policy.alpha:.0%}): " + ", ".join(misses)
+    )
+    variants = {
+        "futility off": policies.SequentialPolicy(min_detectable_lift=0.0),
+        "futility on": policies.SequentialPolicy(),
+    }
+    costs = cost_rows(rng, replicates, variants)
+    off, on = costs["futility off"], costs["futility on"]
+    mix = ", ".join(f"{lift:+.2f}: {share:.0%}" for lift, share in CANDIDATE_LIFTS)
+    print(f"null-test cost and lift per 10k runs (control {COST_CONTROL_RATE}; candidate lifts {mix}):")
+    for name, figures in costs.items():
+        print(
+            f"  {name:<13} equal arms: median {figures['median trials/arm +0.00']:.0f} trials/arm at close, "
+            f"promoted {figures['promoted +0.00']:.2%}; +0.05 promoted {figures['promoted +0.05']:.2%}; "
+            f"+0.10 promoted {figures['promoted +0.10']:.2%}; lift per 10k runs {figures['lift per 10k runs']:.4f}"
+        )
+    ratio = on["lift per 10k runs"] / off["lift per 10k runs"] if off["lift per 10k runs"] else math.nan
+    check(
+        "futility: equal arms promoted, lift per 10k runs ratio",
+        "promoted <= off's",
+        f"{on['promoted +0.00']:.2%} vs {off['promoted +0.00']:.2%}; x{ratio:.2f}",
+        "",
+        on["promoted +0.00"] <= off["promoted +0.00"],
+    )
+    return ok

@@ -431,9 +431,15 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="the sequential policy's mixing sd (to reproduce the tuning sweep in docs/STATISTICS.md)",
     )
     parser.add_argument("--bars-only", action="store_true", help="only the rows that carry a bar")
+    parser.add_argument(
+        "--mechanism-replicates",
+        type=int,
+        default=2000,
+        help="replicates per mechanism row (delay, clustered keys, novelty, drift, guard, cost); 0 skips them",
+    )
     args = parser.parse_args(argv)
-    if args.replicates < 1 or args.replay < 0:
-        parser.error("--replicates must be >= 1 and --replay >= 0")
+    if args.replicates < 1 or args.replay < 0 or args.mechanism_replicates < 0:
+        parser.error("--replicates must be >= 1, --replay and --mechanism-replicates >= 0")
     if not 0.0 < args.mixing_sd <= 1.0:
         parser.error("--mixing-sd must be in (0, 1]")
     return args
@@ -498,6 +504,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(f"  {per_arm} trials per arm: {figures}")
     print()
+    if args.mechanism_replicates:
+        # Imported here: the mechanism rows build on this module's twin (no import cycle at load).
+        from bench import promotion_mechanisms as mechanisms
+
+        all_pass &= mechanisms.report(
+            rng, args.mechanism_replicates, min(args.replay, mechanisms.DEFAULT_REPLAY)
+        )
+        print()
     elapsed = time.perf_counter() - started
     which = "at its defaults" if args.mixing_sd == policies.MIXING_SD else f"with mixing sd {args.mixing_sd}"
     verdict = "PASS on every bar" if all_pass else "FAIL on at least one bar"

@@ -1,19 +1,25 @@
-"""Promotion policies for A/B tests of skill variations: counts in, a decision out.
+"""Promotion policies for A/B tests of skill variations: counts or units in, a decision out.
 
 Pure: no I/O, no Celery, no database, stdlib ``math`` only, so that the statistics can be tested
 exhaustively and simulated fast (``bench/promotion_quality.py``). docs/STATISTICS.md explains the
 choice of test, what it guarantees and what it costs, with measured figures.
 
-Policies (``decide(..., policy=...)``):
+``decide(counts...)`` reads run counts (every run its own unit); ``decide_units(control, treatment)``
+reads each arm's assignment units (``scheduler.units.ArmUnits``), so that the runs of one key count as
+one draw. With single-trial units both give the same verdict.
+
+Policies (``policy=...``):
 
 ``sequential`` (default)
     Two one-sided, always-valid tests of "the treatment's success rate is higher" and "... lower",
     each at level ``alpha / 2``: a normal mixture (half-normal on the lift, sd ``mixing_sd``) of
-    likelihood ratios of the randomisation statistic. The probability of *ever* promoting a
+    likelihood ratios of the randomisation statistic on units. The probability of *ever* promoting a
     treatment that is no better than the control stays below ``alpha / 2`` however often the
     policy is asked (exactly for a fixed pooled rate, approximately with the observed one; the
-    benchmark measures 1-1.5% at alpha = 0.05). At ``max_trials_per_arm`` on both arms without a verdict the test closes as
-    ``"inconclusive"``.
+    benchmark measures 1-1.5% at alpha = 0.05). A futility stop closes the test as "inconclusive"
+    once a lift of ``min_detectable_lift`` is ruled out (it can only remove promotions); at
+    ``max_trials_per_arm`` units on both arms (or ``max_runs_factor`` times as many runs) without a
+    verdict the test closes as "inconclusive" too. ``Decision.stop`` says which.
 ``margin``
     The seed's rule, kept for comparison: once both arms have ``sample_size_target`` trials,
     promote at a lift of at least ``min_margin``, archive at ``-min_margin``. It has no error
