@@ -169,14 +169,14 @@ def guard_verdicts(
     variance = np.where(present, np.maximum(delta, floor), 0.0)
     difference = np.where(present, sp / safe_p - sh / safe_h, 0.0)
     regression = pq.one_sided_log_evidence(-difference, variance, policy.mixing_sd, policy.threshold)
-    can = (nh >= policy.min_holdout_units) & (np_ >= policy.min_holdout_units)
+    can = (nh >= policy.min_units) & (np_ >= policy.min_units)
     rollback = can & (regression >= policy.threshold)
-    can &= (np_ + nh) >= policy.min_units
-    confirm = can & ((np_ + nh) >= policy.guard_units)
+    units = np_ + nh
+    confirm = can & (units >= policy.guard_units)
     if policy.max_regression > 0.0:
         eps = policy.max_regression
         clean = eps * (difference + eps / 2.0) / np.where(present, variance, 1.0)
-        confirm |= can & present & (clean >= policy.confirm_threshold)
+        confirm |= can & present & (units >= policy.min_confirm_units) & (clean >= policy.confirm_threshold)
     return np.where(rollback, 0, np.where(confirm, 1, UNKNOWN)).astype(np.int64)
 
 
@@ -688,7 +688,7 @@ def report(rng: np.random.Generator, replicates: int, replay: int) -> bool:
         f"the beat looks every {LOOK_SECONDS:g} s; deadline {DEADLINE_SECONDS:g} s; futility at "
         f"{policy.min_detectable_lift} (level {policy.futility_alpha}); guard: holdout "
         f"{guards.HOLDOUT_SHARE:.0%}, alpha {guards.GUARD_ALPHA}, {guards.GUARD_UNITS} units, confirm not "
-        f"before {guards.GUARD_MIN_UNITS}"
+        f"before {guards.GUARD_MIN_CONFIRM_UNITS}, no verdict before {guards.GUARD_MIN_UNITS} units per arm"
     )
     print(
         f"drift check: unit and guard twins = scheduler on {checked} states; {replay} replicate(s) of the "

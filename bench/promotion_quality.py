@@ -2,7 +2,10 @@
 
 Each replicate routes trials to the arms at random (probability 1/2 each), draws each trial's success
 from its arm's rate, and asks the policy after every trial until it returns a verdict; at the latest
-that is "inconclusive", when both arms reach ``max_trials_per_arm``. Both policies see the same
+that is "inconclusive", when both arms reach ``max_trials_per_arm`` (earlier when the futility stop
+rules out a lift of ``min_detectable_lift``). The rows where the premises break (outcome delay,
+clustered keys, novelty, drift) and the guard after a promotion follow, from
+``bench.promotion_mechanisms``. Both policies see the same
 simulated trials (common random numbers), so their figures compare like for like.
 
 The per-trial statistic is evaluated with numpy over whole batches of replicates by a twin of
@@ -11,7 +14,8 @@ unnoticed: before the run, its log e-values are compared with the policy's on sa
 some replicates of every row are replayed through ``decide()`` itself, trial by trial; any
 difference stops the benchmark.
 
-Usage: ``python -m bench.promotion_quality [--replicates N] [--seed S] [--replay K] [--mixing-sd T] [--bars-only]``
+Usage: ``python -m bench.promotion_quality [--replicates N] [--seed S] [--replay K] [--mixing-sd T] [--bars-only]
+[--mechanism-replicates M]``
 """
 
 from __future__ import annotations
@@ -458,7 +462,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"sequential: alpha {sequential.alpha} ({sequential.alpha / 2} per side), "
         f"min {sequential.min_trials_per_arm}/arm, mixing sd {sequential.mixing_sd}, "
-        f"min_margin {sequential.min_margin}; margin: target {policies.SAMPLE_SIZE_TARGET}/arm, "
+        f"min_margin {sequential.min_margin}, futility at a lift of {sequential.min_detectable_lift} (level "
+        f"{sequential.futility_alpha}); margin: target {policies.SAMPLE_SIZE_TARGET}/arm, "
         f"margin {policies.MARGIN_MIN_MARGIN}; max {policies.MAX_TRIALS_PER_ARM}/arm unless the row caps it"
     )
     print(
