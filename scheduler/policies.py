@@ -800,7 +800,8 @@ def decide(
         **params: the policy's parameters; omitted ones take the module defaults.
             ``sequential``: ``alpha`` (ALPHA = 0.05), ``min_trials_per_arm`` (20),
             ``max_trials_per_arm`` (1000), ``min_margin`` (0.0), ``mixing_sd`` (0.10),
-            ``min_detectable_lift`` (0.05; 0 turns the futility stop off), ``futility_alpha`` (0.10).
+            ``min_detectable_lift`` (0.05; 0 turns the futility stop off), ``futility_alpha`` (0.10),
+            ``max_runs_factor`` (3).
             ``margin``: ``sample_size_target`` (20), ``min_margin`` (0.10),
             ``max_trials_per_arm`` (1000).
 
