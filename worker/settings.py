@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     ab_trial_slack_seconds: float = 30.0
     guard_holdout_share: float = 0.10
     guard_alpha: float = 0.01
-    guard_units: int = 4000
+    guard_units: int = 5000
     guard_min_units: int = 20
     # NoDecode: the environment's plain comma list reaches the validator below undecoded.
     python_skill_modules: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["skills"])
