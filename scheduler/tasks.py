@@ -11,8 +11,8 @@ from celery import Task
 from db.memory import PatternMemory
 from scheduler.evaluation import promotion_memory, run_evaluation_round
 from worker.app import app
+from worker.retries import INFRASTRUCTURE_ERRORS
 from worker.settings import get_settings
-from worker.tasks import INFRASTRUCTURE_ERRORS
 
 
 @lru_cache(maxsize=1)
