@@ -30,6 +30,7 @@ RESULT_EXPIRES_SECONDS = 24 * 3600
 RESULT_STORE_RETRIES = 20
 TASK_MODULES = ["worker.tasks", "scheduler.tasks"]
 EVALUATE_TASK = "wre.evaluate_ab_tests"
+OUTBOX_TASK = "wre.sweep_evolution_outbox"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -72,6 +73,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "wre.execute_skill": {"queue": SKILLS_QUEUE},
             "wre.evolve_skill": {"queue": MAINTENANCE_QUEUE},
             EVALUATE_TASK: {"queue": MAINTENANCE_QUEUE},
+            OUTBOX_TASK: {"queue": MAINTENANCE_QUEUE},
         },
         "beat_schedule": {
             "evaluate-ab-tests": {
@@ -79,7 +81,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "schedule": settings.ab_eval_seconds,
                 # A round that waited longer than one period is stale: the next one supersedes it.
                 "options": {"expires": settings.ab_eval_seconds, "queue": MAINTENANCE_QUEUE},
-            }
+            },
+            # The evolution outbox (docs/RELIABILITY.md): triggers stored by failed runs, enqueued here.
+            "sweep-evolution-outbox": {
+                "task": OUTBOX_TASK,
+                "schedule": settings.outbox_sweep_seconds,
+                "options": {"expires": settings.outbox_sweep_seconds, "queue": MAINTENANCE_QUEUE},
+            },
         },
         "timezone": "UTC",
     }

@@ -8,9 +8,8 @@ import pytest
 
 from db.memory import PatternMemory
 from tests.integration.skills_for_tests import python_skill
-from worker import react
 from worker.registry import register_skill_text
-from worker.runner import InvalidRunError, SkillRunner, choose_arm
+from worker.runner import InvalidRunError, SkillRunner
 from worker.settings import Settings
 
 
