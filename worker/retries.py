@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import amqp.exceptions
 import kombu.exceptions
 import redis.exceptions
 import sqlalchemy.exc
@@ -41,6 +42,13 @@ INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError,
     kombu.exceptions.OperationalError,
     AgentInfrastructureError,
+)
+# What a publish raises when the broker is away or refuses the message (not a bug of ours: those propagate).
+PUBLISH_ERRORS: tuple[type[BaseException], ...] = (
+    kombu.exceptions.KombuError,
+    amqp.exceptions.AMQPError,
+    redis.exceptions.RedisError,
+    OSError,
 )
 INFRA_BACKOFF_BASE_SECONDS = 0.5
 INFRA_BACKOFF_MAX_SECONDS = 30.0
@@ -92,7 +100,7 @@ def publish_retry(task: Task, bookkeeping: Bookkeeping, countdown: float, exc: B
     )
     try:
         signature.apply_async()
-    except Exception as error:
+    except PUBLISH_ERRORS as error:
         log.warning("run %s: the retry could not be published (%s); the delivery is requeued", request.id, error)
         raise Reject(error, requeue=True) from error
     return Retry(exc=exc, when=countdown, sig=signature)
