@@ -11,9 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from celery.signals import beat_init, worker_init
 from kombu import Exchange, Queue  # type: ignore[attr-defined]
 
 from worker.settings import Settings, get_settings
+from worker.startup import check_store_at_start
 
 SKILLS_QUEUE = "skills"
 MAINTENANCE_QUEUE = "maintenance"
@@ -100,6 +102,9 @@ def create_app(settings: Settings | None = None) -> Celery:
 
 
 app = create_app()
+# A worker or beat whose database is missing or not migrated exits with one line (worker/startup.py).
+worker_init.connect(check_store_at_start, weak=False)
+beat_init.connect(check_store_at_start, weak=False)
 # The process's app is wre's, in every thread: signatures that Celery builds without an explicit app (a
 # retry's, for one) would otherwise fall back to a default app with a default broker when the worker runs
 # embedded in another program's thread.
