@@ -26,7 +26,7 @@ from db.memory import LearningEventRecord, OutcomeRecord, PatternMemory
 from worker import react
 from worker.agents import AttemptInfo, get_agent, run_attempt
 from worker.messages import MessageError, parse_run_kwargs
-from worker.scoring import Score, score
+from worker.scoring import Score, score_within
 from worker.settings import Settings
 from worker.skills import Skill, parse_skill
 
@@ -248,7 +248,7 @@ class SkillRunner:
             AttemptInfo(run_id, state.attempt, version.variation_id),
             time_limit,
         )
-        scored = score(version.skill, result.output, result.error, state.threshold)
+        scored = score_within(version.skill, result.output, result.error, state.threshold, time_limit)
         elapsed_ms = (time.perf_counter() - started) * 1000
         summary = _summary(state.attempt, scored)
         decision = react.next_step(state, summary, fatal=result.fatal)
