@@ -23,6 +23,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypedDict, cast
 
 import jsonschema
@@ -118,7 +119,7 @@ def score_within(skill: Skill, output: object, error: str | None, threshold: flo
         if step.kind == "python":
             load_entrypoint(step.argument)  # imported once in the worker, not in every child
     try:
-        scored: Score = call_in_child(lambda: score(skill, output, error, threshold), time_limit)
+        scored: Score = call_in_child(partial(score, skill, output, error, threshold), time_limit)
     except ChildTimeout as timeout:
         return score(skill, None, f"scoring {timeout}", threshold)
     except ChildDied as died:

@@ -24,6 +24,7 @@ from worker.agents import (
     load_entrypoint,
     run_attempt,
 )
+from worker.agents.isolation import close_child
 from worker.agents.simulated import SIMULATED_MARKER, attempt_seed
 from worker.scoring import score
 from worker.settings import get_settings
@@ -161,6 +162,7 @@ def test_infrastructure_errors_are_re_raised() -> None:
 
 @pytest.mark.usefixtures("released")
 def test_a_timed_out_python_agent_is_killed() -> None:
+    close_child()
     threads = threading.active_count()
     result = run(python_skill("sleep"), time_limit=0.1)
     assert result.output is None
@@ -170,6 +172,7 @@ def test_a_timed_out_python_agent_is_killed() -> None:
     assert threading.active_count() == threads
     with pytest.raises(ChildProcessError):
         os.waitpid(-1, os.WNOHANG)
+    assert run(python_skill("echo")).error is None  # and the next attempt gets a fresh child
 
 
 @pytest.mark.usefixtures("released")

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from worker.agents.isolation import close_child
 from worker.scoring import AGENT_FAILED_DETAIL, run_check, score, score_within
 from worker.settings import get_settings
 from worker.skills import Skill, StepCheck, parse_skill
@@ -193,10 +194,11 @@ def test_long_details_are_trimmed() -> None:
     [(f"{{python: '{FIXTURES}:check_spins'}}", {"a": 1}), ("{regex: '^(a+)+$'}", "a" * 40 + "b")],
 )
 def test_a_check_that_never_ends_is_killed_at_the_limit(expect: str, output: object) -> None:
+    close_child()
     scored = score_within(skill_with(expect), output, None, 1.0, time_limit=0.3)
     assert scored.error == "scoring timed out after 0.3s"
     assert scored.pattern_fidelity == 0.0 and not scored.success
-    with pytest.raises(ChildProcessError):  # the child is killed and reaped
+    with pytest.raises(ChildProcessError):  # the child is killed and reaped: no child process left
         os.waitpid(-1, os.WNOHANG)
 
 

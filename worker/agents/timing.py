@@ -7,6 +7,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from worker.skills import Skill
@@ -88,7 +89,7 @@ def run_attempt(
             prepare = getattr(agent, "prepare", None)
             if prepare is not None:
                 prepare(skill)
-            outcome_value: object = call_in_child(lambda: agent.run(skill, context, attempt), time_limit)
+            outcome_value: object = call_in_child(partial(agent.run, skill, context, attempt), time_limit)
         except ChildTimeout as timeout:
             return AgentResult(None, str(timeout), (time.perf_counter() - started) * 1000.0)
         except BaseException as exc:  # the skill's exception, re-raised from the child
