@@ -24,7 +24,7 @@ from db.base import (
     storable_json,
     storable_text,
 )
-from db.counters import CounterStore, counter_arrays, counter_rows, counter_upsert
+from db.counters import CounterStore, counter_arrays, counter_rows, counter_upsert, skill_counter_deltas
 from db.models import EVENTS, OUTCOMES, TESTS, utcnow
 from db.records import LearningEventRecord, OutcomeRecord
 
@@ -54,6 +54,10 @@ class OutcomeStore(CounterStore):
         row["token_usage"] = storable_json(outcome.token_usage)
         row["result"] = storable_json(outcome.result)
         row["created_at"] = utcnow()
+        counters = {
+            **(counters or {}),
+            **skill_counter_deltas(outcome.skill_name, outcome.attempt, outcome.final, outcome.success),
+        }
         if self.is_postgres:
             return self._record_in_one_statement(outcome, row, counters or {}, learning_event)
         with self.transaction() as conn:

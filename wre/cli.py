@@ -88,7 +88,7 @@ def dashboard(window: int = typer.Option(100, help="Runs in the first and the la
 @user_errors
 def exporter(
     port: int = typer.Option(9808, min=1, max=65535, help="TCP port of /metrics."),
-    address: str = typer.Option("0.0.0.0", help="Interface to listen on."),
+    address: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0: every interface)."),
     window: int = typer.Option(100, min=1, help="Latest finished runs per skill behind the fidelity gauges."),
 ) -> None:
     """Serve Prometheus metrics read from the database on every scrape (runs, retries, fidelity, tests)."""

@@ -2,6 +2,8 @@
 
 - ``request_digest``: a digest of the run's arguments, so a reused run id with other arguments is refused.
 - ``result``: the final attempt's output as JSON (bounded), so a redelivered or repeated run answers exactly.
+- per-skill counters (``skill.attempts:NAME``, ...): the run figures a scrape reads, bumped by the recording
+  statement from now on and backfilled here once from the outcomes already recorded.
 - ``evolve_pending``: the evolution trigger (a final failed attempt) as a stored fact, cleared by the sweep
   that enqueues ``wre.evolve_skill``; a partial index keeps the sweep's scan to what is pending.
 
@@ -41,6 +43,27 @@ def upgrade() -> None:
         postgresql_where=sa.text("evolve_pending"),
         sqlite_where=sa.text("evolve_pending"),
     )
+    _backfill_counters()
+
+
+# The per-skill figures of the outcomes recorded so far (db/counters.py names them the same way). Skill names
+# that would not fit the counter column (over 109 characters) are left out: wre's parser caps names at 100.
+BACKFILL = (
+    "SELECT 'skill.attempts:' || skill_name, 0, count(*)",
+    "SELECT 'skill.runs:' || skill_name, 0, sum(CASE WHEN final THEN 1 ELSE 0 END)",
+    "SELECT 'skill.failed_runs:' || skill_name, 0, sum(CASE WHEN final AND NOT success THEN 1 ELSE 0 END)",
+    "SELECT 'skill.runs_retried:' || skill_name, 0, sum(CASE WHEN final AND attempt > 1 THEN 1 ELSE 0 END)",
+    "SELECT 'skill.retries:' || skill_name, 0, sum(CASE WHEN final THEN attempt - 1 ELSE 0 END)",
+)
+
+
+def _backfill_counters() -> None:
+    for figures in BACKFILL:
+        op.execute(
+            "INSERT INTO telemetry_counters (name, shard, value) "
+            + figures
+            + " FROM skill_outcomes WHERE length(skill_name) <= 109 GROUP BY skill_name"
+        )
 
 
 def downgrade() -> None:
