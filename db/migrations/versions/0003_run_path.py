@@ -49,21 +49,25 @@ def upgrade() -> None:
 # The per-skill figures of the outcomes recorded so far (db/counters.py names them the same way). Skill names
 # that would not fit the counter column (over 109 characters) are left out: wre's parser caps names at 100.
 BACKFILL = (
-    "SELECT 'skill.attempts:' || skill_name, 0, count(*)",
-    "SELECT 'skill.runs:' || skill_name, 0, sum(CASE WHEN final THEN 1 ELSE 0 END)",
-    "SELECT 'skill.failed_runs:' || skill_name, 0, sum(CASE WHEN final AND NOT success THEN 1 ELSE 0 END)",
-    "SELECT 'skill.runs_retried:' || skill_name, 0, sum(CASE WHEN final AND attempt > 1 THEN 1 ELSE 0 END)",
-    "SELECT 'skill.retries:' || skill_name, 0, sum(CASE WHEN final THEN attempt - 1 ELSE 0 END)",
+    "INSERT INTO telemetry_counters (name, shard, value) SELECT 'skill.attempts:' || skill_name, 0, count(*) "
+    "FROM skill_outcomes WHERE length(skill_name) <= 109 GROUP BY skill_name",
+    "INSERT INTO telemetry_counters (name, shard, value) SELECT 'skill.runs:' || skill_name, 0, "
+    "sum(CASE WHEN final THEN 1 ELSE 0 END) FROM skill_outcomes WHERE length(skill_name) <= 109 GROUP BY skill_name",
+    "INSERT INTO telemetry_counters (name, shard, value) SELECT 'skill.failed_runs:' || skill_name, 0, "
+    "sum(CASE WHEN final AND NOT success THEN 1 ELSE 0 END) FROM skill_outcomes "
+    "WHERE length(skill_name) <= 109 GROUP BY skill_name",
+    "INSERT INTO telemetry_counters (name, shard, value) SELECT 'skill.runs_retried:' || skill_name, 0, "
+    "sum(CASE WHEN final AND attempt > 1 THEN 1 ELSE 0 END) FROM skill_outcomes "
+    "WHERE length(skill_name) <= 109 GROUP BY skill_name",
+    "INSERT INTO telemetry_counters (name, shard, value) SELECT 'skill.retries:' || skill_name, 0, "
+    "sum(CASE WHEN final THEN attempt - 1 ELSE 0 END) FROM skill_outcomes "
+    "WHERE length(skill_name) <= 109 GROUP BY skill_name",
 )
 
 
 def _backfill_counters() -> None:
-    for figures in BACKFILL:
-        op.execute(
-            "INSERT INTO telemetry_counters (name, shard, value) "
-            + figures
-            + " FROM skill_outcomes WHERE length(skill_name) <= 109 GROUP BY skill_name"
-        )
+    for statement in BACKFILL:
+        op.execute(statement)
 
 
 def downgrade() -> None:
