@@ -30,6 +30,7 @@ from typing import Any
 READ_CHUNK_BYTES = 1 << 16
 FRAME_HEADER = struct.Struct("!Q")
 CHILD_FAILED_EXIT = 70
+MAX_FD = os.sysconf("SC_OPEN_MAX")
 
 
 class ChildTimeout(TimeoutError):
@@ -48,8 +49,7 @@ class _Child:
         answer_read, answer_write = os.pipe()
         self.pid = os.fork()
         if self.pid == 0:  # the child
-            os.close(request_write)
-            os.close(answer_read)
+            _close_inherited(keep=(request_read, answer_write))
             _serve(request_read, answer_write)
         os.close(request_read)
         os.close(answer_write)
@@ -130,6 +130,17 @@ def close_child() -> None:
     _local.child = None
     if child is not None:
         child.close(kill=True)
+
+
+def _close_inherited(keep: tuple[int, ...]) -> None:
+    """In the child: close every descriptor but stdio and ``keep``. A copy of the worker's sockets (broker,
+    database) held here would keep those connections open after the worker closed them, and the other
+    threads' pipes would keep their children from seeing the worker go."""
+    start = 3
+    for fd in sorted(keep):
+        os.closerange(start, fd)
+        start = fd + 1
+    os.closerange(start, MAX_FD)
 
 
 def _serve(requests: int, answers: int) -> None:
