@@ -10,7 +10,6 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from db.migrate import StoreNotReady, check_ready
 from worker.settings import get_settings
 
 EXIT_STORE_NOT_READY = 3
@@ -18,6 +17,9 @@ EXIT_STORE_NOT_READY = 3
 
 def check_store_at_start(**_: Any) -> None:
     """Celery's ``worker_init`` / ``beat_init`` receiver: exit with one line if the store cannot serve."""
+    # Imported here: Alembic takes most of a second to import, and every producer imports the app.
+    from db.migrate import StoreNotReady, check_ready
+
     try:
         check_ready(get_settings().database_url)
     except StoreNotReady as error:
