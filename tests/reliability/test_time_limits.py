@@ -25,8 +25,8 @@ from worker.registry import register_skill_text
 CONCURRENCY = 8
 HUNG_RUNS = 200
 SPINNING_RUNS = 8
-LATENCY_RUNS = 30
-IDLE_WINDOW_SECONDS = 2.0
+LATENCY_RUNS = 20
+IDLE_WINDOW_SECONDS = 1.0
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -95,8 +95,8 @@ def test_hung_and_spinning_agents_leave_nothing_behind(
 ) -> None:
     register_skill_text(memory, python_skill("quick", "echo"))
     register_skill_text(memory, python_skill("nap", "sleeps", threshold=0.5))
-    register_skill_text(memory, _limited("hung", "hangs", 0.2))
-    register_skill_text(memory, _limited("spinning", "spins", 0.5))
+    register_skill_text(memory, _limited("hung", "hangs", 0.1))
+    register_skill_text(memory, _limited("spinning", "spins", 0.2))
     # A Redis of its own: no other worker (another test's, another session's) takes these runs.
     broker = PrivateRedis(appendonly=False).start()
     app = broker_app(database_url, broker.url())
