@@ -22,11 +22,6 @@ from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
 
-# Kept for callers that imported them from here; the retry layer owns them.
-INFRASTRUCTURE_ERRORS = retries.INFRASTRUCTURE_ERRORS
-infrastructure_backoff = retries.infrastructure_backoff
-
-
 @lru_cache(maxsize=1)
 def get_runner() -> SkillRunner:
     """The process's runner: one store (one engine, pooled) shared by every thread of the worker."""
