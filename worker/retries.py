@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +51,9 @@ PUBLISH_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.RedisError,
     OSError,
 )
+# A broker that takes deliveries but refuses publishes would otherwise hand the requeued delivery straight
+# back, and the worker would spin on it: a short pause before each requeue keeps that loop slow.
+REQUEUE_PAUSE_SECONDS = 1.0
 INFRA_BACKOFF_BASE_SECONDS = 0.5
 INFRA_BACKOFF_MAX_SECONDS = 30.0
 # Retries of one delivery spread over [half, full] of the exponential step, so that the runs an outage
@@ -102,6 +106,7 @@ def publish_retry(task: Task, bookkeeping: Bookkeeping, countdown: float, exc: B
         signature.apply_async()
     except PUBLISH_ERRORS as error:
         log.warning("run %s: the retry could not be published (%s); the delivery is requeued", request.id, error)
+        time.sleep(REQUEUE_PAUSE_SECONDS)
         raise Reject(error, requeue=True) from error
     return Retry(exc=exc, when=countdown, sig=signature)
 
