@@ -36,8 +36,12 @@ TIME_LIMIT = 5.0
 
 
 @pytest.fixture(autouse=True)
-def allow_fixture_module(monkeypatch: pytest.MonkeyPatch) -> None:
+def allow_fixture_module(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(get_settings(), "python_skill_modules", ["skills", FIXTURES])
+    # The skill's code runs in a child forked with the settings of its time: fork it with these.
+    close_child()
+    yield
+    close_child()
 
 
 @pytest.fixture

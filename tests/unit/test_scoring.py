@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,8 +18,12 @@ FIXTURES = "tests.unit.fixture_entrypoints"
 
 
 @pytest.fixture(autouse=True)
-def allow_fixture_module(monkeypatch: pytest.MonkeyPatch) -> None:
+def allow_fixture_module(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(get_settings(), "python_skill_modules", ["skills", FIXTURES])
+    # The skill's code runs in a child forked with the settings of its time: fork it with these.
+    close_child()
+    yield
+    close_child()
 
 
 def skill_with(*expects: str) -> Skill:
