@@ -136,9 +136,13 @@ class AbTestStore(CatalogStore, OutcomeStore):
         return AbTestRecord(**row._mapping) if row else None
 
     def get_active_ab_test(self, skill_name: str) -> dict[str, Any] | None:
-        """The seed's call: the skill's running test as a dict of its columns, or None."""
+        """The seed's call: the skill's running test as a dict of its columns, or None.
+
+        A guard (after a promotion) is not an A/B test of a new variation: the seed's callers, who expect no
+        running test once one is decided, do not see it here (``running_test`` does).
+        """
         test = self.running_test(skill_name)
-        if test is None:
+        if test is None or test.is_guard:
             return None
         columns = test.to_dict()
         return {**columns, "start_time": columns["started_at"]}  # the seed's name of started_at

@@ -6,6 +6,7 @@ them. Upserts are atomic in both Postgres and SQLite, so the sum is exact under 
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
@@ -19,6 +20,26 @@ from db.models import COUNTERS
 
 NUM_SHARDS = 16
 COUNTER_TABLE = COUNTERS
+# Per-skill run figures, kept as counters by the statement that records each attempt, so that reading them
+# (an exporter scrape, the report) costs the same at 10 or 10 million outcomes.
+SKILL_COUNTER_FIELDS = ("attempts", "runs", "failed_runs", "runs_retried", "retries")
+MAX_COUNTER_NAME_CHARS = 128  # telemetry_counters.name
+
+
+def skill_counter_name(field: str, skill_name: str) -> str:
+    """The counter of one skill's figure ``field``; a name too long for the column is keyed by its digest."""
+    name = f"skill.{field}:{skill_name}"
+    if len(name) <= MAX_COUNTER_NAME_CHARS:
+        return name
+    return f"skill.{field}:#{hashlib.sha256(skill_name.encode()).hexdigest()}"
+
+
+def skill_counter_deltas(skill_name: str, attempt: int, final: bool, success: bool) -> dict[str, int]:
+    """What one recorded attempt adds to its skill's counters."""
+    deltas = {"attempts": 1}
+    if final:
+        deltas.update(runs=1, failed_runs=int(not success), runs_retried=int(attempt > 1), retries=attempt - 1)
+    return {skill_counter_name(field, skill_name): delta for field, delta in deltas.items() if delta}
 
 
 class CounterStore(StoreBase):

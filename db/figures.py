@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, case, func, select, true
+from sqlalchemy import Select, case, func, select, true
 
+from db.counters import SKILL_COUNTER_FIELDS, skill_counter_name
 from db.memory import PatternMemory
 from db.models import EVENTS, OUTCOMES, SKILLS
 
@@ -88,24 +89,15 @@ def skill_names(memory: PatternMemory) -> list[str]:
 
 
 def run_figures(memory: PatternMemory) -> dict[str, SkillRunFigures]:
-    """Per-skill attempt and run counts from the outcomes (registered skills without runs included)."""
-    final = OUTCOMES.c.final
-    query = select(
-        OUTCOMES.c.skill_name,
-        func.count(),
-        _count(final),
-        _count(and_(final, ~OUTCOMES.c.success)),
-        _count(and_(final, OUTCOMES.c.attempt > 1)),
-        func.coalesce(func.sum(case((final, OUTCOMES.c.attempt - 1), else_=0)), 0),
-    ).group_by(OUTCOMES.c.skill_name)
-    with memory.transaction() as conn:
-        rows = list(conn.execute(query))
-    figures = {name: SkillRunFigures(name) for name in skill_names(memory)}
-    for name, attempts, runs, failed, retried, retries in rows:
-        figures[name] = SkillRunFigures(
-            name, int(attempts), int(runs), int(failed), int(retried), int(retries)
-        )
-    return dict(sorted(figures.items()))
+    """Per-skill attempt and run counts of every registered skill, from the per-skill counters that each
+    recorded attempt bumps: one read of (skills x 5) counters, whatever the number of outcomes."""
+    names = skill_names(memory)
+    wanted = {(name, field): skill_counter_name(field, name) for name in names for field in SKILL_COUNTER_FIELDS}
+    values = memory.get_counters(wanted.values()) if wanted else {}
+    return {
+        name: SkillRunFigures(name, *(values[wanted[name, field]] for field in SKILL_COUNTER_FIELDS))
+        for name in names
+    }
 
 
 def recent_fidelity(

@@ -38,3 +38,50 @@ def current_revision(database_url: str) -> str | None:
             return MigrationContext.configure(conn).get_current_revision()
     finally:
         engine.dispose()
+
+
+class StoreNotReady(RuntimeError):
+    """The database a process was pointed at cannot serve it: it does not exist, refuses us, or is not at the
+    migrations' head. The message is one line, with the password hidden."""
+
+
+# What no waiting fixes, as Postgres words it when a connection is refused (libpq reports connection-time
+# failures as text, without a SQLSTATE): no such database, a refused password, an unknown role.
+NOT_READY_MESSAGES = {
+    "does not exist": "does not exist",
+    "password authentication failed": "refused the password",
+    "no pg_hba.conf entry": "refused the connection (pg_hba.conf)",
+}
+
+
+def check_ready(database_url: str) -> None:
+    """Raise :class:`StoreNotReady` when ``database_url`` names a database that cannot serve wre.
+
+    A server that does not answer is not checked here: that is an outage, which workers ride out.
+    """
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import OperationalError
+
+    from db.engine import make_engine
+
+    shown = make_url(database_url).render_as_string(hide_password=True)
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            current = set(MigrationContext.configure(conn).get_current_heads())
+    except OperationalError as error:
+        message = str(error.orig)
+        reason = next((why for words, why in NOT_READY_MESSAGES.items() if words in message), None)
+        if reason is None:
+            return
+        raise StoreNotReady(f"the database {shown} {reason} (WRE_DATABASE_URL)") from None
+    finally:
+        engine.dispose()
+    heads = set(ScriptDirectory.from_config(alembic_config(database_url)).get_heads())
+    if current != heads:
+        raise StoreNotReady(
+            f"the database {shown} is not migrated (at {', '.join(sorted(current)) or 'no revision'}, "
+            f"expected {', '.join(sorted(heads))}): run `wre db upgrade`"
+        )

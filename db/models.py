@@ -95,6 +95,13 @@ class SkillOutcome(Base):
         # Recent failures (evolver) scan a skill's final attempts by id; windows of runs its first attempts.
         Index("ix_skill_outcomes_skill_final_id", "skill_name", "final", "id"),
         Index("ix_skill_outcomes_skill_attempt_id", "skill_name", "attempt", "id"),
+        # The evolution outbox: only pending triggers are indexed, so the sweep's scan stays small.
+        Index(
+            "ix_skill_outcomes_evolve_pending",
+            "skill_name",
+            postgresql_where=text("evolve_pending"),
+            sqlite_where=text("evolve_pending"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
@@ -116,6 +123,12 @@ class SkillOutcome(Base):
     output: Mapped[str | None] = mapped_column(Text, nullable=True)
     execution_time_ms: Mapped[float] = mapped_column(Float, default=0.0)
     token_usage: Mapped[dict[str, Any] | None] = mapped_column(JsonType, nullable=True)
+    # A digest of the run's arguments: a run id reused with other arguments is refused, not answered.
+    request_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The final attempt's output as JSON (bounded): a repeated or redelivered run answers exactly, types kept.
+    result: Mapped[Any] = mapped_column(JsonType, nullable=True)
+    # The evolution outbox: a final failed attempt that should evolve its skill, until the sweep enqueues it.
+    evolve_pending: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

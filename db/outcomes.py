@@ -7,7 +7,7 @@ event in ONE transaction, all or nothing, and nothing at all when the (run id, a
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, fields
 from datetime import timedelta
 from functools import cached_property, lru_cache
@@ -24,10 +24,13 @@ from db.base import (
     storable_json,
     storable_text,
 )
-from db.counters import CounterStore, counter_arrays, counter_rows, counter_upsert
+from db.counters import CounterStore, counter_arrays, counter_rows, counter_upsert, skill_counter_deltas
 from db.models import EVENTS, OUTCOMES, TESTS, utcnow
 from db.records import LearningEventRecord, OutcomeRecord
 from db.trials import TrialStore, complete_trial_update
+
+# One sweep hands over at most this many triggers; a backlog drains over the next sweeps.
+OUTBOX_SWEEP_LIMIT = 1000
 
 
 class OutcomeStore(CounterStore, TrialStore):
@@ -50,7 +53,12 @@ class OutcomeStore(CounterStore, TrialStore):
         row["failed_at_step"] = storable_text(outcome.failed_at_step)
         row["step_results"] = storable_json(outcome.step_results)
         row["token_usage"] = storable_json(outcome.token_usage)
+        row["result"] = storable_json(outcome.result)
         row["created_at"] = utcnow()
+        counters = {
+            **(counters or {}),
+            **skill_counter_deltas(outcome.skill_name, outcome.attempt, outcome.final, outcome.success),
+        }
         if self.is_postgres:
             return self._record_in_one_statement(outcome, row, counters or {}, learning_event)
         with self.transaction() as conn:
@@ -210,6 +218,37 @@ class OutcomeStore(CounterStore, TrialStore):
         with self.transaction() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
 
+    def sweep_evolution_outbox(self, publish: Callable[[str], None], limit: int = OUTBOX_SWEEP_LIMIT) -> list[str]:
+        """Hand every skill with a pending evolution trigger to ``publish``, then mark its triggers done.
+
+        The triggers are locked (``SKIP LOCKED``: two sweeps never hand over the same ones) and cleared in the
+        transaction that read them, after ``publish`` returned: a publish that raises, or a crash before the
+        commit, leaves them pending for the next sweep. A trigger handed over twice is harmless (evolution is
+        claimed in the database). Returns the skills handed over.
+        """
+        pending = (
+            select(OUTCOMES.c.id, OUTCOMES.c.skill_name)
+            .where(OUTCOMES.c.evolve_pending)
+            .order_by(OUTCOMES.c.id)
+            .limit(limit)
+        )
+        if self.is_postgres:
+            pending = pending.with_for_update(skip_locked=True)
+        with self.transaction() as conn:
+            rows = list(conn.execute(pending))
+            skills = list(dict.fromkeys(str(row.skill_name) for row in rows))
+            for skill_name in skills:
+                publish(skill_name)
+            if rows:
+                ids = [int(row.id) for row in rows]
+                conn.execute(update(OUTCOMES).where(OUTCOMES.c.id.in_(ids)).values(evolve_pending=False))
+        return skills
+
+    def pending_evolutions(self) -> int:
+        """How many evolution triggers wait for the sweep."""
+        with self.transaction() as conn:
+            return int(conn.execute(select(func.count()).where(OUTCOMES.c.evolve_pending)).scalar_one())
+
     def run_outcomes(self, run_id: str) -> list[dict[str, Any]]:
         """Every recorded attempt of one run, in order."""
         query = select(OUTCOMES).where(OUTCOMES.c.run_id == run_id).order_by(OUTCOMES.c.attempt)
@@ -232,6 +271,8 @@ def _validate_outcome(outcome: OutcomeRecord) -> None:
     require_count(outcome.attempt, "attempt", minimum=1)
     require_text(outcome.skill_name, "skill name")
     require_text(outcome.variation_id, "variation id", max_length=64)
+    if outcome.request_digest is not None:
+        require_text(outcome.request_digest, "request digest", max_length=64)
     if not 0.0 <= outcome.pattern_fidelity <= 1.0:
         raise ValueError(f"pattern_fidelity must be within 0..1, got {outcome.pattern_fidelity}")
     if outcome.arm not in (None, "control", "treatment"):

@@ -57,6 +57,9 @@ class OutcomeRecord:
     arm: str | None = None
     final: bool = False
     token_usage: dict[str, Any] | None = None
+    request_digest: str | None = None
+    result: Any = None
+    evolve_pending: bool = False
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""The beat task: ``wre.evaluate_ab_tests`` decides every running A/B test it can, every few seconds."""
+"""The beat tasks: ``wre.evaluate_ab_tests`` decides every running A/B test it can, every few seconds;
+``wre.sweep_evolution_outbox`` enqueues the evolutions that failed runs stored and nobody enqueued yet."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from celery import Task
 
 from db.memory import PatternMemory
 from scheduler.evaluation import promotion_memory, run_evaluation_round
-from worker.app import app
+from worker.app import MAINTENANCE_QUEUE, app
+from worker.retries import INFRASTRUCTURE_ERRORS
 from worker.settings import get_settings
-from worker.tasks import INFRASTRUCTURE_ERRORS
 
 
 @lru_cache(maxsize=1)
@@ -25,5 +26,22 @@ def evaluate_ab_tests(self: Task) -> list[dict[str, Any]]:
     """One evaluation round. An unreachable database skips the round: the next one comes in seconds."""
     try:
         return [asdict(conclusion) for conclusion in run_evaluation_round(get_memory())]
+    except INFRASTRUCTURE_ERRORS:
+        return []
+
+
+@app.task(bind=True, name="wre.sweep_evolution_outbox", max_retries=0, ignore_result=True)
+def sweep_evolution_outbox(self: Task) -> list[str]:
+    """Enqueue ``wre.evolve_skill`` for every skill with a pending trigger, then mark the triggers done.
+
+    A publish that fails leaves its triggers pending (the transaction rolls back); an unreachable database
+    skips the round. Either way the next round, seconds later, tries again.
+    """
+
+    def publish(skill_name: str) -> None:
+        app.send_task("wre.evolve_skill", kwargs={"skill_name": skill_name}, queue=MAINTENANCE_QUEUE)
+
+    try:
+        return get_memory().sweep_evolution_outbox(publish)
     except INFRASTRUCTURE_ERRORS:
         return []

@@ -11,9 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from celery.signals import beat_init, worker_init
 from kombu import Exchange, Queue  # type: ignore[attr-defined]
 
 from worker.settings import Settings, get_settings
+from worker.startup import check_store_at_start
 
 SKILLS_QUEUE = "skills"
 MAINTENANCE_QUEUE = "maintenance"
@@ -30,6 +32,7 @@ RESULT_EXPIRES_SECONDS = 24 * 3600
 RESULT_STORE_RETRIES = 20
 TASK_MODULES = ["worker.tasks", "scheduler.tasks"]
 EVALUATE_TASK = "wre.evaluate_ab_tests"
+OUTBOX_TASK = "wre.sweep_evolution_outbox"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -72,6 +75,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "wre.execute_skill": {"queue": SKILLS_QUEUE},
             "wre.evolve_skill": {"queue": MAINTENANCE_QUEUE},
             EVALUATE_TASK: {"queue": MAINTENANCE_QUEUE},
+            OUTBOX_TASK: {"queue": MAINTENANCE_QUEUE},
         },
         "beat_schedule": {
             "evaluate-ab-tests": {
@@ -79,7 +83,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "schedule": settings.ab_eval_seconds,
                 # A round that waited longer than one period is stale: the next one supersedes it.
                 "options": {"expires": settings.ab_eval_seconds, "queue": MAINTENANCE_QUEUE},
-            }
+            },
+            # The evolution outbox (docs/RELIABILITY.md): triggers stored by failed runs, enqueued here.
+            "sweep-evolution-outbox": {
+                "task": OUTBOX_TASK,
+                "schedule": settings.outbox_sweep_seconds,
+                "options": {"expires": settings.outbox_sweep_seconds, "queue": MAINTENANCE_QUEUE},
+            },
         },
         "timezone": "UTC",
     }
@@ -95,6 +105,9 @@ def create_app(settings: Settings | None = None) -> Celery:
 
 
 app = create_app()
+# A worker or beat whose database is missing or not migrated exits with one line (worker/startup.py).
+worker_init.connect(check_store_at_start, weak=False)
+beat_init.connect(check_store_at_start, weak=False)
 # The process's app is wre's, in every thread: signatures that Celery builds without an explicit app (a
 # retry's, for one) would otherwise fall back to a default app with a default broker when the worker runs
 # embedded in another program's thread.

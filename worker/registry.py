@@ -39,7 +39,10 @@ def differences(old: Skill, new: Skill) -> list[str]:
 
 
 def register_skills(
-    memory: PatternMemory, skills: Sequence[tuple[Skill, str]], replace: bool = False
+    memory: PatternMemory,
+    skills: Sequence[tuple[Skill, str]],
+    replace: bool = False,
+    settings: Settings | None = None,
 ) -> list[Registered]:
     """Check every skill, then store them all in one transaction.
 
@@ -55,6 +58,7 @@ def register_skills(
     for skill, source in skills:
         try:
             get_agent(skill.agent)  # an unknown default agent is refused now, not at the first run
+            check_time_limit(skill, settings or get_settings())
         except ValueError as error:
             raise ValueError(f"{source}: {error}") from None
         if not replace:
@@ -82,9 +86,27 @@ def _refuse_changed(memory: PatternMemory, skill: Skill, source: str) -> None:
     )
 
 
-def register_skill(memory: PatternMemory, skill: Skill, replace: bool = False) -> str:
+def check_time_limit(skill: Skill, settings: Settings) -> None:
+    """Refuse a skill whose run could outlast the broker's visibility timeout: the broker would hand its
+    messages to a second worker while the first still runs them (each attempt costing twice).
+
+    :raises ValueError: time limit x attempts reaches ``WRE_VISIBILITY_TIMEOUT_SECONDS``.
+    """
+    limit = skill.time_limit or settings.default_time_limit_seconds
+    attempts = settings.react_max_iter if settings.react_mode else 1
+    if limit * attempts >= settings.visibility_timeout_seconds:
+        raise ValueError(
+            f"skill {skill.name!r}: time limit {limit:g}s x {attempts} attempt(s) (WRE_REACT_MAX_ITER) reaches "
+            f"the broker's visibility timeout of {settings.visibility_timeout_seconds:g}s "
+            "(WRE_VISIBILITY_TIMEOUT_SECONDS): lower time_limit or raise the timeout"
+        )
+
+
+def register_skill(
+    memory: PatternMemory, skill: Skill, replace: bool = False, settings: Settings | None = None
+) -> str:
     """Store ``skill`` (its exact content) as a skill with that content in production; returns the variation id."""
-    return register_skills(memory, [(skill, skill.name)], replace=replace)[0].result.variation_id
+    return register_skills(memory, [(skill, skill.name)], replace=replace, settings=settings)[0].result.variation_id
 
 
 def load_skill_files(paths: Sequence[str | Path], settings: Settings | None = None) -> list[tuple[Skill, str]]:
@@ -97,7 +119,7 @@ def register_skill_files(
     memory: PatternMemory, paths: Sequence[str | Path], replace: bool = False, settings: Settings | None = None
 ) -> list[Registered]:
     """Parse and register several skill files, all or none."""
-    return register_skills(memory, load_skill_files(paths, settings), replace=replace)
+    return register_skills(memory, load_skill_files(paths, settings), replace=replace, settings=settings)
 
 
 def register_skill_file(

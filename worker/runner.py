@@ -11,8 +11,8 @@ import json
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from functools import lru_cache
+from dataclasses import dataclass, field, replace
+from functools import cached_property, lru_cache
 from typing import Any
 
 from db.dashboard import (
@@ -26,13 +26,13 @@ from db.memory import LearningEventRecord, OutcomeRecord, PatternMemory
 from db.trials import unit_key_for
 from worker import react
 from worker.agents import AttemptInfo, get_agent, run_attempt
-from worker.scoring import Score, score
+from worker.messages import MessageError, parse_run_kwargs
+from worker.scoring import Score, score_within
 from worker.settings import Settings
 from worker.skills import Skill, input_error, parse_skill
 
 MAX_OUTPUT_RESULT_CHARS = 20_000
 MAX_CACHED_VARIATIONS = 1024
-RUN_KWARGS = ("skill_name", "agent", "input_context", "force", "assignment_key")
 
 
 class InvalidRunError(ValueError):
@@ -59,6 +59,16 @@ class RunRequest:
     force: bool = False
     assignment_key: str | None = None
 
+    @cached_property
+    def digest(self) -> str:
+        """A digest of the arguments that define the run: a run id names one request, never two."""
+        canonical = json.dumps(
+            [self.skill_name, self.agent, self.input_context, self.force, self.assignment_key],
+            sort_keys=True,
+            ensure_ascii=False,
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
 
 @dataclass(frozen=True)
 class Version:
@@ -81,6 +91,8 @@ class AttemptOutcome:
     recorded: bool
     usage: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Set when the attempt was answered from the store: the version its run was recorded on.
+    version: Version | None = None
 
 
 def choose_arm(test_id: int, assignment_key: str, treatment_share: float = 0.5) -> str:
@@ -124,18 +136,13 @@ class SkillRunner:
 
     # 1. validate
     def validate(self, kwargs: Mapping[str, Any]) -> RunRequest:
-        """Check a run's kwargs; raise :class:`InvalidRunError` naming what is wrong."""
-        unknown = sorted(set(kwargs) - set(RUN_KWARGS))
-        if unknown:
-            raise InvalidRunError(
-                f"unknown argument(s) {', '.join(unknown)}; expected {', '.join(RUN_KWARGS)}"
-            )
-        skill_name = kwargs.get("skill_name")
-        if not isinstance(skill_name, str) or not skill_name:
-            raise InvalidRunError("skill_name must be a non-empty string")
-        context = kwargs.get("input_context", {})
-        if not isinstance(context, dict):
-            raise InvalidRunError(f"input_context must be a JSON object, got {type(context).__name__}")
+        """Check a run's kwargs (typed at the boundary, worker/messages.py), then what needs the store and
+        the limits; raise :class:`InvalidRunError` naming what is wrong."""
+        try:
+            fields = parse_run_kwargs(dict(kwargs))
+        except MessageError as error:
+            raise InvalidRunError(str(error)) from None
+        context = fields.input_context
         try:
             text = json.dumps(context, allow_nan=False, ensure_ascii=False)
             # A lone surrogate is not text: UTF-8 cannot encode it (and Postgres refuses its JSON escape).
@@ -149,25 +156,19 @@ class SkillRunner:
                 f"input_context is {size} bytes, over the limit of {self.settings.max_context_bytes} "
                 "(WRE_MAX_CONTEXT_BYTES)"
             )
-        force = kwargs.get("force", False)
-        if not isinstance(force, bool):
-            raise InvalidRunError(f"force must be true or false, got {force!r}")
-        key = kwargs.get("assignment_key")
-        if key is not None and (not isinstance(key, str) or not key or len(key) > 256):
-            raise InvalidRunError("assignment_key must be a non-empty string of at most 256 characters")
-        skill_row = self._skill_row(skill_name)
+        skill_row = self._skill_row(fields.skill_name)
         if skill_row is None:
-            raise InvalidRunError(f"unknown skill {skill_name!r}; register it with `wre skill add PATH`")
-        agent = kwargs.get("agent") or skill_row.default_agent
+            raise InvalidRunError(f"unknown skill {fields.skill_name!r}; register it with `wre skill add PATH`")
+        agent = fields.agent or skill_row.default_agent
         try:
             get_agent(agent)
         except ValueError as error:
             raise InvalidRunError(str(error)) from None
         # The production version's `input:` schema: a context that fails it is bad input, no attempt spent.
-        problem = input_error(self._production_and_test(skill_name)[1], context)
+        problem = input_error(self._production_and_test(fields.skill_name)[1], context)
         if problem is not None:
             raise InvalidRunError(problem)
-        return RunRequest(skill_name, agent, context, force, key)
+        return RunRequest(fields.skill_name, agent, context, fields.force, fields.assignment_key)
 
     # 2. resolve the version
     def resolve(self, request: RunRequest, run_id: str) -> Version:
@@ -203,39 +204,53 @@ class SkillRunner:
         production_id, production_content = self.memory.get_production(request.skill_name)
         return Version(production_id, parse_variation(production_content))
 
-    def version_from_state(self, request: RunRequest, state: react.ReactState, run_id: str) -> Version:
-        """The version a retry runs: exactly the one its first attempt ran (sticky across retries).
+    def resume(
+        self, request: RunRequest, run_id: str, attempt: int, read_store: bool = True
+    ) -> tuple[Version, react.ReactState, dict[str, Any] | None]:
+        """The version and ReAct state of a delivery of ``attempt`` of ``run_id``, and the attempt's row if it
+        is recorded already (then it is answered from the store, not run again).
 
-        The state comes back through the broker, so it is checked, not trusted: its variation must be one of
-        this skill's, and a test's arm must be the one the run's key is assigned to.
+        A new run (attempt 1, ``read_store`` False: a first delivery) resolves its version. Anything else is
+        rebuilt from the store, never taken from the message: attempt N > 1 exists only if attempts 1..N-1
+        of the same run are recorded, none final, on one version, test and arm; otherwise the delivery is
+        refused as forged.
+
+        :raises InvalidRunError: a forged attempt, or a run id recorded with other arguments.
         """
-        skill_name, content = self._variation(state.variation_id)
-        if skill_name != request.skill_name:
-            raise InvalidRunError(f"react state names variation {state.variation_id} of another skill")
-        if state.test_id is not None or state.arm is not None:
-            test = self.memory.get_ab_test(state.test_id) if state.test_id is not None else None
-            arm = (
-                choose_arm(state.test_id, request.assignment_key or run_id, test.treatment_share)
-                if state.test_id and test is not None
-                else None
+        rows = self.memory.run_outcomes(run_id) if read_store or attempt > 1 else []
+        if not rows and attempt == 1:
+            version = self.resolve(request, run_id)
+            return version, self.start_state(request, version), None
+        _check_same_request(request, run_id, rows)
+        earlier = [row for row in rows if row["attempt"] < attempt]
+        if (
+            [row["attempt"] for row in earlier] != list(range(1, attempt))
+            or any(row["final"] for row in earlier)
+            or len({(row["variation_id"], row["test_id"], row["arm"]) for row in rows}) > 1
+        ):
+            raise InvalidRunError(
+                f"attempt {attempt} of run {run_id} is refused as forged: it must follow recorded, unfinished "
+                f"attempts 1..{attempt - 1} of that run on one version (recorded: "
+                f"{[(row['attempt'], row['final']) for row in rows]})"
             )
-            if (
-                test is None
-                or test.skill_name != request.skill_name
-                or state.arm != arm
-                or state.variation_id != (test.treatment_version if arm == "treatment" else test.control_version)
-            ):
-                raise InvalidRunError("react state does not match the run's A/B assignment")
-        return Version(state.variation_id, parse_variation(content), state.test_id, state.arm)
+        version, state = self._state_from_rows(request, rows, attempt)
+        this = next((row for row in rows if row["attempt"] == attempt), None)
+        return version, state, this
 
-    def recorded_version(self, run_id: str) -> Version | None:
-        """The version a redelivered run's first attempt was recorded with, if it was."""
-        rows = self.memory.run_outcomes(run_id)
-        if not rows:
-            return None
+    def _state_from_rows(
+        self, request: RunRequest, rows: list[dict[str, Any]], attempt: int
+    ) -> tuple[Version, react.ReactState]:
+        """The version of a recorded run and its state before ``attempt``, from its recorded attempts."""
         first = rows[0]
         _, content = self._variation(first["variation_id"])
-        return Version(first["variation_id"], parse_variation(content), first["test_id"], first["arm"])
+        version = Version(first["variation_id"], parse_variation(content), first["test_id"], first["arm"])
+        start = self.start_state(request, version)
+        summaries = tuple(_summary(row["attempt"], _stored_score(row)) for row in rows if row["attempt"] < attempt)
+        # A budget lowered since the run started still lets the recorded attempts stand.
+        state = replace(
+            start, attempt=attempt, max_iterations=max(start.max_iterations, attempt), attempts=summaries
+        )
+        return version, state
 
     def start_state(
         self,
@@ -273,7 +288,7 @@ class SkillRunner:
             AttemptInfo(run_id, state.attempt, version.variation_id),
             time_limit,
         )
-        scored = score(version.skill, result.output, result.error, state.threshold)
+        scored = score_within(version.skill, result.output, result.error, state.threshold, time_limit)
         elapsed_ms = (time.perf_counter() - started) * 1000
         summary = _summary(state.attempt, scored)
         decision = react.next_step(state, summary, fatal=result.fatal)
@@ -296,39 +311,54 @@ class SkillRunner:
             arm=version.arm,
             final=decision.action != "retry",
             token_usage=result.usage,
+            request_digest=request.digest,
+            result=_json_safe(result.output) if decision.action != "retry" else None,
+            # The evolution outbox: the trigger is stored with the final attempt; a beat sweep enqueues it.
+            evolve_pending=decision.evolve,
         )
         recorded = self.memory.record_attempt(
             outcome, counters=_counters(state, decision), learning_event=_react_event(request, decision)
         )
         if not recorded:
-            return self._as_recorded(state, run_id, elapsed_ms)
+            return self._as_recorded(request, state, run_id)
         return AttemptOutcome(scored, result.output, elapsed_ms, decision, recorded, result.usage)
 
-    def _as_recorded(self, state: react.ReactState, run_id: str, elapsed_ms: float) -> AttemptOutcome:
-        """A redelivered attempt: the run goes on from what was recorded the first time, not from this rerun.
+    def _as_recorded(self, request: RunRequest, state: react.ReactState, run_id: str) -> AttemptOutcome:
+        """A redelivered or repeated attempt: the run goes on from what was recorded, not from this rerun.
 
         An agent need not answer the same twice; deciding from the rerun could end a run whose recorded
-        attempt failed, or retry one whose recorded attempt was final.
+        attempt failed, or retry one whose recorded attempt was final. A run already finished answers with
+        its final attempt at once; a run id recorded with other arguments is refused.
         """
-        stored = next(row for row in self.memory.run_outcomes(run_id) if row["attempt"] == state.attempt)
-        scored = Score(
-            step_results=list(stored["step_results"]),
-            pattern_fidelity=stored["pattern_fidelity"],
-            failed_at_step=stored["failed_at_step"],
-            error=stored["error"],
-            success=stored["success"],
-            execution_success=stored["execution_success"],
-        )
+        rows = self.memory.run_outcomes(run_id)
+        _check_same_request(request, run_id, rows)
+        final = next((row for row in rows if row["final"]), None)
+        stored = final or next(row for row in rows if row["attempt"] == state.attempt)
+        if stored["attempt"] != state.attempt:
+            _, state = self._state_from_rows(request, rows, stored["attempt"])
+        return self.recorded_attempt(state, stored)
+
+    def recorded_attempt(self, state: react.ReactState, stored: dict[str, Any]) -> AttemptOutcome:
+        """The outcome of an attempt already recorded (``stored`` is its row), decided as it was then."""
+        scored = _stored_score(stored)
         summary = _summary(state.attempt, scored)
-        # A final failed row ends the run whatever the budget says (it may have been a fatal error).
-        decision = react.next_step(state, summary, fatal=stored["final"] and not stored["success"])
-        output = _from_text(stored["output"])
-        return AttemptOutcome(scored, output, elapsed_ms, decision, False, stored["token_usage"])
+        # A final failed row before the budget was spent was a fatal error: it ends the run without evolving.
+        fatal = stored["final"] and not stored["success"] and state.attempt < state.max_iterations
+        decision = react.next_step(state, summary, fatal=fatal)
+        # The final attempt's exact output (types kept); the bounded text preview only for older rows.
+        output = stored["result"] if stored["result"] is not None else _from_text(stored["output"])
+        version = Version(
+            stored["variation_id"], parse_variation(self._content(stored["variation_id"])), stored["test_id"], stored["arm"]
+        )
+        return AttemptOutcome(
+            scored, output, stored["execution_time_ms"], decision, False, stored["token_usage"], version=version
+        )
 
     def result(
         self, request: RunRequest, version: Version, run_id: str, outcome: AttemptOutcome
     ) -> dict[str, Any]:
         """The run's result as the seed shaped it, plus the ReAct metadata and the version that ran."""
+        version = outcome.version or version
         return {
             "execution_id": run_id,
             "skill_name": request.skill_name,
@@ -395,6 +425,26 @@ class SkillRunner:
             while len(self._variations) > MAX_CACHED_VARIATIONS:
                 self._variations.pop(next(iter(self._variations)))
         return known
+
+
+def _check_same_request(request: RunRequest, run_id: str, rows: list[dict[str, Any]]) -> None:
+    recorded = next((row["request_digest"] for row in rows if row["request_digest"] is not None), None)
+    if recorded is not None and recorded != request.digest:
+        raise InvalidRunError(
+            f"run id {run_id} is already recorded with other arguments (skill, agent, context, force or "
+            "assignment key); send a new run id"
+        )
+
+
+def _stored_score(row: Mapping[str, Any]) -> Score:
+    return Score(
+        step_results=list(row["step_results"]),
+        pattern_fidelity=row["pattern_fidelity"],
+        failed_at_step=row["failed_at_step"],
+        error=row["error"],
+        success=row["success"],
+        execution_success=row["execution_success"],
+    )
 
 
 def _summary(attempt: int, scored: Score) -> react.AttemptSummary:

@@ -23,10 +23,12 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypedDict, cast
 
 import jsonschema
 
+from worker.agents.isolation import ChildDied, ChildTimeout, call_in_child
 from worker.agents.python import load_entrypoint
 from worker.agents.timing import describe_error, trim
 from worker.skills import Skill, StepCheck
@@ -34,6 +36,8 @@ from worker.skills import Skill, StepCheck
 MAX_DETAIL_CHARS = 300
 AGENT_FAILED_DETAIL = "not checked: the agent failed"
 _NOT_JSON = object()
+# Checks that run code which may not end: scored in a killable child (score_within).
+CODE_CHECKS = frozenset({"python", "regex"})
 
 
 class StepResult(TypedDict):
@@ -101,6 +105,26 @@ def score(skill: Skill, output: object, error: str | None, threshold: float) -> 
         success=error is None and fidelity >= threshold,
         execution_success=error is None,
     )
+
+
+def score_within(skill: Skill, output: object, error: str | None, threshold: float, time_limit: float) -> Score:
+    """:func:`score`, in a child process killed after ``time_limit`` seconds when a check runs code that may
+    not end (a ``python:`` check, a backtracking ``regex``); a timed-out scoring fails every step.
+
+    :param time_limit: seconds the checks may take.
+    """
+    if error is not None or not any(step.kind in CODE_CHECKS for step in skill.steps):
+        return score(skill, output, error, threshold)
+    for step in skill.steps:
+        if step.kind == "python":
+            load_entrypoint(step.argument)  # imported once in the worker, not in every child
+    try:
+        scored: Score = call_in_child(partial(score, skill, output, error, threshold), time_limit)
+    except ChildTimeout as timeout:
+        return score(skill, None, f"scoring {timeout}", threshold)
+    except ChildDied as died:
+        return score(skill, None, f"scoring failed: {died}", threshold)
+    return scored
 
 
 def run_check(step: StepCheck, output: object) -> StepResult:

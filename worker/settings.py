@@ -67,6 +67,8 @@ class Settings(BaseSettings):
         running test; a promotion reaches every worker within this (0: read on every run).
     :param evolve_cooldown_seconds: least time between two evolutions of one skill.
     :param evolve_failure_window: how many recent failed runs the evolver learns from.
+    :param outbox_sweep_seconds: period of the beat task that enqueues the evolutions failed runs stored
+        (the outbox): the longest an evolution waits when its run could not enqueue it.
     :param llm_base_url: OpenAI-compatible server for the ``llm`` agent and evolver.
     :param llm_model: default model name.
     :param llm_api_key: API key; never logged, never in kwargs or rows.
@@ -102,6 +104,7 @@ class Settings(BaseSettings):
     production_cache_seconds: float = 2.0
     evolve_cooldown_seconds: float = 30.0
     evolve_failure_window: int = 20
+    outbox_sweep_seconds: float = 10.0
     llm_base_url: str = "http://127.0.0.1:11434/v1"
     llm_model: str = "llama3.1"
     llm_api_key: SecretStr = SecretStr("")

@@ -55,6 +55,8 @@ MAX_SKILL_CHARS = 200_000
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 MAX_NAME_CHARS = 100
 STEP_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# skill_outcomes.failed_at_step is 128 characters wide: a longer id could be parsed but never recorded.
+MAX_STEP_ID_CHARS = 128
 ENTRYPOINT_PATTERN = re.compile(
     r"(?P<module>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*):(?P<function>[A-Za-z_][A-Za-z0-9_]*)"
 )
@@ -592,8 +594,12 @@ class _FrontMatter:
             self.fail((*path, "id"), "missing required field")
         step_id = raw["id"]
         # YAML reads `id: 1` as an int; ids are names, so say so rather than silently converting.
-        if not isinstance(step_id, str) or not STEP_ID_PATTERN.fullmatch(step_id):
-            self.fail((*path, "id"), f"expected a name of letters, digits, '_', '.', '-', got {step_id!r}")
+        if not isinstance(step_id, str) or not STEP_ID_PATTERN.fullmatch(step_id) or len(step_id) > MAX_STEP_ID_CHARS:
+            self.fail(
+                (*path, "id"),
+                f"expected a name of letters, digits, '_', '.', '-' of at most {MAX_STEP_ID_CHARS} characters, "
+                f"got {step_id[:MAX_STEP_ID_CHARS + 10] if isinstance(step_id, str) else step_id!r}",
+            )
         description = raw.get("description")
         if description is not None and not isinstance(description, str):
             self.fail((*path, "description"), f"expected a string, got {description!r}")

@@ -99,7 +99,9 @@ def dashboard(
 @user_errors
 def exporter(
     port: int = typer.Option(9808, min=1, max=65535, metavar="PORT", help="TCP port of /metrics."),
-    address: str = typer.Option("0.0.0.0", metavar="ADDRESS", help="Interface to listen on."),
+    address: str = typer.Option(
+        "127.0.0.1", metavar="ADDRESS", help="Interface to listen on (0.0.0.0: every interface)."
+    ),
     window: int = typer.Option(
         100, min=1, metavar="RUNS", help="Latest finished runs per skill behind the fidelity gauges."
     ),

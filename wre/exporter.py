@@ -33,7 +33,8 @@ from db.memory import PatternMemory
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 9808
-DEFAULT_ADDRESS = "0.0.0.0"
+# Loopback unless told otherwise: the metrics name skills and tests; compose passes --address 0.0.0.0.
+DEFAULT_ADDRESS = "127.0.0.1"
 PREFIX = "wre"
 EVOLUTIONS_COUNTER = "evolutions_triggered"
 SKILL = ["skill"]

@@ -167,3 +167,29 @@ def test_many_threads_count_exactly(fresh: tuple[PatternMemory, Calls]) -> None:
     for thread in threads:
         thread.join()
     assert store.get_counters([name, f"{name}_twice"]) == {name: 400, f"{name}_twice": 800}
+
+
+def test_run_figures_read_per_skill_counters_not_outcomes(memory: PatternMemory) -> None:
+    """A scrape's run figures come from counters the recording statement keeps: exact, and never a scan of
+    the outcomes (so they cost the same at 10 or 10 million outcomes)."""
+    from db.figures import run_figures
+
+    memory.register_skill("s", "---\nname: s\n---\n", default_agent="python")
+    two_attempts = [replace(_outcome("run-a"), final=False, success=False), replace(_outcome("run-a"), attempt=2)]
+    for outcome in [*two_attempts, replace(_outcome("run-b"), success=False), _outcome("run-c")]:
+        assert memory.record_attempt(outcome)
+    assert not memory.record_attempt(_outcome("run-c"))  # a redelivery counts nothing twice
+    statements: list[str] = []
+
+    def seen(*args: Any) -> None:
+        statements.append(str(args[2]))
+
+    event.listen(memory.engine, "before_cursor_execute", seen)
+    try:
+        figures = run_figures(memory)["s"]
+    finally:
+        event.remove(memory.engine, "before_cursor_execute", seen)
+    assert (figures.attempts, figures.runs, figures.failed_runs, figures.runs_retried, figures.retries) == (
+        4, 3, 1, 1, 1,
+    )  # fmt: skip
+    assert statements and not any("skill_outcomes" in statement for statement in statements)

@@ -146,3 +146,15 @@ def test_the_entry_point_answers(env: dict[str, str]) -> None:
     """`python -m wre` and its help (every command's help is checked in process, test_cli_in_process.py)."""
     done = wre(env, "--help")
     assert done.returncode == 0 and "Usage" in done.stdout and "result" in done.stdout
+
+
+def test_skill_add_refuses_a_time_limit_past_the_visibility_timeout(
+    memory: PatternMemory, database_url: str, broker_url: str
+) -> None:
+    # 60 s x 3 attempts reaches a 100 s visibility timeout: the broker would hand the run to a second worker.
+    env = service_env(database_url, broker_url, COLUMNS="200", WRE_VISIBILITY_TIMEOUT_SECONDS="100")
+    added = wre(env, "skill", "add", "skills/llm_summarize.md")
+    assert added.returncode == 1
+    message = (added.stdout + added.stderr).strip()
+    assert "visibility timeout" in message and "WRE_VISIBILITY_TIMEOUT_SECONDS" in message
+    assert memory.list_skills() == []

@@ -94,7 +94,7 @@ CASES: list[tuple[list[str], str]] = [
     (["ab", "show", "99"], "unknown A/B test"),
     (["ab", "show", "x"], "TEST_ID"),
     (["ab", "start", "nope", "feedfeedfeedfeed"], "unknown skill"),
-    (["ab", "start", "summarize_ticket", "feedfeedfeedfeed"], "is not a variation of skill"),
+    (["ab", "start", "summarize_ticket", "feedfeedfeedfeed"], "neither a skill file nor a known variation id"),
     (["ab", "start", "summarize_ticket", "feedfeedfeedfeed", "--policy", "foo"], "foo"),
     (["ab", "stop", "7"], "not open"),
     (["ab", "rollback", "nope"], "unknown skill"),

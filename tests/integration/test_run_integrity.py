@@ -8,9 +8,8 @@ import pytest
 
 from db.memory import PatternMemory
 from tests.integration.skills_for_tests import python_skill
-from worker import react
 from worker.registry import register_skill_text
-from worker.runner import InvalidRunError, SkillRunner, choose_arm
+from worker.runner import InvalidRunError, SkillRunner
 from worker.settings import Settings
 
 
@@ -62,25 +61,69 @@ def _with_test(memory: PatternMemory) -> tuple[str, str, int]:
     return control, treatment, memory.schedule_ab_test("ab", control, treatment)
 
 
-def test_a_forged_react_state_is_refused(runner: SkillRunner, memory: PatternMemory) -> None:
-    control, treatment, test_id = _with_test(memory)
-    register_skill_text(memory, python_skill("other", "echo"))
-    foreign, _ = memory.get_production("other")
+def test_a_forged_attempt_is_refused(runner: SkillRunner, memory: PatternMemory) -> None:
+    """Attempt N > 1 exists only after a recorded, unfinished attempt N-1 of the same run."""
+    _with_test(memory)
+    register_skill_text(memory, python_skill("fails", "always_fails"))
     request = runner.validate({"skill_name": "ab", "input_context": {}})
-    arm = choose_arm(test_id, "run-x")
-    wrong_arm = "control" if arm == "treatment" else "treatment"
-    wrong_version = control if wrong_arm == "control" else treatment
-    forged = [
-        react.start(3, 0.9, True, variation_id=foreign),
-        react.start(3, 0.9, True, variation_id=wrong_version, arm=wrong_arm, test_id=test_id),
-        react.start(3, 0.9, True, variation_id=control, arm="control", test_id=test_id + 99),
-    ]
-    for state in forged:
-        with pytest.raises(InvalidRunError):
-            runner.version_from_state(request, state, "run-x")
-    honest_version = treatment if arm == "treatment" else control
-    honest = react.start(3, 0.9, True, variation_id=honest_version, arm=arm, test_id=test_id)
-    assert runner.version_from_state(request, honest, "run-x").variation_id == honest_version
+    with pytest.raises(InvalidRunError, match="forged"):
+        runner.resume(request, "run-never-started", 2)  # no attempt 1: it would skip the running test
+    version, state, recorded = runner.resume(request, "run-x", 1, read_store=False)
+    assert recorded is None and version.test_id is not None  # an honest first attempt is routed
+    finished = runner.attempt(request, version, state, "run-x")
+    assert finished.decision.action == "finish_success"
+    with pytest.raises(InvalidRunError, match="forged"):
+        runner.resume(request, "run-x", 2)  # after its final attempt, a run has no attempt 2
+    failing = runner.validate({"skill_name": "fails", "input_context": {}})
+    version, state, _ = runner.resume(failing, "run-y", 1, read_store=False)
+    assert runner.attempt(failing, version, state, "run-y").decision.action == "retry"
+    with pytest.raises(InvalidRunError, match="forged"):
+        runner.resume(failing, "run-y", 3)  # attempt 2 is not recorded yet
+    version_2, state_2, recorded_2 = runner.resume(failing, "run-y", 2)
+    assert recorded_2 is None and version_2.variation_id == version.variation_id
+    assert state_2.attempt == 2 and [a.attempt for a in state_2.attempts] == [1]
+
+
+def test_a_reused_run_id_with_other_arguments_is_refused(runner: SkillRunner, memory: PatternMemory) -> None:
+    register_skill_text(memory, python_skill("echo", "echo"))
+    register_skill_text(memory, python_skill("other", "echo"))
+    first = runner.validate({"skill_name": "echo", "input_context": {"text": "one"}})
+    version, state, _ = runner.resume(first, "run-r", 1, read_store=False)
+    runner.attempt(first, version, state, "run-r")
+    for kwargs in (
+        {"skill_name": "echo", "input_context": {"text": "two"}},
+        {"skill_name": "other", "input_context": {"text": "one"}},
+        {"skill_name": "echo", "input_context": {"text": "one"}, "assignment_key": "k"},
+    ):
+        other = runner.validate(kwargs)
+        with pytest.raises(InvalidRunError, match="other arguments"):
+            runner.resume(other, "run-r", 1)
+        with pytest.raises(InvalidRunError, match="other arguments"):  # also when the agent ran first
+            runner.attempt(other, version, runner.start_state(other, version), "run-r")
+    assert len(memory.run_outcomes("run-r")) == 1
+
+
+@pytest.mark.parametrize(("entrypoint", "context"), [("long_answer", {"chars": 12_000}), ("json_text", {})])
+def test_a_repeated_run_answers_exactly_from_the_store(
+    runner: SkillRunner, memory: PatternMemory, entrypoint: str, context: dict[str, object]
+) -> None:
+    register_skill_text(memory, python_skill("exact", entrypoint, threshold=0.0))
+    request = runner.validate({"skill_name": "exact", "input_context": context})
+    version, state, _ = runner.resume(request, "run-e", 1, read_store=False)
+    first = runner.attempt(request, version, state, "run-e")
+    original = runner.result(request, version, "run-e", first)
+    # The same run id and arguments again: answered from the store, the agent's output exactly.
+    version, state, recorded = runner.resume(request, "run-e", 1)
+    assert recorded is not None
+    again = runner.result(request, version, "run-e", runner.recorded_attempt(state, recorded))
+    assert again["result"] == original["result"] and type(again["result"]) is type(original["result"])
+    assert json.dumps(again, sort_keys=True) == json.dumps(original, sort_keys=True)
+    # The same through the record path (the agent ran again, the insert found the row).
+    replayed = runner.attempt(request, version, state, "run-e")
+    assert replayed.recorded is False
+    assert runner.result(request, version, "run-e", replayed)["result"] == original["result"]
+    [row] = memory.run_outcomes("run-e")
+    assert len(row["output"]) < len(json.dumps(original["result"])) or entrypoint == "json_text"
 
 
 def test_replacing_production_during_a_test_is_refused(memory: PatternMemory) -> None:

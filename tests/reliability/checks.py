@@ -78,7 +78,7 @@ def unacked_deliveries(client: redis.Redis) -> list[tuple[str, int]]:
         if raw["headers"].get("task") != "wre.execute_skill":
             continue
         _args, kwargs, _embed = message_body(raw)
-        attempt = int((kwargs.get("react") or {}).get("attempt", 1))
+        attempt = int(raw["headers"].get("wre_attempt") or 1)
         deliveries.append((str(raw["headers"]["id"]), attempt))
     return deliveries
 

@@ -74,8 +74,9 @@ BAD_KWARGS: list[tuple[str, dict[str, Any], str]] = [
     ("force not a bool", {"skill_name": "echo", "input_context": {}, "force": "yes"}, "force must be"),
     ("assignment key too long", {"skill_name": "echo", "input_context": {}, "assignment_key": "k" * 300}, "assignment_key"),
     ("context fails the input schema", {"skill_name": "needs_text", "input_context": {}}, "input schema"),
-    ("forged ReAct state", {"skill_name": "echo", "input_context": {}, "react": {"attempt": 99}}, "react state is malformed"),
-    ("forged infra-retry count", {"skill_name": "echo", "input_context": {}, "_infra_retries": "x"}, "_infra_retries"),
+    ("forged ReAct state", {"skill_name": "echo", "input_context": {}, "react": {"attempt": 99}}, "unknown argument 'react'"),
+    ("forged infra-retry count", {"skill_name": "echo", "input_context": {}, "_infra_retries": "x"}, "unknown argument '_infra_retries'"),
+    ("skill name too long", {"skill_name": "s" * 129, "input_context": {}}, "at most 128"),
 ]  # fmt: skip
 
 

@@ -59,3 +59,9 @@ def check_not_bool(output: object) -> object:
 def slow(context: dict[str, Any]) -> object:
     time.sleep(0.05)
     return "done"
+
+
+def check_spins(output: object) -> bool:
+    """A custom check that never ends (and burns a core while it runs)."""
+    while True:
+        pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from worker.agents import (
     load_entrypoint,
     run_attempt,
 )
+from worker.agents.isolation import close_child
 from worker.agents.simulated import SIMULATED_MARKER, attempt_seed
 from worker.scoring import score
 from worker.settings import get_settings
@@ -34,8 +36,12 @@ TIME_LIMIT = 5.0
 
 
 @pytest.fixture(autouse=True)
-def allow_fixture_module(monkeypatch: pytest.MonkeyPatch) -> None:
+def allow_fixture_module(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(get_settings(), "python_skill_modules", ["skills", FIXTURES])
+    # The skill's code runs in a child forked with the settings of its time: fork it with these.
+    close_child()
+    yield
+    close_child()
 
 
 @pytest.fixture
@@ -161,11 +167,31 @@ def test_infrastructure_errors_are_re_raised() -> None:
 
 
 @pytest.mark.usefixtures("released")
-def test_timeout_abandons_the_thread() -> None:
+def test_a_timed_out_python_agent_is_killed() -> None:
+    close_child()
+    threads = threading.active_count()
     result = run(python_skill("sleep"), time_limit=0.1)
     assert result.output is None
     assert result.error == "timed out after 0.1s"
     assert 100 <= result.elapsed_ms < 2000
+    # Nothing left behind: no thread, and the child is killed and reaped (no child process at all).
+    assert threading.active_count() == threads
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
+    assert run(python_skill("echo")).error is None  # and the next attempt gets a fresh child
+
+
+@pytest.mark.usefixtures("released")
+def test_other_agents_time_out_in_an_abandoned_thread() -> None:
+    class Waiting:
+        name = "waiting"
+
+        def run(self, skill: Skill, context: dict[str, Any], attempt: AttemptInfo) -> object:
+            fixture_entrypoints.RELEASE.wait(5)
+            return "late"
+
+    result = run_attempt(Waiting(), python_skill("echo"), {}, attempt(), 0.1)
+    assert result.error == "timed out after 0.1s"
     assert any(thread.name.startswith("wre-attempt-") and thread.daemon for thread in threading.enumerate())
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from worker.scoring import AGENT_FAILED_DETAIL, run_check, score
+from worker.agents.isolation import close_child
+from worker.scoring import AGENT_FAILED_DETAIL, run_check, score, score_within
 from worker.settings import get_settings
 from worker.skills import Skill, StepCheck, parse_skill
 
@@ -15,8 +18,12 @@ FIXTURES = "tests.unit.fixture_entrypoints"
 
 
 @pytest.fixture(autouse=True)
-def allow_fixture_module(monkeypatch: pytest.MonkeyPatch) -> None:
+def allow_fixture_module(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(get_settings(), "python_skill_modules", ["skills", FIXTURES])
+    # The skill's code runs in a child forked with the settings of its time: fork it with these.
+    close_child()
+    yield
+    close_child()
 
 
 def skill_with(*expects: str) -> Skill:
@@ -185,3 +192,22 @@ def test_score_to_dict_is_json() -> None:
 def test_long_details_are_trimmed() -> None:
     result = run_check(skill_with("{equals: x}").steps[0], "y" * 5000)
     assert len(result["detail"]) <= 300
+
+
+@pytest.mark.parametrize(
+    ("expect", "output"),
+    [(f"{{python: '{FIXTURES}:check_spins'}}", {"a": 1}), ("{regex: '^(a+)+$'}", "a" * 40 + "b")],
+)
+def test_a_check_that_never_ends_is_killed_at_the_limit(expect: str, output: object) -> None:
+    close_child()
+    scored = score_within(skill_with(expect), output, None, 1.0, time_limit=0.3)
+    assert scored.error == "scoring timed out after 0.3s"
+    assert scored.pattern_fidelity == 0.0 and not scored.success
+    with pytest.raises(ChildProcessError):  # the child is killed and reaped: no child process left
+        os.waitpid(-1, os.WNOHANG)
+
+
+def test_scoring_in_a_child_gives_the_same_verdicts() -> None:
+    skill = skill_with("{regex: 'b+'}", f"{{python: '{FIXTURES}:always_true'}}", "{key: a}")
+    for output in ({"a": "bbb"}, {"a": ""}, "text"):
+        assert score_within(skill, output, None, 0.5, time_limit=5) == score(skill, output, None, 0.5)

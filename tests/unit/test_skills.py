@@ -216,6 +216,7 @@ MALFORMED: list[tuple[Callable[[str], str], int, str, str]] = [
         "duplicate step id 'first'",
     ),
     (lambda t: t.replace("  - id: second\n", "  - id: 7\n"), 12, "steps[1].id", "expected a name"),
+    (lambda t: t.replace("  - id: second\n", f"  - id: {'s' * 129}\n"), 12, "steps[1].id", "at most 128"),
     (
         lambda t: t.replace("  - id: second\n", "  - id: second\n    expct: 1\n"),
         13,

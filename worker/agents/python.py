@@ -58,6 +58,14 @@ class PythonAgent:
     """
 
     name = "python"
+    # The skill's own code: run in a child process that is killed at the time limit (worker/agents/timing.py).
+    isolated = True
+
+    def prepare(self, skill: Skill) -> None:
+        """Import the entrypoint in the worker, before the attempt's child is forked: each child then starts
+        with it imported instead of importing it again (and the import is checked, as at run time)."""
+        if skill.entrypoint is not None:
+            load_entrypoint(skill.entrypoint)
 
     def run(self, skill: Skill, context: dict[str, Any], attempt: AttemptInfo) -> object:
         """Call the skill's entrypoint.

@@ -7,11 +7,13 @@ import math
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from worker.skills import Skill
 
 from .base import Agent, AgentConfigurationError, AgentInfrastructureError, AgentReply, AttemptInfo
+from .isolation import ChildTimeout, call_in_child
 
 MAX_ERROR_CHARS = 500
 ELLIPSIS = "…"
@@ -80,6 +82,19 @@ def run_attempt(
         raise ValueError(f"time_limit must be a positive number of seconds, got {time_limit!r}")
     if math.isinf(time_limit):
         raise ValueError("time_limit must be finite")
+    started = time.perf_counter()
+    if getattr(agent, "isolated", False):
+        # The skill's own code runs in a child that is killed at the limit (worker/agents/isolation.py).
+        try:
+            prepare = getattr(agent, "prepare", None)
+            if prepare is not None:
+                prepare(skill)
+            outcome_value: object = call_in_child(partial(agent.run, skill, context, attempt), time_limit)
+        except ChildTimeout as timeout:
+            return AgentResult(None, str(timeout), (time.perf_counter() - started) * 1000.0)
+        except BaseException as exc:  # the skill's exception, re-raised from the child
+            return _failed(exc, (time.perf_counter() - started) * 1000.0)
+        return _finished(outcome_value, (time.perf_counter() - started) * 1000.0)
     outcome = _Outcome()
 
     def target() -> None:
@@ -88,25 +103,34 @@ def run_attempt(
         except BaseException as exc:  # everything the agent raises is reported, SystemExit too
             outcome.exception = exc
 
-    # A thread, because Celery's soft time limits are signals that thread pools (and the embedded runner)
-    # never get, and because a thread is what we can stop waiting for portably. It cannot be killed: on
-    # timeout it is abandoned (a daemon, so it never holds the process open) and its late output is ignored.
+    # Agents that do not run the skill's own code (an LLM call, bounded by its HTTP deadline within the time
+    # limit; the simulation) run in a thread: Celery's soft time limits are signals that thread pools (and
+    # the embedded runner) never get. A thread cannot be killed: on timeout it is abandoned (a daemon) and
+    # its late output is ignored, which is why the python agent runs in a killable child instead.
     thread = threading.Thread(
         target=target, name=f"wre-attempt-{attempt.run_id}-{attempt.attempt}", daemon=True
     )
-    started = time.perf_counter()
     thread.start()
     thread.join(time_limit)
     elapsed_ms = (time.perf_counter() - started) * 1000.0
     if thread.is_alive():
         return AgentResult(None, f"timed out after {time_limit:g}s", elapsed_ms)
-    if isinstance(outcome.exception, AgentInfrastructureError):
-        raise outcome.exception
-    if isinstance(outcome.exception, AgentConfigurationError):
-        return AgentResult(None, describe_error(outcome.exception), elapsed_ms, fatal=True)
     if outcome.exception is not None:
-        return AgentResult(None, describe_error(outcome.exception), elapsed_ms)
-    output, usage = outcome.output, None
+        return _failed(outcome.exception, elapsed_ms)
+    return _finished(outcome.output, elapsed_ms)
+
+
+def _failed(exception: BaseException, elapsed_ms: float) -> AgentResult:
+    """An agent's exception as the attempt's error (fatal for a configuration error); infrastructure: raised."""
+    if isinstance(exception, AgentInfrastructureError):
+        raise exception
+    if isinstance(exception, AgentConfigurationError):
+        return AgentResult(None, describe_error(exception), elapsed_ms, fatal=True)
+    return AgentResult(None, describe_error(exception), elapsed_ms)
+
+
+def _finished(output: object, elapsed_ms: float) -> AgentResult:
+    usage = None
     if isinstance(output, AgentReply):
         usage = output.usage
         output = output.output
