@@ -353,10 +353,10 @@ def policies_for(scenario: Scenario, mixing_sd: float = policies.MIXING_SD) -> d
     }
 
 
-def chunks(total: int) -> Iterator[int]:
+def chunks(total: int, chunk: int = CHUNK) -> Iterator[int]:
     done = 0
     while done < total:
-        size = min(CHUNK, total - done)
+        size = min(chunk, total - done)
         yield size
         done += size
 

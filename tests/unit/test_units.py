@@ -28,7 +28,7 @@ params = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(control=arm, treatment=arm, extra=params)
 def test_single_trial_units_decide_as_counts(
     control: tuple[int, int], treatment: tuple[int, int], extra: dict[str, float]
