@@ -41,9 +41,9 @@ def service_env(database_url: str, broker_url: str, **overrides: str) -> dict[st
     return env
 
 
-def broker_app(database_url: str, broker_url: str) -> Celery:
+def broker_app(database_url: str, broker_url: str, result_backend: str = "") -> Celery:
     """A Celery app in the test process that talks to the test broker (to send and to inspect)."""
-    return create_app(Settings(database_url=database_url, broker_url=broker_url))
+    return create_app(Settings(database_url=database_url, broker_url=broker_url, result_backend=result_backend))
 
 
 class Process:

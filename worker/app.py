@@ -1,9 +1,10 @@
 """The Celery app: ``celery -A worker.app worker|beat|flower``.
 
 JSON only, late acks with redelivery when a worker dies, one prefetched message per process (skill runs are
-long), task events on for Flower, two queues: ``skills`` for runs and ``maintenance`` for evolution and the
-beat task. The scheduler's tasks are included by module name and the beat entry names its task as data:
-worker/ never imports scheduler/.
+long), task events on for Flower, two queues named by settings (``skills`` for runs and ``maintenance`` for
+evolution and the beat task, both behind ``WRE_QUEUE_PREFIX``). Every message is checked before Celery
+unpacks it (worker/messages.py). The scheduler's tasks are included by module name and the beat entry names
+its task as data: worker/ never imports scheduler/.
 """
 
 from __future__ import annotations
@@ -13,10 +14,14 @@ from typing import Any
 from celery import Celery
 from kombu import Exchange, Queue  # type: ignore[attr-defined]
 
+from worker.messages import (
+    DEAD_LETTER_QUEUE_KEY,
+    ENVELOPE_ALLOWANCE_BYTES,
+    MAX_BODY_BYTES_KEY,
+    DeadLetterQueue,
+)
 from worker.settings import Settings, get_settings
 
-SKILLS_QUEUE = "skills"
-MAINTENANCE_QUEUE = "maintenance"
 # Redis redelivers an unacked message after the visibility timeout (WRE_VISIBILITY_TIMEOUT_SECONDS, default
 # 3600). It must exceed any countdown wre uses and any attempt's time limit, or a message would be delivered
 # twice; see Settings.visibility_timeout_seconds.
@@ -29,12 +34,36 @@ RESULT_EXPIRES_SECONDS = 24 * 3600
 # about a minute in all) instead of turning a run that succeeded into a FAILURE result (docs/RELIABILITY.md).
 RESULT_STORE_RETRIES = 20
 TASK_MODULES = ["worker.tasks", "scheduler.tasks"]
+EXECUTE_TASK = "wre.execute_skill"
+EVOLVE_TASK = "wre.evolve_skill"
 EVALUATE_TASK = "wre.evaluate_ab_tests"
+# Every task checks its messages before Celery's request code unpacks them (worker/messages.py).
+TASK_CLASS = "worker.messages:CheckedTask"
+
+
+def is_amqp(broker_url: str) -> bool:
+    return broker_url.split("://", 1)[0] in ("amqp", "amqps", "pyamqp")
+
+
+def task_queues(settings: Settings) -> list[Queue]:
+    """The two queues. On RabbitMQ a rejected message goes to the dead-letter queue (and quorum queues are
+    declared as such); Redis has neither, so its queues take no arguments."""
+    arguments: dict[str, Any] = {}
+    if is_amqp(settings.broker_url):
+        arguments = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": settings.dead_letter_queue_name}
+        if settings.queue_type == "quorum":
+            arguments["x-queue-type"] = "quorum"
+    # Each queue on its own exchange and routing key: a message published for one can never land in both.
+    return [
+        Queue(name, Exchange(name), routing_key=name, queue_arguments=arguments or None)
+        for name in (settings.skills_queue_name, settings.maintenance_queue_name)
+    ]
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """The app's configuration for ``settings`` (a pure function, so tests can read it)."""
     visibility = settings.visibility_timeout_seconds
+    skills, maintenance = settings.skills_queue_name, settings.maintenance_queue_name
     transport_options: dict[str, Any] = {
         "visibility_timeout": visibility,
         "unacked_restore_interval": max(1.0, min(MAX_RESTORE_INTERVAL_SECONDS, visibility / 4)),
@@ -47,7 +76,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_url": settings.broker_url,
         "result_backend": settings.effective_result_backend,
         "result_expires": RESULT_EXPIRES_SECONDS,
-        "result_extended": True,
+        # Off: an extended result keeps the run's kwargs (its whole input context) in the backend for a day.
+        "result_extended": False,
         "result_backend_always_retry": True,
         "result_backend_max_retries": RESULT_STORE_RETRIES,
         "task_serializer": "json",
@@ -63,35 +93,38 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "task_track_started": True,
-        "task_default_queue": SKILLS_QUEUE,
-        # Each queue on its own exchange and routing key: a message published for one can never land in both.
-        "task_queues": [
-            Queue(name, Exchange(name), routing_key=name) for name in (SKILLS_QUEUE, MAINTENANCE_QUEUE)
-        ],
+        "task_default_queue": skills,
+        "task_queues": task_queues(settings),
         "task_routes": {
-            "wre.execute_skill": {"queue": SKILLS_QUEUE},
-            "wre.evolve_skill": {"queue": MAINTENANCE_QUEUE},
-            EVALUATE_TASK: {"queue": MAINTENANCE_QUEUE},
+            EXECUTE_TASK: {"queue": skills},
+            EVOLVE_TASK: {"queue": maintenance},
+            EVALUATE_TASK: {"queue": maintenance},
         },
         "beat_schedule": {
             "evaluate-ab-tests": {
                 "task": EVALUATE_TASK,
                 "schedule": settings.ab_eval_seconds,
                 # A round that waited longer than one period is stale: the next one supersedes it.
-                "options": {"expires": settings.ab_eval_seconds, "queue": MAINTENANCE_QUEUE},
+                "options": {"expires": settings.ab_eval_seconds, "queue": maintenance},
             }
         },
         "timezone": "UTC",
+        MAX_BODY_BYTES_KEY: settings.max_context_bytes + ENVELOPE_ALLOWANCE_BYTES,
+        DEAD_LETTER_QUEUE_KEY: settings.dead_letter_queue_name if is_amqp(settings.broker_url) else None,
     }
 
 
 def create_app(settings: Settings | None = None) -> Celery:
-    celery = Celery("wre", include=TASK_MODULES)
+    celery = Celery("wre", include=TASK_MODULES, task_cls=TASK_CLASS)
     celery.conf.update(celery_config(settings or get_settings()))
+    celery.steps["consumer"].add(DeadLetterQueue)
     return celery
 
 
 app = create_app()
+# This process's queue names (the settings it was started with); another app's are in its conf.task_routes.
+SKILLS_QUEUE = get_settings().skills_queue_name
+MAINTENANCE_QUEUE = get_settings().maintenance_queue_name
 # The process's app is wre's, in every thread: signatures that Celery builds without an explicit app (a
 # retry's, for one) would otherwise fall back to a default app with a default broker when the worker runs
 # embedded in another program's thread.

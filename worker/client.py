@@ -1,6 +1,7 @@
 """Producers: enqueue a skill run from any Python process that has wre installed.
 
-Producers without wre send by name: ``app.send_task("wre.execute_skill", kwargs={...})`` — kwargs only, JSON.
+Producers without wre send by name: ``app.send_task("wre.execute_skill", queue="skills", kwargs={...})`` —
+kwargs only, JSON, and the queue named (``WRE_QUEUE_PREFIX`` + ``skills`` unless configured otherwise).
 """
 
 from __future__ import annotations
@@ -10,10 +11,8 @@ from typing import Any
 from celery import Celery
 from celery.result import AsyncResult
 
-from worker.app import SKILLS_QUEUE
+from worker.app import EXECUTE_TASK as EXECUTE_TASK
 from worker.app import app as default_app
-
-EXECUTE_TASK = "wre.execute_skill"
 
 
 def enqueue_skill(
@@ -42,4 +41,8 @@ def enqueue_skill(
         kwargs["assignment_key"] = assignment_key
     if force:
         kwargs["force"] = True
-    return (app or default_app).send_task(EXECUTE_TASK, kwargs=kwargs, queue=SKILLS_QUEUE)
+    celery = app or default_app
+    # The queue this app's settings name (WRE_QUEUE_PREFIX, WRE_SKILLS_QUEUE), explicitly: without it a
+    # message would go to Celery's default queue "celery", which no wre worker consumes.
+    queue = celery.conf.task_routes[EXECUTE_TASK]["queue"]
+    return celery.send_task(EXECUTE_TASK, kwargs=kwargs, queue=queue)

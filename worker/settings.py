@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///wre.db"
@@ -20,14 +20,17 @@ REACT_MAX_ITER_BOUNDS = (1, 10)
 AB_POLICIES = ("sequential", "margin")
 DEFAULT_MAX_CONTEXT_BYTES = 256 * 1024
 DEFAULT_VISIBILITY_TIMEOUT_SECONDS = 3600.0
+# Queue names (and the prefix) as RabbitMQ and Redis both take them; RabbitMQ reserves "amq.".
+QUEUE_NAME_PATTERN = r"^[A-Za-z0-9_.:-]{0,100}$"
 
 
 class Settings(BaseSettings):
     """wre's configuration.
 
     :param database_url: SQLAlchemy URL of the store (Postgres in production, a SQLite file embedded).
-    :param broker_url: Celery broker URL (Redis in production).
-    :param result_backend: Celery result backend; empty means "same Redis as the broker" (``disabled`` for none).
+    :param broker_url: Celery broker URL: ``redis://`` or ``amqp://`` (RabbitMQ); docs/OPERATIONS.md compares them.
+    :param result_backend: Celery result backend; empty means the broker's Redis, or ``rpc://`` (results sent
+        back to their producer) on RabbitMQ; ``disabled`` for none.
     :param react_mode: 1 retries low-fidelity attempts (ReAct), 0 gives every run one attempt.
     :param react_max_iter: attempts per run, clamped to 1..10.
     :param react_fidelity: default fidelity threshold of a skill, clamped to 0..1.
@@ -53,6 +56,12 @@ class Settings(BaseSettings):
         running test; a promotion reaches every worker within this (0: read on every run).
     :param evolve_cooldown_seconds: least time between two evolutions of one skill.
     :param evolve_failure_window: how many recent failed runs the evolver learns from.
+    :param queue_prefix: prepended to both queue names (``{prefix}skills``, ``{prefix}maintenance``), so that
+        two deployments can share one broker.
+    :param skills_queue: the runs' queue name; when set it replaces ``{prefix}skills``.
+    :param maintenance_queue: the evolution and beat queue's name; when set it replaces ``{prefix}maintenance``.
+    :param queue_type: RabbitMQ only: ``classic`` or ``quorum`` (replicated; declared with
+        ``x-queue-type``). An existing queue keeps the type it was declared with.
     :param llm_base_url: OpenAI-compatible server for the ``llm`` agent and evolver.
     :param llm_model: default model name.
     :param llm_api_key: API key; never logged, never in kwargs or rows.
@@ -81,6 +90,10 @@ class Settings(BaseSettings):
     production_cache_seconds: float = 2.0
     evolve_cooldown_seconds: float = 30.0
     evolve_failure_window: int = 20
+    queue_prefix: Annotated[str, Field(pattern=QUEUE_NAME_PATTERN)] = ""
+    skills_queue: Annotated[str, Field(pattern=QUEUE_NAME_PATTERN)] = ""
+    maintenance_queue: Annotated[str, Field(pattern=QUEUE_NAME_PATTERN)] = ""
+    queue_type: Literal["classic", "quorum"] = "classic"
     llm_base_url: str = "http://127.0.0.1:11434/v1"
     llm_model: str = "llama3.1"
     llm_api_key: SecretStr = SecretStr("")
@@ -92,6 +105,16 @@ class Settings(BaseSettings):
         if value not in AB_POLICIES:
             raise ValueError(f"WRE_AB_POLICY must be one of {', '.join(AB_POLICIES)}, got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _usable_queues(self) -> Settings:
+        for name in (self.skills_queue_name, self.maintenance_queue_name):
+            if name.startswith("amq."):
+                raise ValueError(f"queue name {name!r}: RabbitMQ reserves names that start with 'amq.'")
+        # One queue for both would let evolution wait behind a backlog of runs, or the reverse.
+        if self.skills_queue_name == self.maintenance_queue_name:
+            raise ValueError(f"the skills and maintenance queues must differ, both are {self.skills_queue_name!r}")
+        return self
 
     @field_validator("react_max_iter", mode="after")
     @classmethod
@@ -115,10 +138,28 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def skills_queue_name(self) -> str:
+        return self.skills_queue or f"{self.queue_prefix}skills"
+
+    @property
+    def maintenance_queue_name(self) -> str:
+        return self.maintenance_queue or f"{self.queue_prefix}maintenance"
+
+    @property
+    def dead_letter_queue_name(self) -> str:
+        """Where RabbitMQ puts the messages a worker rejected as malformed (docs/OPERATIONS.md)."""
+        return f"{self.skills_queue_name}.dead"
+
+    @property
     def effective_result_backend(self) -> str | None:
         if self.result_backend == "disabled":
             return None
-        return self.result_backend or self.broker_url
+        if self.result_backend:
+            return self.result_backend
+        # RabbitMQ stores no results: Celery's rpc backend sends each back to its producer (docs/OPERATIONS.md).
+        if self.broker_url.split("://", 1)[0] in ("amqp", "amqps", "pyamqp"):
+            return "rpc://"
+        return self.broker_url
 
 
 @lru_cache(maxsize=1)
