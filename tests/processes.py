@@ -84,9 +84,12 @@ def start_worker(
     log_dir: Path,
     concurrency: int = 4,
     pool: str = "threads",
-    queues: str = "skills,maintenance",
+    queues: str | None = None,
 ) -> Process:
-    """A real ``celery -A worker.app worker`` process; returns once it answers a ping."""
+    """A real ``celery -A worker.app worker`` process; returns once it answers a ping.
+
+    :param queues: a ``-Q`` list; by default none, so the worker consumes the queues its settings name.
+    """
     name = f"test-{uuid.uuid4().hex[:8]}@%h"
     args = [
         sys.executable,
@@ -99,8 +102,7 @@ def start_worker(
         pool,
         "-c",
         str(concurrency),
-        "-Q",
-        queues,
+        *(["-Q", queues] if queues else []),
         "-n",
         name,
         "--without-gossip",
