@@ -33,12 +33,14 @@ RESULT_EXPIRES_SECONDS = 24 * 3600
 # A result that cannot be stored while Redis is away is retried with backoff (10 ms doubling to 10 s, jittered:
 # about a minute in all) instead of turning a run that succeeded into a FAILURE result (docs/RELIABILITY.md).
 RESULT_STORE_RETRIES = 20
-TASK_MODULES = ["worker.tasks", "scheduler.tasks"]
+TASK_MODULES = ["worker.tasks", "worker.sweep", "scheduler.tasks"]
 EXECUTE_TASK = "wre.execute_skill"
 EVOLVE_TASK = "wre.evolve_skill"
 EVALUATE_TASK = "wre.evaluate_ab_tests"
+SWEEP_TASK = "wre.resend_overdue_runs"
 # Every task checks its messages before Celery's request code unpacks them (worker/messages.py).
 TASK_CLASS = "worker.messages:CheckedTask"
+DATABASE_URL_KEY = "wre_database_url"
 
 
 def is_amqp(broker_url: str) -> bool:
@@ -99,19 +101,34 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             EXECUTE_TASK: {"queue": skills},
             EVOLVE_TASK: {"queue": maintenance},
             EVALUATE_TASK: {"queue": maintenance},
+            SWEEP_TASK: {"queue": maintenance},
         },
-        "beat_schedule": {
-            "evaluate-ab-tests": {
-                "task": EVALUATE_TASK,
-                "schedule": settings.ab_eval_seconds,
-                # A round that waited longer than one period is stale: the next one supersedes it.
-                "options": {"expires": settings.ab_eval_seconds, "queue": maintenance},
-            }
-        },
+        "beat_schedule": beat_schedule(settings),
         "timezone": "UTC",
+        # The producer records each run there before sending it (worker/client.py). Celery hides settings
+        # whose name says DATABASE from `celery inspect conf` and reports.
+        DATABASE_URL_KEY: settings.database_url,
         MAX_BODY_BYTES_KEY: settings.max_context_bytes + ENVELOPE_ALLOWANCE_BYTES,
         DEAD_LETTER_QUEUE_KEY: settings.dead_letter_queue_name if is_amqp(settings.broker_url) else None,
     }
+
+
+def beat_schedule(settings: Settings) -> dict[str, Any]:
+    # A round that waited longer than one period is stale: the next one supersedes it.
+    schedule = {
+        "evaluate-ab-tests": {
+            "task": EVALUATE_TASK,
+            "schedule": settings.ab_eval_seconds,
+            "options": {"expires": settings.ab_eval_seconds, "queue": settings.maintenance_queue_name},
+        }
+    }
+    if settings.run_sweep_seconds > 0:
+        schedule["resend-overdue-runs"] = {
+            "task": SWEEP_TASK,
+            "schedule": settings.run_sweep_seconds,
+            "options": {"expires": settings.run_sweep_seconds, "queue": settings.maintenance_queue_name},
+        }
+    return schedule
 
 
 def create_app(settings: Settings | None = None) -> Celery:

@@ -6,11 +6,15 @@ kwargs only, JSON, and the queue named (``WRE_QUEUE_PREFIX`` + ``skills`` unless
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from celery import Celery
 from celery.result import AsyncResult
 
+from db.engine import get_engine
+from db.run_requests import record_request
+from worker.app import DATABASE_URL_KEY
 from worker.app import EXECUTE_TASK as EXECUTE_TASK
 from worker.app import app as default_app
 
@@ -42,7 +46,11 @@ def enqueue_skill(
     if force:
         kwargs["force"] = True
     celery = app or default_app
+    run_id = str(uuid.uuid4())
+    # Recorded before it is sent: a message the broker loses, or a publish that fails, leaves a record that
+    # the run sweep (worker/sweep.py) finds and re-sends.
+    record_request(get_engine(celery.conf[DATABASE_URL_KEY]), run_id, skill_name, kwargs)
     # The queue this app's settings name (WRE_QUEUE_PREFIX, WRE_SKILLS_QUEUE), explicitly: without it a
     # message would go to Celery's default queue "celery", which no wre worker consumes.
     queue = celery.conf.task_routes[EXECUTE_TASK]["queue"]
-    return celery.send_task(EXECUTE_TASK, kwargs=kwargs, queue=queue)
+    return celery.send_task(EXECUTE_TASK, kwargs=kwargs, queue=queue, task_id=run_id)

@@ -71,7 +71,7 @@ def message_problem(message: Message, max_body_bytes: int) -> str | None:
     if size > max_body_bytes:
         return f"the body is {size} bytes, over the limit of {max_body_bytes} (WRE_MAX_CONTEXT_BYTES + envelope)"
     try:
-        payload = message.decode()  # type: ignore[no-untyped-call]
+        payload = message.decode()
     except Exception as error:  # noqa: BLE001 - any decoding failure makes the message malformed
         return f"the body is not valid JSON: {type(error).__name__}"
     if not (
@@ -109,7 +109,7 @@ def checked_strategy(task: Task, app: Celery, consumer: Consumer, **options: Any
             (message.delivery_info or {}).get("routing_key"),
             problem,
         )
-        message.reject_log_error(log, connection_errors, requeue=False)  # type: ignore[no-untyped-call]
+        message.reject_log_error(log, connection_errors, requeue=False)
         if isinstance(task_id, str) and task_id:
             _store_failure(app, task_id, problem)
         return None
@@ -146,4 +146,4 @@ class DeadLetterQueue(bootsteps.StartStopStep):  # type: ignore[misc]
         name = consumer.app.conf.get(DEAD_LETTER_QUEUE_KEY)
         if not name:
             return
-        Queue(name, Exchange(""), routing_key=name)(connection.default_channel).declare()  # type: ignore[no-untyped-call]
+        Queue(name, Exchange(""), routing_key=name)(connection.default_channel).declare()

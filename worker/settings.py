@@ -56,6 +56,14 @@ class Settings(BaseSettings):
         running test; a promotion reaches every worker within this (0: read on every run).
     :param evolve_cooldown_seconds: least time between two evolutions of one skill.
     :param evolve_failure_window: how many recent failed runs the evolver learns from.
+    :param run_sweep_seconds: period of the beat task that re-sends overdue runs (0: no sweep).
+    :param run_overdue_seconds: a run with no final outcome and no news (no send, no outcome row) for this long
+        is overdue: the sweep re-sends it and ``wre runs stuck`` lists it. Unset: twice the visibility timeout,
+        so that a killed worker's runs come back through the broker first. It must exceed the longest a run
+        waits in the queue, or a run still queued is sent twice (which records nothing twice, but costs an
+        attempt).
+    :param run_max_resends: re-sends of one run before the sweep gives up on it (``wre runs stuck`` still
+        lists it).
     :param queue_prefix: prepended to both queue names (``{prefix}skills``, ``{prefix}maintenance``), so that
         two deployments can share one broker.
     :param skills_queue: the runs' queue name; when set it replaces ``{prefix}skills``.
@@ -90,6 +98,9 @@ class Settings(BaseSettings):
     production_cache_seconds: float = 2.0
     evolve_cooldown_seconds: float = 30.0
     evolve_failure_window: int = 20
+    run_sweep_seconds: float = Field(default=60.0, ge=0)
+    run_overdue_seconds: float | None = Field(default=None, gt=0)
+    run_max_resends: int = Field(default=3, ge=0)
     queue_prefix: Annotated[str, Field(pattern=QUEUE_NAME_PATTERN)] = ""
     skills_queue: Annotated[str, Field(pattern=QUEUE_NAME_PATTERN)] = ""
     maintenance_queue: Annotated[str, Field(pattern=QUEUE_NAME_PATTERN)] = ""
@@ -136,6 +147,10 @@ class Settings(BaseSettings):
                 return json.loads(value)
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @property
+    def effective_run_overdue_seconds(self) -> float:
+        return self.run_overdue_seconds or 2 * self.visibility_timeout_seconds
 
     @property
     def skills_queue_name(self) -> str:

@@ -8,7 +8,7 @@ import json
 import typer
 
 from worker.settings import get_settings
-from wre import ab_cmd, skill_cmd
+from wre import ab_cmd, runs_cmd, skill_cmd
 from wre.context import console, user_errors
 
 app = typer.Typer(
@@ -20,6 +20,7 @@ db_app = typer.Typer(help="The database schema (Alembic).", no_args_is_help=True
 app.add_typer(db_app, name="db")
 app.add_typer(skill_cmd.app, name="skill")
 app.add_typer(ab_cmd.app, name="ab")
+app.add_typer(runs_cmd.app, name="runs")
 
 
 @db_app.command("upgrade")
