@@ -153,3 +153,41 @@ def test_three_50_mb_contexts_leave_memory_bounded(
     )
     assert growth < MEMORY_GROWTH_BOUND_MB
     assert worker.popen.poll() is None
+
+
+def test_quorum_queues_on_rabbitmq(database_url: str, memory: PatternMemory, tmp_path: Path) -> None:
+    """WRE_QUEUE_TYPE=quorum: the queues are declared as quorum queues, two-attempt runs finish, and a
+    malformed message is dead-lettered."""
+    from tests.brokers import rabbitmq_broker, rabbitmqctl
+    from worker.app import create_app
+    from worker.settings import Settings
+
+    broker = rabbitmq_broker()
+    # The producer declares the queues it publishes to: with the same type as the worker, or RabbitMQ refuses.
+    settings = Settings(
+        database_url=database_url, broker_url=broker.url, result_backend=broker.result_backend, queue_type="quorum"
+    )
+    celery = create_app(settings)
+    register_skill_text(memory, python_skill("learner", "learns_from_feedback"))
+    env = service_env(database_url, broker.url, **broker.env(), WRE_QUEUE_TYPE="quorum")
+    try:
+        worker = start_worker(celery, env, tmp_path, concurrency=2, pool="prefork")
+        try:
+            types = rabbitmqctl("list_queues", "-p", str(broker.vhost), "--no-table-headers", "name", "type").stdout
+            assert {tuple(line.split()) for line in types.splitlines() if line.strip()} >= {
+                ("skills", "quorum"),
+                ("maintenance", "quorum"),
+            }
+            _publish(broker.url, "skills", [1], "json", _headers(str(uuid.uuid4())))
+            results = [enqueue_skill("learner", {"i": i}, app=celery) for i in range(5)]
+            outcomes = [result.get(timeout=RESULT_TIMEOUT) for result in results]
+            assert [outcome["_react_metadata"]["iterations"] for outcome in outcomes] == [2] * 5
+            assert all(outcome["success"] for outcome in outcomes)
+            wait_until(lambda: broker.held("skills.dead") == 1, timeout=10, what="the dead-lettered message")
+            assert worker.popen.poll() is None
+        finally:
+            worker.stop()
+    finally:
+        gc.collect()
+        celery.close()
+        broker.close()

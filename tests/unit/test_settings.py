@@ -45,3 +45,37 @@ def test_celery_config_is_json_only_with_late_acks() -> None:
     assert config["beat_schedule"]["evaluate-ab-tests"]["task"] == "wre.evaluate_ab_tests"
     assert config["beat_schedule"]["evaluate-ab-tests"]["options"]["expires"] > 0
     assert {q.name for q in config["task_queues"]} == {"skills", "maintenance"}
+
+
+def test_queue_names_come_from_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WRE_QUEUE_PREFIX", "acme.")
+    config = celery_config(Settings())
+    assert {q.name for q in config["task_queues"]} == {"acme.skills", "acme.maintenance"}
+    assert config["task_default_queue"] == "acme.skills"
+    assert config["task_routes"]["wre.execute_skill"] == {"queue": "acme.skills"}
+    assert {entry["options"]["queue"] for entry in config["beat_schedule"].values()} == {"acme.maintenance"}
+    monkeypatch.setenv("WRE_SKILLS_QUEUE", "runs")
+    assert Settings().skills_queue_name == "runs" and Settings().maintenance_queue_name == "acme.maintenance"
+    for bad in ({"WRE_SKILLS_QUEUE": "a b"}, {"WRE_QUEUE_PREFIX": "amq."}, {"WRE_MAINTENANCE_QUEUE": "runs"}):
+        with monkeypatch.context() as scoped:
+            for key, value in bad.items():
+                scoped.setenv(key, value)
+            with pytest.raises(ValidationError):
+                Settings()
+
+
+def test_rabbitmq_queues_dead_letter_and_may_be_quorum() -> None:
+    redis_config = celery_config(Settings(broker_url="redis://127.0.0.1:6379/3"))
+    assert all(not q.queue_arguments for q in redis_config["task_queues"])
+    assert redis_config["broker_transport"] == "worker.redis_transport:Transport"
+    amqp = Settings(broker_url="amqp://guest:guest@127.0.0.1:5672//", queue_type="quorum")
+    config = celery_config(amqp)
+    for queue in config["task_queues"]:
+        assert queue.queue_arguments == {
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": "skills.dead",
+            "x-queue-type": "quorum",
+        }
+    assert config["broker_transport"] is None
+    assert amqp.effective_result_backend == "rpc://"  # RabbitMQ stores no results
+    assert config["result_extended"] is False  # a result never keeps its kwargs
