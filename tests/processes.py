@@ -85,10 +85,12 @@ def start_worker(
     concurrency: int = 4,
     pool: str = "threads",
     queues: str | None = None,
+    gossip: bool = False,
 ) -> Process:
     """A real ``celery -A worker.app worker`` process; returns once it answers a ping.
 
     :param queues: a ``-Q`` list; by default none, so the worker consumes the queues its settings name.
+    :param gossip: gossip and mingle on, as in production (off by default: they slow every start down).
     """
     name = f"test-{uuid.uuid4().hex[:8]}@%h"
     args = [
@@ -105,8 +107,7 @@ def start_worker(
         *(["-Q", queues] if queues else []),
         "-n",
         name,
-        "--without-gossip",
-        "--without-mingle",
+        *([] if gossip else ["--without-gossip", "--without-mingle"]),
         "-l",
         "INFO",
     ]
