@@ -13,6 +13,7 @@ from typing import Any
 
 from celery import Celery
 from kombu import Exchange, Queue  # type: ignore[attr-defined]
+from kombu.transport import TRANSPORT_ALIASES
 
 from worker.messages import (
     DEAD_LETTER_QUEUE_KEY,
@@ -41,16 +42,15 @@ SWEEP_TASK = "wre.resend_overdue_runs"
 # Every task checks its messages before Celery's request code unpacks them (worker/messages.py).
 TASK_CLASS = "worker.messages:CheckedTask"
 DATABASE_URL_KEY = "wre_database_url"
-# kombu's Redis transport with the exit on a broker restart worked around (worker/redis_transport.py).
+# kombu's Redis transport with the exit on a broker restart worked around (worker/redis_transport.py), under
+# the schemes' own names: URLs stay redis://, so Flower and Celery's banner read them as Redis.
 REDIS_TRANSPORT = "worker.redis_transport:Transport"
+for _scheme in ("redis", "rediss"):
+    TRANSPORT_ALIASES[_scheme] = REDIS_TRANSPORT
 
 
 def is_amqp(broker_url: str) -> bool:
     return broker_url.split("://", 1)[0] in ("amqp", "amqps", "pyamqp")
-
-
-def is_redis(broker_url: str) -> bool:
-    return broker_url.split("://", 1)[0] in ("redis", "rediss")
 
 
 def task_queues(settings: Settings) -> list[Queue]:
@@ -82,7 +82,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         transport_options["polling_interval"] = 0.01
     return {
         "broker_url": settings.broker_url,
-        "broker_transport": REDIS_TRANSPORT if is_redis(settings.broker_url) else None,
         "result_backend": settings.effective_result_backend,
         "result_expires": RESULT_EXPIRES_SECONDS,
         # Off: an extended result keeps the run's kwargs (its whole input context) in the backend for a day.
