@@ -1,4 +1,5 @@
-"""Skill runs through a real worker process, real Redis and real Postgres."""
+"""Skill runs through a real worker process, real Postgres, on Redis and on RabbitMQ (delivery, ReAct retries
+and the evolution task all go through the broker)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 from celery import Celery
 
 from db.memory import PatternMemory
+from tests.brokers import TestBroker
 from tests.integration.skills_for_tests import python_skill
 from tests.processes import Process, broker_app, service_env, start_worker, wait_until
 from worker.client import enqueue_skill
@@ -18,15 +20,16 @@ RESULT_TIMEOUT = 30
 
 
 @pytest.fixture(scope="module")
-def app(database_url: str, broker_url: str) -> Celery:
-    return broker_app(database_url, broker_url)
+def app(database_url: str, any_broker: TestBroker) -> Celery:
+    return broker_app(database_url, any_broker.url, any_broker.result_backend)
 
 
 @pytest.fixture(scope="module")
 def worker(
-    app: Celery, database_url: str, broker_url: str, tmp_path_factory: pytest.TempPathFactory
+    app: Celery, database_url: str, any_broker: TestBroker, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Process]:
-    process = start_worker(app, service_env(database_url, broker_url), tmp_path_factory.mktemp("worker"))
+    env = service_env(database_url, any_broker.url, **any_broker.env())
+    process = start_worker(app, env, tmp_path_factory.mktemp("worker"))
     yield process
     process.stop()
 
