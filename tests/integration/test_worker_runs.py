@@ -186,16 +186,14 @@ def test_assignment_key_pins_the_arm(app: Celery, worker: Process, skills: Patte
             assert result["variation_id"] == (treatment if arm == "treatment" else control)
 
 
-def test_burst_of_failures_evolves_once(app: Celery, worker: Process, skills: PatternMemory) -> None:
+def test_burst_of_failures_evolves_once(
+    app: Celery, worker: Process, skills: PatternMemory, any_broker: TestBroker
+) -> None:
     results = [enqueue_skill("hopeless", {"i": i}, app=app) for i in range(20)]
     for result in results:
         assert result.get(timeout=60)["evolution_triggered"] is True
     wait_until(lambda: skills.get_active_ab_test("hopeless") is not None, what="one A/B test")
-    wait_until(lambda: _maintenance_idle(app), timeout=30, what="the evolve tasks to finish")
+    wait_until(lambda: any_broker.held("maintenance") == 0, timeout=30, what="the evolve tasks to finish")
     assert len(skills.list_ab_tests(skill_name="hopeless")) == 1
     assert len(skills.list_variations("hopeless")) == 2
 
-
-def _maintenance_idle(app: Celery) -> bool:
-    with app.connection_for_write() as conn:
-        return int(conn.default_channel.client.llen("maintenance")) == 0  # type: ignore[attr-defined]
