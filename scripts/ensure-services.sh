@@ -48,7 +48,7 @@ ensure_rabbitmq() {
     if ! command -v rabbitmq-server >/dev/null 2>&1 || ! command -v rabbitmqctl >/dev/null 2>&1; then
         echo "RabbitMQ is not installed: the RabbitMQ half of the broker tests will skip."
         echo "  install it:  apt-get install rabbitmq-server   (or: docker compose --profile rabbitmq up -d rabbitmq,"
-        echo "  then WRE_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:5672// and rabbitmqctl on the PATH)"
+        echo "  then WRE_TEST_AMQP_URL=amqp://127.0.0.1:5672// (guest by default) and rabbitmqctl on the PATH)"
         return 0
     fi
     rabbitmq_up && return 0

@@ -20,7 +20,8 @@ import redis
 from sqlalchemy.engine import make_url
 
 DEFAULT_TEST_BROKER_URL = "redis://127.0.0.1:6379/0"
-DEFAULT_TEST_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
+# kombu logs in as RabbitMQ's default user (guest, loopback only) when the URL names none.
+DEFAULT_TEST_AMQP_URL = "amqp://127.0.0.1:5672//"
 RABBITMQCTL_TIMEOUT_SECONDS = 60
 
 Kind = Literal["redis", "rabbitmq"]

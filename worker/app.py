@@ -54,17 +54,22 @@ def is_amqp(broker_url: str) -> bool:
 
 
 def task_queues(settings: Settings) -> list[Queue]:
-    """The two queues. On RabbitMQ a rejected message goes to the dead-letter queue (and quorum queues are
-    declared as such); Redis has neither, so its queues take no arguments."""
-    arguments: dict[str, Any] = {}
-    if is_amqp(settings.broker_url):
-        arguments = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": settings.dead_letter_queue_name}
-        if settings.queue_type == "quorum":
-            arguments["x-queue-type"] = "quorum"
+    """The two queues. On RabbitMQ a rejected run goes to the dead-letter queue (and quorum queues are declared
+    as such); Redis has neither, so its queues take no arguments."""
+    amqp = is_amqp(settings.broker_url)
+    kind = {"x-queue-type": "quorum"} if amqp and settings.queue_type == "quorum" else {}
+    # Only runs are dead-lettered: the maintenance queue carries beat's rounds, which expire by design (RabbitMQ
+    # dead-letters an expired message too), and wre's own evolution tasks.
+    dead_letter = (
+        {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": settings.dead_letter_queue_name} if amqp else {}
+    )
     # Each queue on its own exchange and routing key: a message published for one can never land in both.
     return [
         Queue(name, Exchange(name), routing_key=name, queue_arguments=arguments or None)
-        for name in (settings.skills_queue_name, settings.maintenance_queue_name)
+        for name, arguments in (
+            (settings.skills_queue_name, {**dead_letter, **kind}),
+            (settings.maintenance_queue_name, kind),
+        )
     ]
 
 

@@ -11,8 +11,8 @@ strategy (the function the consumer calls for each message of that task) checks 
   ``ENVELOPE_ALLOWANCE_BYTES``, measured before the body is decoded;
 - the body decodes to ``[args, kwargs, embed]``: a list, an object, an object.
 
-Anything else is rejected without requeue (RabbitMQ moves it to the dead-letter queue, ``<skills
-queue>.dead``; Redis has none and drops it), logged on one line with what was wrong, and, when the message
+Anything else is rejected without requeue (RabbitMQ moves a rejected run to the dead-letter queue, ``<skills
+queue>.dead``, which keeps the newest ``DEAD_LETTER_MAX_MESSAGES``; Redis has none and drops it), logged on one line with what was wrong, and, when the message
 has a usable id, a FAILURE result saying so is stored for the producer. The worker keeps serving.
 """
 
@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 JSON_CONTENT_TYPE = "application/json"
 # Room for the rest of a run's message around its context: other kwargs, the ReAct state, Celery's embed.
 ENVELOPE_ALLOWANCE_BYTES = 64 * 1024
+# The dead-letter queue keeps the newest this many (RabbitMQ drops the oldest): nothing consumes it.
+DEAD_LETTER_MAX_MESSAGES = 10_000
 # What a log line shows of a rejected body.
 BODY_PREVIEW_CHARS = 120
 
@@ -146,4 +148,5 @@ class DeadLetterQueue(bootsteps.StartStopStep):  # type: ignore[misc]
         name = consumer.app.conf.get(DEAD_LETTER_QUEUE_KEY)
         if not name:
             return
-        Queue(name, Exchange(""), routing_key=name)(connection.default_channel).declare()
+        queue = Queue(name, Exchange(""), routing_key=name, queue_arguments={"x-max-length": DEAD_LETTER_MAX_MESSAGES})
+        queue(connection.default_channel).declare()

@@ -90,6 +90,7 @@ def test_poison_ahead_of_good_runs(
     pid = worker.pid
     log_before = len(worker.log())
     before = row_counts(memory)
+    dead_before = any_broker.held("skills.dead")
     poison_ids: dict[str, str] = {}
     for name, (body, serializer, has_id) in POISON.items():
         task_id = str(uuid.uuid4())
@@ -114,7 +115,7 @@ def test_poison_ahead_of_good_runs(
     assert row_counts(memory)["skill_outcomes"] == before["skill_outcomes"] + GOOD_RUNS
     # Nothing left for redelivery; on RabbitMQ every rejected message is in the dead-letter queue.
     wait_until(lambda: any_broker.held("skills") == 0, timeout=10, what="the skills queue to drain")
-    dead = any_broker.held("skills.dead")
+    dead = any_broker.held("skills.dead") - dead_before
     assert dead == (len(POISON) if any_broker.kind == "rabbitmq" else 0)
     report(f"poison_{any_broker.kind}", poison=len(POISON), good_finished=GOOD_RUNS, dead_lettered=dead)
 

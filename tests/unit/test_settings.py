@@ -72,13 +72,14 @@ def test_rabbitmq_queues_dead_letter_and_may_be_quorum() -> None:
     from worker.redis_transport import Transport
 
     assert resolve_transport("redis") is Transport  # the restart workaround, under the scheme's own name
-    amqp = Settings(broker_url="amqp://guest:guest@127.0.0.1:5672//", queue_type="quorum")
+    amqp = Settings(broker_url="amqp://127.0.0.1:5672//", queue_type="quorum")
     config = celery_config(amqp)
-    for queue in config["task_queues"]:
-        assert queue.queue_arguments == {
-            "x-dead-letter-exchange": "",
-            "x-dead-letter-routing-key": "skills.dead",
-            "x-queue-type": "quorum",
-        }
+    skills, maintenance = config["task_queues"]
+    assert skills.queue_arguments == {
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": "skills.dead",
+        "x-queue-type": "quorum",
+    }
+    assert maintenance.queue_arguments == {"x-queue-type": "quorum"}  # beat's rounds expire: not dead letters
     assert amqp.effective_result_backend == "rpc://"  # RabbitMQ stores no results
     assert config["result_extended"] is False  # a result never keeps its kwargs
