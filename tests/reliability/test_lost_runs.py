@@ -29,8 +29,8 @@ from tests.reliability.servers import kill_worker_tree
 from worker.client import enqueue_skill
 from worker.registry import register_skill_text
 
-RUNS = 100
-KILL_AFTER_FINISHED = (20, 45, 70)
+RUNS = 60
+KILL_AFTER_FINISHED = (12, 27, 42)
 CONCURRENCY = 4
 VISIBILITY_TIMEOUT_SECONDS = 4
 # Longer than any run waits in this test's queue, even on a busy machine (20 s was not: 3 to 18 runs re-sent
