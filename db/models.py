@@ -263,3 +263,23 @@ EVENTS = cast(Table, LearningEvent.__table__)
 COUNTERS = cast(Table, TelemetryCounter.__table__)
 TRIALS = cast(Table, AbTrial.__table__)
 LINEAGE = cast(Table, ProductionChange.__table__)
+
+
+class RunRequest(Base):
+    """A run as wre's producer enqueued it: what a sweep re-sends when the run never finished.
+
+    Written once by the producer (``enqueue_skill``, ``wre run``); the worker never touches it (a run's progress
+    is its outcome rows). ``closed_at`` is set by the sweep once the run has a final outcome or a stored result.
+    """
+
+    __tablename__ = "run_requests"
+    __table_args__ = (Index("ix_run_requests_open", "closed_at", "last_sent_at"),)
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    skill_name: Mapped[str] = mapped_column(String(128))
+    # The task's kwargs exactly as sent (the input context included): a re-send is the same message.
+    kwargs: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    enqueued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_sent_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    resends: Mapped[int] = mapped_column(Integer, default=0)
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
-# Make sure the Postgres and Redis that the tests use answer; start local ones that are installed but stopped.
-# Where one is missing, say what to run and fail.
+# Make sure the Postgres, Redis and RabbitMQ that the tests use answer; start local ones that are installed but
+# stopped. Where Postgres or Redis is missing, say what to run and fail; where RabbitMQ is missing, say what to
+# run: the tests that run on both brokers then skip their RabbitMQ half (and say so).
 set -u
 
 PG_HOST="${WRE_TEST_PG_HOST:-127.0.0.1}"
 PG_PORT="${WRE_TEST_PG_PORT:-5432}"
 REDIS_HOST="${WRE_TEST_REDIS_HOST:-127.0.0.1}"
 REDIS_PORT="${WRE_TEST_REDIS_PORT:-6379}"
+AMQP_HOST="${WRE_TEST_AMQP_HOST:-127.0.0.1}"
+AMQP_PORT="${WRE_TEST_AMQP_PORT:-5672}"
 
 pg_up() { pg_isready -q -h "$PG_HOST" -p "$PG_PORT" 2>/dev/null; }
 redis_up() { [ "$(redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" ping 2>/dev/null)" = "PONG" ]; }
-wait_for() { for _ in $(seq 1 30); do "$1" && return 0; sleep 0.5; done; return 1; }
+# rabbitmqctl, not just the port: the tests create a vhost of their own with it.
+rabbitmq_up() { (exec 3<>"/dev/tcp/$AMQP_HOST/$AMQP_PORT") 2>/dev/null && rabbitmqctl -q status >/dev/null 2>&1; }
+wait_for() { for _ in $(seq 1 "${2:-30}"); do "$1" && return 0; sleep 0.5; done; return 1; }
 
 missing=()
 
@@ -38,6 +43,24 @@ elif ! redis_up; then
         missing+=("redis")
     fi
 fi
+
+ensure_rabbitmq() {
+    if ! command -v rabbitmq-server >/dev/null 2>&1 || ! command -v rabbitmqctl >/dev/null 2>&1; then
+        echo "RabbitMQ is not installed: the RabbitMQ half of the broker tests will skip."
+        echo "  install it:  apt-get install rabbitmq-server   (or: docker compose --profile rabbitmq up -d rabbitmq,"
+        echo "  then WRE_TEST_AMQP_URL=amqp://127.0.0.1:5672// (guest by default) and rabbitmqctl on the PATH)"
+        return 0
+    fi
+    rabbitmq_up && return 0
+    echo "starting the local RabbitMQ (rabbitmq-server -detached)"
+    rabbitmq-server -detached >/dev/null 2>&1 || true
+    # Erlang takes a few seconds to boot.
+    wait_for rabbitmq_up 120 || {
+        echo >&2 "RabbitMQ is installed but did not start; the RabbitMQ half of the broker tests will skip."
+        echo >&2 "  see: rabbitmq-diagnostics status"
+    }
+}
+ensure_rabbitmq
 
 # tests/test_compose.py parses docker-compose.yml with Debian's docker-compose (v1 renders a file without a
 # Docker engine). Install it where we can (root with apt-get, about 20 s and 46 packages on a fresh Debian 12);
@@ -72,4 +95,4 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo >&2 "or point the tests elsewhere: WRE_TEST_DATABASE_URL=postgresql://... WRE_TEST_BROKER_URL=redis://..."
     exit 1
 fi
-echo "postgres and redis answer"
+echo "postgres and redis answer$(rabbitmq_up && echo ', and rabbitmq')"

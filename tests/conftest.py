@@ -1,7 +1,9 @@
-"""Shared fixtures: a throwaway Postgres database per test session and a private Redis DB number.
+"""Shared fixtures: a throwaway Postgres database per test session, a private Redis DB number, and a private
+RabbitMQ vhost for the tests that run on both brokers.
 
 Settings come from WRE_TEST_DATABASE_URL (an admin URL of a Postgres server; the fixture creates and drops
-its own database there) and WRE_TEST_BROKER_URL (a Redis URL; the DB number is replaced by a free one).
+its own database there), WRE_TEST_BROKER_URL (a Redis URL; the DB number is replaced by a free one) and
+WRE_TEST_AMQP_URL (a RabbitMQ URL; the vhost is replaced by a fresh one).
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from db.engine import normalize_url
 from db.memory import PatternMemory
 from db.migrate import upgrade
 from db.models import Base
+from tests.brokers import KINDS, TestBroker, rabbitmq_broker, redis_broker
 
 DEFAULT_TEST_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-DEFAULT_TEST_BROKER_URL = "redis://127.0.0.1:6379/0"
 
 
 def admin_database_url() -> str:
@@ -88,11 +90,19 @@ def truncate_all(store: PatternMemory, attempts: int = 5) -> None:
 
 @pytest.fixture(scope="session")
 def broker_url() -> str:
-    """A Redis URL on a DB number of its own (flushed), so parallel sessions do not share queues."""
-    import redis
+    """A Redis URL on a DB number of its own (flushed), so parallel sessions do not share queues: the broker
+    of the tests whose behaviour does not depend on it."""
+    return redis_broker().url
 
-    base = make_url(os.environ.get("WRE_TEST_BROKER_URL", DEFAULT_TEST_BROKER_URL))
-    number = 1 + os.getpid() % 14
-    url = base.set(database=str(number)).render_as_string(hide_password=False)
-    redis.Redis.from_url(url).flushdb()
-    return url
+
+@pytest.fixture(scope="session", params=KINDS)
+def any_broker(request: pytest.FixtureRequest) -> Iterator[TestBroker]:
+    """Redis, then RabbitMQ: for the tests whose behaviour depends on the broker (delivery, redelivery, kills,
+    malformed messages, restarts, retries). Session-scoped, so each broker is set up once."""
+    if request.param == "redis":
+        # The session's Redis DB, flushed once (by broker_url) and shared with the single-broker tests.
+        broker = TestBroker("redis", request.getfixturevalue("broker_url"))
+    else:
+        broker = rabbitmq_broker()
+    yield broker
+    broker.close()

@@ -41,9 +41,9 @@ def service_env(database_url: str, broker_url: str, **overrides: str) -> dict[st
     return env
 
 
-def broker_app(database_url: str, broker_url: str) -> Celery:
+def broker_app(database_url: str, broker_url: str, result_backend: str = "") -> Celery:
     """A Celery app in the test process that talks to the test broker (to send and to inspect)."""
-    return create_app(Settings(database_url=database_url, broker_url=broker_url))
+    return create_app(Settings(database_url=database_url, broker_url=broker_url, result_backend=result_backend))
 
 
 class Process:
@@ -84,9 +84,14 @@ def start_worker(
     log_dir: Path,
     concurrency: int = 4,
     pool: str = "threads",
-    queues: str = "skills,maintenance",
+    queues: str | None = None,
+    gossip: bool = False,
 ) -> Process:
-    """A real ``celery -A worker.app worker`` process; returns once it answers a ping."""
+    """A real ``celery -A worker.app worker`` process; returns once it answers a ping.
+
+    :param queues: a ``-Q`` list; by default none, so the worker consumes the queues its settings name.
+    :param gossip: gossip and mingle on, as in production (off by default: they slow every start down).
+    """
     name = f"test-{uuid.uuid4().hex[:8]}@%h"
     args = [
         sys.executable,
@@ -99,12 +104,10 @@ def start_worker(
         pool,
         "-c",
         str(concurrency),
-        "-Q",
-        queues,
+        *(["-Q", queues] if queues else []),
         "-n",
         name,
-        "--without-gossip",
-        "--without-mingle",
+        *([] if gossip else ["--without-gossip", "--without-mingle"]),
         "-l",
         "INFO",
     ]

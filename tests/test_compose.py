@@ -26,8 +26,8 @@ REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
 SECRETS = {"POSTGRES_PASSWORD": "pg-secret", "FLOWER_USER": "ops", "FLOWER_PASSWORD": "flower-secret"}
-SERVICES = {"postgres", "redis", "migrate", "worker", "beat", "flower", "exporter"}
-WRE_SERVICES = SERVICES - {"postgres", "redis"}
+SERVICES = {"postgres", "redis", "rabbitmq", "migrate", "worker", "beat", "flower", "exporter"}
+WRE_SERVICES = SERVICES - {"postgres", "redis", "rabbitmq"}
 CELERY_SUBCOMMANDS = {"worker": "worker", "beat": "beat", "flower": "flower"}
 RENDER_TIMEOUT_SECONDS = 60
 
@@ -81,6 +81,29 @@ def test_renders_every_service_with_its_settings(services: dict[str, Any]) -> No
         assert make_url(service["environment"]["WRE_BROKER_URL"]).host == "redis"
     assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == SECRETS["POSTGRES_PASSWORD"]
     assert services["flower"]["environment"]["FLOWER_BASIC_AUTH"] == "ops:flower-secret"
+
+
+def test_the_rabbitmq_profile(services: dict[str, Any]) -> None:
+    """Every wre service takes the broker and queue settings from the shell; RabbitMQ is a profile that
+    will not start without its password (which the file cannot require: Redis users do not set it)."""
+    rabbitmq = services["rabbitmq"]
+    assert rabbitmq["profiles"] == ["rabbitmq"]
+    assert any(volume.split(":")[:2] == ["rabbitmq-data", "/var/lib/rabbitmq"] for volume in rabbitmq["volumes"])
+    assert "rabbitmq-diagnostics" in rabbitmq["healthcheck"]["test"]
+    url = "amqp://wre:mq-secret@rabbitmq:5672//"
+    done = render(**SECRETS, RABBITMQ_PASSWORD="mq-secret", WRE_BROKER_URL=url, WRE_QUEUE_TYPE="quorum")
+    assert done.returncode == 0, done.stderr
+    rendered = yaml.safe_load(done.stdout)["services"]
+    assert rendered["rabbitmq"]["environment"]["RABBITMQ_DEFAULT_PASS"] == "mq-secret"
+    for name in WRE_SERVICES:
+        environment = rendered[name]["environment"]
+        assert (environment["WRE_BROKER_URL"], environment["WRE_QUEUE_TYPE"]) == (url, "quorum"), name
+    # The start script, as the container's shell runs it (compose turns $$ into $), without the password.
+    script = command(rabbitmq)[2].replace("$$", "$")
+    refused = subprocess.run(
+        ["sh", "-c", script], env={"RABBITMQ_DEFAULT_PASS": ""}, capture_output=True, text=True, timeout=10
+    )
+    assert refused.returncode == 1 and "set RABBITMQ_PASSWORD" in refused.stderr
 
 
 @pytest.mark.parametrize("missing", sorted(SECRETS))
@@ -151,8 +174,8 @@ def _check_celery_command(name: str, args: list[str], service: dict[str, Any]) -
     subcommand = args[args.index("-A") + 2]
     assert subcommand == CELERY_SUBCOMMANDS[name], f"{name} runs celery {subcommand}"
     if subcommand == "worker":
-        queues = set(args[args.index("-Q") + 1].split(","))
-        assert queues == {queue.name for queue in app.conf.task_queues}, "the worker must consume every queue"
+        # Without -Q a worker consumes the app's queues, whatever WRE_QUEUE_PREFIX names them.
+        assert "-Q" not in args and "--queues" not in args, "fixed queue names would ignore WRE_QUEUE_PREFIX"
     if subcommand == "flower":
         # Flower passes its options to tornado, so --help does not vet them: ask Flower's option table.
         from flower.options import options as flower_options

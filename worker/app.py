@@ -1,9 +1,10 @@
 """The Celery app: ``celery -A worker.app worker|beat|flower``.
 
 JSON only, late acks with redelivery when a worker dies, one prefetched message per process (skill runs are
-long), task events on for Flower, two queues: ``skills`` for runs and ``maintenance`` for evolution and the
-beat task. The scheduler's tasks are included by module name and the beat entry names its task as data:
-worker/ never imports scheduler/.
+long), task events on for Flower, two queues named by settings (``skills`` for runs and ``maintenance`` for
+evolution and the beat task, both behind ``WRE_QUEUE_PREFIX``). Every message is checked before Celery
+unpacks it (worker/envelope.py). The scheduler's tasks are included by module name and the beat entry names
+its task as data: worker/ never imports scheduler/.
 """
 
 from __future__ import annotations
@@ -13,12 +14,17 @@ from typing import Any
 from celery import Celery
 from celery.signals import beat_init, worker_init
 from kombu import Exchange, Queue  # type: ignore[attr-defined]
+from kombu.transport import TRANSPORT_ALIASES
 
+from worker.envelope import (
+    DEAD_LETTER_QUEUE_KEY,
+    ENVELOPE_ALLOWANCE_BYTES,
+    MAX_BODY_BYTES_KEY,
+    DeadLetterQueue,
+)
 from worker.settings import Settings, get_settings
 from worker.startup import check_store_at_start
 
-SKILLS_QUEUE = "skills"
-MAINTENANCE_QUEUE = "maintenance"
 # Redis redelivers an unacked message after the visibility timeout (WRE_VISIBILITY_TIMEOUT_SECONDS, default
 # 3600). It must exceed any countdown wre uses and any attempt's time limit, or a message would be delivered
 # twice; see Settings.visibility_timeout_seconds.
@@ -30,14 +36,50 @@ RESULT_EXPIRES_SECONDS = 24 * 3600
 # A result that cannot be stored while Redis is away is retried with backoff (10 ms doubling to 10 s, jittered:
 # about a minute in all) instead of turning a run that succeeded into a FAILURE result (docs/RELIABILITY.md).
 RESULT_STORE_RETRIES = 20
-TASK_MODULES = ["worker.tasks", "scheduler.tasks"]
+TASK_MODULES = ["worker.tasks", "worker.sweep", "scheduler.tasks"]
+EXECUTE_TASK = "wre.execute_skill"
+EVOLVE_TASK = "wre.evolve_skill"
 EVALUATE_TASK = "wre.evaluate_ab_tests"
+SWEEP_TASK = "wre.resend_overdue_runs"
 OUTBOX_TASK = "wre.sweep_evolution_outbox"
+# Every task checks its messages before Celery's request code unpacks them (worker/envelope.py).
+TASK_CLASS = "worker.envelope:CheckedTask"
+DATABASE_URL_KEY = "wre_database_url"
+# kombu's Redis transport with the exit on a broker restart worked around (worker/redis_transport.py), under
+# the schemes' own names: URLs stay redis://, so Flower and Celery's banner read them as Redis.
+REDIS_TRANSPORT = "worker.redis_transport:Transport"
+for _scheme in ("redis", "rediss"):
+    TRANSPORT_ALIASES[_scheme] = REDIS_TRANSPORT
+
+
+def is_amqp(broker_url: str) -> bool:
+    return broker_url.split("://", 1)[0] in ("amqp", "amqps", "pyamqp")
+
+
+def task_queues(settings: Settings) -> list[Queue]:
+    """The two queues. On RabbitMQ a rejected run goes to the dead-letter queue (and quorum queues are declared
+    as such); Redis has neither, so its queues take no arguments."""
+    amqp = is_amqp(settings.broker_url)
+    kind = {"x-queue-type": "quorum"} if amqp and settings.queue_type == "quorum" else {}
+    # Only runs are dead-lettered: the maintenance queue carries beat's rounds, which expire by design (RabbitMQ
+    # dead-letters an expired message too), and wre's own evolution tasks.
+    dead_letter = (
+        {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": settings.dead_letter_queue_name} if amqp else {}
+    )
+    # Each queue on its own exchange and routing key: a message published for one can never land in both.
+    return [
+        Queue(name, Exchange(name), routing_key=name, queue_arguments=arguments or None)
+        for name, arguments in (
+            (settings.skills_queue_name, {**dead_letter, **kind}),
+            (settings.maintenance_queue_name, kind),
+        )
+    ]
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """The app's configuration for ``settings`` (a pure function, so tests can read it)."""
     visibility = settings.visibility_timeout_seconds
+    skills, maintenance = settings.skills_queue_name, settings.maintenance_queue_name
     transport_options: dict[str, Any] = {
         "visibility_timeout": visibility,
         "unacked_restore_interval": max(1.0, min(MAX_RESTORE_INTERVAL_SECONDS, visibility / 4)),
@@ -50,7 +92,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_url": settings.broker_url,
         "result_backend": settings.effective_result_backend,
         "result_expires": RESULT_EXPIRES_SECONDS,
-        "result_extended": True,
+        # Off: an extended result keeps the run's kwargs (its whole input context) in the backend for a day.
+        "result_extended": False,
         "result_backend_always_retry": True,
         "result_backend_max_retries": RESULT_STORE_RETRIES,
         "task_serializer": "json",
@@ -66,49 +109,64 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "task_track_started": True,
-        "task_default_queue": SKILLS_QUEUE,
-        # Each queue on its own exchange and routing key: a message published for one can never land in both.
-        "task_queues": [
-            Queue(name, Exchange(name), routing_key=name) for name in (SKILLS_QUEUE, MAINTENANCE_QUEUE)
-        ],
+        "task_default_queue": skills,
+        "task_queues": task_queues(settings),
         "task_routes": {
-            "wre.execute_skill": {"queue": SKILLS_QUEUE},
-            "wre.evolve_skill": {"queue": MAINTENANCE_QUEUE},
-            EVALUATE_TASK: {"queue": MAINTENANCE_QUEUE},
-            OUTBOX_TASK: {"queue": MAINTENANCE_QUEUE},
+            EXECUTE_TASK: {"queue": skills},
+            EVOLVE_TASK: {"queue": maintenance},
+            EVALUATE_TASK: {"queue": maintenance},
+            SWEEP_TASK: {"queue": maintenance},
+            OUTBOX_TASK: {"queue": maintenance},
         },
-        "beat_schedule": {
-            "evaluate-ab-tests": {
-                "task": EVALUATE_TASK,
-                "schedule": settings.ab_eval_seconds,
-                # A round that waited longer than one period is stale: the next one supersedes it.
-                "options": {"expires": settings.ab_eval_seconds, "queue": MAINTENANCE_QUEUE},
-            },
-            # The evolution outbox (docs/RELIABILITY.md): triggers stored by failed runs, enqueued here.
-            "sweep-evolution-outbox": {
-                "task": OUTBOX_TASK,
-                "schedule": settings.outbox_sweep_seconds,
-                "options": {"expires": settings.outbox_sweep_seconds, "queue": MAINTENANCE_QUEUE},
-            },
-        },
+        "beat_schedule": beat_schedule(settings),
         "timezone": "UTC",
+        # The producer records each run there before sending it (worker/client.py). Celery hides settings
+        # whose name says DATABASE from `celery inspect conf` and reports.
+        DATABASE_URL_KEY: settings.database_url,
+        MAX_BODY_BYTES_KEY: settings.max_context_bytes + ENVELOPE_ALLOWANCE_BYTES,
+        DEAD_LETTER_QUEUE_KEY: settings.dead_letter_queue_name if is_amqp(settings.broker_url) else None,
     }
 
 
+def beat_schedule(settings: Settings) -> dict[str, Any]:
+    # A round that waited longer than one period is stale: the next one supersedes it.
+    schedule = {
+        "evaluate-ab-tests": {
+            "task": EVALUATE_TASK,
+            "schedule": settings.ab_eval_seconds,
+            "options": {"expires": settings.ab_eval_seconds, "queue": settings.maintenance_queue_name},
+        }
+    }
+    # The evolution outbox (docs/RELIABILITY.md): triggers stored by failed runs, enqueued here.
+    schedule["sweep-evolution-outbox"] = {
+        "task": OUTBOX_TASK,
+        "schedule": settings.outbox_sweep_seconds,
+        "options": {"expires": settings.outbox_sweep_seconds, "queue": settings.maintenance_queue_name},
+    }
+    if settings.run_sweep_seconds > 0:
+        schedule["resend-overdue-runs"] = {
+            "task": SWEEP_TASK,
+            "schedule": settings.run_sweep_seconds,
+            "options": {"expires": settings.run_sweep_seconds, "queue": settings.maintenance_queue_name},
+        }
+    return schedule
+
+
 def create_app(settings: Settings | None = None) -> Celery:
-    settings = settings or get_settings()
-    celery = Celery("wre", include=TASK_MODULES)
-    celery.conf.update(celery_config(settings))
-    # The store a producer checks a run against before sending it (worker.client.enqueue_skill).
-    celery.conf.wre_database_url = settings.database_url
+    celery = Celery("wre", include=TASK_MODULES, task_cls=TASK_CLASS)
+    celery.conf.update(celery_config(settings or get_settings()))
+    celery.steps["consumer"].add(DeadLetterQueue)
     return celery
 
 
 app = create_app()
-# A worker or beat whose database is missing or not migrated exits with one line (worker/startup.py).
-worker_init.connect(check_store_at_start, weak=False)
-beat_init.connect(check_store_at_start, weak=False)
+# This process's queue names (the settings it was started with); another app's are in its conf.task_routes.
+SKILLS_QUEUE = get_settings().skills_queue_name
+MAINTENANCE_QUEUE = get_settings().maintenance_queue_name
 # The process's app is wre's, in every thread: signatures that Celery builds without an explicit app (a
 # retry's, for one) would otherwise fall back to a default app with a default broker when the worker runs
 # embedded in another program's thread.
 app.set_default()
+# A worker or beat whose database is missing or not migrated exits with one line (worker/startup.py).
+worker_init.connect(check_store_at_start, weak=False)
+beat_init.connect(check_store_at_start, weak=False)

@@ -1,24 +1,26 @@
 """Producers: enqueue a skill run from any Python process that has wre installed.
 
-Producers without wre send by name: ``app.send_task("wre.execute_skill", kwargs={...}, queue="skills")`` —
-kwargs only, JSON.
+Producers without wre send by name: ``app.send_task("wre.execute_skill", queue="skills", kwargs={...})`` —
+kwargs only, JSON, and the queue named (``WRE_QUEUE_PREFIX`` + ``skills`` unless configured otherwise).
 """
 
 from __future__ import annotations
 
+import uuid
 from functools import lru_cache
 from typing import Any
 
 from celery import Celery
 from celery.result import AsyncResult
 
+from db.engine import get_engine
 from db.memory import PatternMemory
-from worker.app import SKILLS_QUEUE
+from db.run_requests import record_request
+from worker.app import DATABASE_URL_KEY
+from worker.app import EXECUTE_TASK as EXECUTE_TASK
 from worker.app import app as default_app
 from worker.runner import SkillRunner
 from worker.settings import get_settings
-
-EXECUTE_TASK = "wre.execute_skill"
 
 
 def run_request(
@@ -83,14 +85,21 @@ def enqueue_skill(
     :param validate: False skips the check (a producer without access to the store, or one that checked
         already; the worker checks anyway).
     """
-    app = app or default_app
+    celery = app or default_app
     if validate:
         kwargs = run_request(
             skill_name, input_context, agent, assignment_key, force=force, memory=memory,
-            database_url=app.conf.get("wre_database_url"),
+            database_url=celery.conf.get(DATABASE_URL_KEY),
         )
     else:
         kwargs = {"skill_name": skill_name, "input_context": input_context, "agent": agent,
                   "assignment_key": assignment_key, "force": force}
         kwargs = {key: value for key, value in kwargs.items() if value not in (None, False)}
-    return app.send_task(EXECUTE_TASK, kwargs=kwargs, queue=SKILLS_QUEUE)
+    run_id = str(uuid.uuid4())
+    # Recorded before it is sent: a message the broker loses, or a publish that fails, leaves a record that
+    # the run sweep (worker/sweep.py) finds and re-sends.
+    record_request(get_engine(celery.conf[DATABASE_URL_KEY]), run_id, skill_name, kwargs)
+    # The queue this app's settings name (WRE_QUEUE_PREFIX, WRE_SKILLS_QUEUE), explicitly: without it a
+    # message would go to Celery's default queue "celery", which no wre worker consumes.
+    queue = celery.conf.task_routes[EXECUTE_TASK]["queue"]
+    return celery.send_task(EXECUTE_TASK, kwargs=kwargs, queue=queue, task_id=run_id)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -23,14 +23,17 @@ AB_POLICIES = ("sequential", "margin")
 DEFAULT_MAX_CONTEXT_BYTES = 256 * 1024
 DEFAULT_VISIBILITY_TIMEOUT_SECONDS = 3600.0
 DATABASE_BACKENDS = ("postgresql", "sqlite")
+# Queue names (and the prefix) as RabbitMQ and Redis both take them; RabbitMQ reserves "amq.".
+QUEUE_NAME_PATTERN = r"^[A-Za-z0-9_.:-]{0,100}$"
 
 
 class Settings(BaseSettings):
     """wre's configuration.
 
     :param database_url: SQLAlchemy URL of the store (Postgres in production, a SQLite file embedded).
-    :param broker_url: Celery broker URL (Redis in production).
-    :param result_backend: Celery result backend; empty means "same Redis as the broker" (``disabled`` for none).
+    :param broker_url: Celery broker URL: ``redis://`` or ``amqp://`` (RabbitMQ); docs/OPERATIONS.md compares them.
+    :param result_backend: Celery result backend; empty means the broker's Redis, or ``rpc://`` (results sent
+        back to their producer) on RabbitMQ; ``disabled`` for none.
     :param react_mode: 1 retries low-fidelity attempts (ReAct), 0 gives every run one attempt.
     :param react_max_iter: attempts per run, clamped to 1..10.
     :param react_fidelity: default fidelity threshold of a skill, clamped to 0..1.
@@ -69,6 +72,20 @@ class Settings(BaseSettings):
     :param evolve_failure_window: how many recent failed runs the evolver learns from.
     :param outbox_sweep_seconds: period of the beat task that enqueues the evolutions failed runs stored
         (the outbox): the longest an evolution waits when its run could not enqueue it.
+    :param run_sweep_seconds: period of the beat task that re-sends overdue runs (0: no sweep).
+    :param run_overdue_seconds: a run with no final outcome and no news (no send, no outcome row) for this long
+        is overdue: the sweep re-sends it and ``wre runs stuck`` lists it. Unset: twice the visibility timeout,
+        so that a killed worker's runs come back through the broker first. It must exceed the longest a run
+        waits in the queue, or a run still queued is sent twice (which records nothing twice, but costs an
+        attempt).
+    :param run_max_resends: re-sends of one run before the sweep gives up on it (``wre runs stuck`` still
+        lists it).
+    :param queue_prefix: prepended to both queue names (``{prefix}skills``, ``{prefix}maintenance``), so that
+        two deployments can share one broker.
+    :param skills_queue: the runs' queue name; when set it replaces ``{prefix}skills``.
+    :param maintenance_queue: the evolution and beat queue's name; when set it replaces ``{prefix}maintenance``.
+    :param queue_type: RabbitMQ only: ``classic`` or ``quorum`` (replicated; declared with
+        ``x-queue-type``). An existing queue keeps the type it was declared with.
     :param llm_base_url: OpenAI-compatible server for the ``llm`` agent and evolver.
     :param llm_model: default model name.
     :param llm_api_key: API key; never logged, never in kwargs or rows.
@@ -105,6 +122,13 @@ class Settings(BaseSettings):
     evolve_cooldown_seconds: float = 30.0
     evolve_failure_window: int = 20
     outbox_sweep_seconds: float = 10.0
+    run_sweep_seconds: float = Field(default=60.0, ge=0)
+    run_overdue_seconds: float | None = Field(default=None, gt=0)
+    run_max_resends: int = Field(default=3, ge=0)
+    queue_prefix: Annotated[str, Field(pattern=QUEUE_NAME_PATTERN)] = ""
+    skills_queue: Annotated[str, Field(pattern=QUEUE_NAME_PATTERN)] = ""
+    maintenance_queue: Annotated[str, Field(pattern=QUEUE_NAME_PATTERN)] = ""
+    queue_type: Literal["classic", "quorum"] = "classic"
     llm_base_url: str = "http://127.0.0.1:11434/v1"
     llm_model: str = "llama3.1"
     llm_api_key: SecretStr = SecretStr("")
@@ -134,6 +158,16 @@ class Settings(BaseSettings):
             raise ValueError(f"WRE_AB_POLICY must be one of {', '.join(AB_POLICIES)}, got {value!r}")
         return value
 
+    @model_validator(mode="after")
+    def _usable_queues(self) -> Settings:
+        for name in (self.skills_queue_name, self.maintenance_queue_name):
+            if name.startswith("amq."):
+                raise ValueError(f"queue name {name!r}: RabbitMQ reserves names that start with 'amq.'")
+        # One queue for both would let evolution wait behind a backlog of runs, or the reverse.
+        if self.skills_queue_name == self.maintenance_queue_name:
+            raise ValueError(f"the skills and maintenance queues must differ, both are {self.skills_queue_name!r}")
+        return self
+
     @field_validator("react_max_iter", mode="after")
     @classmethod
     def _clamp_iterations(cls, value: int) -> int:
@@ -156,10 +190,32 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def effective_run_overdue_seconds(self) -> float:
+        return self.run_overdue_seconds or 2 * self.visibility_timeout_seconds
+
+    @property
+    def skills_queue_name(self) -> str:
+        return self.skills_queue or f"{self.queue_prefix}skills"
+
+    @property
+    def maintenance_queue_name(self) -> str:
+        return self.maintenance_queue or f"{self.queue_prefix}maintenance"
+
+    @property
+    def dead_letter_queue_name(self) -> str:
+        """Where RabbitMQ puts the messages a worker rejected as malformed (docs/OPERATIONS.md)."""
+        return f"{self.skills_queue_name}.dead"
+
+    @property
     def effective_result_backend(self) -> str | None:
         if self.result_backend == "disabled":
             return None
-        return self.result_backend or self.broker_url
+        if self.result_backend:
+            return self.result_backend
+        # RabbitMQ stores no results: Celery's rpc backend sends each back to its producer (docs/OPERATIONS.md).
+        if self.broker_url.split("://", 1)[0] in ("amqp", "amqps", "pyamqp"):
+            return "rpc://"
+        return self.broker_url
 
 
 @lru_cache(maxsize=1)

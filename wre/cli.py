@@ -11,7 +11,7 @@ import typer
 from typer.core import TyperArgument
 
 from worker.settings import get_settings
-from wre import ab_cmd, run_cmd, skill_cmd
+from wre import ab_cmd, run_cmd, runs_cmd, skill_cmd
 from wre.context import EXIT_USAGE, console, fail, one_line, print_json, show, user_errors
 
 # Typer prints a Python type beside every argument (`<list[Path]>`); each argument's metavar says it in words.
@@ -30,6 +30,7 @@ app.add_typer(skill_cmd.app, name="skill")
 app.add_typer(ab_cmd.app, name="ab")
 app.command("run")(run_cmd.run)
 app.command("result")(run_cmd.result)
+app.add_typer(runs_cmd.app, name="runs")
 
 
 def package_version() -> str:

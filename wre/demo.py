@@ -68,7 +68,7 @@ def embedded_services(app: Celery, schedule_path: Path) -> Iterator[None]:
     worker = app.WorkController(
         pool_cls="threads",
         concurrency=WORKER_THREADS,
-        queues=["skills", "maintenance"],
+        queues=[queue.name for queue in app.conf.task_queues],
         without_heartbeat=True,
         without_mingle=True,
         without_gossip=True,

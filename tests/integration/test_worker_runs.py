@@ -1,4 +1,5 @@
-"""Skill runs through a real worker process, real Redis and real Postgres."""
+"""Skill runs through a real worker process, real Postgres, on Redis and on RabbitMQ (delivery, ReAct retries
+and the evolution task all go through the broker)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 from celery import Celery
 
 from db.memory import PatternMemory
+from tests.brokers import TestBroker
 from tests.integration.skills_for_tests import python_skill
 from tests.processes import Process, broker_app, service_env, start_worker, wait_until
 from worker.client import enqueue_skill
@@ -18,15 +20,16 @@ RESULT_TIMEOUT = 30
 
 
 @pytest.fixture(scope="module")
-def app(database_url: str, broker_url: str) -> Celery:
-    return broker_app(database_url, broker_url)
+def app(database_url: str, any_broker: TestBroker) -> Celery:
+    return broker_app(database_url, any_broker.url, any_broker.result_backend)
 
 
 @pytest.fixture(scope="module")
 def worker(
-    app: Celery, database_url: str, broker_url: str, tmp_path_factory: pytest.TempPathFactory
+    app: Celery, database_url: str, any_broker: TestBroker, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Process]:
-    process = start_worker(app, service_env(database_url, broker_url), tmp_path_factory.mktemp("worker"))
+    env = service_env(database_url, any_broker.url, **any_broker.env())
+    process = start_worker(app, env, tmp_path_factory.mktemp("worker"))
     yield process
     process.stop()
 
@@ -188,16 +191,14 @@ def test_assignment_key_pins_the_arm(app: Celery, worker: Process, skills: Patte
             assert result["variation_id"] == (treatment if arm == "treatment" else control)
 
 
-def test_burst_of_failures_evolves_once(app: Celery, worker: Process, skills: PatternMemory) -> None:
+def test_burst_of_failures_evolves_once(
+    app: Celery, worker: Process, skills: PatternMemory, any_broker: TestBroker
+) -> None:
     results = [enqueue_skill("hopeless", {"i": i}, app=app) for i in range(20)]
     for result in results:
         assert result.get(timeout=60)["evolution_triggered"] is True
     wait_until(lambda: skills.get_active_ab_test("hopeless") is not None, what="one A/B test")
-    wait_until(lambda: _maintenance_idle(app), timeout=30, what="the evolve tasks to finish")
+    wait_until(lambda: any_broker.held("maintenance") == 0, timeout=30, what="the evolve tasks to finish")
     assert len(skills.list_ab_tests(skill_name="hopeless")) == 1
     assert len(skills.list_variations("hopeless")) == 2
 
-
-def _maintenance_idle(app: Celery) -> bool:
-    with app.connection_for_write() as conn:
-        return int(conn.default_channel.client.llen("maintenance")) == 0  # type: ignore[attr-defined]

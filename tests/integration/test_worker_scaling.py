@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 from db.memory import PatternMemory
@@ -48,8 +47,10 @@ def test_two_workers_share_the_queue_and_record_each_run_once(
     with running(first, second):
         results = [enqueue_skill("learner", {"i": i}, app=app) for i in range(200)]
         finished = [r.get(timeout=120) for r in results]
-        workers = Counter(r.worker for r in results)  # type: ignore[attr-defined]
-    assert set(workers) == {first.hostname, second.hostname}  # type: ignore[attr-defined]
+    # Results no longer name their worker (result_extended is off: it kept the kwargs); the logs do, complete
+    # once the workers have stopped (their output is buffered).
+    ran = [sum(1 for run in results if f"wre.execute_skill[{run.id}] succeeded" in w.log()) for w in (first, second)]
+    assert sum(ran) == 200 and min(ran) > 0, ran
     run_ids = [str(run["execution_id"]) for run in finished]
     assert len(set(run_ids)) == 200
     for run_id in run_ids:

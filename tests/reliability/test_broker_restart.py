@@ -96,7 +96,7 @@ class Producer(threading.Thread):
             self.halt.wait(PUBLISH_EVERY_SECONDS)
 
 
-KNOWN_CRASH = "Unrecoverable error: AttributeError(\"'NoneType' object has no attribute 'hostname'\")"
+KNOWN_CRASH = "Unrecoverable error"
 
 
 def _finished(runs: dict[str, list[Row]]) -> set[str]:
@@ -122,7 +122,9 @@ def test_redis_restart_under_load(
     env = service_env(
         database_url, broker.url(), WRE_VISIBILITY_TIMEOUT_SECONDS=str(VISIBILITY_TIMEOUT_SECONDS)
     )
-    worker = start_worker(app, env, tmp_path, concurrency=2, pool="prefork")
+    # Gossip on, as production runs it: its pub/sub channel is what made the worker exit on a restart before
+    # worker/redis_transport.py (3 of 16 restarts with beat running, 0 of 16 after).
+    worker = start_worker(app, env, tmp_path, concurrency=2, pool="prefork", gossip=True)
     pid = worker.pid
     producer = Producer(app)
     try:
@@ -151,16 +153,9 @@ def test_redis_restart_under_load(
         assert "Connection to broker lost" in worker.log()
         worker_exited = worker.popen.poll() is not None
         earlier_log = ""
-        if worker_exited:
-            # Celery 5.7 / kombu 5.7: closing the lost connection restores the unacked messages through a
-            # channel whose connection info is already gone; the AttributeError is "unrecoverable" and the
-            # worker exits (docs/RELIABILITY.md, Known limits). Any other exit fails the test. What an
-            # orchestrator does (compose: restart: unless-stopped), the test does: start a worker again.
-            assert KNOWN_CRASH in worker.log(), worker.log()[-3000:]
-            earlier_log = worker.log()
-            worker.stop()
-            worker = start_worker(app, env, tmp_path, concurrency=2, pool="prefork")
-            pid = worker.pid
+        # Celery 5.7 / kombu 5.7 made the worker exit here (AttributeError 'hostname', an "Unrecoverable
+        # error"); worker/redis_transport.py turns it into a connection error the consumer recovers from.
+        assert not worker_exited and KNOWN_CRASH not in worker.log(), worker.log()[-3000:]
         producer.halt.set()
         producer.join(timeout=10)
         # A run sent after the restart completes (behind whatever backlog survived), on the same process.

@@ -64,14 +64,16 @@ def test_a_pickled_message_is_refused(
         producer = Producer(conn, exchange=Exchange("skills", type="direct"), routing_key="skills")
         producer.publish(body, serializer="pickle", headers=headers, correlation_id=task_id)
     wait_until(
-        lambda: "ContentDisallowed" in serving_worker.log()[log_before:],
+        lambda: "content type must be application/json" in serving_worker.log()[log_before:],
         timeout=30,
         what="the worker to refuse the pickled message",
     )
     assert not marker.exists(), "the worker unpickled the message"
-    # Not executed: no outcome, no result; and not left for redelivery.
+    # Not executed: no outcome, a FAILURE result saying why; and not left for redelivery.
     assert row_counts(memory) == before
-    assert AsyncResult(task_id, app=serving_app).state == "PENDING"
+    refused = AsyncResult(task_id, app=serving_app)
+    wait_until(lambda: refused.state == "FAILURE", timeout=10, what="the refusal's result")
+    assert "application/x-python-serialize" in str(refused.result)
     client = serving_broker.client()
     wait_until(
         lambda: client.llen("skills") == 0 and client.hlen("unacked") == 0,

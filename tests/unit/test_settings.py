@@ -62,3 +62,41 @@ def test_statistical_defaults_are_the_scheduler_constants() -> None:
     assert defaults.guard_alpha == guard.GUARD_ALPHA
     assert defaults.guard_units == guard.GUARD_UNITS
     assert defaults.guard_min_units == guard.GUARD_MIN_UNITS
+
+
+def test_queue_names_come_from_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WRE_QUEUE_PREFIX", "acme.")
+    config = celery_config(Settings())
+    assert {q.name for q in config["task_queues"]} == {"acme.skills", "acme.maintenance"}
+    assert config["task_default_queue"] == "acme.skills"
+    assert config["task_routes"]["wre.execute_skill"] == {"queue": "acme.skills"}
+    assert {entry["options"]["queue"] for entry in config["beat_schedule"].values()} == {"acme.maintenance"}
+    monkeypatch.setenv("WRE_SKILLS_QUEUE", "runs")
+    assert Settings().skills_queue_name == "runs" and Settings().maintenance_queue_name == "acme.maintenance"
+    for bad in ({"WRE_SKILLS_QUEUE": "a b"}, {"WRE_QUEUE_PREFIX": "amq."}, {"WRE_MAINTENANCE_QUEUE": "runs"}):
+        with monkeypatch.context() as scoped:
+            for key, value in bad.items():
+                scoped.setenv(key, value)
+            with pytest.raises(ValidationError):
+                Settings()
+
+
+def test_rabbitmq_queues_dead_letter_and_may_be_quorum() -> None:
+    redis_config = celery_config(Settings(broker_url="redis://127.0.0.1:6379/3"))
+    assert all(not q.queue_arguments for q in redis_config["task_queues"])
+    from kombu.transport import resolve_transport
+
+    from worker.redis_transport import Transport
+
+    assert resolve_transport("redis") is Transport  # the restart workaround, under the scheme's own name
+    amqp = Settings(broker_url="amqp://127.0.0.1:5672//", queue_type="quorum")
+    config = celery_config(amqp)
+    skills, maintenance = config["task_queues"]
+    assert skills.queue_arguments == {
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": "skills.dead",
+        "x-queue-type": "quorum",
+    }
+    assert maintenance.queue_arguments == {"x-queue-type": "quorum"}  # beat's rounds expire: not dead letters
+    assert amqp.effective_result_backend == "rpc://"  # RabbitMQ stores no results
+    assert config["result_extended"] is False  # a result never keeps its kwargs
