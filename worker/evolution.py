@@ -10,8 +10,9 @@ from typing import Any
 
 from db.catalog import variation_id_for
 from db.memory import AbTestConflictError, PatternMemory
-from worker.evolvers import EvolutionRefused, Failure, get_evolver, validate_proposal
+from worker.evolvers import EvolutionRefused, Failure, get_evolver
 from worker.runner import parse_variation
+from worker.screening import screen_candidates
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,10 +52,9 @@ def _evolve_claimed(memory: PatternMemory, settings: Settings, skill_name: str) 
         # The newest failure names the draw: evolving the same production version again after new failures
         # must not repeat a proposal already tested (a count of failures stops changing at the window).
         seed = f"{production_id}:{failures[0].run_id if failures else 'no failures'}"
-        proposal = evolver.propose(parent, failures, seed=seed)
-        # Held to the parent's contract here, whatever the evolver: a proposal that does not parse, renames
-        # the skill or changes its checks would otherwise be stored and A/B tested on live runs.
-        validate_proposal(parent, proposal)
+        # Candidates are held to the parent's contract and replayed before any live traffic; only one that
+        # beat its parent on the replays comes back (worker/screening.py).
+        proposal = screen_candidates(memory, settings, parent, production_id, evolver, failures, seed)
     except (EvolutionRefused, ValueError) as error:
         memory.record_learning_event(
             skill_name,
