@@ -7,8 +7,14 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from db.screening import SCREENING_EVENT, screening_spent
+from worker.evolvers.base import evolution_blocker
 from worker.registry import register_skill_file
+from worker.runner import parse_variation
+from worker.settings import get_settings
 from wre.context import console, store, user_errors
+
+SCREENINGS_SHOWN = 5
 
 app = typer.Typer(help="Register and inspect skills.", no_args_is_help=True)
 
@@ -66,3 +72,38 @@ def show(name: str = typer.Argument(..., help="The skill's name.")) -> None:
     console.print(table)
     metrics = memory.get_skill_metrics(name)
     console.print({k: v for k, v in metrics.items() if k != "skill_name"})
+    _show_evolution(name, content)
+
+
+def _show_evolution(name: str, content: str) -> None:
+    """Whether the skill evolves (and why not), what screening has spent, and its latest screenings."""
+    memory = store()
+    blocker = evolution_blocker(parse_variation(content))
+    console.print(f"evolution: {'not evolved: ' + blocker if blocker else 'on'}", markup=False, highlight=False)
+    spent, live_runs = screening_spent(memory, name)
+    share = get_settings().screen_budget_share
+    console.print(
+        f"screening: {spent} replay calls for {live_runs} live runs "
+        f"(budget {share:g} of live runs: {int(share * live_runs)})",
+        markup=False,
+        highlight=False,
+    )
+    screenings = [event for event in memory.get_evolution_history(name) if event.event_type == SCREENING_EVENT]
+    if not screenings:
+        return
+    table = Table("screened", "calls", "parent", "candidates (replay fidelity, wins-losses, p)", "chosen")
+    for event in screenings[-SCREENINGS_SHOWN:]:
+        details = event.details
+        parent = details.get("parent", {})
+        candidates = ", ".join(
+            f"{item['variation_id']} {item['fidelity']:.2f} {item['wins']}-{item['losses']} p={item['p_value']:.3f}"
+            for item in details.get("candidates", [])
+        )
+        table.add_row(
+            event.created_at.strftime("%Y-%m-%d %H:%M:%S") if event.created_at else "-",
+            str(details.get("calls", 0)),
+            f"{parent.get('variation_id', '-')} {parent.get('fidelity', 0.0):.2f}",
+            candidates,
+            details.get("chosen") or "none",
+        )
+    console.print(table)
