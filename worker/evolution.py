@@ -12,7 +12,7 @@ from db.catalog import variation_id_for
 from db.memory import AbTestConflictError, PatternMemory
 from worker.evolvers import EvolutionRefused, Failure, get_evolver
 from worker.runner import parse_variation
-from worker.screening import screen_candidates
+from worker.screening import screen_candidates, screening_wait
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -24,6 +24,11 @@ def evolve_skill(memory: PatternMemory, settings: Settings, skill_name: str) -> 
     Does nothing while the skill has a test running or within the evolution cooldown, so a burst of
     failed runs produces one variation and one test.
     """
+    # Nothing an evolver can change, or screening cannot run yet (budget, recorded inputs): no claim, so no
+    # cooldown either; the next failed run asks again.
+    waiting = screening_wait(memory, settings, parse_variation(memory.get_production(skill_name)[1]))
+    if waiting is not None:
+        return {"skill_name": skill_name, "status": "skipped", "reason": waiting}
     if not memory.claim_evolution(skill_name, settings.evolve_cooldown_seconds):
         return {"skill_name": skill_name, "status": "skipped", "reason": "test running or cooling down"}
     try:

@@ -87,6 +87,37 @@ def replay_ids(seed: str, inputs: list[ReplayInput]) -> list[str]:
     ]
 
 
+def _budget(memory: PatternMemory, settings: Settings, skill_name: str) -> int:
+    spent, live_runs = screening_spent(memory, skill_name)
+    return min(settings.screen_max_calls, int(settings.screen_budget_share * live_runs) - spent)
+
+
+def screening_wait(memory: PatternMemory, settings: Settings, parent: Skill) -> str | None:
+    """Why the skill cannot be screened now (so not evolved), or None when it can.
+
+    Checked before an evolution is claimed, so that waiting costs no claim and no cooldown: nothing an evolver
+    can change; a budget that cannot pay for the smallest screening yet; too few recorded inputs yet.
+
+    :param memory: the store.
+    :param settings: candidates and budget.
+    :param parent: the production variation.
+    """
+    blocker = evolution_blocker(parent)
+    if blocker is not None:
+        return f"{parent.name!r} is not evolved: {blocker}"
+    smallest = (settings.evolve_candidates + 1) * MIN_REPLAY_INPUTS
+    if _budget(memory, settings, parent.name) < smallest:
+        spent, live_runs = screening_spent(memory, parent.name)
+        return (
+            f"screening budget: {spent} replay calls spent for {live_runs} live runs "
+            f"(WRE_SCREEN_BUDGET_SHARE={settings.screen_budget_share:g}); waiting for more live runs"
+        )
+    found = len(replay_inputs(memory, parent.name, settings.screen_failures, settings.screen_passes))
+    if found < MIN_REPLAY_INPUTS:
+        return f"only {found} recorded input(s) of {parent.name!r} to replay; waiting for {MIN_REPLAY_INPUTS}"
+    return None
+
+
 def screen_candidates(
     memory: PatternMemory,
     settings: Settings,
@@ -108,17 +139,10 @@ def screen_candidates(
     :raises EvolutionRefused: nothing an evolver can change, no budget, no recorded inputs, no candidate, or
         no candidate beat the parent (a learning event records that screening).
     """
-    blocker = evolution_blocker(parent)
-    if blocker is not None:
-        raise EvolutionRefused(f"{parent.name!r} is not evolved: {blocker}")
-    spent, live_runs = screening_spent(memory, parent.name)
-    budget = min(settings.screen_max_calls, int(settings.screen_budget_share * live_runs) - spent)
-    per_input = settings.evolve_candidates + 1  # every candidate and the parent replay each input
-    if budget < per_input * MIN_REPLAY_INPUTS:
-        raise EvolutionRefused(
-            f"screening budget: {spent} replay calls spent for {live_runs} live runs "
-            f"(WRE_SCREEN_BUDGET_SHARE={settings.screen_budget_share:g}); waiting for more live runs"
-        )
+    waiting = screening_wait(memory, settings, parent)
+    if waiting is not None:
+        raise EvolutionRefused(waiting)
+    budget = _budget(memory, settings, parent.name)
     inputs = replay_inputs(memory, parent.name, settings.screen_failures, settings.screen_passes)
     candidates, refusals = _propose(memory, parent, evolver, failures, seed, settings.evolve_candidates)
     # Cut the replay set to the budget, keeping failed and passed inputs in proportion.
@@ -194,7 +218,9 @@ def _propose(
     refusals: list[str] = []
     for index in range(count):
         try:
-            proposal = validate_proposal(parent, evolver.propose(parent, failures, seed=seed, candidate=index))
+            proposal = validate_proposal(
+                parent, evolver.propose(parent, failures, seed=seed, candidate=index)
+            )
         except (EvolutionRefused, ValueError) as error:
             refusals.append(str(error)[:200])
             continue

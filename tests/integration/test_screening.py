@@ -123,7 +123,8 @@ def test_screening_waits_for_its_budget(memory: PatternMemory) -> None:
     production = memory.register_skill("sim", simulated_skill(0.3, 0.6), default_agent="simulated")
     _runs(memory, "sim", production, 20, success=False)  # 0.2 x 20 runs = 4 calls: not one screening
     result = evolve_skill(memory, settings, "sim")
-    assert result["status"] == "refused" and "screening budget" in result["reason"], result
+    assert result["status"] == "skipped" and "screening budget" in result["reason"], result
+    assert [e.event_type for e in memory.get_evolution_history("sim")] == []  # no claim, no cooldown
     assert _screenings(memory, "sim") == []
 
 
@@ -146,5 +147,5 @@ def test_a_python_skill_without_params_is_not_evolved(memory: PatternMemory) -> 
     production = memory.register_skill("untunable", UNTUNABLE, default_agent="python")
     _runs(memory, "untunable", production, 200, success=False)
     result = evolve_skill(memory, settings, "untunable")
-    assert result["status"] == "refused" and "declares no params" in result["reason"], result
-    assert _screenings(memory, "untunable") == []
+    assert result["status"] == "skipped" and "declares no params" in result["reason"], result
+    assert memory.get_evolution_history("untunable") == []

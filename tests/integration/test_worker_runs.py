@@ -15,6 +15,8 @@ from worker.registry import register_skill_text
 from worker.runner import choose_arm
 
 RESULT_TIMEOUT = 30
+# Fails every attempt until an evolver moves `mode` to lenient.
+TUNABLE_PARAMS = "params:\n  mode: {value: strict, choices: [strict, lenient]}\n"
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +28,9 @@ def app(database_url: str, broker_url: str) -> Celery:
 def worker(
     app: Celery, database_url: str, broker_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Process]:
-    process = start_worker(app, service_env(database_url, broker_url), tmp_path_factory.mktemp("worker"))
+    # A handful of runs pays for a screening (the default share needs hundreds).
+    env = service_env(database_url, broker_url, WRE_SCREEN_BUDGET_SHARE="10")
+    process = start_worker(app, env, tmp_path_factory.mktemp("worker"))
     yield process
     process.stop()
 
@@ -40,6 +44,7 @@ def skills(memory: PatternMemory) -> PatternMemory:
         ("crasher", "raises"),
     ]:
         register_skill_text(memory, python_skill(name, entrypoint))
+    register_skill_text(memory, python_skill("tunable", "tunable", params=TUNABLE_PARAMS))
     return memory
 
 
@@ -73,16 +78,19 @@ def test_retry_carries_the_failure_context(app: Celery, worker: Process, skills:
 
 
 def test_max_iterations_then_evolution(app: Celery, worker: Process, skills: PatternMemory) -> None:
-    result = _run(app, "hopeless")
+    result = _run(app, "tunable")
     assert result["success"] is False
     meta = result["_react_metadata"]
     assert meta["iterations"] == meta["max_iterations"] == 3
     assert meta["early_success"] is False
     assert result["evolution_triggered"] is True
     assert len(skills.run_outcomes(str(result["execution_id"]))) == 3
-    wait_until(lambda: skills.get_active_ab_test("hopeless") is not None, what="the evolved variation's test")
-    events = [e.event_type for e in skills.get_evolution_history("hopeless")]
-    assert "react_execution" in events and "variation_proposed" in events
+    # Screening waits for six recorded inputs; it claims nothing meanwhile, so the sixth failure evolves.
+    for n in range(5):
+        _run(app, "tunable", {"text": f"run {n}"})
+    wait_until(lambda: skills.get_active_ab_test("tunable") is not None, what="the evolved variation's test")
+    events = [e.event_type for e in skills.get_evolution_history("tunable")]
+    assert "react_execution" in events and "candidates_screened" in events and "variation_proposed" in events
 
 
 def test_agent_exception_is_a_scored_attempt(app: Celery, worker: Process, skills: PatternMemory) -> None:
@@ -184,13 +192,13 @@ def test_assignment_key_pins_the_arm(app: Celery, worker: Process, skills: Patte
 
 
 def test_burst_of_failures_evolves_once(app: Celery, worker: Process, skills: PatternMemory) -> None:
-    results = [enqueue_skill("hopeless", {"i": i}, app=app) for i in range(20)]
+    results = [enqueue_skill("tunable", {"i": i}, app=app) for i in range(20)]
     for result in results:
         assert result.get(timeout=60)["evolution_triggered"] is True
-    wait_until(lambda: skills.get_active_ab_test("hopeless") is not None, what="one A/B test")
+    wait_until(lambda: skills.get_active_ab_test("tunable") is not None, what="one A/B test")
     wait_until(lambda: _maintenance_idle(app), timeout=30, what="the evolve tasks to finish")
-    assert len(skills.list_ab_tests(skill_name="hopeless")) == 1
-    assert len(skills.list_variations("hopeless")) == 2
+    assert len(skills.list_ab_tests(skill_name="tunable")) == 1
+    assert len(skills.list_variations("tunable")) == 2
 
 
 def _maintenance_idle(app: Celery) -> bool:
