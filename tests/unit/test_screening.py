@@ -77,7 +77,9 @@ def test_tuned_params_move_one_value_within_its_domain_and_differ_per_candidate(
     assert len(proposals) >= 4
     for content in proposals:
         proposal = validate_proposal(parent, content)
-        moved = {name for name, value in proposal.param_values().items() if value != parent.params[name].value}
+        moved = {
+            name for name, value in proposal.param_values().items() if value != parent.params[name].value
+        }
         assert len(moved) == 1
         assert proposal.params["mode"].value in ("strict", "lenient", "loose")
         assert 1 <= proposal.params["window"].value <= 9 and isinstance(proposal.params["window"].value, int)
@@ -130,9 +132,15 @@ def test_llm_candidates_sample_at_different_temperatures_and_ask_for_another_ang
     assert candidate_temperature(0.3, 0) == 0.3
     assert candidate_temperature(None, 0) == CANDIDATE_TEMPERATURES[0]
     assert len({candidate_temperature(0.3, k) for k in range(4)}) == 4
-    skill = parse_skill(SIMULATED.replace("agent: simulated", "agent: llm").replace("evolver: simulated", "evolver: llm"))
+    skill = parse_skill(
+        SIMULATED.replace("agent: simulated", "agent: llm").replace("evolver: simulated", "evolver: llm")
+    )
     failure = Failure("r1", 0.0, "answer", "KeyError: answer", "the output was empty")
     first, second = evolution_prompt(skill, [failure], 0), evolution_prompt(skill, [failure], 1)
     for prompt in (first, second):
-        assert "failed at step answer" in prompt and "KeyError: answer" in prompt and "the output was empty" in prompt
+        assert (
+            "failed at step answer" in prompt
+            and "KeyError: answer" in prompt
+            and "the output was empty" in prompt
+        )
     assert "different angle" in second and "different angle" not in first
