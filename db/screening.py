@@ -80,3 +80,19 @@ def screening_spent(memory: StoreBase, skill_name: str) -> tuple[int, int]:
     with memory.transaction() as conn:
         calls = sum(int((details or {}).get("calls", 0)) for details in conn.execute(events).scalars())
         return calls, int(conn.execute(runs).scalar_one())
+
+
+def latest_screenings(memory: StoreBase, limit: int = 200) -> list[dict[str, Any]]:
+    """The latest screening events of every skill, oldest first: skill, time, description and details.
+
+    :param memory: the store.
+    :param limit: at most this many.
+    """
+    query = (
+        select(EVENTS.c.skill_name, EVENTS.c.created_at, EVENTS.c.variation_id, EVENTS.c.details)
+        .where(EVENTS.c.event_type == SCREENING_EVENT)
+        .order_by(EVENTS.c.event_id.desc())
+        .limit(limit)
+    )
+    with memory.transaction() as conn:
+        return [dict(row._mapping) for row in reversed(list(conn.execute(query)))]

@@ -13,9 +13,12 @@ from sqlalchemy import func, select
 from db.memory import OutcomeRecord, PatternMemory
 from db.models import OUTCOMES
 from db.screening import SCREENING_EVENT, screening_spent
+from tests.integration.test_cli import wre
+from tests.processes import service_env
 from worker.evolution import evolve_skill
 from worker.settings import Settings
 from worker.skills import parse_skill
+from wre.report import build_report
 
 
 def simulated_skill(probability: float, mean_shift: float) -> str:
@@ -151,3 +154,26 @@ def test_a_python_skill_without_params_is_not_evolved(memory: PatternMemory) -> 
     result = evolve_skill(memory, settings, "untunable")
     assert result["status"] == "skipped" and "declares no params" in result["reason"], result
     assert memory.get_evolution_history("untunable") == []
+
+
+def test_screenings_are_shown_by_skill_show_and_the_report(
+    memory: PatternMemory, database_url: str, broker_url: str
+) -> None:
+    settings = Settings(evolve_cooldown_seconds=0)
+    production = memory.register_skill("sim", simulated_skill(0.3, 0.6), default_agent="simulated")
+    memory.register_skill("untunable", UNTUNABLE, default_agent="python")
+    _runs(memory, "sim", production, 500, success=False)
+    result = evolve_skill(memory, settings, "sim")
+    assert result["status"] == "testing", result
+    (details,) = _screenings(memory, "sim")
+    html = build_report(memory).html
+    assert "<h2>Screening</h2>" in html and f"1 screenings, {details['calls']} agent calls" in html
+    assert f"<td>{result['variation_id']}</td>" in html
+    env = service_env(database_url, broker_url, COLUMNS="250")
+    shown = wre(env, "skill", "show", "sim")
+    assert shown.returncode == 0, shown.stderr
+    assert "evolution: on" in shown.stdout
+    assert f"screening: {details['calls']} replay calls for 500 live runs" in shown.stdout
+    assert result["variation_id"] in shown.stdout.split("screened")[1]
+    blocked = wre(env, "skill", "show", "untunable")
+    assert "evolution: not evolved: the python agent does not read instructions" in blocked.stdout
