@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import math
 import statistics
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -63,6 +64,7 @@ class ReplayScore:
     :param wins: inputs where it scored higher than the parent (0 for the parent itself).
     :param losses: inputs where it scored lower.
     :param p_value: the sign test's p-value against the parent (1 for the parent).
+    :param replays: how many inputs it was replayed on (successive halving drops the weaker early).
     """
 
     variation_id: str
@@ -71,6 +73,7 @@ class ReplayScore:
     wins: int = 0
     losses: int = 0
     p_value: float = 1.0
+    replays: int = 0
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,34 @@ class _Replayed:
     fidelities: list[float]
     successes: int
     tokens: int | None
+
+    def plus(self, more: _Replayed) -> _Replayed:
+        return _Replayed(
+            self.fidelities + more.fidelities,
+            self.successes + more.successes,
+            _sum_tokens([self.tokens, more.tokens]),
+        )
+
+
+def _sum_tokens(figures: Iterable[int | None]) -> int | None:
+    known = [figure for figure in figures if figure is not None]
+    return sum(known) if known else None
+
+
+def _score(variation_id: str, replayed: _Replayed, base: _Replayed) -> ReplayScore:
+    """A candidate's replays against the parent's on the same inputs (the first ones, if it was dropped early)."""
+    pairs = list(zip(replayed.fidelities, base.fidelities, strict=False))
+    wins = sum(mine > theirs for mine, theirs in pairs)
+    losses = sum(mine < theirs for mine, theirs in pairs)
+    return ReplayScore(
+        variation_id,
+        statistics.fmean(replayed.fidelities),
+        replayed.successes,
+        wins,
+        losses,
+        sign_test_p_value(wins, losses),
+        len(replayed.fidelities),
+    )
 
 
 def replay_ids(seed: str, inputs: list[ReplayInput]) -> list[str]:
@@ -143,39 +174,49 @@ def screen_candidates(
     if waiting is not None:
         raise EvolutionRefused(waiting)
     budget = _budget(memory, settings, parent.name)
-    inputs = replay_inputs(memory, parent.name, settings.screen_failures, settings.screen_passes)
+    inputs = _interleaved(
+        replay_inputs(memory, parent.name, settings.screen_failures, settings.screen_passes)
+    )
     candidates, refusals = _propose(memory, parent, evolver, failures, seed, settings.evolve_candidates)
-    # Cut the replay set to the budget, keeping failed and passed inputs in proportion.
-    size = min(len(inputs), budget // (len(candidates) + 1))
-    if size < MIN_REPLAY_INPUTS:
-        raise EvolutionRefused(f"only {len(inputs)} recorded input(s) of {parent.name!r} to replay")
-    inputs = _cut(inputs, size)
     run_ids = replay_ids(seed, inputs)
     threshold = parent.threshold if parent.threshold is not None else settings.react_fidelity
-    base = _replay(settings, parent, production_id, inputs, run_ids, threshold)
-    parent_score = ReplayScore(production_id, statistics.fmean(base.fidelities), base.successes)
-    scores: list[ReplayScore] = []
-    tokens = base.tokens
-    for variation_id, skill in candidates:
-        replayed = _replay(settings, skill, variation_id, inputs, run_ids, threshold)
-        wins = sum(c > p for c, p in zip(replayed.fidelities, base.fidelities, strict=True))
-        losses = sum(c < p for c, p in zip(replayed.fidelities, base.fidelities, strict=True))
-        scores.append(
-            ReplayScore(
-                variation_id,
-                statistics.fmean(replayed.fidelities),
-                replayed.successes,
-                wins,
-                losses,
-                sign_test_p_value(wins, losses),
-            )
+    skills = {production_id: parent, **dict(candidates)}
+    replayed: dict[str, _Replayed] = {variation_id: _Replayed([], 0, None) for variation_id in skills}
+    # Successive halving: each round spends an equal share of the budget on fresh inputs for the parent and
+    # the candidates still in, then keeps the better half; the last one in gets the most inputs, which is
+    # where the test needs them.
+    alive = [variation_id for variation_id, _ in candidates]
+    per_round = budget / (math.ceil(math.log2(len(alive))) + 1)
+    used = calls = 0
+    while used < len(inputs):
+        size = min(
+            len(inputs) - used,
+            max(1, int(per_round // (len(alive) + 1))),
+            (budget - calls) // (len(alive) + 1),
         )
-        if replayed.tokens is not None:
-            tokens = (tokens or 0) + replayed.tokens
-    # The best by mean replay fidelity (then passes, then proposal order) is the only one tested.
-    best = max(scores, key=lambda s: (s.fidelity, s.successes, -scores.index(s)))
+        if size <= 0:
+            break
+        batch, batch_ids = inputs[used : used + size], run_ids[used : used + size]
+        for variation_id in (production_id, *alive):
+            replayed[variation_id] = replayed[variation_id].plus(
+                _replay(settings, skills[variation_id], variation_id, batch, batch_ids, threshold)
+            )
+        used += size
+        calls += size * (len(alive) + 1)
+        if len(alive) > 1:
+            alive = sorted(alive, key=lambda v: -statistics.fmean(replayed[v].fidelities))[: len(alive) // 2]
+    base = replayed[production_id]
+    if len(base.fidelities) < MIN_REPLAY_INPUTS:
+        raise EvolutionRefused(f"only {len(inputs)} recorded input(s) of {parent.name!r} to replay")
+    parent_score = ReplayScore(
+        production_id, statistics.fmean(base.fidelities), base.successes, replays=len(base.fidelities)
+    )
+    scores = [_score(variation_id, replayed[variation_id], base) for variation_id, _ in candidates]
+    tokens = _sum_tokens(item.tokens for item in replayed.values())
+    # The survivor is the only one tested, on every input it and the parent were replayed on.
+    best = next(item for item in scores if item.variation_id == alive[0])
     chosen = best if best.wins > best.losses and best.p_value <= settings.screen_alpha else None
-    calls = len(inputs) * (len(candidates) + 1)
+    inputs = inputs[:used]
     failed_inputs = sum(item.failed for item in inputs)
     verdict = (
         f"{chosen.variation_id} beat its parent ({chosen.wins} wins, {chosen.losses} losses, p={chosen.p_value:.3f})"
@@ -239,11 +280,14 @@ def _propose(
     return list(candidates.items()), refusals
 
 
-def _cut(inputs: list[ReplayInput], size: int) -> list[ReplayInput]:
+def _interleaved(inputs: list[ReplayInput]) -> list[ReplayInput]:
+    """Failed and passed inputs spread evenly, so that every round of replays holds both in proportion."""
     failed = [item for item in inputs if item.failed]
     passed = [item for item in inputs if not item.failed]
-    keep_passed = min(len(passed), round(size * len(passed) / len(inputs)))
-    return failed[: size - keep_passed] + passed[:keep_passed]
+    position = {
+        id(item): (index + 0.5) / len(group) for group in (failed, passed) for index, item in enumerate(group)
+    }
+    return sorted(inputs, key=lambda item: (position[id(item)], not item.failed))
 
 
 def _replay(
@@ -277,11 +321,7 @@ def _replay(
 
 def _tokens(results: list[AgentResult]) -> int | None:
     """Tokens the agent reported (prompt + completion), or None when it reported none."""
-    reported = [result.usage for result in results if isinstance(result.usage, dict)]
+    reported: list[dict[str, Any]] = [result.usage for result in results if isinstance(result.usage, dict)]
     if not reported:
         return None
-    total = 0
-    for usage in reported:
-        figures: dict[str, Any] = usage
-        total += sum(int(figures.get(key) or 0) for key in TOKEN_KEYS)
-    return total
+    return sum(int(usage.get(key) or 0) for usage in reported for key in TOKEN_KEYS)

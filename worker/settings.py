@@ -96,7 +96,7 @@ class Settings(BaseSettings):
     screen_passes: int = Field(default=5, ge=0, le=1000)
     screen_max_calls: int = Field(default=100, ge=2, le=10_000)
     screen_budget_share: float = Field(default=0.2, ge=0.0, le=10.0)
-    screen_alpha: float = Field(default=0.1, gt=0.0, lt=1.0)
+    screen_alpha: float = Field(default=0.2, gt=0.0, lt=1.0)
     llm_base_url: str = "http://127.0.0.1:11434/v1"
     llm_model: str = "llama3.1"
     llm_api_key: SecretStr = SecretStr("")

@@ -346,6 +346,8 @@ def test_the_evolvers_rewrite_is_screened_then_tested(
     # The screening: the rewrite passed every replay the parent failed; the calls and tokens are counted.
     (screening,) = [e for e in skills.get_evolution_history("llm_evolves") if e.event_type == "candidates_screened"]
     assert screening.details["chosen"] == variation.variation_id
-    assert screening.details["calls"] == 6 * 5 and screening.details["tokens"] == 30 * 18
+    # Successive halving: 4 candidates on the first inputs, the better 2 on the next, the survivor on the rest.
+    assert 6 * 2 <= screening.details["calls"] < 6 * 5
+    assert screening.details["tokens"] == screening.details["calls"] * 18  # the fake server's usage per call
     chosen = next(c for c in screening.details["candidates"] if c["variation_id"] == variation.variation_id)
     assert chosen["wins"] == 6 and chosen["losses"] == 0
