@@ -40,8 +40,11 @@ from db.models import EVENTS, OUTCOMES, TESTS, VARIATIONS
 from db.screening import SCREENING_EVENT
 from worker.agents.simulated import simulation_spec
 from worker.client import enqueue_skill
+from worker.settings import Settings
 from worker.skills import parse_skill
 
+# wre's defaults as the code declares them (the worker gets no statistical override).
+DEFAULTS = {name: field.default for name, field in Settings.model_fields.items()}
 BAR_FIDELITY = 0.20
 BAR_RETRIES = -0.30
 BAR_WIN_RATE = 0.50
@@ -356,8 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     report.line(
         f"evolver: p' = p + N({fleet.mean_shift}, {fleet.spread}) (declared per skill); statistics at wre's "
         f"defaults (A/B: sequential, alpha 0.05, min 20/arm, max "
-        f"{args.max_trials_per_arm or 'default'}/arm; screening: 4 candidates, sign test at 0.1, 100 calls, "
-        f"budget 0.2 of live runs); clocks compressed: evaluated every 1 s, evolution cooldown {args.cooldown:g} s"
+        f"{args.max_trials_per_arm or DEFAULTS['ab_max_trials_per_arm']}/arm; screening: "
+        f"{DEFAULTS['evolve_candidates']} candidates, sign test at {DEFAULTS['screen_alpha']}, "
+        f"{DEFAULTS['screen_max_calls']} calls, budget {DEFAULTS['screen_budget_share']} of live runs); clocks compressed: evaluated every 1 s, evolution cooldown {args.cooldown:g} s"
     )
     seeds = [
         run_seed(args, fleet, seed, report) for seed in range(args.first_seed, args.first_seed + args.seeds)
