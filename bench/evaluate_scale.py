@@ -1,7 +1,8 @@
 """Evaluation at scale: one round of ``wre.evaluate_ab_tests`` over 10,000 running tests and 1,000,000 outcomes.
 
 The store is bulk-loaded with COPY: 10,000 skills, each with a control and a treatment variation and one running
-A/B test at 50 trials per arm, and 100 recorded outcomes per test (1,000,000 rows). One test in 20 has a clear
+A/B test at 50 trials per arm, and 100 recorded outcomes per test (1,000,000 rows), each a completed trial in
+the test's ledger (1,000,000 ledger rows: a round reads every running test's ledger). One test in 20 has a clear
 verdict (half promote, half archive); the others are undecided. Rounds alternate 1,000 running tests (the other
 9,000 set aside) and 10,000, the store restored between rounds. Each round is timed and its SQL counted:
 
@@ -181,6 +182,15 @@ def load(url: str, tests: int, outcomes_per_test: int) -> None:
                 "created_at",
             ),
             _outcomes(tests, outcomes_per_test),
+        )
+        _copy(
+            conn,
+            "ab_trials",
+            ("test_id", "run_id", "unit_key", "arm", "assigned_at", "deadline", "completed_at", "success", "fidelity"),
+            (
+                (row[6], row[0], f"run:{row[0]}", row[7], "now", "now", "now", row[8], row[10])
+                for row in _outcomes(tests, outcomes_per_test)
+            ),
         )
         conn.execute("SELECT setval('ab_test_assignments_test_id_seq', %s)", (tests,))
     with psycopg.connect(dsn, autocommit=True) as conn:

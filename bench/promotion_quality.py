@@ -206,7 +206,29 @@ def sequential_verdicts(
     for_control = one_sided_log_evidence(-estimate, variance, policy.mixing_sd, threshold) >= threshold
     promote = can_decide & for_treatment & exact_at_least(p, policy.min_margin, +1)
     archive = can_decide & ~for_treatment & for_control
-    return promote, archive, reached(p, policy.max_trials_per_arm)
+    close = reached(p, policy.max_trials_per_arm)
+    if policy.min_detectable_lift > 0.0:
+        close = close | (can_decide & (futility(p, policy.min_detectable_lift) >= policy.futility_threshold))
+    return promote, archive, close
+
+
+def futility(p: Paths, lift: float) -> FloatArray:
+    """policies.futility_log_evidence for single-trial units, vectorised (-inf without information)."""
+    trials = p.control_trials + p.treatment_trials
+    pooled = (p.control_successes + p.treatment_successes) / np.maximum(trials, 1)
+
+    def spread(successes: IntArray, arm_trials: IntArray) -> FloatArray:
+        # sum over the arm's runs of (y - pooled)**2, over the arm's trials squared.
+        deviations = successes - 2.0 * pooled * successes + pooled * pooled * arm_trials
+        return np.maximum(0.0, deviations) / np.maximum(arm_trials, 1) ** 2
+
+    both = spread(p.control_successes, p.control_trials) + spread(p.treatment_successes, p.treatment_trials)
+    present = (p.control_trials > 0) & (p.treatment_trials > 0) & (both > 0.0)
+    observed = p.treatment_successes / np.maximum(p.treatment_trials, 1) - p.control_successes / np.maximum(
+        p.control_trials, 1
+    )
+    safe = np.where(present, both, 1.0)
+    return np.where(present, lift * (lift / 2.0 - observed) / safe, -np.inf)
 
 
 def margin_verdicts(p: Paths, policy: policies.MarginPolicy) -> tuple[BoolArray, BoolArray, BoolArray]:
@@ -279,8 +301,11 @@ def check_twin(rng: np.random.Generator, mixing_sd: float) -> int:
     ours_t = one_sided_log_evidence(estimate, variance, mixing_sd)[:, 0]
     ours_c = one_sided_log_evidence(-estimate, variance, mixing_sd)[:, 0]
     for i, state in enumerate(states):
-        evidence = policies.RandomizationEvidence(policies.Counts(*state), mixing_sd)
-        for mine, theirs in ((ours_t[i], evidence.treatment), (ours_c[i], evidence.control)):
+        evidence = policies.RandomizationEvidence.from_counts(policies.Counts(*state), mixing_sd)
+        for mine, theirs in (
+            (ours_t[i], evidence.treatment_evidence),
+            (ours_c[i], evidence.control_evidence),
+        ):
             if not math.isclose(mine, theirs, rel_tol=TWIN_TOLERANCE, abs_tol=TWIN_TOLERANCE):
                 raise RuntimeError(
                     f"numpy twin drifted from scheduler.policies at {state}: {mine} vs {theirs}"

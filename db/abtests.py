@@ -1,7 +1,7 @@
-"""A/B tests and the production lifecycle: schedule, count trials, decide, promote, archive, roll back.
+"""A/B tests: schedule one (under the skill's lock, against production), read them, count trials by hand,
+ask the policy, claim an evolution. What verdicts do to production lives in db/lifecycle.py.
 
-The statistics are not here: a promotion policy (a callable from the scheduler floor) is handed in, and
-this module only applies its verdicts, each in one transaction with its learning event.
+The statistics are not here: a promotion policy (a callable from the scheduler floor) is handed in.
 """
 
 from __future__ import annotations
@@ -15,42 +15,44 @@ from sqlalchemy import Connection, exc, select, update
 
 from db.base import require_count, require_text
 from db.catalog import CatalogStore
-from db.models import ARMS, EVENTS, SKILLS, TESTS, VARIATIONS, utcnow
+from db.models import ARMS, EVENTS, OPEN_TEST_STATUSES, SKILLS, TESTS, VARIATIONS, utcnow
 from db.outcomes import OutcomeStore, _add_trial, _insert_event
-from db.records import AbTestRecord, Conclusion, LearningEventRecord
+from db.records import AbTestRecord, LearningEventRecord
 
 
 class Verdict(Protocol):
-    """What a promotion policy returns: a winner (or None to keep going) and its figures."""
+    """What a policy says about one open test, read from its record and its ledger's complete prefix.
+
+    ``action`` is what to do now: ``promote``, ``archive``, ``inconclusive`` (a test); ``rollback``,
+    ``confirm`` (a guard); ``pause`` (a health check failed); None to keep going. ``winner`` is the seed's
+    word for it ('treatment', 'control', 'inconclusive' or None). ``guard_share`` is the holdout share of
+    the guard that a promotion starts (0: no guard).
+    """
+
+    @property
+    def action(self) -> str | None: ...
 
     @property
     def winner(self) -> str | None: ...
+
+    @property
+    def guard_share(self) -> float: ...
 
     def to_dict(self) -> dict[str, Any]: ...
 
 
 PromotionPolicy = Callable[..., Verdict]
-"""Called as ``policy(test: AbTestRecord, **overrides)``."""
+"""Called as ``policy(test: AbTestRecord, cohort: CohortRecord, **overrides)``."""
+
+VariationCheck = Callable[[str, str], None]
+"""Called as ``check(skill_name, content)``; raises ValueError when the content is not a valid variation of
+the skill (the floor that parses skills injects it: db/ cannot parse them)."""
 
 log = logging.getLogger(__name__)
 
 
-def _verdict(policy: PromotionPolicy, test: AbTestRecord) -> Verdict | None:
-    """The policy's verdict on one test, or None to keep going.
-
-    A test the policy cannot judge (a policy name or parameters it refuses) is logged and left running: one
-    bad test must not stop every other test's decision.
-    """
-    try:
-        verdict = policy(test)
-    except ValueError as error:
-        log.error("A/B test %s of %s cannot be decided: %s", test.test_id, test.skill_name, error)
-        return None
-    return verdict if verdict.winner else None
-
-
 class AbTestConflictError(ValueError):
-    """The skill already has a running test (the database allows one at a time)."""
+    """The skill already has an open test or guard (the database allows one at a time)."""
 
 
 class NoPolicyError(RuntimeError):
@@ -60,6 +62,7 @@ class NoPolicyError(RuntimeError):
 class AbTestStore(CatalogStore, OutcomeStore):
     policy: PromotionPolicy | None = None
     policy_name: str = "sequential"
+    variation_check: VariationCheck | None = None
 
     def schedule_ab_test(
         self,
@@ -69,7 +72,12 @@ class AbTestStore(CatalogStore, OutcomeStore):
         sample_size_target: int = 20,
         policy: str | None = None,
     ) -> int:
-        """Start a test of ``treatment_version`` against ``control_version``; returns the test id."""
+        """Start a test of ``treatment_version`` against ``control_version``; returns the test id.
+
+        Under the skill's lock: the control must be the skill's production version now (a test against
+        anything else would promote over a version nobody runs), the treatment another variation of the
+        skill that parses as one, and the skill must have no open test or guard.
+        """
         require_text(skill_name, "skill name")
         require_text(control_version, "control version", max_length=64)
         require_text(treatment_version, "treatment version", max_length=64)
@@ -78,12 +86,23 @@ class AbTestStore(CatalogStore, OutcomeStore):
             raise ValueError("control and treatment must be different variations")
         try:
             with self.transaction() as conn:
-                for version in (control_version, treatment_version):
-                    owner = conn.execute(
-                        select(VARIATIONS.c.skill_name).where(VARIATIONS.c.variation_id == version)
-                    ).scalar()
-                    if owner != skill_name:
-                        raise ValueError(f"variation {version!r} is not a variation of skill {skill_name!r}")
+                skill = self._lock_skill(conn, skill_name)
+                if skill.production_variation_id != control_version:
+                    raise AbTestConflictError(
+                        f"control {control_version} is not the production version of {skill_name!r} "
+                        f"(production is {skill.production_variation_id}): production changed meanwhile"
+                    )
+                treatment = conn.execute(
+                    select(VARIATIONS.c.skill_name, VARIATIONS.c.variation_content).where(
+                        VARIATIONS.c.variation_id == treatment_version
+                    )
+                ).first()
+                if treatment is None or treatment.skill_name != skill_name:
+                    raise ValueError(
+                        f"variation {treatment_version!r} is not a variation of skill {skill_name!r}"
+                    )
+                if self.variation_check is not None:
+                    self.variation_check(skill_name, treatment.variation_content)
                 test_id = conn.execute(
                     TESTS.insert()
                     .values(
@@ -93,18 +112,16 @@ class AbTestStore(CatalogStore, OutcomeStore):
                         sample_size_target=sample_size_target,
                         policy=policy or self.policy_name,
                         status="running",
+                        kind="test",
+                        treatment_share=0.5,
                         started_at=utcnow(),
                     )
                     .returning(TESTS.c.test_id)
                 ).scalar_one()
-                conn.execute(
-                    update(VARIATIONS)
-                    .where(VARIATIONS.c.variation_id == treatment_version, ~VARIATIONS.c.promoted)
-                    .values(test_status="testing")
-                )
+                self._mark(conn, treatment_version, "testing")
                 return int(test_id)
         except exc.IntegrityError as error:
-            raise AbTestConflictError(f"skill {skill_name!r} already has a running A/B test") from error
+            raise AbTestConflictError(f"skill {skill_name!r} already has an open A/B test or guard") from error
 
     def get_ab_test(self, test_id: int) -> AbTestRecord | None:
         with self.transaction() as conn:
@@ -142,6 +159,8 @@ class AbTestStore(CatalogStore, OutcomeStore):
         with self.transaction() as conn:
             if _add_trial(conn, test_id, variant, success, fidelity) == 0:
                 raise ValueError(f"A/B test {test_id} does not exist or is not running")
+            # The verdicts read the ledger: a trial counted by hand is a completed unit of its own there.
+            self.add_manual_trial(conn, test_id, variant, success, fidelity)
 
     def check_ab_promotion(self, test_id: int, min_margin: float | None = None) -> dict[str, Any]:
         """Ask the configured policy about one test, without acting; ``min_margin`` overrides its floor."""
@@ -149,164 +168,28 @@ class AbTestStore(CatalogStore, OutcomeStore):
         if test is None:
             raise ValueError(f"unknown A/B test {test_id}")
         overrides = {} if min_margin is None else {"min_margin": min_margin}
-        verdict = self._require_policy()(test, **overrides)
+        verdict = self._require_policy()(test, self.cohorts([test_id])[test_id], **overrides)
         return {
             **verdict.to_dict(),
             "test_id": test_id,
             "winner": verdict.winner,
-            "should_promote": verdict.winner == "treatment",
+            "should_promote": verdict.action == "promote",
         }
 
-    def evaluate_running_tests(self) -> list[Conclusion]:
-        """Decide every running test the policy can decide now, and apply each verdict.
-
-        The read is one unlocked query; only tests with a verdict are then locked (SKIP LOCKED, so two
-        evaluators never decide one test and never wait on each other), re-decided on the locked counts,
-        and concluded. Queries per round do not grow with the number of undecided tests.
-        """
-        policy = self._require_policy()
-        decided = [test.test_id for test in self.list_ab_tests(status="running") if _verdict(policy, test)]
-        if not decided:
-            return []
-        conclusions = []
-        with self.transaction() as conn:
-            locked = conn.execute(
-                select(TESTS)
-                .where(TESTS.c.test_id.in_(decided), TESTS.c.status == "running")
-                .with_for_update(skip_locked=True)
-            )
-            for row in list(locked):
-                test = AbTestRecord(**row._mapping)
-                verdict = _verdict(policy, test)
-                if verdict is not None:
-                    conclusions.append(self._conclude(conn, test, verdict.winner or "", verdict.to_dict()))
-        return conclusions
-
-    def _conclude(
-        self, conn: Connection, test: AbTestRecord, winner: str, figures: dict[str, Any]
-    ) -> Conclusion:
-        now = utcnow()
-        conn.execute(
-            update(TESTS)
-            .where(TESTS.c.test_id == test.test_id)
-            .values(status="completed", winner=winner, decided_at=now, completed_at=now, decision=figures)
-        )
-        details = {"test_id": test.test_id, "decision": figures}
-        if winner == "treatment":
-            production = self._lock_skill(conn, test.skill_name).production_variation_id
-            self._set_production(conn, test.skill_name, test.treatment_version, production)
-            event_type, promoted, archived = "variation_promoted", test.treatment_version, None
-        else:
-            self._mark(conn, test.treatment_version, "archived")
-            event_type, promoted, archived = "variation_archived", None, test.treatment_version
-        _insert_event(
-            conn,
-            LearningEventRecord(
-                skill_name=test.skill_name,
-                event_type=event_type,
-                variation_id=test.treatment_version,
-                fidelity_before=test.control_fidelity,
-                fidelity_after=test.treatment_fidelity,
-                description=f"A/B test {test.test_id} decided: {winner}",
-                details=details,
-            ),
-        )
-        return Conclusion(test.test_id, test.skill_name, winner, promoted, archived, figures)
-
-    def promote_variation(self, variation_id: str) -> None:
-        """Make a variation its skill's production version by hand; the old one is kept for rollback."""
-        with self.transaction() as conn:
-            variation = self._variation(conn, variation_id)
-            skill = self._lock_skill(conn, variation.skill_name)
-            if skill.production_variation_id == variation_id:
-                return
-            # The running comparison was against the old production version: it no longer means anything.
-            self._stop_running(conn, variation.skill_name, "production changed by hand")
-            self._set_production(conn, variation.skill_name, variation_id, skill.production_variation_id)
-            _insert_event(
-                conn,
-                LearningEventRecord(
-                    skill_name=variation.skill_name,
-                    event_type="variation_promoted",
-                    variation_id=variation_id,
-                    description="promoted by hand",
-                    details={"manual": True, "previous": skill.production_variation_id},
-                ),
-            )
-
-    def archive_variation(self, variation_id: str) -> None:
-        """Take a variation out of testing for good; production cannot be archived (roll back first)."""
-        with self.transaction() as conn:
-            variation = self._variation(conn, variation_id)
-            skill = self._lock_skill(conn, variation.skill_name)
-            if skill.production_variation_id == variation_id:
-                raise ValueError(
-                    f"variation {variation_id} is production for {skill.name!r}; roll back first"
-                )
-            active = conn.execute(
-                select(TESTS.c.test_id).where(
-                    TESTS.c.treatment_version == variation_id, TESTS.c.status == "running"
-                )
-            ).scalar()
-            if active is not None:
-                self._stop_running(conn, variation.skill_name, "treatment archived")
-            self._mark(conn, variation_id, "archived")
-            _insert_event(
-                conn,
-                LearningEventRecord(
-                    skill_name=variation.skill_name,
-                    event_type="variation_archived",
-                    variation_id=variation_id,
-                    description="archived by hand",
-                ),
-            )
-
-    def stop_ab_test(self, test_id: int) -> None:
-        """Stop a running test without a verdict; its treatment is archived."""
-        with self.transaction() as conn:
-            row = conn.execute(select(TESTS).where(TESTS.c.test_id == test_id).with_for_update()).first()
-            if row is None or row.status != "running":
-                raise ValueError(f"A/B test {test_id} does not exist or is not running")
-            self._stop_running(conn, row.skill_name, "stopped by hand")
-
-    def rollback_skill(self, skill_name: str) -> tuple[str, str]:
-        """Restore the production version before the last promotion; returns (from, to)."""
-        with self.transaction() as conn:
-            skill = self._lock_skill(conn, skill_name)
-            current, previous = skill.production_variation_id, skill.previous_variation_id
-            if previous is None or current is None:
-                raise ValueError(f"skill {skill_name!r} has no previous production version to roll back to")
-            self._stop_running(conn, skill_name, "rollback")
-            self._set_production(conn, skill_name, previous, None)
-            conn.execute(
-                update(VARIATIONS)
-                .where(VARIATIONS.c.variation_id == current)
-                .values(test_status="archived", promoted=False)
-            )
-            _insert_event(
-                conn,
-                LearningEventRecord(
-                    skill_name=skill_name,
-                    event_type="rollback",
-                    variation_id=previous,
-                    description=f"rolled back from {current} to {previous}",
-                    details={"from": current, "to": previous},
-                ),
-            )
-        return current, previous
-
     def claim_evolution(self, skill_name: str, cooldown_seconds: float) -> bool:
-        """Claim the right to evolve a skill now; False while it has a test running or is cooling down.
+        """Claim the right to evolve a skill now; False while it has an open test or guard, or is cooling down.
 
         The skill's row lock serializes concurrent claims, so a burst of failed runs evolves a skill once.
         A successful claim writes an ``evolution_started`` event, which starts the cooldown.
         """
         with self.transaction() as conn:
             self._lock_skill(conn, skill_name)
-            running = conn.execute(
-                select(TESTS.c.test_id).where(TESTS.c.skill_name == skill_name, TESTS.c.status == "running")
+            open_test = conn.execute(
+                select(TESTS.c.test_id).where(
+                    TESTS.c.skill_name == skill_name, TESTS.c.status.in_(OPEN_TEST_STATUSES)
+                )
             ).first()
-            if running is not None:
+            if open_test is not None:
                 return False
             since = utcnow() - timedelta(seconds=cooldown_seconds)
             latest = conn.execute(
@@ -331,9 +214,11 @@ class AbTestStore(CatalogStore, OutcomeStore):
         return self.policy
 
     def _stop_running(self, conn: Connection, skill_name: str, reason: str) -> None:
+        """Stop the skill's open test or guard, if any. A test's treatment is archived; a guard's treatment
+        is production, so it stays as it is (the caller decides what production becomes)."""
         running = conn.execute(
-            select(TESTS.c.test_id, TESTS.c.treatment_version)
-            .where(TESTS.c.skill_name == skill_name, TESTS.c.status == "running")
+            select(TESTS.c.test_id, TESTS.c.treatment_version, TESTS.c.kind)
+            .where(TESTS.c.skill_name == skill_name, TESTS.c.status.in_(OPEN_TEST_STATUSES))
             .with_for_update()
         ).first()
         if running is None:
@@ -343,7 +228,8 @@ class AbTestStore(CatalogStore, OutcomeStore):
             .where(TESTS.c.test_id == running.test_id)
             .values(status="stopped", completed_at=utcnow())
         )
-        self._mark(conn, running.treatment_version, "archived")
+        if running.kind == "test":
+            self._mark(conn, running.treatment_version, "archived")
         _insert_event(
             conn,
             LearningEventRecord(
@@ -373,7 +259,7 @@ class AbTestStore(CatalogStore, OutcomeStore):
         # test's lock when it promotes; taking them the other way round here could deadlock with it.
         conn.execute(
             select(TESTS.c.test_id)
-            .where(TESTS.c.skill_name == skill_name, TESTS.c.status == "running")
+            .where(TESTS.c.skill_name == skill_name, TESTS.c.status.in_(OPEN_TEST_STATUSES))
             .with_for_update()
         ).all()
         row = conn.execute(select(SKILLS).where(SKILLS.c.name == skill_name).with_for_update()).first()

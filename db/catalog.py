@@ -9,7 +9,8 @@ from typing import Any
 from sqlalchemy import Connection, Row, case, select, update
 
 from db.base import StoreBase, require_text
-from db.models import SKILLS, TESTS, VARIATION_STATUSES, VARIATIONS, utcnow
+from db.models import LINEAGE, OPEN_TEST_STATUSES, SKILLS, TESTS, VARIATION_STATUSES, VARIATIONS, utcnow
+from db.records import ProductionChangeRecord
 
 VARIATION_ID_LENGTH = 16
 
@@ -56,12 +57,14 @@ class CatalogStore(StoreBase):
                 )
             if replace and current is not None and current.production_variation_id != variation_id:
                 running = conn.execute(
-                    select(TESTS.c.test_id).where(TESTS.c.skill_name == name, TESTS.c.status == "running")
+                    select(TESTS.c.test_id).where(
+                        TESTS.c.skill_name == name, TESTS.c.status.in_(OPEN_TEST_STATUSES)
+                    )
                 ).scalar()
                 if running is not None:
                     # Its control would no longer be production: the comparison would mean nothing.
                     raise ValueError(
-                        f"skill {name!r} has A/B test {running} running; stop it first (wre ab stop {running})"
+                        f"skill {name!r} has A/B test {running} open; stop it first (wre ab stop {running})"
                     )
             values = {"description": description, "default_agent": default_agent, "threshold": threshold}
             if current is None:
@@ -74,7 +77,11 @@ class CatalogStore(StoreBase):
             self._insert_variation(conn, name, content, None, "registration", status, [])
             if current is None or current.production_variation_id != variation_id:
                 self._set_production(
-                    conn, name, variation_id, current.production_variation_id if current else None
+                    conn,
+                    name,
+                    variation_id,
+                    current.production_variation_id if current else None,
+                    "registration" if current is None else "replace",
                 )
         return variation_id
 
@@ -128,7 +135,26 @@ class CatalogStore(StoreBase):
         conn.execute(statement)
         return variation_id
 
-    def _set_production(self, conn: Connection, skill_name: str, new: str, old: str | None) -> None:
+    def _set_production(
+        self,
+        conn: Connection,
+        skill_name: str,
+        new: str,
+        old: str | None,
+        reason: str = "registration",
+        test_id: int | None = None,
+    ) -> None:
+        """Make ``new`` production (``old`` is what it replaces) and write the change to the lineage."""
+        conn.execute(
+            LINEAGE.insert().values(
+                skill_name=skill_name,
+                variation_id=new,
+                previous_variation_id=old,
+                reason=reason,
+                test_id=test_id,
+                created_at=utcnow(),
+            )
+        )
         conn.execute(
             update(SKILLS)
             .where(SKILLS.c.name == skill_name)
@@ -145,6 +171,12 @@ class CatalogStore(StoreBase):
             conn.execute(
                 update(VARIATIONS).where(VARIATIONS.c.variation_id == old).values(test_status="retired")
             )
+
+    def production_history(self, skill_name: str) -> list[ProductionChangeRecord]:
+        """Every production version of a skill, oldest first, with why it became production."""
+        query = select(LINEAGE).where(LINEAGE.c.skill_name == skill_name).order_by(LINEAGE.c.change_id)
+        with self.transaction() as conn:
+            return [ProductionChangeRecord(**row._mapping) for row in conn.execute(query)]
 
     def get_skill(self, name: str) -> Row[Any] | None:
         with self.transaction() as conn:

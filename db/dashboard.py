@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, case, func, select
 
-from db.abtests import AbTestStore
+from db.lifecycle import LifecycleStore
 from db.models import EVENTS, OUTCOMES, TESTS
 
 DEFAULT_WINDOW_RUNS = 100
@@ -25,7 +25,7 @@ DASHBOARD_COUNTERS = (
 )
 
 
-class DashboardStore(AbTestStore):
+class DashboardStore(LifecycleStore):
     def get_telemetry_dashboard(self, window: int = DEFAULT_WINDOW_RUNS) -> dict[str, Any]:
         """wre's figures in one dict.
 
@@ -114,7 +114,7 @@ def _test_figures(conn: Connection) -> dict[str, int]:
         func.coalesce(func.sum(case((TESTS.c.status == "running", 1), else_=0)), 0),
         func.coalesce(func.sum(case((TESTS.c.winner.is_not(None), 1), else_=0)), 0),
         func.coalesce(func.sum(case((TESTS.c.winner == "treatment", 1), else_=0)), 0),
-    )
+    ).where(TESTS.c.kind == "test")  # a guard watches a promotion; it tests no new variation
     tested, running, decided, promoted = (int(v) for v in conn.execute(query).one())
     return {"tested": tested, "running": running, "decided": decided, "promoted": promoted}
 

@@ -11,19 +11,21 @@ from __future__ import annotations
 
 from sqlalchemy import Engine
 
-from db.abtests import AbTestConflictError, NoPolicyError, PromotionPolicy, Verdict
+from db.abtests import AbTestConflictError, NoPolicyError, PromotionPolicy, VariationCheck, Verdict
 from db.dashboard import DashboardStore
-from db.records import AbTestRecord, Conclusion, LearningEventRecord, OutcomeRecord
+from db.records import AbTestRecord, CohortRecord, Conclusion, LearningEventRecord, OutcomeRecord
 
 __all__ = [
     "AbTestConflictError",
     "AbTestRecord",
+    "CohortRecord",
     "Conclusion",
     "LearningEventRecord",
     "NoPolicyError",
     "OutcomeRecord",
     "PatternMemory",
     "PromotionPolicy",
+    "VariationCheck",
     "Verdict",
 ]
 
@@ -35,6 +37,8 @@ class PatternMemory(DashboardStore):
     :param policy: the promotion policy, ``policy(test, **overrides) -> verdict``; needed only by
         :meth:`check_ab_promotion` and :meth:`evaluate_running_tests`.
     :param policy_name: recorded on tests this instance schedules.
+    :param variation_check: ``check(skill_name, content)`` raising ValueError for content that is not a valid
+        variation of the skill; run when a test is scheduled (the worker floor injects the skill parser).
     """
 
     def __init__(
@@ -42,7 +46,9 @@ class PatternMemory(DashboardStore):
         url_or_engine: str | Engine,
         policy: PromotionPolicy | None = None,
         policy_name: str = "sequential",
+        variation_check: VariationCheck | None = None,
     ) -> None:
         super().__init__(url_or_engine)
         self.policy = policy
         self.policy_name = policy_name
+        self.variation_check = variation_check

@@ -31,8 +31,16 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 JsonType = JSON().with_variant(JSONB(), "postgresql")
 
 VARIATION_STATUSES = ("baseline", "testing", "promoted", "archived", "retired")
-TEST_STATUSES = ("running", "completed", "stopped")
+# "paused": a health check (sample-ratio mismatch) stopped the test's routing and verdicts until an operator acts.
+TEST_STATUSES = ("running", "paused", "completed", "stopped")
+# A test holds its skill's one slot while running or paused: no second test, guard or evolution meanwhile.
+OPEN_TEST_STATUSES = ("running", "paused")
+# "test": treatment vs production, decided by the promotion policy. "guard": after a promotion, the new
+# production (treatment) vs a holdout on the previous production (control), watched for a regression.
+TEST_KINDS = ("test", "guard")
 ARMS = ("control", "treatment")
+# Why production changed; one row per change in production_changes (the lineage).
+PRODUCTION_REASONS = ("registration", "replace", "promotion", "manual", "rollback", "guard_rollback")
 
 
 def utcnow() -> datetime:
@@ -119,11 +127,11 @@ class AbTestAssignment(Base):
         # At most one running test per skill, enforced by the database so two concurrent
         # schedulers cannot both succeed.
         Index(
-            "uq_ab_test_running_per_skill",
+            "uq_ab_test_open_per_skill",
             "skill_name",
             unique=True,
-            postgresql_where=text("status = 'running'"),
-            sqlite_where=text("status = 'running'"),
+            postgresql_where=text("status IN ('running', 'paused')"),
+            sqlite_where=text("status IN ('running', 'paused')"),
         ),
         Index("ix_ab_test_status", "status"),
     )
@@ -147,6 +155,60 @@ class AbTestAssignment(Base):
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     decision: Mapped[dict[str, Any] | None] = mapped_column(JsonType, nullable=True)
+    kind: Mapped[str] = mapped_column(String(16), default="test", server_default="test")
+    # The share of units routed to the treatment: 0.5 for a test, 1 - holdout share for a guard.
+    treatment_share: Mapped[float] = mapped_column(Float, default=0.5, server_default="0.5")
+    # A guard's test: the one whose promotion it watches.
+    parent_test_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Health findings (a sample-ratio mismatch and its figures), set when the test was paused.
+    health: Mapped[dict[str, Any] | None] = mapped_column(JsonType, nullable=True)
+
+
+class AbTrial(Base):
+    """The trial ledger: one row per run routed into a test, written when the run is assigned.
+
+    A trial counts from assignment, not from its outcome: verdicts read the complete prefix of the ledger
+    (trials assigned before the oldest one still pending), so slow outcomes cannot bias a test, and a trial
+    pending past its deadline counts as a failure of its arm, so a lost run cannot stall one. ``unit_key`` is
+    the unit of analysis: the producer's assignment key, or the run itself when it gave none.
+    """
+
+    __tablename__ = "ab_trials"
+    __table_args__ = (
+        # The evaluator's pending scan: the oldest pending trial per test, and how many there are.
+        Index(
+            "ix_ab_trials_pending",
+            "test_id",
+            "assigned_at",
+            postgresql_where=text("completed_at IS NULL"),
+            sqlite_where=text("completed_at IS NULL"),
+        ),
+    )
+
+    test_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    unit_key: Mapped[str] = mapped_column(String(300))
+    arm: Mapped[str] = mapped_column(String(16))
+    assigned_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    deadline: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    success: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    fidelity: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class ProductionChange(Base):
+    """The lineage of a skill's production: every change, why, and what it replaced."""
+
+    __tablename__ = "production_changes"
+    __table_args__ = (Index("ix_production_changes_skill", "skill_name", "change_id"),)
+
+    change_id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    skill_name: Mapped[str] = mapped_column(String(128))
+    variation_id: Mapped[str] = mapped_column(String(64))
+    previous_variation_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    reason: Mapped[str] = mapped_column(String(32))
+    test_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class LearningEvent(Base):
@@ -186,3 +248,5 @@ OUTCOMES = cast(Table, SkillOutcome.__table__)
 TESTS = cast(Table, AbTestAssignment.__table__)
 EVENTS = cast(Table, LearningEvent.__table__)
 COUNTERS = cast(Table, TelemetryCounter.__table__)
+TRIALS = cast(Table, AbTrial.__table__)
+LINEAGE = cast(Table, ProductionChange.__table__)

@@ -27,9 +27,10 @@ from db.base import (
 from db.counters import CounterStore, counter_arrays, counter_rows, counter_upsert
 from db.models import EVENTS, OUTCOMES, TESTS, utcnow
 from db.records import LearningEventRecord, OutcomeRecord
+from db.trials import TrialStore, complete_trial_update
 
 
-class OutcomeStore(CounterStore):
+class OutcomeStore(CounterStore, TrialStore):
     def record_attempt(
         self,
         outcome: OutcomeRecord,
@@ -38,8 +39,8 @@ class OutcomeStore(CounterStore):
     ) -> bool:
         """Store one attempt with everything that depends on it; False (and nothing written) if seen before.
 
-        The A/B unit is the run, judged on its first attempt: only attempt 1 of a routed run adds a trial,
-        and only while the test is still running.
+        A routed run's trial was written to the ledger when it was assigned; its first attempt completes it
+        (within the trial's deadline) and adds to the test's running counts.
         """
         _validate_outcome(outcome)
         row = asdict(outcome)
@@ -60,6 +61,10 @@ class OutcomeStore(CounterStore):
                 self.add_to_counters(counters, conn)
             if outcome.test_id is not None and outcome.arm is not None and outcome.attempt == 1:
                 _add_trial(conn, outcome.test_id, outcome.arm, outcome.success, outcome.pattern_fidelity)
+                conn.execute(
+                    complete_trial_update(),
+                    _ledger_parameters(outcome.test_id, outcome.run_id, outcome.success, outcome.pattern_fidelity),
+                )
             if learning_event is not None:
                 _insert_event(conn, learning_event)
         return True
@@ -82,6 +87,9 @@ class OutcomeStore(CounterStore):
         parameters.update(counter_arrays(rows))
         if arm is not None:
             parameters.update(_trial_parameters(outcome.test_id, outcome.success, outcome.pattern_fidelity))
+            parameters.update(
+                _ledger_parameters(outcome.test_id, outcome.run_id, outcome.success, outcome.pattern_fidelity)
+            )
         if learning_event is not None:
             parameters.update({f"event_{key}": value for key, value in _event_values(learning_event).items()})
         statement = _record_statement(arm, bool(rows), learning_event is not None)
@@ -234,6 +242,16 @@ def _trial_parameters(test_id: int | None, success: bool, fidelity: float) -> di
     return {"trial_test_id": test_id, "trial_success": int(success), "trial_fidelity": fidelity}
 
 
+def _ledger_parameters(test_id: int | None, run_id: str, success: bool, fidelity: float) -> dict[str, Any]:
+    return {
+        "trial_test_id": test_id,
+        "trial_run_id": run_id,
+        "trial_now": utcnow(),
+        "trial_success_flag": success,
+        "trial_fidelity_value": fidelity,
+    }
+
+
 @lru_cache(maxsize=2)
 def _trial_update(arm: str) -> Any:
     """The trial update of one arm, built once (the hot path only binds new figures)."""
@@ -300,6 +318,7 @@ def _record_statement(arm: str | None, with_counters: bool, with_event: bool) ->
         dependent.append(counter_upsert(postgres=True, only_if=is_new).cte("counted"))
     if arm is not None:
         dependent.append(_trial_update(arm).where(is_new).cte("trial"))
+        dependent.append(complete_trial_update().where(is_new).cte("ledger"))
     if with_event:
         values = select(*[bindparam(f"event_{name}", type_=EVENTS.c[name].type) for name in EVENT_COLUMNS])
         dependent.append(EVENTS.insert().from_select(EVENT_COLUMNS, values.where(is_new)).cte("event"))

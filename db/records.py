@@ -97,6 +97,14 @@ class AbTestRecord:
     completed_at: datetime | None
     decided_at: datetime | None
     decision: dict[str, Any] | None
+    kind: str = "test"
+    treatment_share: float = 0.5
+    parent_test_id: int | None = None
+    health: dict[str, Any] | None = None
+
+    @property
+    def is_guard(self) -> bool:
+        return self.kind == "guard"
 
     @property
     def control_fidelity(self) -> float | None:
@@ -127,3 +135,58 @@ class Conclusion:
     promoted_variation: str | None
     archived_variation: str | None
     decision: dict[str, Any]
+    action: str = ""
+
+
+@dataclass(frozen=True)
+class ArmAggregate:
+    """One arm's units in a test's complete prefix, aggregated (``y`` successes, ``m`` trials per unit).
+
+    ``assigned_units`` counts every unit ever assigned to the arm (the sample-ratio check reads it);
+    the other figures count only the complete prefix.
+    """
+
+    assigned_units: int = 0
+    units: int = 0
+    trials: int = 0
+    successes: int = 0
+    sum_trials_sq: int = 0
+    sum_successes_sq: int = 0
+    sum_cross: int = 0
+
+
+@dataclass(frozen=True)
+class CohortRecord:
+    """What the trial ledger says about one test at ``now``.
+
+    ``cutoff``: the assignment time of the oldest pending trial still within its deadline (None when none
+    is pending); only trials assigned before it count. ``expired``: trials past their deadline without an
+    outcome, counted as failures of their arm. ``excluded``: trials with an outcome assigned at or after the
+    cutoff, waiting for the cohort before them to complete.
+    """
+
+    test_id: int
+    control: ArmAggregate = field(default_factory=ArmAggregate)
+    treatment: ArmAggregate = field(default_factory=ArmAggregate)
+    cutoff: datetime | None = None
+    pending: int = 0
+    expired: int = 0
+    excluded: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["cutoff"] = self.cutoff.isoformat() if self.cutoff else None
+        return data
+
+
+@dataclass(frozen=True)
+class ProductionChangeRecord:
+    """One change of a skill's production version (the lineage ``wre skill history`` shows)."""
+
+    change_id: int
+    skill_name: str
+    variation_id: str
+    previous_variation_id: str | None
+    reason: str
+    test_id: int | None
+    created_at: datetime | None

@@ -1,37 +1,95 @@
-"""Deciding running A/B tests: the configured policy bound to wre's settings, and one evaluation round."""
+"""Deciding open A/B tests and guards: the configured policies bound to wre's settings, and one round.
+
+For each running test the ledger's complete prefix (db/trials.py) comes in as per-arm unit aggregates; the
+judge checks health first (a sample-ratio mismatch pauses the test, whatever its figures say), then asks the
+promotion policy (a test) or the guard (after a promotion) and says what to do. db/lifecycle.py applies it.
+"""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
-from db.memory import AbTestRecord, Conclusion, PatternMemory
-from scheduler.policies import Decision, decide
+from db.memory import AbTestRecord, CohortRecord, Conclusion, PatternMemory
+from db.records import ArmAggregate
+from scheduler.guard import guard_decide
+from scheduler.health import srm_check
+from scheduler.policies import decide_units
+from scheduler.units import ArmUnits
+from worker.runner import check_variation
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# The policy's winner, as the action the store applies.
+TEST_ACTIONS = {"treatment": "promote", "control": "archive", "inconclusive": "inconclusive"}
+GUARD_ACTIONS = {"rollback": ("rollback", "control"), "confirm": ("confirm", "treatment")}
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """What to do with one open test now (``action`` None: keep going), and the figures behind it."""
+
+    action: str | None
+    winner: str | None
+    guard_share: float = 0.0
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.figures)
+
+
+def arm_units(arm: ArmAggregate) -> ArmUnits:
+    return ArmUnits(
+        units=arm.units,
+        trials=arm.trials,
+        successes=arm.successes,
+        sum_trials_sq=arm.sum_trials_sq,
+        sum_successes_sq=arm.sum_successes_sq,
+        sum_cross=arm.sum_cross,
+    )
+
 
 class PromotionPolicy:
-    """``policy(test, **overrides) -> Decision``: the policy a test was scheduled with, at wre's settings.
+    """``policy(test, cohort, **overrides) -> Judgement``: health, then the test's policy or the guard.
 
-    :param settings: supplies alpha, the per-arm minimum and maximum, and the margin floor.
+    :param settings: supplies alpha, the per-arm minimum and maximum, the margin floor, the futility lift,
+        the SRM threshold and the guard's figures.
     """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
-    def __call__(self, test: AbTestRecord, **overrides: Any) -> Decision:
+    def __call__(self, test: AbTestRecord, cohort: CohortRecord, **overrides: Any) -> Judgement:
+        s = self.settings
+        srm = srm_check(
+            cohort.control.assigned_units, cohort.treatment.assigned_units, test.treatment_share, s.ab_srm_p_value
+        )
+        health = {"srm": srm.to_dict(), "cohort": cohort.to_dict()}
+        if srm.mismatch:
+            reason = (
+                f"sample-ratio mismatch: {srm.control_units} control vs {srm.treatment_units} treatment units, "
+                f"expected a treatment share of {test.treatment_share:.2f} (p = {srm.p_value:.2g})"
+            )
+            return Judgement("pause", None, 0.0, {"reason": reason, **health})
+        control, treatment = arm_units(cohort.control), arm_units(cohort.treatment)
+        if test.is_guard:
+            guard = guard_decide(
+                production=treatment,
+                holdout=control,
+                holdout_share=1.0 - test.treatment_share,
+                alpha=s.guard_alpha,
+                min_units=s.guard_min_units,
+                guard_units=s.guard_units,
+            )
+            action, winner = GUARD_ACTIONS.get(guard.verdict or "", (None, None))
+            return Judgement(action, winner, 0.0, {**guard.to_dict(), **health})
         params = self.parameters(test.policy, test.sample_size_target)
         params.update(overrides)
-        return decide(
-            test.control_successes,
-            test.control_trials,
-            test.treatment_successes,
-            test.treatment_trials,
-            policy=test.policy,
-            **params,
-        )
+        decision = decide_units(control, treatment, policy=test.policy, **params)
+        action = TEST_ACTIONS.get(decision.winner or "")
+        return Judgement(action, decision.winner, s.guard_holdout_share, {**decision.to_dict(), **health})
 
     def parameters(self, policy: str, sample_size_target: int) -> dict[str, Any]:
         s = self.settings
@@ -43,13 +101,17 @@ class PromotionPolicy:
             "min_trials_per_arm": s.ab_min_trials_per_arm,
             "max_trials_per_arm": s.ab_max_trials_per_arm,
             "min_margin": s.ab_min_margin,
+            "min_detectable_lift": s.ab_min_detectable_lift,
         }
 
 
 def promotion_memory(settings: Settings) -> PatternMemory:
-    """A store that can decide tests with the configured policy."""
+    """A store that can decide tests with the configured policy and checks treatments before testing them."""
     return PatternMemory(
-        settings.database_url, policy=PromotionPolicy(settings), policy_name=settings.ab_policy
+        settings.database_url,
+        policy=PromotionPolicy(settings),
+        policy_name=settings.ab_policy,
+        variation_check=check_variation,
     )
 
 
@@ -58,6 +120,6 @@ def run_evaluation_round(memory: PatternMemory) -> list[Conclusion]:
     conclusions = memory.evaluate_running_tests()
     for conclusion in conclusions:
         log.info(
-            "A/B test %s of %s decided: %s", conclusion.test_id, conclusion.skill_name, conclusion.winner
+            "A/B %s %s of %s: %s", "test", conclusion.test_id, conclusion.skill_name, conclusion.action
         )
     return conclusions

@@ -23,14 +23,16 @@ Policies (``decide(..., policy=...)``):
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from types import MappingProxyType
-from typing import Any, ClassVar, Final, Literal, Self, SupportsIndex, TypeAlias
+from typing import Any, ClassVar, Final, Literal, Self, TypeAlias
+
+from scheduler.units import ArmUnits, as_count
 
 Winner: TypeAlias = Literal["treatment", "control", "inconclusive"] | None
+Stop: TypeAlias = Literal["evidence", "futility", "maximum"] | None
 JSONScalar: TypeAlias = str | int | float | None
 JSONValue: TypeAlias = JSONScalar | dict[str, JSONScalar]
 
@@ -54,6 +56,16 @@ MIN_MARGIN: Final = 0.0
 #: hundred trials per arm at the same error (docs/STATISTICS.md, "The mixing sd").
 MIXING_SD: Final = 0.10
 
+#: The futility stop: close a test as inconclusive once a lift of this much (absolute points) is
+#: ruled out at any look; 0 turns the stop off. It can only remove promotions.
+MIN_DETECTABLE_LIFT: Final = 0.05
+#: Level of the futility stop: a test whose true lift is ``min_detectable_lift`` or more is closed by
+#: it with probability at most this (docs/STATISTICS.md, "The futility stop").
+FUTILITY_ALPHA: Final = 0.10
+#: How the confidence sequence is computed, stored with every interval (it under-covers slightly near
+#: success rates of 0 and 1; docs/STATISTICS.md measures it).
+LIFT_CI_KIND: Final = "always-valid, normal approximation"
+
 # --- margin policy defaults (the seed's rule) ---------------------------------------------------
 #: Trials each arm needs before the margin rule looks at the lift.
 SAMPLE_SIZE_TARGET: Final = 20
@@ -69,16 +81,7 @@ _BISECTION_STEPS: Final = 200
 # --- input checks -------------------------------------------------------------------------------
 
 
-def _as_count(name: str, value: object) -> int:
-    # bool is an int subclass; a True/False count is always a caller's bug, never a tally.
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be an int, got bool {value!r}")
-    if not isinstance(value, SupportsIndex):
-        raise ValueError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    number = operator.index(value)
-    if number < 0:
-        raise ValueError(f"{name} must be >= 0, got {number}")
-    return number
+_as_count = as_count
 
 
 def _as_int_param(name: str, value: object, minimum: int) -> int:
@@ -196,6 +199,19 @@ class Decision:
             for the treatment is ``lift_ci_low >= 0`` (with the margin), for the control
             ``lift_ci_high <= 0``: the same inversion, up to the bisection's rounding.
         params: every parameter the policy used, defaults included.
+        stop: why the test stopped: ``"evidence"`` (a verdict for an arm), ``"futility"`` (closed
+            early: a lift of ``min_detectable_lift`` is ruled out), ``"maximum"`` (closed at
+            ``max_trials_per_arm``), or None (keep going).
+        control_units, treatment_units: the arms' units (``decide_units``; equal to the trials when
+            every unit is one run).
+        futility_evidence: log likelihood ratio of "lift 0" against "lift ``min_detectable_lift``"
+            (``sequential`` with the futility stop on; None otherwise or without information).
+        futility_threshold: log(1 / futility_alpha), the value ``futility_evidence`` must reach.
+
+    The ``lift`` of a test that stopped on evidence is the lift *observed at stopping*: a sequential test
+    stops when the estimate happens to be high, so it is biased upward (about +0.09 for a true +0.05);
+    the guard's holdout estimate after the promotion is the honest figure. ``to_dict()`` also labels the
+    confidence sequence as a normal approximation (``lift_ci_kind``).
     """
 
     winner: Winner
@@ -216,6 +232,11 @@ class Decision:
     lift_ci_low: float | None = None
     lift_ci_high: float | None = None
     params: Mapping[str, float | int] = field(default_factory=dict, hash=False)
+    stop: Stop = None
+    control_units: int | None = None
+    treatment_units: int | None = None
+    futility_evidence: float | None = None
+    futility_threshold: float | None = None
 
     def __post_init__(self) -> None:
         # Read-only, so a frozen Decision cannot be changed through its params either.
@@ -246,6 +267,12 @@ class Decision:
             "lift_ci_low": self.lift_ci_low,
             "lift_ci_high": self.lift_ci_high,
             "params": dict(self.params),
+            "stop": self.stop,
+            "control_units": self.control_units,
+            "treatment_units": self.treatment_units,
+            "futility_evidence": self.futility_evidence,
+            "futility_threshold": self.futility_threshold,
+            "lift_ci_kind": LIFT_CI_KIND if self.lift_ci_low is not None else None,
         }
 
 
@@ -282,62 +309,92 @@ def one_sided_log_evidence(lift: float, variance: float, mixing_sd: float) -> fl
 
 @dataclass(frozen=True)
 class RandomizationEvidence:
-    """The evidence the counts carry about the arms, as the sequential policy reads it.
+    """The evidence the arms' units carry, as the sequential policy reads it.
 
-    A randomisation test. Under "the variation makes no difference" each run's outcome is what it
-    would have been on either arm, and the router sent it to an arm by a fair coin. Given the
-    outcomes, ``D = sum_i w(Y_i) * X_i / 2`` (``X_i`` = +1 treatment, -1 control; ``w(success) =
-    1 / p``, ``w(failure) = -1 / (1 - p)``) is a sum of independent symmetric bounded steps, so
-    ``exp(theta * D - theta**2 * I / 2)`` with ``I = sum_i w(Y_i)**2 / 4 = n / (4 p (1 - p))`` is a
-    supermartingale for every theta >= 0 (``cosh(z) <= exp(z**2 / 2)``), also when the treatment is
-    worse, and so is any mixture over theta. In lift units that is ``lift_estimate = D / I =
-    4 (s_t n_c - s_c n_t) / n**2`` with ``variance = 1 / I``. For fixed ``p`` the guarantee is exact
-    (Ville's inequality); the policy plugs in the pooled success rate so far, the one approximation.
-    For balanced arms the figures are the observed lift and the pooled variance of Johari et al.'s
-    mSPRT; unequal arms (which a fair router rarely produces) make the test more conservative.
+    A randomisation test on units. Under "the variation makes no difference" each unit's outcomes are
+    what they would have been on either arm, and the router sent the unit to an arm by a fair coin
+    ``X_i`` (+1 treatment, -1 control). Unit ``i`` has ``y_i`` successes in ``m_i`` trials; with the
+    pooled rate ``p`` its score is ``c_i = y_i - p m_i``. Given the outcomes, ``D = sum_i X_i c_i`` is a
+    sum of independent symmetric bounded steps, so ``exp(theta D - theta**2 V / 2)`` with
+    ``V = sum_i c_i**2`` is a supermartingale for every theta >= 0 (``cosh(z) <= exp(z**2 / 2)``), also
+    when the treatment is worse, and so is any mixture over theta. In lift units (the ratio of sums
+    and its delta-method variance, for balanced arms):
+
+        lift_estimate = 2 D / M = 4 (s_t m_c - s_c m_t) / M**2      variance = 4 V / M**2
+
+    with ``M`` all trials. When every unit has one trial these are exactly the run-level figures
+    (``variance = 4 p (1 - p) / M``, the pooled variance of Johari et al.'s mSPRT) and ``decide()`` and
+    ``decide_units()`` agree. Units with many trials, or users who differ, make ``V`` larger than
+    ``M p (1 - p)``, so clustered runs cannot pass for independent evidence. For a fixed ``p`` and a
+    fixed set of units the e-value is exact; the policy plugs in the pooled rate so far and rescales by
+    the trials so far (the approximations the benchmark measures). Unequal arms (which a fair router
+    rarely produces) shrink the estimate by the balance ``4 m_c m_t / M**2`` and make the test more
+    conservative.
 
     Args:
-        counts: the test's counts.
+        control, treatment: the arms' units.
         mixing_sd: sd of the half-normal mixing distribution over the lift.
     """
 
-    counts: Counts
+    control: ArmUnits
+    treatment: ArmUnits
     mixing_sd: float
+
+    @classmethod
+    def from_counts(cls, counts: Counts, mixing_sd: float) -> RandomizationEvidence:
+        """Run counts as single-trial units."""
+        return cls(
+            ArmUnits.from_counts(counts.control_successes, counts.control_trials),
+            ArmUnits.from_counts(counts.treatment_successes, counts.treatment_trials),
+            mixing_sd,
+        )
+
+    @property
+    def _pooled(self) -> ArmUnits:
+        return self.control + self.treatment
 
     @property
     def informative(self) -> bool:
-        """False while an arm is empty or every trial so far had the same outcome."""
-        c = self.counts
-        return bool(c.control_trials and c.treatment_trials and 0 < c.successes < c.trials)
+        """False while an arm has no trials, or the units' outcomes carry no spread at all."""
+        both = self._pooled
+        return bool(self.control.trials and self.treatment.trials and self._spread_numerator(both) > 0)
+
+    @staticmethod
+    def _spread_numerator(both: ArmUnits) -> int:
+        # M**2 * sum_i (y_i - p m_i)**2 with p = S / M, in exact integers (0 when every trial had the
+        # same outcome, or every unit sits exactly at the pooled rate).
+        m, s = both.trials, both.successes
+        return m * m * both.sum_successes_sq - 2 * m * s * both.sum_cross + s * s * both.sum_trials_sq
 
     @property
     def balance(self) -> float:
-        """4 n_c n_t / n**2: 1 for equal arms, smaller the more unequal they are."""
-        c = self.counts
-        return 4.0 * c.control_trials * c.treatment_trials / c.trials**2 if c.trials else 0.0
+        """4 m_c m_t / M**2 over trials: 1 for equal arms, smaller the more unequal they are."""
+        total = self.control.trials + self.treatment.trials
+        return 4.0 * self.control.trials * self.treatment.trials / total**2 if total else 0.0
 
     @property
     def lift_estimate(self) -> float:
         if not self.informative:
             return 0.0
-        c = self.counts
-        cross = c.treatment_successes * c.control_trials - c.control_successes * c.treatment_trials
-        return 4.0 * cross / c.trials**2
+        c, t = self.control, self.treatment
+        cross = t.successes * c.trials - c.successes * t.trials
+        return 4.0 * cross / (c.trials + t.trials) ** 2
 
     @property
     def variance(self) -> float:
         if not self.informative:
             return 0.0
-        p = self.counts.successes / self.counts.trials
-        return 4.0 * p * (1.0 - p) / self.counts.trials
+        both = self._pooled
+        # Exact integers divided once: the same float whichever way the units were aggregated.
+        return 4 * self._spread_numerator(both) / both.trials**4
 
     @property
-    def treatment(self) -> float:
+    def treatment_evidence(self) -> float:
         """log e-value for "treatment better"."""
         return one_sided_log_evidence(self.lift_estimate, self.variance, self.mixing_sd)
 
     @property
-    def control(self) -> float:
+    def control_evidence(self) -> float:
         """log e-value for "treatment worse"."""
         return one_sided_log_evidence(-self.lift_estimate, self.variance, self.mixing_sd)
 
@@ -361,6 +418,30 @@ class RandomizationEvidence:
         return high
 
 
+def futility_log_evidence(control: ArmUnits, treatment: ArmUnits, lift: float) -> float | None:
+    """log likelihood ratio of "lift = 0" against "lift = ``lift``" (> 0), valid at any look.
+
+    The sequential probability ratio test of two normal means on the ratio-of-sums lift ``L`` and its
+    delta-method variance ``W`` over units (deviations from the pooled rate; information ``1 / W``
+    grows with the units): ``log F = lift * (lift / 2 - L) / W``. Under "the true lift is ``lift``"
+    (or more) ``F`` is a (super)martingale in the normal approximation, so by Ville's inequality it
+    ever reaches ``1 / a`` with probability at most ``a``: a futility stop at that level closes a test
+    whose true lift is ``lift`` or more with probability at most ``a``. None without information.
+    """
+    if not (control.trials and treatment.trials):
+        return None
+    both = control + treatment
+    pooled = both.successes / both.trials
+    spread = (
+        control.squared_deviations(pooled) / control.trials**2
+        + treatment.squared_deviations(pooled) / treatment.trials**2
+    )
+    if spread <= 0.0:
+        return None
+    observed = treatment.successes / treatment.trials - control.successes / control.trials
+    return lift * (lift / 2.0 - observed) / spread
+
+
 # --- the policies -------------------------------------------------------------------------------
 
 
@@ -377,6 +458,25 @@ def _waiting(counts: Counts, needed: int) -> str:
         f"waiting: {counts.control_trials} control and {counts.treatment_trials} treatment trials, "
         f"a verdict needs {needed} on each arm"
     )
+
+
+def _waiting_units(control: ArmUnits, treatment: ArmUnits, needed: int) -> str:
+    return (
+        f"waiting: {control.units} control and {treatment.units} treatment units, "
+        f"a verdict needs {needed} on each arm"
+    )
+
+
+def _exact_lift(control: ArmUnits, treatment: ArmUnits) -> Fraction | None:
+    """Ratio-of-sums lift as an exact fraction; None while an arm has no trials."""
+    if not (control.trials and treatment.trials):
+        return None
+    return Fraction(treatment.successes, treatment.trials) - Fraction(control.successes, control.trials)
+
+
+def _lift(control: ArmUnits, treatment: ArmUnits) -> float | None:
+    exact = _exact_lift(control, treatment)
+    return None if exact is None else float(exact)
 
 
 class _ParametrisedPolicy:
@@ -399,15 +499,18 @@ class _ParametrisedPolicy:
 
 @dataclass(frozen=True)
 class SequentialPolicy(_ParametrisedPolicy):
-    """Always-valid sequential test; see the module docstring and docs/STATISTICS.md.
+    """Always-valid sequential test on units; see the module docstring and docs/STATISTICS.md.
 
     Args:
         alpha: family-wise error level in (0, 1); each one-sided test runs at alpha / 2.
-        min_trials_per_arm: no verdict before both arms have this many trials (>= 1).
-        max_trials_per_arm: both arms at this many trials without a verdict: "inconclusive"
+        min_trials_per_arm: no verdict before both arms have this many units (>= 1).
+        max_trials_per_arm: both arms at this many units without a verdict: "inconclusive"
             (>= min_trials_per_arm).
         min_margin: a promotion also needs an observed lift of at least this much, in [0, 1).
         mixing_sd: sd of the half-normal mixing distribution over the lift, in (0, 1].
+        min_detectable_lift: the futility stop closes the test once a lift of this much is ruled
+            out, in [0, 1); 0 turns it off.
+        futility_alpha: level of the futility stop, in (0, 1).
     """
 
     alpha: float = ALPHA
@@ -415,6 +518,8 @@ class SequentialPolicy(_ParametrisedPolicy):
     max_trials_per_arm: int = MAX_TRIALS_PER_ARM
     min_margin: float = MIN_MARGIN
     mixing_sd: float = MIXING_SD
+    min_detectable_lift: float = MIN_DETECTABLE_LIFT
+    futility_alpha: float = FUTILITY_ALPHA
 
     NAME: ClassVar[str] = SEQUENTIAL
     PARAMS: ClassVar[tuple[str, ...]] = (
@@ -423,6 +528,8 @@ class SequentialPolicy(_ParametrisedPolicy):
         "max_trials_per_arm",
         "min_margin",
         "mixing_sd",
+        "min_detectable_lift",
+        "futility_alpha",
     )
 
     def __post_init__(self) -> None:
@@ -437,12 +544,20 @@ class SequentialPolicy(_ParametrisedPolicy):
         mixing_sd = _as_real("mixing_sd", self.mixing_sd)
         if not 0.0 < mixing_sd <= 1.0:
             raise ValueError(f"mixing_sd must be in (0, 1], got {mixing_sd!r}")
+        detectable = _as_real("min_detectable_lift", self.min_detectable_lift)
+        if not 0.0 <= detectable < 1.0:
+            raise ValueError(f"min_detectable_lift must be in [0, 1), got {detectable!r}")
+        futility_alpha = _as_real("futility_alpha", self.futility_alpha)
+        if not 0.0 < futility_alpha < 1.0:
+            raise ValueError(f"futility_alpha must be in (0, 1), got {futility_alpha!r}")
         for name, value in (
             ("alpha", alpha),
             ("min_trials_per_arm", low),
             ("max_trials_per_arm", high),
             ("min_margin", margin),
             ("mixing_sd", mixing_sd),
+            ("min_detectable_lift", detectable),
+            ("futility_alpha", futility_alpha),
         ):
             object.__setattr__(self, name, value)
 
@@ -451,29 +566,45 @@ class SequentialPolicy(_ParametrisedPolicy):
         """log(2 / alpha): Ville's inequality bounds each one-sided error by alpha / 2."""
         return math.log(2.0 / self.alpha)
 
+    @property
+    def futility_threshold(self) -> float:
+        """log(1 / futility_alpha)."""
+        return math.log(1.0 / self.futility_alpha)
+
     def decide(self, counts: Counts) -> Decision:
-        evidence = RandomizationEvidence(counts, self.mixing_sd)
-        for_treatment, for_control = evidence.treatment, evidence.control
+        return self.decide_units(
+            ArmUnits.from_counts(counts.control_successes, counts.control_trials),
+            ArmUnits.from_counts(counts.treatment_successes, counts.treatment_trials),
+        )
+
+    def decide_units(self, control: ArmUnits, treatment: ArmUnits) -> Decision:
+        evidence = RandomizationEvidence(control, treatment, self.mixing_sd)
+        for_treatment, for_control = evidence.treatment_evidence, evidence.control_evidence
         critical = evidence.critical_estimate(self.threshold)
         interval: tuple[float | None, float | None] = (None, None)
         critical_lift = None
-        lift = counts.lift
+        lift = _lift(control, treatment)
         if critical is not None and lift is not None:
             # lift_estimate = balance * lift, so the critical estimate maps back to the lift scale.
             critical_lift = critical / evidence.balance
             # A lift lives in [-1, 1]; clipping there keeps "treatment wins <=> low > 0".
             interval = (max(-1.0, lift - critical_lift), min(1.0, lift + critical_lift))
-        winner, reason = self._verdict(counts, for_treatment, for_control)
+        futility = (
+            futility_log_evidence(control, treatment, self.min_detectable_lift)
+            if self.min_detectable_lift > 0.0
+            else None
+        )
+        winner, stop, reason = self._verdict(control, treatment, for_treatment, for_control, futility)
         return Decision(
             winner=winner,
             policy=SEQUENTIAL,
             reason=reason,
-            control_successes=counts.control_successes,
-            control_trials=counts.control_trials,
-            treatment_successes=counts.treatment_successes,
-            treatment_trials=counts.treatment_trials,
-            control_rate=counts.control_rate,
-            treatment_rate=counts.treatment_rate,
+            control_successes=control.successes,
+            control_trials=control.trials,
+            treatment_successes=treatment.successes,
+            treatment_trials=treatment.trials,
+            control_rate=control.rate,
+            treatment_rate=treatment.rate,
             lift=lift,
             statistic=max(for_treatment, for_control),
             threshold=self.threshold,
@@ -483,28 +614,60 @@ class SequentialPolicy(_ParametrisedPolicy):
             lift_ci_low=interval[0],
             lift_ci_high=interval[1],
             params=self.params,
+            stop=stop,
+            control_units=control.units,
+            treatment_units=treatment.units,
+            futility_evidence=futility,
+            futility_threshold=self.futility_threshold if self.min_detectable_lift > 0.0 else None,
         )
 
-    def _verdict(self, counts: Counts, for_treatment: float, for_control: float) -> tuple[Winner, str]:
-        if not counts.reached(self.min_trials_per_arm):
-            return None, _waiting(counts, self.min_trials_per_arm)
+    def _verdict(
+        self,
+        control: ArmUnits,
+        treatment: ArmUnits,
+        for_treatment: float,
+        for_control: float,
+        futility: float | None,
+    ) -> tuple[Winner, Stop, str]:
+        low, high = min(control.units, treatment.units), self.max_trials_per_arm
+        if low < self.min_trials_per_arm:
+            return None, None, _waiting_units(control, treatment, self.min_trials_per_arm)
         threshold = self.threshold
         figures = f"log e-values {for_treatment:.3f} (treatment) / {for_control:.3f} (control)"
+        lift = _lift(control, treatment)
+        observed = f"observed lift at stopping {lift:+.4f} (biased upward)"
+        held_back = ""
         if for_treatment >= threshold:
-            exact_lift = counts.exact_lift
+            exact_lift = _exact_lift(control, treatment)
             if exact_lift is not None and exact_lift >= _exact(self.min_margin):
-                return "treatment", f"treatment better: {figures}, threshold {threshold:.3f}"
-            held_back = f"treatment better but lift {counts.lift:.4f} < min_margin {self.min_margin}"
-            if counts.reached(self.max_trials_per_arm):
-                return "inconclusive", f"{held_back} at {self.max_trials_per_arm} trials per arm"
-            return None, f"{held_back}: keep going"
-        if for_control >= threshold:
-            return "control", f"control better: {figures}, threshold {threshold:.3f}"
-        if counts.reached(self.max_trials_per_arm):
-            return "inconclusive", (
-                f"inconclusive: no verdict within {self.max_trials_per_arm} trials per arm ({figures})"
+                return (
+                    "treatment",
+                    "evidence",
+                    f"treatment better: {figures}, threshold {threshold:.3f}; {observed}",
+                )
+            held_back = f"treatment better but lift {lift:.4f} < min_margin {self.min_margin}"
+        elif for_control >= threshold:
+            return "control", "evidence", f"control better: {figures}, threshold {threshold:.3f}; {observed}"
+        if futility is not None and futility >= self.futility_threshold:
+            return (
+                "inconclusive",
+                "futility",
+                (
+                    f"inconclusive (futility): a lift of {self.min_detectable_lift} is ruled out "
+                    f"(log LR {futility:.3f} >= {self.futility_threshold:.3f}; lift {lift:+.4f})"
+                ),
             )
-        return None, f"keep going: {figures} below {threshold:.3f}"
+        if low >= high:
+            if held_back:
+                return "inconclusive", "maximum", f"{held_back} at {high} units per arm"
+            return (
+                "inconclusive",
+                "maximum",
+                f"inconclusive: no verdict within {high} units per arm ({figures})",
+            )
+        if held_back:
+            return None, None, f"{held_back}: keep going"
+        return None, None, f"keep going: {figures} below {threshold:.3f}"
 
 
 @dataclass(frozen=True)
@@ -559,7 +722,17 @@ class MarginPolicy(_ParametrisedPolicy):
             statistic=counts.lift,
             threshold=self.min_margin,
             params=self.params,
+            stop=None if winner is None else "maximum" if winner == "inconclusive" else "evidence",
+            control_units=counts.control_trials,
+            treatment_units=counts.treatment_trials,
         )
+
+    def decide_units(self, control: ArmUnits, treatment: ArmUnits) -> Decision:
+        """The margin rule reads trials, not units: it has no error control to protect anyway."""
+        decision = self.decide(
+            Counts(control.successes, control.trials, treatment.successes, treatment.trials)
+        )
+        return replace(decision, control_units=control.units, treatment_units=treatment.units)
 
     def _verdict(self, counts: Counts) -> tuple[Winner, str]:
         if not counts.reached(self.sample_size_target):
@@ -611,7 +784,8 @@ def decide(
         policy: ``"sequential"`` (default) or ``"margin"``.
         **params: the policy's parameters; omitted ones take the module defaults.
             ``sequential``: ``alpha`` (ALPHA = 0.05), ``min_trials_per_arm`` (20),
-            ``max_trials_per_arm`` (1000), ``min_margin`` (0.0), ``mixing_sd`` (0.10).
+            ``max_trials_per_arm`` (1000), ``min_margin`` (0.0), ``mixing_sd`` (0.10),
+            ``min_detectable_lift`` (0.05; 0 turns the futility stop off), ``futility_alpha`` (0.10).
             ``margin``: ``sample_size_target`` (20), ``min_margin`` (0.10),
             ``max_trials_per_arm`` (1000).
 
@@ -625,3 +799,26 @@ def decide(
     """
     counts = Counts(control_successes, control_trials, treatment_successes, treatment_trials)
     return make_policy(policy, **params).decide(counts)
+
+
+def decide_units(
+    control: ArmUnits,
+    treatment: ArmUnits,
+    policy: str = DEFAULT_POLICY,
+    **params: float,
+) -> Decision:
+    """Decide an A/B test from its arms' assignment units (scheduler.units.ArmUnits).
+
+    The sequential policy tests on units (the assignment keys, or runs without a key): units, not
+    runs, are the independent draws. ``min_trials_per_arm`` and ``max_trials_per_arm`` count units.
+    With every unit at one trial it gives exactly ``decide()``'s verdict on the same counts. The margin
+    policy reads the arms' trials, as ``decide()`` does.
+
+    Raises:
+        ValueError: an argument that is not an ArmUnits, an unknown policy or parameter, or a
+            parameter out of range (see ``decide``).
+    """
+    for name, arm in (("control", control), ("treatment", treatment)):
+        if not isinstance(arm, ArmUnits):
+            raise ValueError(f"{name} must be an ArmUnits, got {type(arm).__name__}")
+    return make_policy(policy, **params).decide_units(control, treatment)

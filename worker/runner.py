@@ -23,6 +23,7 @@ from db.dashboard import (
     COUNTER_TOTAL_RUNS,
 )
 from db.memory import LearningEventRecord, OutcomeRecord, PatternMemory
+from db.trials import unit_key_for
 from worker import react
 from worker.agents import AttemptInfo, get_agent, run_attempt
 from worker.scoring import Score, score
@@ -82,16 +83,28 @@ class AttemptOutcome:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def choose_arm(test_id: int, assignment_key: str) -> str:
-    """The arm of a run, a pure function of (test id, key): retries and redeliveries land on the same arm."""
+def choose_arm(test_id: int, assignment_key: str, treatment_share: float = 0.5) -> str:
+    """The arm of a unit, a pure function of (test id, key, share): retries, redeliveries and every run of
+    one key land on the same arm. The digest's first 8 bytes are a uniform draw in [0, 1)."""
     digest = hashlib.sha256(f"{test_id}:{assignment_key}".encode()).digest()
-    return "treatment" if digest[0] & 1 else "control"
+    draw = int.from_bytes(digest[:8], "big") / 2**64
+    return "treatment" if draw < treatment_share else "control"
 
 
 @lru_cache(maxsize=512)
 def parse_variation(content: str) -> Skill:
     """A variation's parsed content; cached because a variation's content never changes."""
     return parse_skill(content, source="<variation>")
+
+
+def check_variation(skill_name: str, content: str) -> None:
+    """Refuse content that is not a skill named ``skill_name`` (a ValueError naming what is wrong).
+
+    Run before a variation enters a test: a treatment that cannot parse would fail every run routed to it.
+    """
+    parsed = parse_variation(content)
+    if parsed.name != skill_name:
+        raise ValueError(f"the variation is a skill named {parsed.name!r}, not {skill_name!r}")
 
 
 class SkillRunner:
@@ -154,14 +167,37 @@ class SkillRunner:
 
     # 2. resolve the version
     def resolve(self, request: RunRequest, run_id: str) -> Version:
-        """The version this run executes: production, or the arm of the running test chosen from the key."""
-        production_id, production_content, test = self._production_and_test(request.skill_name)
-        if test is None or request.force:
-            return Version(production_id, parse_variation(production_content))
-        arm = choose_arm(test.test_id, request.assignment_key or run_id)
-        variation_id = test.treatment_version if arm == "treatment" else test.control_version
-        content = production_content if variation_id == production_id else self._content(variation_id)
-        return Version(variation_id, parse_variation(content), test.test_id, arm)
+        """The version this run executes: production, or the arm of the running test chosen from the key.
+
+        A routed run is written to the test's trial ledger now, at assignment (one write): it counts from
+        this moment whatever becomes of it. If the test closed since this worker looked, look again once.
+        """
+        for _ in range(2):
+            production_id, production_content, test = self._production_and_test(request.skill_name)
+            if test is None or request.force:
+                return Version(production_id, parse_variation(production_content))
+            arm = choose_arm(test.test_id, request.assignment_key or run_id, test.treatment_share)
+            variation_id = test.treatment_version if arm == "treatment" else test.control_version
+            content = production_content if variation_id == production_id else self._content(variation_id)
+            skill = parse_variation(content)
+            time_limit = skill.time_limit or self.settings.default_time_limit_seconds
+            recorded = self.memory.assign_trial(
+                test.test_id,
+                run_id,
+                arm,
+                unit_key_for(run_id, request.assignment_key),
+                deadline_seconds=time_limit + self.settings.ab_trial_slack_seconds,
+            )
+            if recorded == arm:
+                return Version(variation_id, skill, test.test_id, arm)
+            if recorded is not None:
+                # The ledger is the fact: a run assigned before keeps the arm it was given then.
+                variation_id = test.treatment_version if recorded == "treatment" else test.control_version
+                return Version(variation_id, parse_variation(self._content(variation_id)), test.test_id, recorded)
+            # The test is no longer running: read production and the running test afresh.
+            self._forget(request.skill_name)
+        production_id, production_content = self.memory.get_production(request.skill_name)
+        return Version(production_id, parse_variation(production_content))
 
     def version_from_state(self, request: RunRequest, state: react.ReactState, run_id: str) -> Version:
         """The version a retry runs: exactly the one its first attempt ran (sticky across retries).
@@ -174,7 +210,11 @@ class SkillRunner:
             raise InvalidRunError(f"react state names variation {state.variation_id} of another skill")
         if state.test_id is not None or state.arm is not None:
             test = self.memory.get_ab_test(state.test_id) if state.test_id is not None else None
-            arm = choose_arm(state.test_id, request.assignment_key or run_id) if state.test_id else None
+            arm = (
+                choose_arm(state.test_id, request.assignment_key or run_id, test.treatment_share)
+                if state.test_id and test is not None
+                else None
+            )
             if (
                 test is None
                 or test.skill_name != request.skill_name
@@ -315,6 +355,10 @@ class SkillRunner:
         with self._lock:
             self._resolved[skill_name] = (now, resolved)
         return resolved
+
+    def _forget(self, skill_name: str) -> None:
+        with self._lock:
+            self._resolved.pop(skill_name, None)
 
     def _skill_row(self, skill_name: str) -> Any:
         """The skill's row (default agent), cached like the production view; an unknown skill is not cached."""

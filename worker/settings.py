@@ -38,6 +38,17 @@ class Settings(BaseSettings):
     :param ab_min_trials_per_arm: no verdict before each arm has this many trials.
     :param ab_max_trials_per_arm: a test still undecided here closes as inconclusive.
     :param ab_min_margin: a floor on the observed lift for promotion.
+    :param ab_min_detectable_lift: the futility stop: a test closes as inconclusive once the evidence rules
+        out a lift of at least this much (0: never).
+    :param ab_srm_p_value: a test whose arms' unit counts depart from the routing share with a chi-square
+        p-value below this is paused (sample-ratio mismatch) and never promoted.
+    :param ab_trial_slack_seconds: a trial's deadline is its first attempt's time limit plus this; a trial
+        still without an outcome then counts as a failure of its arm.
+    :param guard_holdout_share: after a promotion, the share of units kept on the previous production version
+        while the guard watches the new one (0: no guard).
+    :param guard_alpha: the guard's error budget for a wrong rollback.
+    :param guard_units: the guard period, in units; a guard that found no regression by then confirms.
+    :param guard_min_units: no guard verdict before the holdout has this many units.
     :param python_skill_modules: modules (and their submodules) a python skill may name as entrypoint or check.
     :param max_context_bytes: largest JSON input context a run accepts.
     :param visibility_timeout_seconds: how long Redis waits for a delivered message's ack before it hands the
@@ -83,6 +94,13 @@ class Settings(BaseSettings):
     ab_min_trials_per_arm: int = 20
     ab_max_trials_per_arm: int = 1000
     ab_min_margin: float = 0.0
+    ab_min_detectable_lift: float = 0.05
+    ab_srm_p_value: float = 0.001
+    ab_trial_slack_seconds: float = 30.0
+    guard_holdout_share: float = 0.10
+    guard_alpha: float = 0.01
+    guard_units: int = 4000
+    guard_min_units: int = 20
     # NoDecode: the environment's plain comma list reaches the validator below undecoded.
     python_skill_modules: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["skills"])
     max_context_bytes: int = DEFAULT_MAX_CONTEXT_BYTES

@@ -22,7 +22,7 @@ from worker import react
 from worker.agents import AgentInfrastructureError
 from worker.app import MAINTENANCE_QUEUE, app
 from worker.evolution import evolve_skill as evolve
-from worker.runner import InvalidRunError, RunRequest, SkillRunner, Version
+from worker.runner import InvalidRunError, RunRequest, SkillRunner, Version, check_variation
 from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ INFRA_BACKOFF_MAX_SECONDS = 30.0
 def get_runner() -> SkillRunner:
     """The process's runner: one store (one engine, pooled) shared by every thread of the worker."""
     settings = get_settings()
-    return SkillRunner(PatternMemory(settings.database_url), settings)
+    return SkillRunner(PatternMemory(settings.database_url, variation_check=check_variation), settings)
 
 
 def infrastructure_backoff(retries: int) -> float:

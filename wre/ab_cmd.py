@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 from rich.table import Table
 
 from db.memory import AbTestRecord
 from scheduler.policies import make_policy
 from worker.settings import get_settings
+from worker.skills import parse_skill
 from wre.context import console, store, user_errors
 
 app = typer.Typer(help="A/B tests: list, inspect, start, stop; roll production back.", no_args_is_help=True)
@@ -60,14 +63,27 @@ def show(test_id: int = typer.Argument(..., help="The test's id.")) -> None:
 @user_errors
 def start(
     skill: str = typer.Argument(..., help="The skill."),
-    variation: str = typer.Argument(..., help="The variation id to test against production."),
+    treatment: str = typer.Argument(
+        ..., metavar="FILE_OR_VARIATION_ID", help="A skill file (stored as a variation) or a variation id."
+    ),
     policy: str | None = typer.Option(None, help="sequential or margin (default: WRE_AB_POLICY)."),
 ) -> None:
-    """Start an A/B test of VARIATION against the skill's production version."""
+    """Start an A/B test of a hand-written skill file, or of a stored variation, against production."""
     memory = store()
     chosen = policy or get_settings().ab_policy
     make_policy(chosen)  # an unknown policy is refused here, not left for the evaluator to choke on
     production, _ = memory.get_production(skill)
+    path = Path(treatment)
+    if path.is_file():
+        content = path.read_text(encoding="utf-8")
+        parsed = parse_skill(content, source=str(path))  # path, line and field on any error
+        if parsed.name != skill:
+            raise ValueError(f"{path} is skill {parsed.name!r}, not {skill!r}")
+        variation = memory.store_variation(skill, content, parent_version=production, created_by="operator")
+    else:
+        variation = treatment
+        if memory.get_variation(variation) is None:
+            raise ValueError(f"{treatment!r} is neither a skill file nor a known variation id")
     test_id = memory.schedule_ab_test(skill, production, variation, policy=chosen)
     console.print(f"started A/B test #{test_id}: {production} (control) vs {variation} (treatment)")
 
@@ -82,7 +98,20 @@ def stop(test_id: int = typer.Argument(..., help="The test's id.")) -> None:
 
 @app.command("rollback")
 @user_errors
-def rollback(skill: str = typer.Argument(..., help="The skill.")) -> None:
-    """Restore the production version the last promotion replaced."""
-    old, new = store().rollback_skill(skill)
+def rollback(
+    skill: str = typer.Argument(..., help="The skill."),
+    to: str | None = typer.Option(None, "--to", help="An earlier production version (default: the one replaced)."),
+    expect: str | None = typer.Option(
+        None, "--expect", help="The production version you saw; refused if production changed since."
+    ),
+) -> None:
+    """Restore an earlier production version (see `wre skill history`). Stops the skill's open test or guard."""
+    memory = store()
+    if expect is None:
+        current, _ = memory.get_production(skill)
+        raise ValueError(
+            f"production of {skill!r} is {current}; to roll it back, say so: "
+            f"wre ab rollback {skill}{' --to ' + to if to else ''} --expect {current}"
+        )
+    old, new = memory.rollback_skill(skill, to=to, expected_current=expect)
     console.print(f"{skill}: production rolled back from {old} to {new}")

@@ -107,3 +107,23 @@ def _show_evolution(name: str, content: str) -> None:
             details.get("chosen") or "none",
         )
     console.print(table)
+
+
+@app.command("history")
+@user_errors
+def history(name: str = typer.Argument(..., help="The skill's name.")) -> None:
+    """The skill's production lineage: every version that was production, when and why."""
+    memory = store()
+    if memory.get_skill(name) is None:
+        raise ValueError(f"unknown skill {name!r}")
+    table = Table("#", "since", "production", "replaced", "why", "test")
+    for change in memory.production_history(name):
+        table.add_row(
+            str(change.change_id),
+            change.created_at.strftime("%Y-%m-%d %H:%M:%S") if change.created_at else "-",
+            change.variation_id,
+            change.previous_variation_id or "-",
+            change.reason,
+            f"#{change.test_id}" if change.test_id else "-",
+        )
+    console.print(table)

@@ -10,6 +10,7 @@ import pytest
 
 from db.memory import PatternMemory
 from scheduler.evaluation import PromotionPolicy, run_evaluation_round
+from tests.ledger import fill_ledger
 from tests.processes import REPO
 from worker.settings import Settings
 
@@ -83,25 +84,9 @@ def _decisive_tests(memory: PatternMemory, count: int) -> list[int]:
     for i in range(count):
         base, treatment = _skill_with_variation(memory, f"s{i}")
         test_id = memory.schedule_ab_test(f"s{i}", base, treatment)
-        with (
-            memory.transaction() as conn
-        ):  # counts written directly: the race is about deciding, not counting
-            from sqlalchemy import update
-
-            from db.models import TESTS
-
-            conn.execute(
-                update(TESTS)
-                .where(TESTS.c.test_id == test_id)
-                .values(
-                    control_trials=100,
-                    control_successes=20 + i % 3,
-                    treatment_trials=100,
-                    treatment_successes=90,
-                    control_fidelity_sum=30.0,
-                    treatment_fidelity_sum=90.0,
-                )
-            )
+        # Trials written in bulk: the race is about deciding, not counting.
+        fill_ledger(memory, test_id, "control", 20 + i % 3, 100)
+        fill_ledger(memory, test_id, "treatment", 90, 100)
         ids.append(test_id)
     return ids
 
@@ -222,13 +207,6 @@ def _production_and_new(memory: PatternMemory, skill: str) -> tuple[str, str]:
 
 
 def _make_decisive(memory: PatternMemory, ids: list[int]) -> None:
-    from sqlalchemy import update
-
-    from db.models import TESTS
-
-    with memory.transaction() as conn:
-        conn.execute(
-            update(TESTS)
-            .where(TESTS.c.test_id.in_(ids))
-            .values(control_trials=100, control_successes=20, treatment_trials=100, treatment_successes=90)
-        )
+    for test_id in ids:
+        fill_ledger(memory, test_id, "control", 20, 100)
+        fill_ledger(memory, test_id, "treatment", 90, 100)

@@ -45,3 +45,20 @@ def test_celery_config_is_json_only_with_late_acks() -> None:
     assert config["beat_schedule"]["evaluate-ab-tests"]["task"] == "wre.evaluate_ab_tests"
     assert config["beat_schedule"]["evaluate-ab-tests"]["options"]["expires"] > 0
     assert {q.name for q in config["task_queues"]} == {"skills", "maintenance"}
+
+
+def test_statistical_defaults_are_the_scheduler_constants() -> None:
+    """worker/ cannot import scheduler/: its defaults repeat the named constants, and must stay equal."""
+    from scheduler import guard, health, policies
+
+    defaults = Settings()
+    assert defaults.ab_alpha == policies.ALPHA
+    assert defaults.ab_min_trials_per_arm == policies.MIN_TRIALS_PER_ARM
+    assert defaults.ab_max_trials_per_arm == policies.MAX_TRIALS_PER_ARM
+    assert defaults.ab_min_margin == policies.MIN_MARGIN
+    assert defaults.ab_min_detectable_lift == policies.MIN_DETECTABLE_LIFT
+    assert defaults.ab_srm_p_value == health.SRM_P_VALUE
+    assert defaults.guard_holdout_share == guard.HOLDOUT_SHARE
+    assert defaults.guard_alpha == guard.GUARD_ALPHA
+    assert defaults.guard_units == guard.GUARD_UNITS
+    assert defaults.guard_min_units == guard.GUARD_MIN_UNITS

@@ -1,0 +1,292 @@
+"""What verdicts do to production: promote (and start a guard), archive, close, pause, roll back, confirm.
+
+Every change is one transaction with its learning event and, where production changes, its lineage row. The
+statistics are not here: the injected policy reads a test and its ledger's complete prefix and says what to
+do (``Verdict.action``); this module applies it.
+
+Lock order everywhere: the skill's open test first, then the skill (see ``_lock_skill``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import Connection, select, update
+
+from db.abtests import AbTestStore, PromotionPolicy, Verdict
+from db.models import OPEN_TEST_STATUSES, TESTS, VARIATIONS, utcnow
+from db.outcomes import _insert_event
+from db.records import AbTestRecord, CohortRecord, Conclusion, LearningEventRecord, ProductionChangeRecord
+
+log = logging.getLogger(__name__)
+
+TEST_ACTIONS = ("promote", "archive", "inconclusive", "pause")
+GUARD_ACTIONS = ("rollback", "confirm", "pause")
+
+
+def _judge(policy: PromotionPolicy, test: AbTestRecord, cohort: CohortRecord) -> Verdict | None:
+    """The policy's verdict on one test if it asks for an action, else None.
+
+    A test the policy cannot judge (a policy name or parameters it refuses) is logged and left open: one
+    bad test must not stop every other test's decision.
+    """
+    try:
+        verdict = policy(test, cohort)
+    except ValueError as error:
+        log.error("A/B test %s of %s cannot be decided: %s", test.test_id, test.skill_name, error)
+        return None
+    allowed = GUARD_ACTIONS if test.is_guard else TEST_ACTIONS
+    if verdict.action is None:
+        return None
+    if verdict.action not in allowed:
+        log.error("policy asked %r of %s %s: ignored", verdict.action, test.kind, test.test_id)
+        return None
+    return verdict
+
+
+class LifecycleStore(AbTestStore):
+    def evaluate_running_tests(self) -> list[Conclusion]:
+        """Decide every running test and guard the policy can decide now, and apply each verdict.
+
+        One unlocked read of the running tests and one of their ledgers; only tests with a verdict are then
+        locked (SKIP LOCKED, so two evaluators never decide one test and never wait on each other), judged
+        again on what the ledger says under the lock, and concluded. Queries per round do not grow with the
+        number of undecided tests.
+        """
+        policy = self._require_policy()
+        running = self.list_ab_tests(status="running")
+        cohorts = self.cohorts(test.test_id for test in running)
+        decided = [test.test_id for test in running if _judge(policy, test, cohorts[test.test_id])]
+        if not decided:
+            return []
+        conclusions = []
+        with self.transaction() as conn:
+            locked = list(
+                conn.execute(
+                    select(TESTS)
+                    .where(TESTS.c.test_id.in_(decided), TESTS.c.status == "running")
+                    .with_for_update(skip_locked=True)
+                )
+            )
+            fresh = self.cohorts((row.test_id for row in locked), conn=conn)
+            for row in locked:
+                test = AbTestRecord(**row._mapping)
+                cohort = fresh[test.test_id]
+                verdict = _judge(policy, test, cohort)
+                if verdict is not None:
+                    conclusions.append(self._apply(conn, test, cohort, verdict))
+        return conclusions
+
+    def _apply(self, conn: Connection, test: AbTestRecord, cohort: CohortRecord, verdict: Verdict) -> Conclusion:
+        action = verdict.action or ""
+        figures = {**verdict.to_dict(), "cohort": cohort.to_dict()}
+        now = utcnow()
+        if action == "pause":
+            conn.execute(
+                update(TESTS).where(TESTS.c.test_id == test.test_id).values(status="paused", health=figures)
+            )
+            self._event(conn, test, "ab_test_paused", f"{test.kind} {test.test_id} paused: {_reason(figures)}", figures)
+            return Conclusion(test.test_id, test.skill_name, "paused", None, None, figures, action)
+        winner = verdict.winner or ("treatment" if action in ("promote", "confirm") else "control")
+        conn.execute(
+            update(TESTS)
+            .where(TESTS.c.test_id == test.test_id)
+            .values(status="completed", winner=winner, decided_at=now, completed_at=now, decision=figures)
+        )
+        promoted = archived = None
+        if action == "promote":
+            skill = self._lock_skill(conn, test.skill_name)
+            self._set_production(
+                conn,
+                test.skill_name,
+                test.treatment_version,
+                skill.production_variation_id,
+                "promotion",
+                test.test_id,
+            )
+            promoted = test.treatment_version
+            guard_id = self._start_guard(conn, test, verdict.guard_share)
+            figures["guard_test_id"] = guard_id
+            self._event(conn, test, "variation_promoted", f"A/B test {test.test_id} decided: treatment", figures)
+        elif action in ("archive", "inconclusive"):
+            self._mark(conn, test.treatment_version, "archived")
+            archived = test.treatment_version
+            self._event(conn, test, "variation_archived", f"A/B test {test.test_id} decided: {winner}", figures)
+        elif action == "rollback":
+            skill = self._lock_skill(conn, test.skill_name)
+            if skill.production_variation_id == test.treatment_version:
+                self._set_production(
+                    conn, test.skill_name, test.control_version, test.treatment_version, "guard_rollback", test.test_id
+                )
+            self._retire(conn, test.treatment_version)
+            archived = test.treatment_version
+            description = f"guard {test.test_id} found a regression: rolled back to {test.control_version}"
+            self._event(conn, test, "guard_rollback", f"{description} ({_reason(figures)})", figures)
+        else:  # confirm
+            self._event(conn, test, "promotion_confirmed", f"guard {test.test_id} ended clean", figures)
+        return Conclusion(test.test_id, test.skill_name, winner, promoted, archived, figures, action)
+
+    def _start_guard(self, conn: Connection, test: AbTestRecord, holdout_share: float) -> int | None:
+        """After a promotion: the new production serves 1 - holdout_share, the previous one the holdout."""
+        if not 0.0 < holdout_share < 1.0:
+            return None
+        guard_id = conn.execute(
+            TESTS.insert()
+            .values(
+                skill_name=test.skill_name,
+                control_version=test.control_version,
+                treatment_version=test.treatment_version,
+                sample_size_target=test.sample_size_target,
+                policy="guard",
+                status="running",
+                kind="guard",
+                treatment_share=1.0 - holdout_share,
+                parent_test_id=test.test_id,
+                started_at=utcnow(),
+            )
+            .returning(TESTS.c.test_id)
+        ).scalar_one()
+        return int(guard_id)
+
+    def _event(
+        self, conn: Connection, test: AbTestRecord, event_type: str, description: str, figures: dict[str, Any]
+    ) -> None:
+        _insert_event(
+            conn,
+            LearningEventRecord(
+                skill_name=test.skill_name,
+                event_type=event_type,
+                variation_id=test.treatment_version,
+                fidelity_before=test.control_fidelity,
+                fidelity_after=test.treatment_fidelity,
+                description=description,
+                details={"test_id": test.test_id, "kind": test.kind, "decision": figures},
+            ),
+        )
+
+    def _retire(self, conn: Connection, variation_id: str) -> None:
+        """A version that left production for cause: archived, no longer marked promoted."""
+        conn.execute(
+            update(VARIATIONS)
+            .where(VARIATIONS.c.variation_id == variation_id)
+            .values(test_status="archived", promoted=False)
+        )
+
+    def promote_variation(self, variation_id: str) -> None:
+        """Make a variation its skill's production version by hand; the old one is kept for rollback."""
+        with self.transaction() as conn:
+            variation = self._variation(conn, variation_id)
+            skill = self._lock_skill(conn, variation.skill_name)
+            if skill.production_variation_id == variation_id:
+                return
+            # The open comparison was against the old production version: it no longer means anything.
+            self._stop_running(conn, variation.skill_name, "production changed by hand")
+            self._set_production(conn, variation.skill_name, variation_id, skill.production_variation_id, "manual")
+            _insert_event(
+                conn,
+                LearningEventRecord(
+                    skill_name=variation.skill_name,
+                    event_type="variation_promoted",
+                    variation_id=variation_id,
+                    description="promoted by hand",
+                    details={"manual": True, "previous": skill.production_variation_id},
+                ),
+            )
+
+    def archive_variation(self, variation_id: str) -> None:
+        """Take a variation out of testing for good; production cannot be archived (roll back first)."""
+        with self.transaction() as conn:
+            variation = self._variation(conn, variation_id)
+            skill = self._lock_skill(conn, variation.skill_name)
+            if skill.production_variation_id == variation_id:
+                raise ValueError(f"variation {variation_id} is production for {skill.name!r}; roll back first")
+            active = conn.execute(
+                select(TESTS.c.test_id).where(
+                    TESTS.c.treatment_version == variation_id, TESTS.c.status.in_(OPEN_TEST_STATUSES)
+                )
+            ).scalar()
+            if active is not None:
+                self._stop_running(conn, variation.skill_name, "treatment archived")
+            self._mark(conn, variation_id, "archived")
+            _insert_event(
+                conn,
+                LearningEventRecord(
+                    skill_name=variation.skill_name,
+                    event_type="variation_archived",
+                    variation_id=variation_id,
+                    description="archived by hand",
+                ),
+            )
+
+    def stop_ab_test(self, test_id: int) -> None:
+        """Stop an open test or guard without a verdict. A test's treatment is archived; stopping a guard
+        leaves the promotion in place, unwatched."""
+        with self.transaction() as conn:
+            row = conn.execute(select(TESTS).where(TESTS.c.test_id == test_id).with_for_update()).first()
+            if row is None or row.status not in OPEN_TEST_STATUSES:
+                raise ValueError(f"A/B test {test_id} does not exist or is not open (running or paused)")
+            self._stop_running(conn, row.skill_name, "stopped by hand")
+
+    def rollback_skill(
+        self, skill_name: str, to: str | None = None, expected_current: str | None = None
+    ) -> tuple[str, str]:
+        """Restore an earlier production version; returns (from, to).
+
+        :param to: a version that was production before (default: the one the current version replaced).
+        :param expected_current: the production version the operator saw; refused if production changed
+            since (a beat promotion or another rollback), so nobody undoes a change they never saw.
+        """
+        with self.transaction() as conn:
+            skill = self._lock_skill(conn, skill_name)
+            current = skill.production_variation_id
+            if current is None:
+                raise ValueError(f"skill {skill_name!r} has no production version")
+            if expected_current is not None and expected_current != current:
+                raise ValueError(
+                    f"production of {skill_name!r} is now {current}, not {expected_current}: it changed since "
+                    "you looked; check `wre skill history` and try again"
+                )
+            lineage = self.production_history(skill_name)
+            earlier = [change.variation_id for change in lineage if change.variation_id != current]
+            if to is None:
+                to = _default_target(lineage, current)
+                if to is None:
+                    raise ValueError(f"skill {skill_name!r} has no previous production version to roll back to")
+            elif to == current:
+                raise ValueError(f"{to} is already production of {skill_name!r}")
+            elif to not in earlier:
+                raise ValueError(
+                    f"{to} was never production of {skill_name!r}; earlier versions: {', '.join(earlier) or 'none'}"
+                )
+            self._stop_running(conn, skill_name, "rollback")
+            self._set_production(conn, skill_name, to, current, "rollback")
+            self._retire(conn, current)
+            _insert_event(
+                conn,
+                LearningEventRecord(
+                    skill_name=skill_name,
+                    event_type="rollback",
+                    variation_id=to,
+                    description=f"rolled back from {current} to {to}",
+                    details={"from": current, "to": to},
+                ),
+            )
+        return current, to
+
+
+def _default_target(lineage: list[ProductionChangeRecord], current: str) -> str | None:
+    """The newest version that production replaced and that was not itself rolled back for cause.
+
+    Rolling back twice must not re-promote what the first rollback removed.
+    """
+    rolled_back = {c.previous_variation_id for c in lineage if c.reason in ("rollback", "guard_rollback")}
+    for change in reversed(lineage):
+        previous = change.previous_variation_id
+        if previous is not None and previous != current and previous not in rolled_back:
+            return previous
+    return None
+
+
+def _reason(figures: dict[str, Any]) -> str:
+    return str(figures.get("reason", ""))

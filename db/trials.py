@@ -1,0 +1,216 @@
+"""The trial ledger: a run routed into an A/B test is written when it is assigned, completed by its outcome.
+
+Counting from assignment is what keeps a test honest when outcomes arrive late: the verdict reads only the
+complete prefix (trials assigned before the oldest one still pending), never the early reporters of a cohort
+whose slow members are still out. A trial pending past its deadline counts as a failure of its arm, so a lost
+or hung run cannot hold a test for ever. The arm a unit got is a database fact here, not only a hash.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import Boolean, Connection, Integer, and_, bindparam, case, func, literal, or_, select, update
+
+from db.base import StoreBase, require_text
+from db.models import ARMS, OPEN_TEST_STATUSES, TESTS, TRIALS, utcnow
+from db.records import ArmAggregate, CohortRecord
+
+MAX_UNIT_KEY_CHARS = 300
+
+
+def unit_key_for(run_id: str, assignment_key: str | None) -> str:
+    """The unit of analysis: the producer's key (all of a user's runs are one unit), else the run itself."""
+    return f"key:{assignment_key}" if assignment_key is not None else f"run:{run_id}"
+
+
+class TrialStore(StoreBase):
+    def assign_trial(
+        self,
+        test_id: int,
+        run_id: str,
+        arm: str,
+        unit_key: str,
+        deadline_seconds: float,
+    ) -> str | None:
+        """Write a run's assignment to a running test; returns the arm on record, None if the test is not running.
+
+        Idempotent per (test, run): a redelivered first attempt finds the arm it was given the first time.
+        One statement (plus a read only when the run was assigned before).
+        """
+        if arm not in ARMS:
+            raise ValueError(f"arm must be 'control' or 'treatment', got {arm!r}")
+        require_text(unit_key, "unit key", max_length=MAX_UNIT_KEY_CHARS)
+        now = utcnow()
+        running = select(literal(1)).where(TESTS.c.test_id == test_id, TESTS.c.status == "running").exists()
+        values = select(
+            literal(test_id, Integer),
+            literal(run_id),
+            literal(unit_key),
+            literal(arm),
+            literal(now),
+            literal(now + timedelta(seconds=deadline_seconds)),
+        ).where(running)
+        insert = (
+            self.upsert(TRIALS)
+            .from_select(["test_id", "run_id", "unit_key", "arm", "assigned_at", "deadline"], values)
+            .on_conflict_do_nothing(index_elements=["test_id", "run_id"])
+            .returning(TRIALS.c.arm)
+        )
+        with self.transaction() as conn:
+            inserted = conn.execute(insert).scalar()
+            if inserted is not None:
+                return str(inserted)
+            known = conn.execute(
+                select(TRIALS.c.arm).where(TRIALS.c.test_id == test_id, TRIALS.c.run_id == run_id)
+            ).scalar()
+        return None if known is None else str(known)
+
+    def add_manual_trial(self, conn: Connection, test_id: int, arm: str, success: bool, fidelity: float) -> None:
+        """A completed trial of its own unit, for callers that count outcomes by hand (the seed's API)."""
+        now = utcnow()
+        run_id = f"manual-{uuid.uuid4().hex}"
+        conn.execute(
+            TRIALS.insert().values(
+                test_id=test_id,
+                run_id=run_id,
+                unit_key=unit_key_for(run_id, None),
+                arm=arm,
+                assigned_at=now,
+                deadline=now,
+                completed_at=now,
+                success=success,
+                fidelity=fidelity,
+            )
+        )
+
+    def cohorts(
+        self, test_ids: Iterable[int], now: datetime | None = None, conn: Connection | None = None
+    ) -> dict[int, CohortRecord]:
+        """The complete-prefix figures of each test, by test id (a test without trials has empty arms)."""
+        ids = sorted(set(test_ids))
+        if not ids:
+            return {}
+        now = now or utcnow()
+        if conn is None:
+            with self.transaction() as own:
+                return self.cohorts(ids, now, own)
+        pending = _pending_query(ids, now)
+        pending_rows = {row.test_id: row for row in conn.execute(pending)}
+        arms: dict[tuple[int, str], ArmAggregate] = {}
+        excluded: dict[int, int] = {}
+        for row in conn.execute(_aggregate_query(ids, now)):
+            arms[(row.test_id, row.arm)] = ArmAggregate(
+                assigned_units=int(row.assigned_units),
+                units=int(row.units),
+                trials=int(row.trials or 0),
+                successes=int(row.successes or 0),
+                sum_trials_sq=int(row.sum_trials_sq or 0),
+                sum_successes_sq=int(row.sum_successes_sq or 0),
+                sum_cross=int(row.sum_cross or 0),
+            )
+            excluded[row.test_id] = excluded.get(row.test_id, 0) + int(row.excluded or 0)
+        result = {}
+        for test_id in ids:
+            info = pending_rows.get(test_id)
+            result[test_id] = CohortRecord(
+                test_id=test_id,
+                control=arms.get((test_id, "control"), ArmAggregate()),
+                treatment=arms.get((test_id, "treatment"), ArmAggregate()),
+                cutoff=info.cutoff if info is not None else None,
+                pending=int(info.pending or 0) if info is not None else 0,
+                expired=int(info.expired or 0) if info is not None else 0,
+                excluded=excluded.get(test_id, 0),
+            )
+        return result
+
+    def open_test_ids(self, conn: Connection) -> list[int]:
+        query = select(TESTS.c.test_id).where(TESTS.c.status.in_(OPEN_TEST_STATUSES))
+        return [int(test_id) for test_id in conn.execute(query).scalars()]
+
+
+def _pending_query(test_ids: list[int], now: datetime) -> Any:
+    """Per test: the oldest pending trial within its deadline (the cutoff), and the pending/expired counts.
+
+    Reads only pending rows, through the partial index on them.
+    """
+    live = TRIALS.c.deadline >= now
+    return (
+        select(
+            TRIALS.c.test_id,
+            func.min(case((live, TRIALS.c.assigned_at))).label("cutoff"),
+            func.sum(case((live, 1), else_=0)).label("pending"),
+            func.sum(case((live, 0), else_=1)).label("expired"),
+        )
+        .where(TRIALS.c.test_id.in_(test_ids), TRIALS.c.completed_at.is_(None))
+        .group_by(TRIALS.c.test_id)
+    )
+
+
+def _aggregate_query(test_ids: list[int], now: datetime) -> Any:
+    """Per test and arm: assigned units, and the complete prefix aggregated per unit, then per arm."""
+    cutoffs = (
+        select(TRIALS.c.test_id, func.min(TRIALS.c.assigned_at).label("cutoff"))
+        .where(
+            TRIALS.c.test_id.in_(test_ids), TRIALS.c.completed_at.is_(None), TRIALS.c.deadline >= now
+        )
+        .group_by(TRIALS.c.test_id)
+        .subquery("cutoffs")
+    )
+    in_prefix = or_(cutoffs.c.cutoff.is_(None), TRIALS.c.assigned_at < cutoffs.c.cutoff)
+    # An expired trial (no outcome, past its deadline) has success NULL: a failure here.
+    won = and_(in_prefix, TRIALS.c.success.is_(True))
+    per_unit = (
+        select(
+            TRIALS.c.test_id,
+            TRIALS.c.arm,
+            TRIALS.c.unit_key,
+            func.sum(case((in_prefix, 1), else_=0)).label("m"),
+            func.sum(case((won, 1), else_=0)).label("y"),
+            func.sum(case((in_prefix, 0), (TRIALS.c.completed_at.is_not(None), 1), else_=0)).label("late"),
+        )
+        .select_from(TRIALS.outerjoin(cutoffs, cutoffs.c.test_id == TRIALS.c.test_id))
+        .where(TRIALS.c.test_id.in_(test_ids))
+        .group_by(TRIALS.c.test_id, TRIALS.c.arm, TRIALS.c.unit_key)
+        .subquery("per_unit")
+    )
+    m, y = per_unit.c.m, per_unit.c.y
+    return select(
+        per_unit.c.test_id,
+        per_unit.c.arm,
+        func.count().label("assigned_units"),
+        func.sum(case((m > 0, 1), else_=0)).label("units"),
+        func.sum(m).label("trials"),
+        func.sum(y).label("successes"),
+        func.sum(m * m).label("sum_trials_sq"),
+        func.sum(y * y).label("sum_successes_sq"),
+        func.sum(y * m).label("sum_cross"),
+        func.sum(per_unit.c.late).label("excluded"),
+    ).group_by(per_unit.c.test_id, per_unit.c.arm)
+
+
+@lru_cache(maxsize=1)
+def complete_trial_update() -> Any:
+    """Complete a run's trial with its first attempt's outcome, if it is still within its deadline.
+
+    A trial already past its deadline stays as it is: it was counted as a failure, maybe in a verdict
+    already, and an outcome arriving after that must not rewrite the evidence.
+    """
+    return (
+        update(TRIALS)
+        .where(
+            TRIALS.c.test_id == bindparam("trial_test_id"),
+            TRIALS.c.run_id == bindparam("trial_run_id"),
+            TRIALS.c.completed_at.is_(None),
+            TRIALS.c.deadline >= bindparam("trial_now"),
+        )
+        .values(
+            completed_at=bindparam("trial_now"),
+            success=bindparam("trial_success_flag", type_=Boolean),
+            fidelity=bindparam("trial_fidelity_value"),
+        )
+    )

@@ -1,0 +1,163 @@
+"""Production's lifecycle on real Postgres: scheduling invariants, guards, pauses, lineage and rollback."""
+
+from __future__ import annotations
+
+import pytest
+
+from db.memory import AbTestConflictError, PatternMemory
+from scheduler.evaluation import PromotionPolicy, run_evaluation_round
+from tests.ledger import fill_ledger
+from worker.runner import check_variation
+from worker.settings import Settings
+
+
+def _content(body: str, name: str = "s") -> str:
+    return (
+        f"---\nname: {name}\ndescription: d\nagent: python\nentrypoint: skills.examples:extract_contact\n"
+        "steps:\n  - id: answer\n    description: an answer\n    expect: {key: answer}\n"
+        f"---\n{body}\n"
+    )
+
+
+def _skill(memory: PatternMemory) -> tuple[str, str]:
+    base = memory.register_skill("s", _content("base"), default_agent="python")
+    treatment = memory.store_variation("s", _content("better"), parent_version=base)
+    return base, treatment
+
+
+def _store(database_url: str, **settings: object) -> PatternMemory:
+    policy = PromotionPolicy(Settings(database_url=database_url, **settings))  # type: ignore[arg-type]
+    return PatternMemory(database_url, policy=policy, variation_check=check_variation)
+
+
+def _events(memory: PatternMemory, event_type: str) -> list[object]:
+    return [e for e in memory.get_evolution_history("s") if e.event_type == event_type]
+
+
+def test_a_test_is_scheduled_against_production_only(memory: PatternMemory) -> None:
+    base, treatment = _skill(memory)
+    other = memory.store_variation("s", _content("other"), parent_version=base)
+    memory.promote_variation(other)
+    # An evolution that read production before it changed must not test against the old version.
+    with pytest.raises(AbTestConflictError, match="production changed meanwhile"):
+        memory.schedule_ab_test("s", base, treatment)
+    assert memory.list_ab_tests() == []
+
+
+def test_a_treatment_that_does_not_parse_as_the_skill_is_refused(memory: PatternMemory, database_url: str) -> None:
+    store = _store(database_url)
+    base, _ = _skill(store)
+    broken = store.store_variation("s", "---\nname: s\nsteps: [oops\n---\nx", parent_version=base)
+    renamed = store.store_variation("s", _content("x", name="other"), parent_version=base)
+    with pytest.raises(ValueError):
+        store.schedule_ab_test("s", base, broken)
+    with pytest.raises(ValueError, match="not 's'"):
+        store.schedule_ab_test("s", base, renamed)
+    assert store.list_ab_tests() == []
+
+
+def test_a_promotion_starts_a_guard_that_holds_the_skill(memory: PatternMemory, database_url: str) -> None:
+    store = _store(database_url, guard_holdout_share=0.2)
+    base, treatment = _skill(store)
+    test_id = store.schedule_ab_test("s", base, treatment)
+    fill_ledger(store, test_id, "control", 20, 100)
+    fill_ledger(store, test_id, "treatment", 90, 100)
+    [conclusion] = run_evaluation_round(store)
+    assert conclusion.action == "promote" and store.get_production("s")[0] == treatment
+    guard = store.get_active_ab_test("s")
+    assert guard is not None and guard.kind == "guard" and guard.parent_test_id == test_id
+    assert (guard.control_version, guard.treatment_version) == (base, treatment)
+    assert guard.treatment_share == pytest.approx(0.8)
+    assert not store.claim_evolution("s", cooldown_seconds=0)  # nothing evolves under a guard
+    with pytest.raises(AbTestConflictError):
+        store.schedule_ab_test("s", treatment, store.store_variation("s", _content("third")))
+
+
+def test_the_guard_rolls_a_regression_back(memory: PatternMemory, database_url: str) -> None:
+    store = _store(database_url, guard_holdout_share=0.2)
+    base, treatment = _skill(store)
+    test_id = store.schedule_ab_test("s", base, treatment)
+    fill_ledger(store, test_id, "control", 20, 100)
+    fill_ledger(store, test_id, "treatment", 90, 100)
+    run_evaluation_round(store)
+    guard = store.get_active_ab_test("s")
+    assert guard is not None
+    fill_ledger(store, guard.test_id, "control", 90, 100)  # the holdout: the previous version
+    fill_ledger(store, guard.test_id, "treatment", 100, 400)  # the new production, now far worse
+    [conclusion] = run_evaluation_round(store)
+    assert conclusion.action == "rollback"
+    assert store.get_production("s")[0] == base
+    assert store.get_variation(treatment).test_status == "archived"  # type: ignore[union-attr]
+    [event] = _events(store, "guard_rollback")
+    assert event.details["decision"]["reason"]  # type: ignore[attr-defined]
+    assert [c.reason for c in store.production_history("s")] == ["registration", "promotion", "guard_rollback"]
+
+
+def test_a_clean_guard_confirms_the_promotion(memory: PatternMemory, database_url: str) -> None:
+    store = _store(database_url, guard_holdout_share=0.2, guard_units=200)
+    base, treatment = _skill(store)
+    test_id = store.schedule_ab_test("s", base, treatment)
+    fill_ledger(store, test_id, "control", 20, 100)
+    fill_ledger(store, test_id, "treatment", 90, 100)
+    run_evaluation_round(store)
+    guard = store.get_active_ab_test("s")
+    assert guard is not None
+    fill_ledger(store, guard.test_id, "control", 25, 50)
+    fill_ledger(store, guard.test_id, "treatment", 180, 200)
+    [conclusion] = run_evaluation_round(store)
+    assert conclusion.action == "confirm" and store.get_production("s")[0] == treatment
+    assert len(_events(store, "promotion_confirmed")) == 1
+    assert store.claim_evolution("s", cooldown_seconds=0)
+
+
+def test_a_sample_ratio_mismatch_pauses_and_holds_the_slot(memory: PatternMemory) -> None:
+    base, treatment = _skill(memory)
+    test_id = memory.schedule_ab_test("s", base, treatment)
+    fill_ledger(memory, test_id, "control", 10, 300)
+    fill_ledger(memory, test_id, "treatment", 150, 150)  # far better, and far too few units
+    [conclusion] = run_evaluation_round(memory)
+    assert conclusion.action == "pause"
+    test = memory.get_ab_test(test_id)
+    assert test is not None and test.status == "paused" and test.health is not None
+    assert test.health["srm"]["mismatch"] is True and test.health["srm"]["p_value"] < 0.001
+    assert memory.get_active_ab_test("s") is None  # a paused test routes nothing
+    assert memory.get_production("s")[0] == base
+    assert run_evaluation_round(memory) == []  # and decides nothing
+    with pytest.raises(AbTestConflictError):
+        memory.schedule_ab_test("s", base, memory.store_variation("s", _content("third")))
+    memory.stop_ab_test(test_id)
+    assert memory.get_ab_test(test_id).status == "stopped"  # type: ignore[union-attr]
+
+
+def test_a_null_test_closes_early_for_futility(memory: PatternMemory) -> None:
+    base, treatment = _skill(memory)
+    test_id = memory.schedule_ab_test("s", base, treatment)
+    fill_ledger(memory, test_id, "control", 560, 800)
+    fill_ledger(memory, test_id, "treatment", 560, 800)
+    [conclusion] = run_evaluation_round(memory)
+    assert conclusion.action == "inconclusive" and conclusion.decision["stop"] == "futility"
+    assert memory.get_variation(treatment).test_status == "archived"  # type: ignore[union-attr]
+
+
+def test_rollback_goes_to_any_earlier_version_and_checks_what_the_operator_saw(memory: PatternMemory) -> None:
+    base, second = _skill(memory)
+    memory.promote_variation(second)
+    third = memory.store_variation("s", _content("third"), parent_version=second)
+    memory.promote_variation(third)
+    with pytest.raises(ValueError, match="changed since you looked"):
+        memory.rollback_skill("s", expected_current=second)
+    assert memory.get_production("s")[0] == third
+    with pytest.raises(ValueError, match="never production"):
+        memory.rollback_skill("s", to=memory.store_variation("s", _content("never")), expected_current=third)
+    assert memory.rollback_skill("s", to=base, expected_current=third) == (third, base)
+    assert memory.get_production("s")[0] == base
+    # Rolling back again does not bring back what was rolled back for cause.
+    assert memory.rollback_skill("s") == (base, second)
+    history = memory.production_history("s")
+    assert [(c.reason, c.variation_id) for c in history] == [
+        ("registration", base),
+        ("manual", second),
+        ("manual", third),
+        ("rollback", base),
+        ("rollback", second),
+    ]
