@@ -113,6 +113,7 @@ class SkillFigures:
     baseline: float
     runs: list[Run] = field(default_factory=list)
     tests: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    guards: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     harmful: int = 0
     final_production: float = 0.0
 
@@ -177,6 +178,15 @@ def collect(memory: PatternMemory, baselines: dict[str, float]) -> list[SkillFig
         figures[skill_of[run_id]].runs.append(run)
     for test in tests:
         skill = figures[test.skill_name]
+        if getattr(test, "kind", "test") == "guard":
+            # A guard watches a promotion against the version it replaced; it tests no new variation.
+            outcome = (
+                "running"
+                if test.status != "completed"
+                else ("confirmed" if test.winner == "treatment" else "rolled back")
+            )
+            skill.guards[outcome] += 1
+            continue
         skill.tests["started"] += 1
         if test.status == "running":
             skill.tests["running"] += 1
@@ -321,6 +331,12 @@ def run_seed(args: argparse.Namespace, fleet: Fleet, seed: int, report: Report) 
         f"seed {seed}: variations tested {started}: promoted {figures.promoted}, archived {figures.archived}, "
         f"inconclusive {figures.inconclusive}, still running {figures.running}; win rate {figures.win_rate:.0%}; "
         f"harmful promotions {figures.harmful}"
+    )
+    guards = {
+        kind: sum(skill.guards[kind] for skill in skills) for kind in ("confirmed", "rolled back", "running")
+    }
+    report.line(
+        f"seed {seed}: guards after promotions: " + ", ".join(f"{n} {kind}" for kind, n in guards.items())
     )
     report.line(
         f"seed {seed}: screening {figures.screenings} screenings, {calls} agent calls next to "
