@@ -206,8 +206,8 @@ def screen_candidates(
         if len(alive) > 1:
             alive = sorted(alive, key=lambda v: -statistics.fmean(replayed[v].fidelities))[: len(alive) // 2]
     base = replayed[production_id]
-    if len(base.fidelities) < MIN_REPLAY_INPUTS:
-        raise EvolutionRefused(f"only {len(inputs)} recorded input(s) of {parent.name!r} to replay")
+    if not base.fidelities:  # nothing replayed, nothing spent (the wait above makes this unreachable)
+        raise EvolutionRefused(f"no recorded input of {parent.name!r} to replay")
     parent_score = ReplayScore(
         production_id, statistics.fmean(base.fidelities), base.successes, replays=len(base.fidelities)
     )
