@@ -32,6 +32,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis.exceptions
 from sqlalchemy import select
 
 from bench.common import Report, base_parser, pending, register, services
@@ -263,7 +264,11 @@ def run_seed(args: argparse.Namespace, fleet: Fleet, seed: int, report: Report) 
         sent = 0
         fed_at = time.monotonic()
         while sent < runs_total:
-            if pending(found.redis) > args.in_flight:
+            try:
+                waiting = pending(found.redis)
+            except redis.exceptions.RedisError:
+                waiting = args.in_flight + 1  # a slow answer on a loaded machine: look again
+            if waiting > args.in_flight:
                 time.sleep(POLL_SECONDS)
                 continue
             for _ in range(min(FEED_BATCH, runs_total - sent)):
