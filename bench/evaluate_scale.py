@@ -1,8 +1,8 @@
 """Evaluation at scale: one round of ``wre.evaluate_ab_tests`` over 10,000 running tests and 1,000,000 outcomes.
 
 The store is bulk-loaded with COPY: 10,000 skills, each with a control and a treatment variation and one running
-A/B test at 50 trials per arm, and 100 recorded outcomes per test (1,000,000 rows), each a completed trial in
-the test's ledger (1,000,000 ledger rows: a round reads every running test's ledger). One test in 20 has a clear
+A/B test at 50 trials per arm in its trial ledger (1,000,000 ledger rows: a round reads every running test's
+ledger), and 100 recorded outcomes per test (1,000,000 rows). One test in 20 has a clear
 verdict (half promote, half archive); the others are undecided. Rounds alternate 1,000 running tests (the other
 9,000 set aside) and 10,000, the store restored between rounds. Each round is timed and its SQL counted:
 
@@ -187,14 +187,21 @@ def load(url: str, tests: int, outcomes_per_test: int) -> None:
             conn,
             "ab_trials",
             ("test_id", "run_id", "unit_key", "arm", "assigned_at", "deadline", "completed_at", "success", "fidelity"),
-            (
-                (row[6], row[0], f"run:{row[0]}", row[7], "now", "now", "now", row[8], row[10])
-                for row in _outcomes(tests, outcomes_per_test)
-            ),
+            _trials(tests),
         )
         conn.execute("SELECT setval('ab_test_assignments_test_id_seq', %s)", (tests,))
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE")
+
+
+def _trials(tests: int) -> Iterator[tuple[Any, ...]]:
+    """The ledger: TRIALS_PER_ARM completed single-run units per arm of every test (what verdicts read)."""
+    for i in range(1, tests + 1):
+        for arm, successes in zip(("control", "treatment"), _arms(i), strict=True):
+            for j in range(TRIALS_PER_ARM):
+                run_id = f"t{i}-{arm[0]}{j}"
+                passed = j < successes
+                yield (i, run_id, f"run:{run_id}", arm, "now", "now", "now", passed, 1.0 if passed else 0.0)
 
 
 def _outcomes(tests: int, per_test: int) -> Iterator[tuple[Any, ...]]:
@@ -270,6 +277,9 @@ class Store:
     def prepare(self, running: int) -> None:
         """Restore the loaded state, then keep only tests 1..``running`` running; vacuum what changed."""
         with self.admin.connect() as conn:
+            # What a round added: the guards its promotions started, the lineage of production.
+            conn.execute(text("DELETE FROM ab_test_assignments WHERE kind = 'guard'"))
+            conn.execute(text("DELETE FROM production_changes"))
             for table, (key, columns) in SNAPSHOT_TABLES.items():
                 assignments = ", ".join(f"{column} = s.{column}" for column in columns)
                 changed = " OR ".join(f"t.{column} IS DISTINCT FROM s.{column}" for column in columns)
@@ -285,7 +295,7 @@ class Store:
                 text("UPDATE ab_test_assignments SET status = 'stopped' WHERE test_id > :running"),
                 {"running": running},
             )
-            for table in (*SNAPSHOT_TABLES, "learning_events"):
+            for table in (*SNAPSHOT_TABLES, "learning_events", "production_changes"):
                 conn.execute(text(f"VACUUM ANALYZE {table}"))
 
     def dispose(self) -> None:

@@ -2,7 +2,10 @@
 
 Each replicate routes trials to the arms at random (probability 1/2 each), draws each trial's success
 from its arm's rate, and asks the policy after every trial until it returns a verdict; at the latest
-that is "inconclusive", when both arms reach ``max_trials_per_arm``. Both policies see the same
+that is "inconclusive", when both arms reach ``max_trials_per_arm`` (earlier when the futility stop
+rules out a lift of ``min_detectable_lift``). The rows where the premises break (outcome delay,
+clustered keys, novelty, drift) and the guard after a promotion follow, from
+``bench.promotion_mechanisms``. Both policies see the same
 simulated trials (common random numbers), so their figures compare like for like.
 
 The per-trial statistic is evaluated with numpy over whole batches of replicates by a twin of
@@ -11,7 +14,8 @@ unnoticed: before the run, its log e-values are compared with the policy's on sa
 some replicates of every row are replayed through ``decide()`` itself, trial by trial; any
 difference stops the benchmark.
 
-Usage: ``python -m bench.promotion_quality [--replicates N] [--seed S] [--replay K] [--mixing-sd T] [--bars-only]``
+Usage: ``python -m bench.promotion_quality [--replicates N] [--seed S] [--replay K] [--mixing-sd T] [--bars-only]
+[--mechanism-replicates M]``
 """
 
 from __future__ import annotations
@@ -431,9 +435,15 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="the sequential policy's mixing sd (to reproduce the tuning sweep in docs/STATISTICS.md)",
     )
     parser.add_argument("--bars-only", action="store_true", help="only the rows that carry a bar")
+    parser.add_argument(
+        "--mechanism-replicates",
+        type=int,
+        default=2000,
+        help="replicates per mechanism row (delay, clustered keys, novelty, drift, guard, cost); 0 skips them",
+    )
     args = parser.parse_args(argv)
-    if args.replicates < 1 or args.replay < 0:
-        parser.error("--replicates must be >= 1 and --replay >= 0")
+    if args.replicates < 1 or args.replay < 0 or args.mechanism_replicates < 0:
+        parser.error("--replicates must be >= 1, --replay and --mechanism-replicates >= 0")
     if not 0.0 < args.mixing_sd <= 1.0:
         parser.error("--mixing-sd must be in (0, 1]")
     return args
@@ -452,7 +462,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"sequential: alpha {sequential.alpha} ({sequential.alpha / 2} per side), "
         f"min {sequential.min_trials_per_arm}/arm, mixing sd {sequential.mixing_sd}, "
-        f"min_margin {sequential.min_margin}; margin: target {policies.SAMPLE_SIZE_TARGET}/arm, "
+        f"min_margin {sequential.min_margin}, futility at a lift of {sequential.min_detectable_lift} (level "
+        f"{sequential.futility_alpha}); margin: target {policies.SAMPLE_SIZE_TARGET}/arm, "
         f"margin {policies.MARGIN_MIN_MARGIN}; max {policies.MAX_TRIALS_PER_ARM}/arm unless the row caps it"
     )
     print(
@@ -498,6 +509,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(f"  {per_arm} trials per arm: {figures}")
     print()
+    if args.mechanism_replicates:
+        # Imported here: the mechanism rows build on this module's twin (no import cycle at load).
+        from bench import promotion_mechanisms as mechanisms
+
+        all_pass &= mechanisms.report(
+            rng, args.mechanism_replicates, min(args.replay, mechanisms.DEFAULT_REPLAY)
+        )
+        print()
     elapsed = time.perf_counter() - started
     which = "at its defaults" if args.mixing_sd == policies.MIXING_SD else f"with mixing sd {args.mixing_sd}"
     verdict = "PASS on every bar" if all_pass else "FAIL on at least one bar"

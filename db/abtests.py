@@ -128,11 +128,20 @@ class AbTestStore(CatalogStore, OutcomeStore):
             row = conn.execute(select(TESTS).where(TESTS.c.test_id == test_id)).first()
         return AbTestRecord(**row._mapping) if row else None
 
-    def get_active_ab_test(self, skill_name: str) -> AbTestRecord | None:
+    def running_test(self, skill_name: str) -> AbTestRecord | None:
+        """The skill's running test as a record (the richer answer behind :meth:`get_active_ab_test`)."""
         query = select(TESTS).where(TESTS.c.skill_name == skill_name, TESTS.c.status == "running")
         with self.transaction() as conn:
             row = conn.execute(query).first()
         return AbTestRecord(**row._mapping) if row else None
+
+    def get_active_ab_test(self, skill_name: str) -> dict[str, Any] | None:
+        """The seed's call: the skill's running test as a dict of its columns, or None."""
+        test = self.running_test(skill_name)
+        if test is None:
+            return None
+        columns = test.to_dict()
+        return {**columns, "start_time": columns["started_at"]}  # the seed's name of started_at
 
     def list_ab_tests(self, status: str | None = None, skill_name: str | None = None) -> list[AbTestRecord]:
         query = select(TESTS).order_by(TESTS.c.test_id)
@@ -162,7 +171,13 @@ class AbTestStore(CatalogStore, OutcomeStore):
             # The verdicts read the ledger: a trial counted by hand is a completed unit of its own there.
             self.add_manual_trial(conn, test_id, variant, success, fidelity)
 
-    def check_ab_promotion(self, test_id: int, min_margin: float | None = None) -> dict[str, Any]:
+    def check_ab_promotion(self, test_id: int, min_margin: float = 0.10) -> str | None:
+        """The seed's call: ``'treatment'`` (promote), ``'control'`` (treatment lost) or None (keep going, or
+        inconclusive), from the configured policy with ``min_margin`` as its margin; nothing is acted on."""
+        winner = self.ab_verdict(test_id, min_margin=min_margin)["winner"]
+        return winner if winner in ARMS else None
+
+    def ab_verdict(self, test_id: int, min_margin: float | None = None) -> dict[str, Any]:
         """Ask the configured policy about one test, without acting; ``min_margin`` overrides its floor."""
         test = self.get_ab_test(test_id)
         if test is None:

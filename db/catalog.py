@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Row, case, select, update
@@ -20,6 +21,34 @@ def variation_id_for(content: str) -> str:
     return hashlib.sha256(content.encode("utf-8")).hexdigest()[:VARIATION_ID_LENGTH]
 
 
+@dataclass(frozen=True)
+class SkillRegistration:
+    """A skill file's content and the skill row's fields, as registration stores them."""
+
+    name: str
+    content: str
+    default_agent: str
+    description: str = ""
+    threshold: float | None = None
+
+    def check(self) -> None:
+        require_text(self.name, "skill name")
+        require_text(self.content, "skill content", max_length=1_000_000)
+        require_text(self.default_agent, "default agent", max_length=64)
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must be within 0..1, got {self.threshold}")
+
+
+@dataclass(frozen=True)
+class RegistrationResult:
+    """What registering one skill did: ``added``, ``unchanged`` or ``replaced`` (``previous`` production)."""
+
+    name: str
+    variation_id: str
+    action: str
+    previous: str | None
+
+
 class CatalogStore(StoreBase):
     def register_skill(
         self,
@@ -33,57 +62,74 @@ class CatalogStore(StoreBase):
     ) -> str:
         """Register a skill with ``content`` as its baseline variation; returns the variation id.
 
-        Registering the same content again changes nothing. New content for a known skill is refused
-        unless ``replace`` (an operator's explicit act), which makes it production and keeps the old
-        version for rollback.
+        Registering the same content again changes nothing, also after an evolved variation was promoted
+        (production descends from it). Other content for a known skill is refused unless ``replace`` (an
+        operator's explicit act), which makes it production and keeps the old version for rollback.
         """
-        require_text(name, "skill name")
-        require_text(content, "skill content", max_length=1_000_000)
-        require_text(default_agent, "default agent", max_length=64)
-        if threshold is not None and not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold must be within 0..1, got {threshold}")
-        variation_id = variation_id_for(content)
+        registration = SkillRegistration(name, content, default_agent, description, threshold)
+        return self.register_skills([registration], replace=replace)[0].variation_id
+
+    def register_skills(
+        self, registrations: Sequence[SkillRegistration], replace: bool = False
+    ) -> list[RegistrationResult]:
+        """Register several skills in one transaction: all of them, or (on any refusal) none."""
+        for registration in registrations:
+            registration.check()
         with self.transaction() as conn:
-            current = conn.execute(select(SKILLS).where(SKILLS.c.name == name).with_for_update()).first()
-            if (
-                current is not None
-                and current.production_variation_id not in (None, variation_id)
-                and not replace
-            ):
+            return [self._register(conn, registration, replace) for registration in registrations]
+
+    def lineage(self, skill_name: str, conn: Connection | None = None) -> list[str]:
+        """Production's variation id, then its parent, grandparent...: the contents production came from."""
+        if conn is None:
+            with self.transaction() as own:
+                return self.lineage(skill_name, own)
+        current = conn.execute(
+            select(SKILLS.c.production_variation_id).where(SKILLS.c.name == skill_name)
+        ).scalar()
+        chain: list[str] = []
+        while current is not None and current not in chain:
+            chain.append(current)
+            current = conn.execute(
+                select(VARIATIONS.c.parent_version).where(VARIATIONS.c.variation_id == current)
+            ).scalar()
+        return chain
+
+    def _register(self, conn: Connection, registration: SkillRegistration, replace: bool) -> RegistrationResult:
+        name, content = registration.name, registration.content
+        variation_id = variation_id_for(content)
+        current = conn.execute(select(SKILLS).where(SKILLS.c.name == name).with_for_update()).first()
+        if current is not None and variation_id in self.lineage(name, conn):
+            # The file production is, or descends from: nothing to do (re-running `skill add` is safe).
+            return RegistrationResult(name, variation_id, "unchanged", current.production_variation_id)
+        if current is not None and not replace:
+            raise ValueError(
+                f"skill {name!r} is already registered with other content "
+                f"(production {current.production_variation_id}); `wre skill add --replace` makes this "
+                "content production"
+            )
+        if replace and current is not None:
+            running = conn.execute(
+                select(TESTS.c.test_id).where(TESTS.c.skill_name == name, TESTS.c.status.in_(OPEN_TEST_STATUSES))
+            ).scalar()
+            if running is not None:
+                # Its control would no longer be production: the comparison would mean nothing.
                 raise ValueError(
-                    f"skill {name!r} is already registered with other content "
-                    f"(production {current.production_variation_id}); "
-                    "pass replace=True to make this content production"
+                    f"skill {name!r} has A/B test {running} open; stop it first (wre ab stop {running})"
                 )
-            if replace and current is not None and current.production_variation_id != variation_id:
-                running = conn.execute(
-                    select(TESTS.c.test_id).where(
-                        TESTS.c.skill_name == name, TESTS.c.status.in_(OPEN_TEST_STATUSES)
-                    )
-                ).scalar()
-                if running is not None:
-                    # Its control would no longer be production: the comparison would mean nothing.
-                    raise ValueError(
-                        f"skill {name!r} has A/B test {running} open; stop it first (wre ab stop {running})"
-                    )
-            values = {"description": description, "default_agent": default_agent, "threshold": threshold}
-            if current is None:
-                conn.execute(SKILLS.insert().values(name=name, **values))
-            else:
-                conn.execute(
-                    update(SKILLS).where(SKILLS.c.name == name).values(updated_at=utcnow(), **values)
-                )
-            status = "baseline" if current is None else "promoted"
-            self._insert_variation(conn, name, content, None, "registration", status, [])
-            if current is None or current.production_variation_id != variation_id:
-                self._set_production(
-                    conn,
-                    name,
-                    variation_id,
-                    current.production_variation_id if current else None,
-                    "registration" if current is None else "replace",
-                )
-        return variation_id
+        values = {
+            "description": registration.description,
+            "default_agent": registration.default_agent,
+            "threshold": registration.threshold,
+        }
+        if current is None:
+            conn.execute(SKILLS.insert().values(name=name, **values))
+        else:
+            conn.execute(update(SKILLS).where(SKILLS.c.name == name).values(updated_at=utcnow(), **values))
+        status = "baseline" if current is None else "promoted"
+        self._insert_variation(conn, name, content, None, "registration", status, [])
+        previous = current.production_variation_id if current else None
+        self._set_production(conn, name, variation_id, previous, "registration" if current is None else "replace")
+        return RegistrationResult(name, variation_id, "added" if current is None else "replaced", previous)
 
     def store_variation(
         self,

@@ -22,9 +22,14 @@ COUNTER_TABLE = COUNTERS
 
 
 class CounterStore(StoreBase):
-    def increment_counter(self, name: str, delta: int = 1) -> None:
-        """Add ``delta`` (an int, may be negative) to counter ``name``."""
-        self.add_to_counters({name: delta})
+    def increment_counter(self, name: str, delta: int = 1) -> int:
+        """Add ``delta`` (an int, may be negative) to counter ``name``; returns the counter's new value."""
+        with self.transaction() as conn:
+            self.add_to_counters({name: delta}, conn)
+            total = conn.execute(
+                select(func.coalesce(func.sum(COUNTER_TABLE.c.value), 0)).where(COUNTER_TABLE.c.name == name)
+            ).scalar_one()
+        return int(total)
 
     def add_to_counters(self, deltas: Mapping[str, int], conn: Connection | None = None) -> None:
         """Add several deltas in one statement (one round trip), inside ``conn``'s transaction when given."""

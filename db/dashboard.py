@@ -27,13 +27,20 @@ DASHBOARD_COUNTERS = (
 
 class DashboardStore(LifecycleStore):
     def get_telemetry_dashboard(self, window: int = DEFAULT_WINDOW_RUNS) -> dict[str, Any]:
-        """wre's figures in one dict.
+        """wre's figures in one dict; every number is 0 (not None) when there is nothing yet.
 
-        :param window: runs in the "first" and "now" windows whose median first-attempt fidelity is compared
-            (the seed's "median fidelity +20%" gate).
+        The seed's gate metrics, as the seed defines them: ``repeated_failure_rate`` = react_retry_count /
+        total_executions; ``variation_win_rate`` = promoted / (promoted + archived), where a test that closes
+        inconclusive archives its variation (counted as archived, and shown apart as
+        ``variations_inconclusive``); first-attempt fidelity now vs the first window (the "median
+        fidelity +20%" gate). ``delivered_fidelity_now`` is after ReAct retries, labelled apart.
+
+        :param window: runs in the "first" and "now" windows whose medians are compared.
         """
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(f"window must be a whole number of runs, at least 1, got {window!r}")
         counters = self.get_counters(DASHBOARD_COUNTERS)
-        runs = counters[COUNTER_TOTAL_RUNS]
+        runs, attempts = counters[COUNTER_TOTAL_RUNS], counters[COUNTER_TOTAL_EXECUTIONS]
         with self.transaction() as conn:
             tests = _test_figures(conn)
             fidelity_delta = conn.execute(
@@ -44,27 +51,36 @@ class DashboardStore(LifecycleStore):
                 )
             ).scalar()
             first, now = self._window_medians(conn, window, None)
+            delivered = self._delivered_median(conn, window, None)
+        closed = tests["promoted"] + tests["archived"]
         return {
             "retry_count": counters[COUNTER_RETRIES],
-            "total_executions": counters[COUNTER_TOTAL_EXECUTIONS],
+            "total_executions": attempts,
             "total_runs": runs,
             "runs_retried": counters[COUNTER_RUNS_RETRIED],
-            "repeated_failure_rate": counters[COUNTER_RUNS_RETRIED] / runs if runs else 0.0,
+            "repeated_failure_rate": counters[COUNTER_RETRIES] / attempts if attempts else 0.0,
             "evolutions_triggered": counters[COUNTER_EVOLUTIONS],
             "variations_tested": tests["tested"],
             "variations_promoted": tests["promoted"],
+            "variations_archived": tests["archived"],
+            "variations_inconclusive": tests["inconclusive"],
+            "variations_rolled_back": tests["rolled_back"],
             "tests_running": tests["running"],
-            "tests_decided": tests["decided"],
-            "variation_win_rate": tests["promoted"] / tests["decided"] if tests["decided"] else 0.0,
-            "avg_fidelity_delta": float(fidelity_delta) if fidelity_delta is not None else None,
-            "median_fidelity_first_window": first,
-            "median_fidelity_now": now,
-            "median_fidelity_gain": _relative_gain(first, now),
+            "tests_decided": closed,
+            "variation_win_rate": tests["promoted"] / closed if closed else 0.0,
+            "avg_fidelity_delta": float(fidelity_delta) if fidelity_delta is not None else 0.0,
+            "first_attempt_fidelity_first_window": first or 0.0,
+            "first_attempt_fidelity_now": now or 0.0,
+            "first_attempt_fidelity_gain": _relative_gain(first, now) or 0.0,
+            "delivered_fidelity_now": delivered or 0.0,
             "window_runs": window,
         }
 
     def get_skill_dashboard(self, skill_name: str, window: int = DEFAULT_WINDOW_RUNS) -> dict[str, Any]:
-        """Per-skill figures from the outcomes themselves (counters are global)."""
+        """Per-skill figures from the outcomes themselves (counters are global), named as the overall ones.
+
+        ``repeated_failure_rate`` = retries / attempts of finished runs (the seed's ratio, per skill).
+        """
         final = and_(OUTCOMES.c.skill_name == skill_name, OUTCOMES.c.final)
         query = select(
             func.count(),
@@ -78,16 +94,20 @@ class DashboardStore(LifecycleStore):
         with self.transaction() as conn:
             runs, retried, retries, successes = (int(v) for v in conn.execute(query).one())
             first, now = self._window_medians(conn, window, skill_name)
+            delivered = self._delivered_median(conn, window, skill_name)
             usage = [row for row in conn.execute(tokens).scalars() if isinstance(row, dict)]
+        attempts = runs + retries
         return {
             "skill_name": skill_name,
             "runs": runs,
+            "runs_retried": retried,
             "retries": retries,
-            "repeated_failure_rate": retried / runs if runs else 0.0,
+            "repeated_failure_rate": retries / attempts if attempts else 0.0,
             "success_rate": successes / runs if runs else None,
-            "median_fidelity_first_window": first,
-            "median_fidelity_now": now,
-            "median_fidelity_gain": _relative_gain(first, now),
+            "first_attempt_fidelity_first_window": first,
+            "first_attempt_fidelity_now": now,
+            "first_attempt_fidelity_gain": _relative_gain(first, now),
+            "delivered_fidelity_now": delivered,
             "total_tokens": sum(int(u.get("total_tokens", 0) or 0) for u in usage),
         }
 
@@ -107,16 +127,38 @@ class DashboardStore(LifecycleStore):
         now = self.median(conn, base.order_by(OUTCOMES.c.id.desc()).limit(window))
         return first, now
 
+    def _delivered_median(self, conn: Connection, window: int, skill_name: str | None) -> float | None:
+        """Median delivered fidelity (runs' final attempts, after ReAct) of the latest ``window`` runs."""
+        scope = and_(OUTCOMES.c.final, OUTCOMES.c.skill_name == skill_name) if skill_name else OUTCOMES.c.final
+        query = select(OUTCOMES.c.pattern_fidelity).where(scope).order_by(OUTCOMES.c.id.desc()).limit(window)
+        return self.median(conn, query)
+
 
 def _test_figures(conn: Connection) -> dict[str, int]:
+    """Tests by how they ended: promoted (treatment won), archived (control won, or inconclusive: its
+    variation is archived too), of which inconclusive; stopped by hand counts in neither."""
     query = select(
         func.count(),
         func.coalesce(func.sum(case((TESTS.c.status == "running", 1), else_=0)), 0),
-        func.coalesce(func.sum(case((TESTS.c.winner.is_not(None), 1), else_=0)), 0),
         func.coalesce(func.sum(case((TESTS.c.winner == "treatment", 1), else_=0)), 0),
+        func.coalesce(func.sum(case((TESTS.c.winner.in_(("control", "inconclusive")), 1), else_=0)), 0),
+        func.coalesce(func.sum(case((TESTS.c.winner == "inconclusive", 1), else_=0)), 0),
     ).where(TESTS.c.kind == "test")  # a guard watches a promotion; it tests no new variation
-    tested, running, decided, promoted = (int(v) for v in conn.execute(query).one())
-    return {"tested": tested, "running": running, "decided": decided, "promoted": promoted}
+    tested, running, promoted, archived, inconclusive = (int(v) for v in conn.execute(query).one())
+    # A promotion its guard rolled back was a wrong win: it counts as archived, and is shown apart.
+    rolled_back = int(
+        conn.execute(
+            select(func.count()).where(TESTS.c.kind == "guard", TESTS.c.winner == "control")
+        ).scalar_one()
+    )
+    return {
+        "tested": tested,
+        "running": running,
+        "promoted": promoted - rolled_back,
+        "archived": archived + rolled_back,
+        "inconclusive": inconclusive,
+        "rolled_back": rolled_back,
+    }
 
 
 def _relative_gain(first: float | None, now: float | None) -> float | None:

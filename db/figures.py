@@ -1,12 +1,13 @@
 """Read-only figures for the exporter and the report, each one query however many skills there are.
 
-Fidelity here is a run's delivered fidelity (its final attempt), what the producer got; the dashboard's
-windows compare first attempts, the skill's own quality before retries rescue it.
+Two fidelities, each named: *delivered* fidelity is a run's final attempt (after ReAct retries, what the
+producer got); *first-attempt* fidelity is the skill's own quality before retries rescue it (what A/B
+tests and evolution change, the seed's "median fidelity").
 
 A Prometheus scrape comes every few seconds and must not cost a query per skill, so these aggregate in SQL
 with GROUP BY and window functions (both Postgres and SQLite have them). The definitions match
-``PatternMemory.get_skill_dashboard``: a run is its final attempt, its retries are ``attempt - 1``, a run
-"repeatedly failed" when it needed more than one attempt.
+``PatternMemory.get_skill_dashboard``: a run is its final attempt, its retries are ``attempt - 1``, and the
+repeated failure rate is retries / attempts (the seed's react_retry_count / total_executions, per skill).
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ class SkillRunFigures:
 
     @property
     def repeated_failure_rate(self) -> float:
-        return self.runs_retried / self.runs if self.runs else 0.0
+        """Retries / attempts of finished runs: the seed's react_retry_count / total_executions, per skill."""
+        attempts = self.runs + self.retries
+        return self.retries / attempts if attempts else 0.0
 
 
 @dataclass(frozen=True)
@@ -106,17 +109,19 @@ def run_figures(memory: PatternMemory) -> dict[str, SkillRunFigures]:
 
 
 def recent_fidelity(
-    memory: PatternMemory, window: int = DEFAULT_FIDELITY_WINDOW
+    memory: PatternMemory, window: int = DEFAULT_FIDELITY_WINDOW, first_attempts: bool = False
 ) -> dict[str, RecentFidelity]:
-    """Median and mean fidelity and the success rate of each skill's latest ``window`` finished runs.
+    """Median and mean fidelity and the success rate of each skill's latest ``window`` runs.
 
-    :param window: finished runs per skill that the figures cover (the latest ones, by id).
+    :param window: runs per skill that the figures cover (the latest ones, by id).
+    :param first_attempts: read first-attempt fidelity (runs' first attempts) instead of delivered fidelity
+        (finished runs' final attempts).
     """
     if window < 1:
         raise ValueError(f"window must be at least 1, got {window}")
     per_skill: dict[str, list[tuple[float, bool]]] = {}
     with memory.transaction() as conn:
-        for name, fidelity, success in conn.execute(_latest_final_attempts(memory, window)):
+        for name, fidelity, success in conn.execute(_latest_attempts(memory, window, first_attempts)):
             per_skill.setdefault(name, []).append((float(fidelity), bool(success)))
     return {
         name: RecentFidelity(
@@ -130,17 +135,18 @@ def recent_fidelity(
     }
 
 
-def _latest_final_attempts(memory: PatternMemory, window: int) -> Select[Any]:
-    """(skill, fidelity, success) of each skill's latest ``window`` final attempts.
+def _latest_attempts(memory: PatternMemory, window: int, first_attempts: bool) -> Select[Any]:
+    """(skill, fidelity, success) of each skill's latest ``window`` final (or first) attempts.
 
     On Postgres a LATERAL join per registered skill reads only those rows through the
     (skill_name, final, id) index, so a scrape costs skills x window rows however long the history is.
     SQLite (the embedded store) has no LATERAL: a window function over the final attempts does it there.
     """
+    scope = OUTCOMES.c.attempt == 1 if first_attempts else OUTCOMES.c.final
     if memory.is_postgres:
         latest = (
             select(OUTCOMES.c.pattern_fidelity, OUTCOMES.c.success)
-            .where(OUTCOMES.c.skill_name == SKILLS.c.name, OUTCOMES.c.final)
+            .where(OUTCOMES.c.skill_name == SKILLS.c.name, scope)
             .order_by(OUTCOMES.c.id.desc())
             .limit(window)
             .lateral("latest")
@@ -155,7 +161,7 @@ def _latest_final_attempts(memory: PatternMemory, window: int) -> Select[Any]:
     )
     ranked = (
         select(OUTCOMES.c.skill_name, OUTCOMES.c.pattern_fidelity, OUTCOMES.c.success, newest_first)
-        .where(OUTCOMES.c.final)
+        .where(scope)
         .subquery()
     )
     return select(ranked.c.skill_name, ranked.c.pattern_fidelity, ranked.c.success).where(

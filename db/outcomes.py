@@ -161,8 +161,10 @@ class OutcomeStore(CounterStore, TrialStore):
     def get_skill_metrics(self, skill_name: str, days: float = 7) -> dict[str, Any]:
         """Execution figures of the last ``days`` days.
 
-        execution_count counts attempts; run_count and success_rate count runs (their final attempts);
-        fidelities and times are per attempt.
+        execution_count counts attempts; run_count and success_rate count runs (their final attempts).
+        ``median_fidelity`` — the seed's gate metric — is the median *first-attempt* fidelity (what the
+        skill delivers on its first try, what tests and evolution change; ``median_fidelity_reads`` says so);
+        ``median_delivered_fidelity`` is the median of runs' final attempts (after ReAct retries).
         """
         since = utcnow() - timedelta(days=days)
         scope = and_(OUTCOMES.c.skill_name == skill_name, OUTCOMES.c.created_at >= since)
@@ -170,19 +172,22 @@ class OutcomeStore(CounterStore, TrialStore):
             func.count(),
             func.coalesce(func.sum(case((OUTCOMES.c.final, 1), else_=0)), 0),
             func.coalesce(func.sum(case((and_(OUTCOMES.c.final, OUTCOMES.c.success), 1), else_=0)), 0),
-            func.avg(OUTCOMES.c.pattern_fidelity),
+            func.avg(case((OUTCOMES.c.attempt == 1, OUTCOMES.c.pattern_fidelity))),
             func.avg(OUTCOMES.c.execution_time_ms),
         ).where(scope)
         with self.transaction() as conn:
             attempts, runs, successes, avg_fidelity, avg_time = conn.execute(query).one()
-            median = self.median(conn, select(OUTCOMES.c.pattern_fidelity).where(scope))
+            first = self.median(conn, select(OUTCOMES.c.pattern_fidelity).where(scope, OUTCOMES.c.attempt == 1))
+            delivered = self.median(conn, select(OUTCOMES.c.pattern_fidelity).where(scope, OUTCOMES.c.final))
         return {
             "skill_name": skill_name,
             "days": days,
             "execution_count": int(attempts),
             "run_count": int(runs),
-            "avg_fidelity": float(avg_fidelity) if avg_fidelity is not None else None,
-            "median_fidelity": median,
+            "median_fidelity": first,
+            "median_fidelity_reads": "first attempts",
+            "avg_first_attempt_fidelity": float(avg_fidelity) if avg_fidelity is not None else None,
+            "median_delivered_fidelity": delivered,
             "success_rate": successes / runs if runs else None,
             "avg_time_ms": float(avg_time) if avg_time is not None else None,
         }

@@ -161,8 +161,8 @@ class CohortRecord:
 
     ``cutoff``: the assignment time of the oldest pending trial still within its deadline (None when none
     is pending); only trials assigned before it count. ``expired``: trials past their deadline without an
-    outcome, counted as failures of their arm. ``excluded``: trials with an outcome assigned at or after the
-    cutoff, waiting for the cohort before them to complete.
+    outcome, counted as failures of their arm (when before the cutoff). ``excluded``: trials done (an outcome,
+    or expired) but assigned at or after the cutoff, waiting for the cohort before them to complete.
     """
 
     test_id: int

@@ -171,7 +171,10 @@ def _aggregate_query(test_ids: list[int], now: datetime) -> Any:
             TRIALS.c.unit_key,
             func.sum(case((in_prefix, 1), else_=0)).label("m"),
             func.sum(case((won, 1), else_=0)).label("y"),
-            func.sum(case((in_prefix, 0), (TRIALS.c.completed_at.is_not(None), 1), else_=0)).label("late"),
+            # Done (an outcome, or expired) but assigned at or after the cutoff: waiting for the cohort.
+            func.sum(
+                case((in_prefix, 0), (TRIALS.c.completed_at.is_not(None), 1), (TRIALS.c.deadline < now, 1), else_=0)
+            ).label("late"),
         )
         .select_from(TRIALS.outerjoin(cutoffs, cutoffs.c.test_id == TRIALS.c.test_id))
         .where(TRIALS.c.test_id.in_(test_ids))

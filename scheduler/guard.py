@@ -15,11 +15,12 @@ version against the one it replaced, on the same traffic, afterwards.
   regression (the one-sided normal-mixture mSPRT of the policies, on ``-d``). Under "production is
   as good or better", the e-value reaches ``1 / alpha`` with probability at most ``alpha`` at any look
   (Ville; normal approximation with the variance plugged in).
-- **Early confirm**: the sequential probability ratio test of "regression of ``max_regression``"
+- **Early confirm** (not before ``min_confirm_units``): the sequential probability ratio test of "regression of ``max_regression``"
   against "no regression": ``log C = eps * (d + eps / 2) / W``. Reaching ``log(1 / confirm_alpha)``
   rules out a regression of ``eps`` or more at that level, at any look, and frees the skill for its next
   evolution before the period ends.
-- **Confirm at the end**: the period (``guard_units`` units in both arms) ends without a rollback.
+- **Confirm at the end**: the period (``guard_units`` units in both arms) ends without a rollback
+  (whatever ``min_confirm_units`` says: a period shorter than the floor ends at its own length).
 
 A variance floor keeps a degenerate arm (all successes or all failures so far) from claiming infinite
 precision: each arm's variance is at least the binomial one of its trials at a smoothed rate.
@@ -46,8 +47,13 @@ HOLDOUT_SHARE: Final = 0.10
 #: back with probability at most this, however often the guard looks.
 GUARD_ALPHA: Final = 0.01
 #: Length of the guard period in units (both arms): the guard confirms when it ends clean.
-GUARD_UNITS: Final = 4000
-#: No verdict before the holdout has this many units.
+GUARD_UNITS: Final = 5000
+#: The shortest guard: no confirm before this many units (both arms). An early confirm assumes the
+#: promoted version behaves now as it will later; novelty that wears off breaks that, and this floor is
+#: what lets the guard see the end of a novelty effect before it can confirm (docs/STATISTICS.md).
+GUARD_MIN_CONFIRM_UNITS: Final = 1000
+#: No verdict at all before each arm (the holdout is the small one) has this many units: the normal
+#: approximation behind the e-value is poor below it (the same floor as the policies' per-arm minimum).
 GUARD_MIN_UNITS: Final = 20
 #: The smallest regression worth a rollback (absolute points): the early confirm rules it out.
 GUARD_MAX_REGRESSION: Final = 0.10
@@ -79,6 +85,7 @@ class GuardPolicy:
     holdout_share: float = HOLDOUT_SHARE
     alpha: float = GUARD_ALPHA
     guard_units: int = GUARD_UNITS
+    min_confirm_units: int = GUARD_MIN_CONFIRM_UNITS
     min_units: int = GUARD_MIN_UNITS
     max_regression: float = GUARD_MAX_REGRESSION
     confirm_alpha: float = GUARD_CONFIRM_ALPHA
@@ -88,6 +95,7 @@ class GuardPolicy:
         "holdout_share",
         "alpha",
         "guard_units",
+        "min_confirm_units",
         "min_units",
         "max_regression",
         "confirm_alpha",
@@ -102,13 +110,14 @@ class GuardPolicy:
             "confirm_alpha": _real("confirm_alpha", self.confirm_alpha, 0.0, 1.0),
             "mixing_sd": _real("mixing_sd", self.mixing_sd, 0.0, 1.0 + 1e-12),
         }
-        min_units = as_count("min_units", self.min_units)
-        if min_units < 1:
-            raise ValueError(f"min_units must be >= 1, got {min_units}")
+        min_confirm_units = as_count("min_confirm_units", self.min_confirm_units)
+        min_arm = as_count("min_units", self.min_units)
+        if min_arm < 1:
+            raise ValueError(f"min_units must be >= 1, got {min_arm}")
         guard_units = as_count("guard_units", self.guard_units)
-        if guard_units < min_units:
-            raise ValueError(f"guard_units ({guard_units}) must be >= min_units ({min_units})")
-        checked.update(min_units=min_units, guard_units=guard_units)
+        if guard_units < min_arm:
+            raise ValueError(f"guard_units ({guard_units}) must be >= min_units ({min_arm})")
+        checked.update(min_confirm_units=min_confirm_units, guard_units=guard_units, min_units=min_arm)
         for name, value in checked.items():
             object.__setattr__(self, name, value)
 
@@ -186,12 +195,27 @@ class GuardVerdict:
         return figures
 
 
-def _floored_variance(arm: ArmUnits) -> float | None:
-    if not arm.trials:
+def _variance(production: ArmUnits, holdout: ArmUnits) -> float | None:
+    """Variance of production_rate - holdout_rate under "no difference", over units; None without trials.
+
+    Each arm's units deviate from the *pooled* rate (the variance the null implies, as a score test
+    does: an arm's own rate would make a lucky holdout look precise exactly when it looks good, which
+    measurably doubled the false rollbacks of a 10% holdout), divided by the arm's trials squared, so
+    the unequal split enters as 1 / m_prod + 1 / m_hold and nothing else. Floored by the binomial
+    variance at a smoothed pooled rate, so that arms without any spread yet (all successes, all
+    failures) cannot claim infinite precision.
+    """
+    if not (production.trials and holdout.trials):
         return None
-    delta = arm.rate_variance or 0.0
-    smoothed = (arm.successes + _FLOOR_PRIOR) / (arm.trials + 2 * _FLOOR_PRIOR)
-    return max(delta, smoothed * (1.0 - smoothed) / arm.trials)
+    both = production + holdout
+    pooled = both.successes / both.trials
+    delta = (
+        production.squared_deviations(pooled) / production.trials**2
+        + holdout.squared_deviations(pooled) / holdout.trials**2
+    )
+    smoothed = (both.successes + _FLOOR_PRIOR) / (both.trials + 2 * _FLOOR_PRIOR)
+    floor = smoothed * (1.0 - smoothed) * (1.0 / production.trials + 1.0 / holdout.trials)
+    return max(delta, floor)
 
 
 def guard_decide(
@@ -203,8 +227,9 @@ def guard_decide(
         production: units served by the promoted version since the promotion.
         holdout: units served by the previous production version (the holdout) since then.
         holdout_share: the routing share of the holdout (for the sample-ratio check), in (0, 1).
-        **params: ``alpha`` (GUARD_ALPHA), ``guard_units`` (GUARD_UNITS), ``min_units``
-            (GUARD_MIN_UNITS, holdout units before any verdict), ``max_regression``
+        **params: ``alpha`` (GUARD_ALPHA), ``guard_units`` (GUARD_UNITS), ``min_confirm_units``
+            (GUARD_MIN_CONFIRM_UNITS, units before a confirm), ``min_units``
+            (GUARD_MIN_UNITS, units on each arm before any verdict), ``max_regression``
             (GUARD_MAX_REGRESSION; 0 turns the early confirm off), ``confirm_alpha``
             (GUARD_CONFIRM_ALPHA), ``mixing_sd`` (GUARD_MIXING_SD).
 
@@ -217,15 +242,14 @@ def guard_decide(
     policy = GuardPolicy.from_params(holdout_share, params)
     # The holdout plays the treatment role of srm_check: its expected share is holdout_share.
     srm = srm_check(production.units, holdout.units, policy.holdout_share)
-    variances = (_floored_variance(production), _floored_variance(holdout))
+    variance = _variance(production, holdout)
     difference = None
     standard_error = None
     regression = 0.0
     clean = None
     if production.rate is not None and holdout.rate is not None:
         difference = production.rate - holdout.rate
-    if difference is not None and variances[0] is not None and variances[1] is not None:
-        variance = variances[0] + variances[1]
+    if difference is not None and variance is not None:
         standard_error = math.sqrt(variance)
         regression = one_sided_log_evidence(-difference, variance, policy.mixing_sd)
         eps = policy.max_regression
@@ -263,7 +287,7 @@ def _verdict(
     clean: float | None,
 ) -> tuple[GuardWinner, GuardStop, str]:
     units = production.units + holdout.units
-    if holdout.units < policy.min_units or production.units < policy.min_units:
+    if min(holdout.units, production.units) < policy.min_units:
         return (
             None,
             None,
@@ -282,6 +306,14 @@ def _verdict(
                 f">= {policy.threshold:.3f}) after {units} units"
             ),
         )
+    if units >= policy.guard_units:
+        return (
+            "confirm",
+            "period",
+            f"confirm: guard period of {policy.guard_units} units ended clean ({shown})",
+        )
+    if units < policy.min_confirm_units:
+        return None, None, f"guarding: {shown}, {units} units, a confirm needs {policy.min_confirm_units}"
     if clean is not None and clean >= policy.confirm_threshold:
         return (
             "confirm",
@@ -290,11 +322,5 @@ def _verdict(
                 f"confirm: a regression of {policy.max_regression} is ruled out ({shown}; log LR "
                 f"{clean:.3f} >= {policy.confirm_threshold:.3f}) after {units} units"
             ),
-        )
-    if units >= policy.guard_units:
-        return (
-            "confirm",
-            "period",
-            f"confirm: guard period of {policy.guard_units} units ended clean ({shown})",
         )
     return None, None, f"guarding: {shown}, {units} of {policy.guard_units} units"

@@ -1,19 +1,25 @@
-"""Promotion policies for A/B tests of skill variations: counts in, a decision out.
+"""Promotion policies for A/B tests of skill variations: counts or units in, a decision out.
 
 Pure: no I/O, no Celery, no database, stdlib ``math`` only, so that the statistics can be tested
 exhaustively and simulated fast (``bench/promotion_quality.py``). docs/STATISTICS.md explains the
 choice of test, what it guarantees and what it costs, with measured figures.
 
-Policies (``decide(..., policy=...)``):
+``decide(counts...)`` reads run counts (every run its own unit); ``decide_units(control, treatment)``
+reads each arm's assignment units (``scheduler.units.ArmUnits``), so that the runs of one key count as
+one draw. With single-trial units both give the same verdict.
+
+Policies (``policy=...``):
 
 ``sequential`` (default)
     Two one-sided, always-valid tests of "the treatment's success rate is higher" and "... lower",
     each at level ``alpha / 2``: a normal mixture (half-normal on the lift, sd ``mixing_sd``) of
-    likelihood ratios of the randomisation statistic. The probability of *ever* promoting a
+    likelihood ratios of the randomisation statistic on units. The probability of *ever* promoting a
     treatment that is no better than the control stays below ``alpha / 2`` however often the
     policy is asked (exactly for a fixed pooled rate, approximately with the observed one; the
-    benchmark measures 1-1.5% at alpha = 0.05). At ``max_trials_per_arm`` on both arms without a verdict the test closes as
-    ``"inconclusive"``.
+    benchmark measures 1-1.5% at alpha = 0.05). A futility stop closes the test as "inconclusive"
+    once a lift of ``min_detectable_lift`` is ruled out (it can only remove promotions); at
+    ``max_trials_per_arm`` units on both arms (or ``max_runs_factor`` times as many runs) without a
+    verdict the test closes as "inconclusive" too. ``Decision.stop`` says which.
 ``margin``
     The seed's rule, kept for comparison: once both arms have ``sample_size_target`` trials,
     promote at a lift of at least ``min_margin``, archive at ``-min_margin``. It has no error
@@ -49,6 +55,11 @@ ALPHA: Final = 0.05
 MIN_TRIALS_PER_ARM: Final = 20
 #: Both arms at this many trials without a verdict: close the test as inconclusive.
 MAX_TRIALS_PER_ARM: Final = 1000
+#: Both arms at this many times ``max_trials_per_arm`` in trials (runs) without a verdict: close as
+#: inconclusive even if the units are fewer than ``max_trials_per_arm``. With assignment keys the units are a fixed population (users):
+#: once each has many runs, more runs add almost no information about the lift, and a test that
+#: could never reach its maximum in units would hold the skill's only test slot for ever.
+MAX_RUNS_FACTOR: Final = 3
 #: Floor on the observed lift for a promotion (0: any lift the test establishes).
 MIN_MARGIN: Final = 0.0
 #: Standard deviation of the half-normal mixing distribution over the lift (0.10 = 10 points of
@@ -511,6 +522,8 @@ class SequentialPolicy(_ParametrisedPolicy):
         min_detectable_lift: the futility stop closes the test once a lift of this much is ruled
             out, in [0, 1); 0 turns it off.
         futility_alpha: level of the futility stop, in (0, 1).
+        max_runs_factor: both arms at ``max_runs_factor * max_trials_per_arm`` trials (runs) without
+            a verdict: "inconclusive", whatever their units (an int >= 1).
     """
 
     alpha: float = ALPHA
@@ -520,6 +533,7 @@ class SequentialPolicy(_ParametrisedPolicy):
     mixing_sd: float = MIXING_SD
     min_detectable_lift: float = MIN_DETECTABLE_LIFT
     futility_alpha: float = FUTILITY_ALPHA
+    max_runs_factor: int = MAX_RUNS_FACTOR
 
     NAME: ClassVar[str] = SEQUENTIAL
     PARAMS: ClassVar[tuple[str, ...]] = (
@@ -530,6 +544,7 @@ class SequentialPolicy(_ParametrisedPolicy):
         "mixing_sd",
         "min_detectable_lift",
         "futility_alpha",
+        "max_runs_factor",
     )
 
     def __post_init__(self) -> None:
@@ -550,6 +565,7 @@ class SequentialPolicy(_ParametrisedPolicy):
         futility_alpha = _as_real("futility_alpha", self.futility_alpha)
         if not 0.0 < futility_alpha < 1.0:
             raise ValueError(f"futility_alpha must be in (0, 1), got {futility_alpha!r}")
+        max_runs = _as_int_param("max_runs_factor", self.max_runs_factor, 1)
         for name, value in (
             ("alpha", alpha),
             ("min_trials_per_arm", low),
@@ -558,6 +574,7 @@ class SequentialPolicy(_ParametrisedPolicy):
             ("mixing_sd", mixing_sd),
             ("min_detectable_lift", detectable),
             ("futility_alpha", futility_alpha),
+            ("max_runs_factor", max_runs),
         ):
             object.__setattr__(self, name, value)
 
@@ -657,14 +674,12 @@ class SequentialPolicy(_ParametrisedPolicy):
                     f"(log LR {futility:.3f} >= {self.futility_threshold:.3f}; lift {lift:+.4f})"
                 ),
             )
-        if low >= high:
+        runs_cap = self.max_runs_factor * high
+        if low >= high or min(control.trials, treatment.trials) >= runs_cap:
+            at = f"{high} units per arm" if low >= high else f"{runs_cap} runs per arm"
             if held_back:
-                return "inconclusive", "maximum", f"{held_back} at {high} units per arm"
-            return (
-                "inconclusive",
-                "maximum",
-                f"inconclusive: no verdict within {high} units per arm ({figures})",
-            )
+                return "inconclusive", "maximum", f"{held_back} at {at}"
+            return "inconclusive", "maximum", f"inconclusive: no verdict within {at} ({figures})"
         if held_back:
             return None, None, f"{held_back}: keep going"
         return None, None, f"keep going: {figures} below {threshold:.3f}"
@@ -785,7 +800,8 @@ def decide(
         **params: the policy's parameters; omitted ones take the module defaults.
             ``sequential``: ``alpha`` (ALPHA = 0.05), ``min_trials_per_arm`` (20),
             ``max_trials_per_arm`` (1000), ``min_margin`` (0.0), ``mixing_sd`` (0.10),
-            ``min_detectable_lift`` (0.05; 0 turns the futility stop off), ``futility_alpha`` (0.10).
+            ``min_detectable_lift`` (0.05; 0 turns the futility stop off), ``futility_alpha`` (0.10),
+            ``max_runs_factor`` (3).
             ``margin``: ``sample_size_target`` (20), ``min_margin`` (0.10),
             ``max_trials_per_arm`` (1000).
 

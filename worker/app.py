@@ -86,8 +86,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 def create_app(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
     celery = Celery("wre", include=TASK_MODULES)
-    celery.conf.update(celery_config(settings or get_settings()))
+    celery.conf.update(celery_config(settings))
+    # The store a producer checks a run against before sending it (worker.client.enqueue_skill).
+    celery.conf.wre_database_url = settings.database_url
     return celery
 
 

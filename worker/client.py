@@ -1,19 +1,59 @@
 """Producers: enqueue a skill run from any Python process that has wre installed.
 
-Producers without wre send by name: ``app.send_task("wre.execute_skill", kwargs={...})`` — kwargs only, JSON.
+Producers without wre send by name: ``app.send_task("wre.execute_skill", kwargs={...}, queue="skills")`` —
+kwargs only, JSON.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from celery import Celery
 from celery.result import AsyncResult
 
+from db.memory import PatternMemory
 from worker.app import SKILLS_QUEUE
 from worker.app import app as default_app
+from worker.runner import SkillRunner
+from worker.settings import get_settings
 
 EXECUTE_TASK = "wre.execute_skill"
+
+
+def run_request(
+    skill_name: str,
+    input_context: dict[str, Any],
+    agent: str | None = None,
+    assignment_key: str | None = None,
+    *,
+    force: bool = False,
+    memory: PatternMemory | None = None,
+    database_url: str | None = None,
+) -> dict[str, Any]:
+    """The task kwargs of one run, checked as the worker checks them (skill registered, agent known, context a
+    JSON object under the size limit that satisfies the skill's ``input:`` schema).
+
+    :param memory: the store to check against; else one on ``database_url``, else on ``WRE_DATABASE_URL``.
+    :raises worker.runner.InvalidRunError: (a ValueError) naming what is wrong.
+    """
+    kwargs: dict[str, Any] = {"skill_name": skill_name, "input_context": input_context}
+    if agent is not None:
+        kwargs["agent"] = agent
+    if assignment_key is not None:
+        kwargs["assignment_key"] = assignment_key
+    if force:
+        kwargs["force"] = True
+    runner = SkillRunner(memory, get_settings()) if memory is not None else _checker(database_url)
+    runner.validate(kwargs)
+    return kwargs
+
+
+@lru_cache(maxsize=8)
+def _checker(database_url: str | None) -> SkillRunner:
+    """One runner per store, so that its short cache of skills and production serves a burst of enqueues."""
+    settings = get_settings()
+    return SkillRunner(PatternMemory(database_url or settings.database_url), settings)
 
 
 def enqueue_skill(
@@ -24,8 +64,13 @@ def enqueue_skill(
     *,
     force: bool = False,
     app: Celery | None = None,
+    memory: PatternMemory | None = None,
+    validate: bool = True,
 ) -> AsyncResult:  # type: ignore[type-arg]
     """Queue one run of ``skill_name`` on ``input_context``; returns the run's AsyncResult (its id is the run id).
+
+    The request is checked first (:func:`run_request`): bad input raises
+    :class:`worker.runner.InvalidRunError` (a ValueError) here and nothing is queued.
 
     :param skill_name: a registered skill.
     :param input_context: a JSON object (the worker refuses anything else, and anything over the size limit).
@@ -34,12 +79,18 @@ def enqueue_skill(
         arm); the run id when None.
     :param force: run the production version even while an A/B test is running.
     :param app: the Celery app to send through (wre's, configured from the environment, by default).
+    :param memory: the store the check reads (else the app's store, ``WRE_DATABASE_URL`` for wre's app).
+    :param validate: False skips the check (a producer without access to the store, or one that checked
+        already; the worker checks anyway).
     """
-    kwargs: dict[str, Any] = {"skill_name": skill_name, "input_context": input_context}
-    if agent is not None:
-        kwargs["agent"] = agent
-    if assignment_key is not None:
-        kwargs["assignment_key"] = assignment_key
-    if force:
-        kwargs["force"] = True
-    return (app or default_app).send_task(EXECUTE_TASK, kwargs=kwargs, queue=SKILLS_QUEUE)
+    app = app or default_app
+    if validate:
+        kwargs = run_request(
+            skill_name, input_context, agent, assignment_key, force=force, memory=memory,
+            database_url=app.conf.get("wre_database_url"),
+        )
+    else:
+        kwargs = {"skill_name": skill_name, "input_context": input_context, "agent": agent,
+                  "assignment_key": assignment_key, "force": force}
+        kwargs = {key: value for key, value in kwargs.items() if value not in (None, False)}
+    return app.send_task(EXECUTE_TASK, kwargs=kwargs, queue=SKILLS_QUEUE)

@@ -1,6 +1,8 @@
 """The in-process API with the seed's names: the same steps as the Celery task, driven in a loop.
 
-Used by the embedded demo, by tests and by anyone who wants a run without a broker.
+Used by the embedded demo, by tests and by anyone who wants a run without a broker. The seed's signatures
+and defaults hold: ``max_iterations`` and ``fidelity_threshold`` default to ``WRE_REACT_MAX_ITER`` and
+``WRE_REACT_FIDELITY``, and ``execute_skill`` follows ``WRE_REACT_MODE``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ class Orchestrator:
     def execute_skill(
         self, skill_name: str, agent: str | None, input_context: dict[str, Any], force: bool = False
     ) -> dict[str, Any]:
-        """One attempt, no ReAct retry (the seed's plain execution)."""
+        """The default entry point: with ReAct when ``WRE_REACT_MODE`` is on (the default), else one attempt."""
+        if self.settings.react_mode:
+            return self.execute_skill_with_reasoning(skill_name, agent, input_context, force=force)
         return self._run(skill_name, agent, input_context, force, max_iterations=1, threshold=None)
 
     def execute_skill_with_reasoning(
@@ -41,15 +45,20 @@ class Orchestrator:
         skill_name: str,
         agent: str | None,
         input_context: dict[str, Any],
-        max_iterations: int = 3,
+        max_iterations: int | None = None,
         fidelity_threshold: float | None = None,
         force: bool = False,
     ) -> dict[str, Any]:
         """Up to ``max_iterations`` attempts (clamped to 1..10), each told what the previous one failed.
 
-        ``fidelity_threshold`` None means the skill's own threshold (else WRE_REACT_FIDELITY, 0.90), as in
-        the Celery task: both drivers feed the same A/B trials, so they must judge success alike.
+        :param max_iterations: None means ``WRE_REACT_MAX_ITER`` (3).
+        :param fidelity_threshold: the fidelity that ends the run early; None means ``WRE_REACT_FIDELITY``
+            (0.90), as the seed defines it. Pass a skill's own threshold to judge as the Celery task does.
         """
+        if max_iterations is None:
+            max_iterations = self.settings.react_max_iter
+        if fidelity_threshold is None:
+            fidelity_threshold = self.settings.react_fidelity
         return self._run(skill_name, agent, input_context, force, max_iterations, fidelity_threshold)
 
     def _run(

@@ -95,6 +95,7 @@ class AttemptSummary:
         return {
             "attempt": self.attempt,
             "pattern_fidelity": self.pattern_fidelity,
+            "fidelity": self.pattern_fidelity,  # the seed's name for it
             "success": self.success,
             "failed_at_step": self.failed_at_step,
             "error": self.error,
@@ -107,6 +108,12 @@ class AttemptSummary:
         :param data: the decoded JSON.
         :raises ReactStateError: missing, unknown or ill-typed fields.
         """
+        if isinstance(data, Mapping) and "fidelity" in data:
+            # The seed's name, written beside pattern_fidelity by to_dict: it must say the same.
+            alias = data["fidelity"]
+            data = {name: value for name, value in data.items() if name != "fidelity"}
+            if alias != data.get("pattern_fidelity"):
+                raise ReactStateError("attempt summary: fidelity and pattern_fidelity differ")
         fields = _fields(data, SUMMARY_FIELDS, "attempt summary")
         return cls(**{name: fields[name] for name in SUMMARY_FIELDS})
 

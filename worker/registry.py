@@ -1,36 +1,110 @@
-"""Registering skills: a parsed, validated skill file becomes a skill and its baseline variation."""
+"""Registering skills: parsed, validated skill files become skills and their baseline variations.
+
+Several files are all-or-nothing: every file is parsed and checked first, then all are stored in one
+transaction. Re-adding an unchanged file is a no-op, also after a promotion (production descends from
+it); a changed file is refused with what differs unless ``replace``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from db.catalog import RegistrationResult, SkillRegistration
 from db.memory import PatternMemory
 from worker.agents import get_agent
 from worker.settings import Settings, get_settings
 from worker.skills import Skill, load_skill_file, parse_skill
 
+# The parts of a skill file a changed file is compared on, in the order they are named.
+COMPARED_PARTS = (
+    "description", "agent", "threshold", "time_limit", "entrypoint", "evolver", "steps", "input_schema",
+    "extra", "instructions",
+)
+
+
+@dataclass(frozen=True)
+class Registered:
+    """One registered file: its skill and what registration did."""
+
+    skill: Skill
+    result: RegistrationResult
+    source: str
+
+
+def differences(old: Skill, new: Skill) -> list[str]:
+    """The parts of the skill file that differ (``instructions`` is the Markdown body)."""
+    return [part for part in COMPARED_PARTS if getattr(old, part) != getattr(new, part)]
+
+
+def register_skills(
+    memory: PatternMemory, skills: Sequence[tuple[Skill, str]], replace: bool = False
+) -> list[Registered]:
+    """Check every skill, then store them all in one transaction.
+
+    :param skills: (parsed skill, where it came from) pairs.
+    :param replace: make a changed file production (the current production, promoted or not, is kept as
+        the previous version for rollback).
+    :raises ValueError: naming the file and what is wrong; nothing is stored.
+    """
+    names = [skill.name for skill, _ in skills]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"skill {repeated[0]!r} is defined by more than one of the files")
+    for skill, source in skills:
+        try:
+            get_agent(skill.agent)  # an unknown default agent is refused now, not at the first run
+        except ValueError as error:
+            raise ValueError(f"{source}: {error}") from None
+        if not replace:
+            _refuse_changed(memory, skill, source)
+    registrations = [
+        SkillRegistration(skill.name, skill.content, skill.agent, skill.description, skill.threshold)
+        for skill, _ in skills
+    ]
+    results = memory.register_skills(registrations, replace=replace)
+    return [Registered(skill, result, source) for (skill, source), result in zip(skills, results, strict=True)]
+
+
+def _refuse_changed(memory: PatternMemory, skill: Skill, source: str) -> None:
+    if memory.get_skill(skill.name) is None or skill.variation_id in memory.lineage(skill.name):
+        return
+    production, content = memory.get_production(skill.name)
+    changed = differences(parse_skill(content, source="<production>"), skill) or ["front matter formatting"]
+    promoted = memory.get_variation(production)
+    evolved = promoted is not None and promoted.created_by != "registration"
+    what = f"an evolved version ({production}) that " if evolved else f"{production}, which "
+    raise ValueError(
+        f"{source}: skill {skill.name!r} differs from production in {', '.join(changed)}; "
+        f"`wre skill add --replace` makes this file production and replaces {what}stays available "
+        f"to `wre ab rollback {skill.name}`"
+    )
+
 
 def register_skill(memory: PatternMemory, skill: Skill, replace: bool = False) -> str:
     """Store ``skill`` (its exact content) as a skill with that content in production; returns the variation id."""
-    get_agent(skill.agent)  # an unknown default agent is refused now, not at the first run
-    return memory.register_skill(
-        skill.name,
-        skill.content,
-        default_agent=skill.agent,
-        description=skill.description,
-        threshold=skill.threshold,
-        replace=replace,
-    )
+    return register_skills(memory, [(skill, skill.name)], replace=replace)[0].result.variation_id
+
+
+def load_skill_files(paths: Sequence[str | Path], settings: Settings | None = None) -> list[tuple[Skill, str]]:
+    """Parse every file first; a malformed one raises with its path, line and field."""
+    allowed = (settings or get_settings()).python_skill_modules
+    return [(load_skill_file(path, allowed_modules=allowed), str(path)) for path in paths]
+
+
+def register_skill_files(
+    memory: PatternMemory, paths: Sequence[str | Path], replace: bool = False, settings: Settings | None = None
+) -> list[Registered]:
+    """Parse and register several skill files, all or none."""
+    return register_skills(memory, load_skill_files(paths, settings), replace=replace)
 
 
 def register_skill_file(
     memory: PatternMemory, path: str | Path, replace: bool = False, settings: Settings | None = None
 ) -> Skill:
     """Parse and register the skill file at ``path``; a malformed file raises with its path, line and field."""
-    allowed = (settings or get_settings()).python_skill_modules
-    skill = load_skill_file(path, allowed_modules=allowed)
-    register_skill(memory, skill, replace=replace)
-    return skill
+    return register_skill_files(memory, [path], replace=replace, settings=settings)[0].skill
 
 
 def register_skill_text(

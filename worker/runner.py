@@ -28,7 +28,7 @@ from worker import react
 from worker.agents import AttemptInfo, get_agent, run_attempt
 from worker.scoring import Score, score
 from worker.settings import Settings
-from worker.skills import Skill, parse_skill
+from worker.skills import Skill, input_error, parse_skill
 
 MAX_OUTPUT_RESULT_CHARS = 20_000
 MAX_CACHED_VARIATIONS = 1024
@@ -163,6 +163,10 @@ class SkillRunner:
             get_agent(agent)
         except ValueError as error:
             raise InvalidRunError(str(error)) from None
+        # The production version's `input:` schema: a context that fails it is bad input, no attempt spent.
+        problem = input_error(self._production_and_test(skill_name)[1], context)
+        if problem is not None:
+            raise InvalidRunError(problem)
         return RunRequest(skill_name, agent, context, force, key)
 
     # 2. resolve the version
@@ -351,7 +355,7 @@ class SkillRunner:
         if cached is not None and now - cached[0] < self.settings.production_cache_seconds:
             return cached[1]  # type: ignore[no-any-return]
         production_id, content = self.memory.get_production(skill_name)
-        resolved = (production_id, content, self.memory.get_active_ab_test(skill_name))
+        resolved = (production_id, content, self.memory.running_test(skill_name))
         with self._lock:
             self._resolved[skill_name] = (now, resolved)
         return resolved

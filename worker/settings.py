@@ -12,6 +12,8 @@ from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 DEFAULT_DATABASE_URL = "sqlite:///wre.db"
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
@@ -20,6 +22,7 @@ REACT_MAX_ITER_BOUNDS = (1, 10)
 AB_POLICIES = ("sequential", "margin")
 DEFAULT_MAX_CONTEXT_BYTES = 256 * 1024
 DEFAULT_VISIBILITY_TIMEOUT_SECONDS = 3600.0
+DATABASE_BACKENDS = ("postgresql", "sqlite")
 
 
 class Settings(BaseSettings):
@@ -99,7 +102,7 @@ class Settings(BaseSettings):
     ab_trial_slack_seconds: float = 30.0
     guard_holdout_share: float = 0.10
     guard_alpha: float = 0.01
-    guard_units: int = 4000
+    guard_units: int = 5000
     guard_min_units: int = 20
     # NoDecode: the environment's plain comma list reaches the validator below undecoded.
     python_skill_modules: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["skills"])
@@ -118,6 +121,23 @@ class Settings(BaseSettings):
     llm_base_url: str = "http://127.0.0.1:11434/v1"
     llm_model: str = "llama3.1"
     llm_api_key: SecretStr = SecretStr("")
+
+    @field_validator("database_url", mode="after")
+    @classmethod
+    def _supported_database(cls, value: str) -> str:
+        # Refused here, in one line, rather than as a driver's ImportError at the first query.
+        try:
+            backend = make_url(value).get_backend_name()
+        except ArgumentError:
+            raise ValueError(
+                "not a database URL; expected postgresql://user@host/db or sqlite:///path.db"
+            ) from None
+        if backend not in DATABASE_BACKENDS:
+            raise ValueError(
+                f"{backend}:// is not supported; wre stores in {' or '.join(DATABASE_BACKENDS)} "
+                "(postgresql://user@host/db, sqlite:///path.db)"
+            )
+        return value
 
     @field_validator("ab_policy", mode="after")
     @classmethod

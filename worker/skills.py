@@ -31,6 +31,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, NoReturn, cast, get_args
 
@@ -71,6 +72,7 @@ KNOWN_FIELDS = (
     "evolver",
     "steps",
     "params",
+    "input",
 )
 PARAMS_FIELD = "params"
 PARAM_NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
@@ -181,6 +183,7 @@ class Skill:
     :param content: the full original text, exactly as stored in a variation.
     :param params: tunable parameters (``params:``), passed to a python entrypoint as keywords; evolvers may
         change their values within what each declares.
+    :param input_schema: the JSON Schema a run's input context must satisfy (``input:``), if declared.
     """
 
     name: str
@@ -195,10 +198,17 @@ class Skill:
     extra: dict[str, Any]
     content: str = field(repr=False)
     params: dict[str, Param] = field(default_factory=dict)
+    input_schema: dict[str, Any] | None = None
 
     def param_values(self) -> dict[str, ParamValue]:
         """The parameters' current values, by name (what the python agent passes as keywords)."""
         return {name: param.value for name, param in self.params.items()}
+
+    def input_error(self, context: object) -> str | None:
+        """Why ``context`` fails the skill's ``input:`` schema (the most relevant error), or None if it passes."""
+        if self.input_schema is None:
+            return None
+        return _schema_error(self.input_schema, context, f"skill {self.name!r}'s")
 
     @property
     def variation_id(self) -> str:
@@ -220,6 +230,32 @@ class Skill:
         if not isinstance(loaded, dict):  # parse_skill accepted this content, so this cannot happen
             raise AssertionError("a parsed skill's front matter is a mapping")
         return loaded
+
+
+def input_error(content: str, context: object) -> str | None:
+    """Why ``context`` fails the ``input:`` schema of a stored variation's ``content``, or None.
+
+    Reads the front matter alone (registration validated the rest), so a producer can check a run without
+    the worker's python-module allow list or agents.
+    """
+    schema = _input_schema(content)
+    return None if schema is None else _schema_error(schema, context, "this skill's")
+
+
+@lru_cache(maxsize=512)
+def _input_schema(content: str) -> dict[str, Any] | None:
+    loaded = yaml.safe_load(_split_front_matter(content, "<variation>").yaml_text)
+    schema = loaded.get("input") if isinstance(loaded, dict) else None
+    return schema if isinstance(schema, dict) else None
+
+
+def _schema_error(schema: dict[str, Any], context: object, whose: str) -> str | None:
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(cast(Any, context)))
+    if error is None:
+        return None
+    where = "/".join(str(part) for part in error.absolute_path)
+    return f"input_context{f' at {where}' if where else ''} fails {whose} input schema: {error.message}"
 
 
 def content_digest(text: str) -> str:
@@ -504,7 +540,22 @@ class _FrontMatter:
             extra=extra,
             content=content,
             params=self.params(data),
+            input_schema=self.input_schema(data),
         )
+
+    def input_schema(self, data: dict[str, Any]) -> dict[str, Any] | None:
+        """``input:``, a JSON Schema of the run's input context; checked as a schema now, not at the first run."""
+        if "input" not in data:
+            return None
+        schema = data["input"]
+        if not isinstance(schema, dict):
+            self.fail(("input",), f"expected a JSON Schema (a mapping), got {schema!r}")
+        try:
+            jsonschema.validators.validator_for(schema).check_schema(schema)
+        except jsonschema.SchemaError as exc:
+            where = "/".join(str(part) for part in exc.path)
+            self.fail(("input", *exc.path), f"invalid JSON Schema{f' at {where}' if where else ''}: {exc.message}")
+        return schema
 
     def identifier(self, data: dict[str, Any], key: str) -> str:
         if key not in data:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
-from rich.table import Table
+from rich.console import Group
 
 from db.memory import AbTestRecord
+from db.models import TEST_STATUSES
 from scheduler.policies import make_policy
 from worker.settings import get_settings
 from worker.skills import parse_skill
-from wre.context import console, store, user_errors
+from wre.context import console, print_json, record_panel, show, store, table, user_errors
 
 app = typer.Typer(help="A/B tests: list, inspect, start, stop; roll production back.", no_args_is_help=True)
 
@@ -35,38 +37,82 @@ def ab_row(test: AbTestRecord) -> list[str]:
 @app.command("list")
 @user_errors
 def list_tests(
-    status: str | None = typer.Option(None, help="running, completed or stopped."),
-    skill: str | None = typer.Option(None, help="Only this skill's tests."),
+    status: str | None = typer.Option(None, metavar="STATUS", help=f"Only tests {', '.join(TEST_STATUSES)}."),
+    skill: str | None = typer.Option(None, metavar="SKILL", help="Only this skill's tests."),
+    as_json: bool = typer.Option(False, "--json", help="Print the tests as JSON."),
 ) -> None:
     """A/B tests, newest last."""
-    table = Table("test", "skill", "status", "policy", "control", "treatment", "winner")
-    for test in store().list_ab_tests(status=status, skill_name=skill):
-        table.add_row(*ab_row(test))
-    console.print(table)
+    if status is not None and status not in TEST_STATUSES:
+        raise ValueError(f"--status must be one of {', '.join(TEST_STATUSES)}, got {status!r}")
+    memory = store()
+    if skill is not None and memory.get_skill(skill) is None:
+        raise ValueError(f"unknown skill {skill!r}; `wre skill list` shows the registered ones")
+    tests = memory.list_ab_tests(status=status, skill_name=skill)
+    if as_json:
+        print_json([test.to_dict() for test in tests])
+        return
+    shown = table("test", "skill", "status", "policy", "control", "treatment", "winner")
+    for test in tests:
+        shown.add_row(*ab_row(test))
+    show(shown)
+
+
+def test_view(test: AbTestRecord) -> dict[str, Any]:
+    """Every field of the record (new ones included), arms summed up first, dates on one line."""
+    fields = test.to_dict()
+    view: dict[str, Any] = {
+        "skill": fields.pop("skill_name"),
+        "status": fields.pop("status"),
+        "control": f"{fields.pop('control_version')}: "
+        f"{_rate(test.control_successes, test.control_trials)} successes",
+        "treatment": f"{fields.pop('treatment_version')}: "
+        f"{_rate(test.treatment_successes, test.treatment_trials)} successes",
+    }
+    # Summed up in the arms' lines above; the fidelity means are named for what they are.
+    for key in ("control_trials", "control_successes", "treatment_trials", "treatment_successes",
+                "control_fidelity_sum", "treatment_fidelity_sum"):
+        fields.pop(key, None)
+    for arm in ("control", "treatment"):
+        if f"{arm}_fidelity" in fields:
+            fields[f"{arm} first-attempt fidelity (mean)"] = fields.pop(f"{arm}_fidelity")
+    for key, value in fields.items():
+        if key in ("test_id", "decision"):
+            continue
+        view[key] = value.replace("T", " ")[:19] if key.endswith("_at") and isinstance(value, str) else value
+    return view
 
 
 @app.command("show")
 @user_errors
-def show(test_id: int = typer.Argument(..., help="The test's id.")) -> None:
+def show_test(
+    test_id: int = typer.Argument(..., metavar="TEST_ID", help="The test's id."),
+    as_json: bool = typer.Option(False, "--json", help="Print the test and the policy's verdict as JSON."),
+) -> None:
     """One test: its arms, and what the policy says now (or said when it decided)."""
     memory = store()
     test = memory.get_ab_test(test_id)
     if test is None:
-        raise ValueError(f"unknown A/B test {test_id}")
-    console.print(test.to_dict())
-    if test.status == "running":
-        console.rule("the policy now")
-        console.print(memory.check_ab_promotion(test_id))
+        raise ValueError(f"unknown A/B test {test_id}; `wre ab list` shows the tests")
+    verdict = memory.ab_verdict(test_id) if test.status == "running" else None
+    if as_json:
+        print_json({**test.to_dict(), "verdict_now": verdict})
+        return
+    panels = [record_panel(f"A/B test #{test.test_id}", test_view(test))]
+    if test.decision:
+        panels.append(record_panel("the decision", test.decision))
+    if verdict is not None:
+        panels.append(record_panel("the policy now", verdict))
+    show(Group(*panels))
 
 
 @app.command("start")
 @user_errors
 def start(
-    skill: str = typer.Argument(..., help="The skill."),
+    skill: str = typer.Argument(..., metavar="SKILL", help="The skill."),
     treatment: str = typer.Argument(
         ..., metavar="FILE_OR_VARIATION_ID", help="A skill file (stored as a variation) or a variation id."
     ),
-    policy: str | None = typer.Option(None, help="sequential or margin (default: WRE_AB_POLICY)."),
+    policy: str | None = typer.Option(None, metavar="POLICY", help="sequential or margin (default: WRE_AB_POLICY)."),
 ) -> None:
     """Start an A/B test of a hand-written skill file, or of a stored variation, against production."""
     memory = store()
@@ -90,7 +136,7 @@ def start(
 
 @app.command("stop")
 @user_errors
-def stop(test_id: int = typer.Argument(..., help="The test's id.")) -> None:
+def stop(test_id: int = typer.Argument(..., metavar="TEST_ID", help="The test's id.")) -> None:
     """Stop a running test without a verdict; its treatment is archived."""
     store().stop_ab_test(test_id)
     console.print(f"stopped A/B test #{test_id}")
@@ -99,10 +145,12 @@ def stop(test_id: int = typer.Argument(..., help="The test's id.")) -> None:
 @app.command("rollback")
 @user_errors
 def rollback(
-    skill: str = typer.Argument(..., help="The skill."),
-    to: str | None = typer.Option(None, "--to", help="An earlier production version (default: the one replaced)."),
+    skill: str = typer.Argument(..., metavar="SKILL", help="The skill."),
+    to: str | None = typer.Option(
+        None, "--to", metavar="VARIATION", help="An earlier production version (default: the one replaced)."
+    ),
     expect: str | None = typer.Option(
-        None, "--expect", help="The production version you saw; refused if production changed since."
+        None, "--expect", metavar="CURRENT", help="The production version you saw; refused if production changed since."
     ),
 ) -> None:
     """Restore an earlier production version (see `wre skill history`). Stops the skill's open test or guard."""

@@ -23,6 +23,8 @@ MARKER_LABEL_ROWS = 3
 MARKER_LABEL_STEP = 12
 # A marker this close to the right edge puts its label on its left.
 MARKER_LABEL_ROOM = 70
+# A step between two points this many times the series' median step is a gap: no line is drawn across it.
+GAP_FACTOR = 4.0
 # A series whose times all coincide still needs a visible x span.
 MIN_SPAN_SECONDS = 1.0
 SECONDS_PER_HOUR = 3600
@@ -132,12 +134,13 @@ def time_series_chart(title: str, series: list[Series], markers: list[Marker]) -
             + "</g>"
         )
     for line in series:
-        coordinates = " ".join(f"{x(epoch(p.at)):.1f},{y(p.value):.1f}" for p in line.points)
         dash = ' stroke-dasharray="5 4"' if line.dashed else ""
-        parts.append(
-            f'<polyline fill="none" stroke="{line.color}" stroke-width="2"{dash} points="{coordinates}">'
-            f"<title>{escape(line.name)}</title></polyline>"
-        )
+        for segment in segments(line.points):
+            coordinates = " ".join(f"{x(epoch(p.at)):.1f},{y(p.value):.1f}" for p in segment)
+            parts.append(
+                f'<polyline fill="none" stroke="{line.color}" stroke-width="2"{dash} points="{coordinates}">'
+                f"<title>{escape(line.name)}</title></polyline>"
+            )
         for point in line.points:
             parts.append(
                 f'<circle cx="{x(epoch(point.at)):.1f}" cy="{y(point.value):.1f}" r="{POINT_RADIUS}" '
@@ -145,6 +148,21 @@ def time_series_chart(title: str, series: list[Series], markers: list[Marker]) -
             )
     parts.append("</svg>")
     return "\n".join(parts)
+
+
+def segments(points: list[Point], gap_factor: float = GAP_FACTOR) -> list[list[Point]]:
+    """The points split where time jumps: a step over ``gap_factor`` times the median step is an idle gap,
+    drawn as a gap rather than as a straight line that suggests runs where there were none."""
+    if len(points) < 3:
+        return [points] if points else []
+    steps = sorted(epoch(b.at) - epoch(a.at) for a, b in zip(points, points[1:], strict=False))
+    limit = gap_factor * max(steps[len(steps) // 2], MIN_SPAN_SECONDS)
+    parts = [[points[0]]]
+    for before, point in zip(points, points[1:], strict=False):
+        if epoch(point.at) - epoch(before.at) > limit:
+            parts.append([])
+        parts[-1].append(point)
+    return parts
 
 
 def interval_chart(title: str, rows: list[IntervalRow]) -> str:

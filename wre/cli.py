@@ -1,30 +1,62 @@
-"""The `wre` command line (Typer + Rich). Every command says what it does with --help; a user's mistake is
-one red line and exit status 1, never a traceback."""
+"""The `wre` command line (Typer). Every command says what it does with --help; a user's mistake is one
+line on stderr and a non-zero exit, never a traceback; read commands take --json."""
 
 from __future__ import annotations
 
-import json
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 import typer
+from typer.core import TyperArgument
 
 from worker.settings import get_settings
-from wre import ab_cmd, skill_cmd
-from wre.context import console, user_errors
+from wre import ab_cmd, run_cmd, skill_cmd
+from wre.context import EXIT_USAGE, console, fail, one_line, print_json, show, user_errors
+
+# Typer prints a Python type beside every argument (`<list[Path]>`); each argument's metavar says it in words.
+TyperArgument.display_type_rich = lambda self, ctx: None  # type: ignore[method-assign,assignment]
 
 app = typer.Typer(
     help="wre: a self-improving skill runner on Celery. Settings come from WRE_* environment variables.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    add_completion=False,
 )
 db_app = typer.Typer(help="The database schema (Alembic).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(skill_cmd.app, name="skill")
 app.add_typer(ab_cmd.app, name="ab")
+app.command("run")(run_cmd.run)
+app.command("result")(run_cmd.result)
+
+
+def package_version() -> str:
+    try:
+        return version("wre")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"wre {package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    show_version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print wre's version and exit."
+    ),
+) -> None:
+    """wre: a self-improving skill runner on Celery. Settings come from WRE_* environment variables."""
 
 
 @db_app.command("upgrade")
 @user_errors
-def db_upgrade(revision: str = typer.Argument("head", help="Target revision.")) -> None:
+def db_upgrade(revision: str = typer.Argument("head", metavar="REVISION", help="Target revision.")) -> None:
     """Bring the database at WRE_DATABASE_URL to the latest schema (an empty one included)."""
     from db.migrate import upgrade
 
@@ -34,7 +66,9 @@ def db_upgrade(revision: str = typer.Argument("head", help="Target revision.")) 
 
 @db_app.command("downgrade")
 @user_errors
-def db_downgrade(revision: str = typer.Argument(..., help="Target revision, e.g. base.")) -> None:
+def db_downgrade(
+    revision: str = typer.Argument(..., metavar="REVISION", help="Target revision, e.g. base."),
+) -> None:
     """Take the schema back to REVISION."""
     from db.migrate import downgrade
 
@@ -42,68 +76,51 @@ def db_downgrade(revision: str = typer.Argument(..., help="Target revision, e.g.
     console.print(f"database at revision {revision}")
 
 
-@app.command("run")
-@user_errors
-def run(
-    skill: str = typer.Argument(..., help="The skill to run."),
-    context: str = typer.Option("{}", "--context", "-c", help="The input context, a JSON object."),
-    agent: str | None = typer.Option(None, help="The agent (default: the skill's)."),
-    assignment_key: str | None = typer.Option(None, help="Pin the A/B arm to this key (e.g. a user id)."),
-    wait: bool = typer.Option(False, "--wait", help="Wait for the run's result and print it."),
-    timeout: float = typer.Option(120.0, help="Seconds to wait with --wait."),
-) -> None:
-    """Enqueue a run of SKILL on the broker (a worker executes it)."""
-    from worker.client import enqueue_skill
-
-    try:
-        input_context = json.loads(context)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"--context is not JSON: {error}") from None
-    if not isinstance(input_context, dict):
-        raise ValueError('--context must be a JSON object, like \'{"text": "hello"}\'')
-    from worker.app import app as celery_app
-
-    # Fail fast and plainly when the broker is down, instead of Celery's reconnect loop and tracebacks.
-    with celery_app.connection_for_write() as connection:
-        connection.ensure_connection(max_retries=1)
-    result = enqueue_skill(skill, input_context, agent=agent, assignment_key=assignment_key)
-    console.print(f"queued run {result.id}")
-    if wait:
-        outcome = result.get(timeout=timeout, propagate=False)
-        if result.failed():
-            raise ValueError(f"run {result.id} failed: {outcome}")
-        console.print_json(data=outcome)
-
-
 @app.command("dashboard")
 @user_errors
-def dashboard(window: int = typer.Option(100, help="Runs in the first and the latest window.")) -> None:
-    """Per skill: runs, fidelity now vs the first window, retries, running tests and their distance to a verdict."""
-    from wre.dashboard import render_dashboard
+def dashboard(
+    window: int = typer.Option(
+        100, min=1, metavar="RUNS", help="Runs in the first and the latest window (at least 1)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
+) -> None:
+    """Per skill: runs, first-attempt and delivered fidelity, retries, running tests and their distance to a
+    verdict."""
+    from wre.context import store
+    from wre.dashboard import build_dashboard, dashboard_data
 
-    render_dashboard(window)
+    if as_json:
+        print_json(dashboard_data(store(), window))
+    else:
+        show(build_dashboard(store(), window))
 
 
 @app.command("exporter")
 @user_errors
 def exporter(
-    port: int = typer.Option(9808, min=1, max=65535, help="TCP port of /metrics."),
-    address: str = typer.Option("0.0.0.0", help="Interface to listen on."),
-    window: int = typer.Option(100, min=1, help="Latest finished runs per skill behind the fidelity gauges."),
+    port: int = typer.Option(9808, min=1, max=65535, metavar="PORT", help="TCP port of /metrics."),
+    address: str = typer.Option("0.0.0.0", metavar="ADDRESS", help="Interface to listen on."),
+    window: int = typer.Option(
+        100, min=1, metavar="RUNS", help="Latest finished runs per skill behind the fidelity gauges."
+    ),
 ) -> None:
     """Serve Prometheus metrics read from the database on every scrape (runs, retries, fidelity, tests)."""
     from wre.context import store
     from wre.exporter import serve_forever
 
+    memory = store()
+    memory.list_skills()  # an unreachable or unmigrated store is refused now, not at the first scrape
     console.print(f"serving wre metrics on http://{address}:{port}/metrics", soft_wrap=True)
-    serve_forever(store(), port=port, address=address, window=window)
+    serve_forever(memory, port=port, address=address, window=window)
 
 
 @app.command("report")
 @user_errors
 def report(
-    output: str = typer.Option("report.html", "--output", "-o", help="The HTML file to write."),
-    buckets: int = typer.Option(30, min=1, max=500, help="Points per skill on the fidelity charts."),
+    output: str = typer.Option("report.html", "--output", "-o", metavar="FILE", help="The HTML file to write."),
+    buckets: int = typer.Option(
+        30, min=1, max=500, metavar="POINTS", help="Points per skill on the fidelity charts."
+    ),
 ) -> None:
     """Write a self-contained HTML report (no network needed): fidelity over time, A/B tests with intervals."""
     from wre.context import store
@@ -114,12 +131,19 @@ def report(
 
 
 @app.command("demo")
+@user_errors
 def demo(
-    runs: int = typer.Option(300, min=10, help="Runs to enqueue (more are added while a test still needs trials)."),
-    database_url: str = typer.Option(
-        "", help="Store to use; default: a fresh SQLite file wre-demo.db. e.g. postgresql://postgres@127.0.0.1/wre"
+    runs: int = typer.Option(
+        300, min=10, metavar="RUNS", help="Runs to enqueue (more are added while a test still needs trials)."
     ),
-    broker_url: str = typer.Option("memory://", help="Broker to use, e.g. redis://127.0.0.1:6379/0."),
+    database_url: str = typer.Option(
+        "",
+        metavar="URL",
+        help="Store to use; default: a fresh SQLite file wre-demo.db. e.g. postgresql://postgres@127.0.0.1/wre",
+    ),
+    broker_url: str = typer.Option(
+        "memory://", metavar="URL", help="Broker to use, e.g. redis://127.0.0.1:6379/0."
+    ),
 ) -> None:
     """The whole loop in under a minute: runs, retries, an evolved variation, its A/B test, a promotion.
 
@@ -140,5 +164,18 @@ def demo(
         console.print("[yellow]no promotion within the demo's time budget; run it again with more --runs[/]")
 
 
-def main() -> None:
-    app()
+def main(args: list[str] | None = None) -> None:
+    """Run the command line; a command line that does not parse is one line on stderr and exit 2."""
+    try:
+        status: Any = app(args=args, standalone_mode=False)
+    except typer.TyperException as error:  # Typer's (vendored Click's) parse errors
+        message = error.format_message()
+        context = getattr(error, "ctx", None)
+        if type(error).__name__ == "NoArgsIsHelpError":  # `wre` or `wre ab` alone: the help is the answer
+            print(message)
+            sys.exit(0)
+        where = f" (see `{context.command_path} --help`)" if context is not None else ""
+        fail(f"{one_line(message)}{where}", EXIT_USAGE)
+    except typer.Abort:
+        fail("aborted")
+    sys.exit(status if isinstance(status, int) else 0)

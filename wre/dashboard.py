@@ -42,62 +42,97 @@ def build_dashboard(memory: PatternMemory, window: int = 100) -> Group:
     summary.add_row(
         "retries",
         str(overall["retry_count"]),
-        "repeated failure rate",
+        "repeated failure rate (retries / attempts)",
         _pct(overall["repeated_failure_rate"]),
     )
     summary.add_row(
         "variations tested",
         str(overall["variations_tested"]),
-        "promoted",
-        str(overall["variations_promoted"]),
+        "promoted / archived (of which inconclusive)",
+        f"{overall['variations_promoted']} / {overall['variations_archived']} "
+        f"({overall['variations_inconclusive']})",
     )
     summary.add_row(
-        "win rate",
+        "variation win rate",
         _pct(overall["variation_win_rate"]),
-        "avg fidelity delta",
+        "avg first-attempt fidelity delta of promotions",
         _num(overall["avg_fidelity_delta"]),
     )
     summary.add_row(
-        f"median fidelity, first {window} runs",
-        _num(overall["median_fidelity_first_window"]),
+        f"first-attempt fidelity, median of first {window} runs",
+        _num(overall["first_attempt_fidelity_first_window"]),
         f"latest {window} runs",
-        f"{_num(overall['median_fidelity_now'])} ({_gain(overall['median_fidelity_gain'])})",
+        f"{_num(overall['first_attempt_fidelity_now'])} ({_gain(overall['first_attempt_fidelity_gain'])})",
+    )
+    summary.add_row(
+        f"delivered fidelity (after ReAct), median of latest {window} runs",
+        _num(overall["delivered_fidelity_now"]),
+        "",
+        "",
     )
     skills = Table(
         "skill",
         "runs",
-        "fidelity first → now",
+        "first-attempt fidelity first → now",
         "gain",
-        "repeated failures",
+        "delivered fidelity now",
+        "repeated failure rate",
         "retries",
         "tokens",
         title="skills",
     )
     tests = Table(
-        "test", "skill", "control", "treatment", "lift", "distance to a verdict", title="running A/B tests"
+        "test",
+        "kind",
+        "skill",
+        "control",
+        "treatment",
+        "lift now",
+        "distance to a verdict",
+        title="open A/B tests and guards (lift: treatment - control, observed so far)",
     )
     for skill in memory.list_skills():
         figures = memory.get_skill_dashboard(skill.name, window=window)
         skills.add_row(
             skill.name,
             str(figures["runs"]),
-            f"{_num(figures['median_fidelity_first_window'])} → {_num(figures['median_fidelity_now'])}",
-            _gain(figures["median_fidelity_gain"]),
+            f"{_num(figures['first_attempt_fidelity_first_window'])} → "
+            f"{_num(figures['first_attempt_fidelity_now'])}",
+            _gain(figures["first_attempt_fidelity_gain"]),
+            _num(figures["delivered_fidelity_now"]),
             _pct(figures["repeated_failure_rate"]),
             str(figures["retries"]),
             str(figures["total_tokens"] or "-"),
         )
-    for test in memory.list_ab_tests(status="running"):
-        decision = memory.check_ab_promotion(test.test_id)
-        tests.add_row(
-            f"#{test.test_id}",
-            test.skill_name,
+    for test in memory.list_ab_tests(status="running") + memory.list_ab_tests(status="paused"):
+        counts = (
             f"{test.control_successes}/{test.control_trials}",
             f"{test.treatment_successes}/{test.treatment_trials}",
-            _num(decision.get("lift")),
-            distance_to_verdict(decision),
         )
+        if test.status == "paused":
+            # A health check stopped it: say why, never a verdict's distance.
+            reason = str((test.health or {}).get("reason", "paused"))
+            tests.add_row(f"#{test.test_id}", f"{test.kind} PAUSED", test.skill_name, *counts, "-", reason)
+            continue
+        decision = memory.ab_verdict(test.test_id)
+        # A guard's figure is the honest one after a promotion: the new production against its holdout.
+        lift = decision.get("difference") if test.is_guard else decision.get("lift")
+        kind = "guard (holdout = control)" if test.is_guard else test.kind
+        tests.add_row(f"#{test.test_id}", kind, test.skill_name, *counts, _num(lift), distance_to_verdict(decision))
     return Group(Panel(summary, title="wre"), skills, tests)
+
+
+def dashboard_data(memory: PatternMemory, window: int = 100) -> dict[str, Any]:
+    """What `wre dashboard --json` prints: the same figures as the screen, under the same names."""
+    return {
+        "overall": memory.get_telemetry_dashboard(window=window),
+        "skills": [memory.get_skill_dashboard(skill.name, window=window) for skill in memory.list_skills()],
+        "running_tests": [
+            {**test.to_dict(), "verdict_now": memory.ab_verdict(test.test_id)}
+            for test in memory.list_ab_tests(status="running")
+        ],
+        "paused_tests": [test.to_dict() for test in memory.list_ab_tests(status="paused")],
+    }
 
 
 def render_dashboard(window: int = 100, console: Console | None = None) -> None:

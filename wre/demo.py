@@ -96,7 +96,8 @@ def describe(event: LearningEventRecord) -> str | None:
                 f"enters A/B test #{details.get('test_id')} against production")
     if event.event_type == "variation_promoted":
         return (f"[bold green]promoted[/] {event.skill_name}: {event.variation_id} wins its A/B test; "
-                f"fidelity {_fmt(event.fidelity_before)} → {_fmt(event.fidelity_after)}")
+                f"mean first-attempt fidelity control {_fmt(event.fidelity_before)} → "
+                f"treatment {_fmt(event.fidelity_after)}")
     if event.event_type == "variation_archived":
         return (f"[yellow]archived[/] {event.skill_name}: {event.variation_id} "
                 f"({event.description}; fidelity {_fmt(event.fidelity_before)} vs {_fmt(event.fidelity_after)})")
@@ -137,6 +138,7 @@ def run_demo(runs: int, database_url: str, broker_url: str, console: Console) ->
     names, weights = list(SKILL_WEIGHTS), list(SKILL_WEIGHTS.values())
     # A store that saw a demo before (a Postgres database run twice) keeps its history: count from here.
     last_event = memory.latest_event_id()
+    known_tests = {test.test_id for test in memory.list_ab_tests()}
     finished_before, promoted = memory.finished_runs(), False
     started = time.monotonic()
     with embedded_services(app, Path(database_url.rsplit("/", 1)[-1] + ".beat")), Progress(
@@ -168,4 +170,27 @@ def run_demo(runs: int, database_url: str, broker_url: str, console: Console) ->
                 progress.update(bar, total=total + EXTRA_BATCH)
     console.rule("dashboard")
     render_dashboard(window=50, console=console)
+    console.rule("what improved")
+    for line in improvements(memory, known_tests):
+        console.print(line, highlight=False)
     return promoted
+
+
+def improvements(memory: PatternMemory, known_tests: set[int]) -> list[str]:
+    """The closing screen's truth: each test decided during the demo, with the arms it compared.
+
+    An A/B test compares the arms' first attempts over the same period, so its figures say what the
+    promotion changed; a window median over a few dozen runs moves with the traffic mix and the luck.
+    """
+    lines = []
+    for test in memory.list_ab_tests(status="completed"):
+        if test.test_id in known_tests:
+            continue
+        verdict = "promoted" if test.winner == "treatment" else f"archived ({test.winner})"
+        lines.append(
+            f"{test.skill_name}: test #{test.test_id} {verdict}; first-attempt fidelity (mean) "
+            f"control {_fmt(test.control_fidelity)} over {test.control_trials} runs, treatment "
+            f"{_fmt(test.treatment_fidelity)} over {test.treatment_trials} runs; success "
+            f"{test.control_successes}/{test.control_trials} vs {test.treatment_successes}/{test.treatment_trials}"
+        )
+    return lines or ["no A/B test was decided during the demo"]

@@ -77,7 +77,20 @@ class StoreCollector(Collector):
         yield from self._event_metrics()
         evolutions = self.memory.get_counter(EVOLUTIONS_COUNTER)
         yield CounterMetricFamily(
-            f"{PREFIX}_evolutions", "Evolutions triggered by runs that exhausted their attempts.", evolutions
+            f"{PREFIX}_evolution_triggers",
+            "Evolution triggers: runs that exhausted their attempts (a claim and cooldown make fewer evolutions).",
+            evolutions,
+        )
+        overall = self.memory.get_telemetry_dashboard(window=self.window)
+        yield GaugeMetricFamily(
+            f"{PREFIX}_variation_win_rate",
+            "Promoted / (promoted + archived) tests; an inconclusive test archives its variation.",
+            value=overall["variation_win_rate"],
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_ab_tests_inconclusive",
+            "Tests closed inconclusive (counted as archived in the win rate).",
+            overall["variations_inconclusive"],
         )
 
     def _run_metrics(self) -> Iterator[Metric]:
@@ -90,7 +103,7 @@ class StoreCollector(Collector):
         }
         rate = GaugeMetricFamily(
             f"{PREFIX}_repeated_failure_rate",
-            "Share of finished runs that needed more than one attempt.",
+            "Retries / attempts of finished runs (the seed's react_retry_count / total_executions).",
             labels=SKILL,
         )
         for name, figures in run_figures(self.memory).items():
@@ -101,22 +114,30 @@ class StoreCollector(Collector):
         yield rate
 
     def _fidelity_metrics(self) -> Iterator[Metric]:
-        scope = f"the latest {self.window} finished runs (their final attempts)"
-        median = _gauge("fidelity_median", f"Median pattern fidelity of {scope}.")
-        mean = _gauge("fidelity_mean", f"Mean pattern fidelity of {scope}.")
-        success = _gauge("success_rate", f"Share of {scope} that succeeded.")
+        first = f"the latest {self.window} runs' first attempts"
+        delivered = f"the latest {self.window} finished runs' final attempts (after ReAct retries)"
+        first_median = _gauge("first_attempt_fidelity_median", f"Median first-attempt fidelity of {first}.")
+        median = _gauge("delivered_fidelity_median", f"Median delivered fidelity of {delivered}.")
+        mean = _gauge("delivered_fidelity_mean", f"Mean delivered fidelity of {delivered}.")
+        success = _gauge("success_rate", f"Share of {delivered} that succeeded.")
         covered = _gauge(
-            "fidelity_window_runs", "Finished runs behind the fidelity gauges (at most the window)."
+            "fidelity_window_runs", "Finished runs behind the delivered fidelity gauges (at most the window)."
         )
         for name, figures in recent_fidelity(self.memory, self.window).items():
             median.add_metric([name], figures.median)
             mean.add_metric([name], figures.mean)
             success.add_metric([name], figures.success_rate)
             covered.add_metric([name], figures.runs)
-        yield from (median, mean, success, covered)
+        for name, figures in recent_fidelity(self.memory, self.window, first_attempts=True).items():
+            first_median.add_metric([name], figures.median)
+        yield from (first_median, median, mean, success, covered)
 
     def _test_metrics(self) -> Iterator[Metric]:
-        running = _gauge("ab_tests_running", "A/B tests running now (at most one per skill).")
+        running = _gauge("ab_tests_running", "A/B tests running now (at most one per skill; guards apart).")
+        guards = _gauge("guards_running", "Guards watching a promotion now (new production vs a holdout).")
+        paused = _gauge(
+            "ab_tests_paused", "Tests paused by a health check (sample-ratio mismatch): they route nothing."
+        )
         tested = _counter("variations_tested", "Variations put under an A/B test.")
         verdicts = CounterMetricFamily(
             f"{PREFIX}_ab_test_verdicts",
@@ -130,12 +151,21 @@ class StoreCollector(Collector):
             f"{PREFIX}_ab_test_successes", "Successful trials of a running test's arm.", labels=ARM_LABELS
         )
         running_per_skill: dict[str, int] = {}
+        guards_per_skill: dict[str, int] = {}
+        paused_per_skill: dict[str, int] = {}
         tested_per_skill: dict[str, set[str]] = {}
         verdicts_per_skill: dict[tuple[str, str], int] = {}
         for test in self.memory.list_ab_tests():
             skill = test.skill_name
-            tested_per_skill.setdefault(skill, set()).add(test.treatment_version)
             running_per_skill.setdefault(skill, 0)
+            guards_per_skill.setdefault(skill, 0)
+            paused_per_skill.setdefault(skill, 0)
+            if test.status == "paused":
+                paused_per_skill[skill] += 1
+            if test.is_guard:
+                guards_per_skill[skill] += test.status == "running"
+                continue
+            tested_per_skill.setdefault(skill, set()).add(test.treatment_version)
             if test.winner is not None:
                 verdicts_per_skill[skill, test.winner] = verdicts_per_skill.get((skill, test.winner), 0) + 1
             if test.status != "running":
@@ -147,10 +177,12 @@ class StoreCollector(Collector):
                 wins.add_metric(labels, getattr(test, f"{arm}_successes"))
         for skill, count in sorted(running_per_skill.items()):
             running.add_metric([skill], count)
-            tested.add_metric([skill], len(tested_per_skill[skill]))
+            guards.add_metric([skill], guards_per_skill[skill])
+            paused.add_metric([skill], paused_per_skill[skill])
+            tested.add_metric([skill], len(tested_per_skill.get(skill, ())))
         for (skill, winner), count in sorted(verdicts_per_skill.items()):
             verdicts.add_metric([skill, winner], count)
-        yield from (running, tested, verdicts, trials, wins)
+        yield from (running, guards, paused, tested, verdicts, trials, wins)
 
     def _event_metrics(self) -> Iterator[Metric]:
         families = {

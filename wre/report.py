@@ -57,7 +57,7 @@ th:first-child, td:first-child { text-align: left; } thead th { border-bottom: 1
        height: 3px; vertical-align: middle; margin-right: 4px; }
 dl.figures { display: grid; grid-template-columns: max-content auto; gap: 0 1rem; margin: 0.3rem 0 1rem; }
 dl.figures dt { color: #6b7280; } dl.figures dd { margin: 0; font-family: ui-monospace, monospace; }
-svg { max-width: 100%; height: auto; }
+svg { max-width: 100%; height: auto; } .when { white-space: nowrap; }
 """
 
 
@@ -103,6 +103,7 @@ def build_report(
     """
     runs = run_figures(memory)
     recent = recent_fidelity(memory, DEFAULT_FIDELITY_WINDOW)
+    first = recent_fidelity(memory, DEFAULT_FIDELITY_WINDOW, first_attempts=True)
     series = fidelity_buckets(memory, buckets)
     events = marked_events(memory)
     counts = event_counts(memory)
@@ -115,7 +116,10 @@ def build_report(
         f'<p class="muted">Generated {escape(generated)}: {len(runs)} skills, {len(tests)} A/B tests, '
         f"{total_runs} finished runs.</p>",
         "<h2>Skills</h2>",
-        _skill_table(runs, recent, counts),
+        '<p class="muted"><i>First-attempt fidelity</i> is a run\'s first attempt: the skill itself, what A/B '
+        "tests compare and evolution should raise. <i>Delivered fidelity</i> is a run's final attempt, after "
+        "ReAct retries: what the producer got. Repeated failure rate = retries / attempts.</p>",
+        _skill_table(runs, recent, first, counts),
     ]
     for index, name in enumerate(runs):
         skill_events = [event for event in events if event["skill_name"] == name]
@@ -150,20 +154,25 @@ def write_report(memory: PatternMemory, path: str | Path, buckets: int = DEFAULT
 
 
 def _skill_table(
-    runs: dict[str, SkillRunFigures], recent: dict[str, RecentFidelity], counts: dict[tuple[str, str], int]
+    runs: dict[str, SkillRunFigures],
+    recent: dict[str, RecentFidelity],
+    first: dict[str, RecentFidelity],
+    counts: dict[tuple[str, str], int],
 ) -> str:
     header = (
-        "<tr><th>skill</th><th>runs</th><th>retries</th><th>repeated failures</th>"
-        f"<th>median fidelity (latest {DEFAULT_FIDELITY_WINDOW})</th><th>success rate</th>"
+        "<tr><th>skill</th><th>runs</th><th>retries</th><th>repeated failure rate</th>"
+        f"<th>median first-attempt fidelity (latest {DEFAULT_FIDELITY_WINDOW})</th>"
+        f"<th>median delivered fidelity (latest {DEFAULT_FIDELITY_WINDOW})</th><th>success rate</th>"
         "<th>promotions</th><th>rollbacks</th></tr>"
     )
     rows = []
     for index, (name, figures) in enumerate(runs.items()):
-        latest = recent.get(name)
+        latest, first_tries = recent.get(name), first.get(name)
         rows.append(
             # The anchors match _skill_section's ids: the same order, by index (names may hold any text).
             f'<tr><td><a href="#skill-{index}">{escape(name)}</a></td>'
             f"<td>{figures.runs}</td><td>{figures.retries}</td><td>{figures.repeated_failure_rate:.0%}</td>"
+            f"<td>{_number(first_tries.median if first_tries else None)}</td>"
             f"<td>{_number(latest.median if latest else None)}</td>"
             f"<td>{_percent(latest.success_rate if latest else None)}</td>"
             f"<td>{counts.get((name, PROMOTED_EVENT), 0)}</td><td>{counts.get((name, ROLLBACK_EVENT), 0)}</td></tr>"
@@ -176,7 +185,7 @@ def _skill_section(index: int, name: str, buckets: list[FidelityBucket], events:
     if not buckets:
         return f'{heading}\n<p class="muted">No finished runs yet.</p>\n</section>'
     fidelity = Series(
-        "mean fidelity",
+        "mean delivered fidelity",
         FIDELITY_COLOR,
         [Point(b.middle_at, b.mean_fidelity, _bucket_tooltip(b)) for b in buckets],
     )
@@ -189,7 +198,7 @@ def _skill_section(index: int, name: str, buckets: list[FidelityBucket], events:
     markers = [_marker(event) for event in events]
     chart = time_series_chart(f"fidelity of {name} over time", [fidelity, success], markers)
     legend = [
-        _swatch(FIDELITY_COLOR, "mean fidelity of finished runs"),
+        _swatch(FIDELITY_COLOR, "mean delivered fidelity of finished runs"),
         _swatch(SUCCESS_COLOR, "success rate"),
     ]
     legend += [_swatch(color, label) for kind, (label, color) in EVENT_STYLE.items() if _has(events, kind)]
@@ -197,7 +206,7 @@ def _skill_section(index: int, name: str, buckets: list[FidelityBucket], events:
     return (
         f"{heading}\n{chart}\n"
         f'<p class="legend">{"".join(legend)}<span class="muted">about {per_point:.0f} runs per point, '
-        "times in UTC</span></p>\n</section>"
+        "times in UTC; a break in a line is a time without runs</span></p>\n</section>"
     )
 
 
@@ -206,8 +215,8 @@ def _test_section(test: AbTestRecord) -> str:
     heading = (
         f'<section id="test-{test.test_id}">\n<h3>A/B test {test.test_id}: {escape(test.skill_name)}</h3>\n'
         f'<p class="muted">{escape(test.status)}, policy {escape(test.policy)}, winner: {escape(verdict)}; '
-        f"started {_time(test.started_at)}"
-        + (f", decided {_time(test.decided_at)}" if test.decided_at else "")
+        f'started <span class="when">{_time(test.started_at)}</span>'
+        + (f', decided <span class="when">{_time(test.decided_at)}</span>' if test.decided_at else "")
         + "</p>"
     )
     rows, table = [], []
@@ -232,26 +241,72 @@ def _test_section(test: AbTestRecord) -> str:
     chart = interval_chart(f"success rates of the arms of A/B test {test.test_id}", rows)
     header = (
         "<tr><th>arm</th><th>variation</th><th>trials</th><th>successes</th><th>success rate</th>"
-        "<th>Wilson 95% interval</th><th>mean fidelity</th></tr>"
+        "<th>Wilson 95% interval</th><th>mean first-attempt fidelity</th></tr>"
     )
     return (
         f"{heading}\n{chart}\n<table><thead>{header}</thead><tbody>{''.join(table)}</tbody></table>\n"
-        f"{_decision_figures(test.decision)}</section>"
+        f"{_decision_words(test)}{_decision_figures(test.decision)}</section>"
     )
 
 
+# What each figure a policy records means, in words (figures without an entry are listed by their key).
+FIGURE_MEANINGS = {
+    "lift": "treatment's success rate minus control's",
+    "statistic": "the evidence for the verdict (log-likelihood ratio of the sequential test)",
+    "threshold": "the evidence a verdict needs: log(1/alpha)",
+    "evidence_treatment": "evidence that treatment is better",
+    "evidence_control": "evidence that control is better",
+    "critical_lift": "the smallest |lift| that would decide at these counts",
+    "lift_ci_low": "lower end of the lift's always-valid interval",
+    "lift_ci_high": "upper end of the lift's always-valid interval",
+    "control_rate": "control's success rate",
+    "treatment_rate": "treatment's success rate",
+    "reason": "the policy's own words",
+}
+WORDS_OF_WINNER = {
+    "treatment": "Promoted: the treatment won",
+    "control": "Archived: the control won",
+    "inconclusive": "Closed inconclusive: the per-arm maximum came without a verdict; the treatment was archived",
+}
+
+
+def _decision_words(test: AbTestRecord) -> str:
+    """What decided the test, in a sentence: the verdict, the lift, the evidence against its bar, the counts."""
+    decision = test.decision or {}
+    if not test.winner:
+        return ""
+    said = [WORDS_OF_WINNER.get(test.winner, f"Decided: {test.winner}")]
+    lift = decision.get("lift")
+    if isinstance(lift, int | float):
+        said.append(f"at a lift of {lift:+.2f} (treatment {_percent(decision.get('treatment_rate'))} "
+                    f"vs control {_percent(decision.get('control_rate'))} success)")
+    statistic, threshold = decision.get("statistic"), decision.get("threshold")
+    if isinstance(statistic, int | float) and isinstance(threshold, int | float):
+        said.append(f"with evidence {statistic:.3g} against the {threshold:.3g} a verdict needs")
+    said.append(f"after {test.control_trials} control and {test.treatment_trials} treatment trials, "
+                f"by the {test.policy} policy")
+    reason = decision.get("reason")
+    text = ", ".join(said) + "." + (f" The policy said: {reason}." if isinstance(reason, str) else "")
+    return f"<p>{escape(text)}</p>\n"
+
+
 def _decision_figures(decision: dict[str, Any] | None) -> str:
-    """The decision's own figures (statistic, threshold, its interval if the policy gave one), flat values only."""
+    """The decision's own figures, each with what it means (flat values only)."""
     if not decision:
         return ""
     items = []
     for key, value in sorted(decision.items()):
         shown = _figure(value)
-        if shown is not None:
-            items.append(f"<dt>{escape(str(key))}</dt><dd>{escape(shown)}</dd>")
+        if shown is not None and key != "reason":
+            meaning = FIGURE_MEANINGS.get(key, "")
+            items.append(
+                f"<dt>{escape(str(key))}</dt><dd>{escape(shown)}"
+                + (f' <span class="muted">— {escape(meaning)}</span>' if meaning else "")
+                + "</dd>"
+            )
     if not items:
         return ""
-    return '<p class="muted">The decision\'s figures:</p>\n<dl class="figures">' + "".join(items) + "</dl>\n"
+    return '<p class="muted">The figures the decision recorded:</p>\n<dl class="figures">' + "".join(items) + "</dl>\n"
 
 
 def _figure(value: Any) -> str | None:
@@ -304,14 +359,14 @@ def _event_table(events: list[dict[str, Any]]) -> str:
     for event in events:
         label, color = EVENT_STYLE[event["event_type"]]
         rows.append(
-            f"<tr><td>{_time(event['created_at'])}</td><td>{escape(event['skill_name'])}</td>"
+            f"<tr><td class=\"when\">{_time(event['created_at'])}</td><td>{escape(event['skill_name'])}</td>"
             f'<td style="color:{color}">{label}</td><td>{escape(event["variation_id"] or "-")}</td>'
             f"<td>{_number(event['fidelity_before'])} → {_number(event['fidelity_after'])}</td>"
             f"<td>{escape(event['description'] or '')}</td></tr>"
         )
     header = (
         "<tr><th>time (UTC)</th><th>skill</th><th>event</th><th>variation</th>"
-        "<th>fidelity before → after</th><th>what</th></tr>"
+        "<th>first-attempt fidelity before → after</th><th>what</th></tr>"
     )
     return f"<table><thead>{header}</thead><tbody>{''.join(rows)}</tbody></table>"
 

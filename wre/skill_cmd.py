@@ -2,123 +2,219 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import typer
-from rich.table import Table
+from rich.console import Group
+from rich.text import Text
 
 from db.screening import SCREENING_EVENT, screening_spent
 from worker.evolvers.base import evolution_blocker
-from worker.registry import register_skill_file
+from worker.registry import register_skill_files
 from worker.runner import parse_variation
 from worker.settings import get_settings
-from wre.context import console, store, user_errors
+from wre.context import console, print_json, show, store, table, user_errors
 
 SCREENINGS_SHOWN = 5
 
 app = typer.Typer(help="Register and inspect skills.", no_args_is_help=True)
 
+ACTIONS = {
+    "added": "registered",
+    "unchanged": "unchanged",
+    "replaced": "replaced production of",
+}
+
 
 @app.command("add")
 @user_errors
 def add(
-    paths: list[Path] = typer.Argument(..., help="Skill files (Markdown with YAML front matter)."),
-    replace: bool = typer.Option(False, "--replace", help="Make new content of a known skill production."),
+    paths: list[Path] = typer.Argument(..., metavar="FILE...", help="Skill files (Markdown with YAML front matter)."),
+    replace: bool = typer.Option(
+        False,
+        "--replace",
+        help="Make a changed file production. The version it replaces, promoted or not, stays available "
+        "to `wre ab rollback`.",
+    ),
 ) -> None:
-    """Register skill files; each file's content becomes the skill's baseline variation."""
-    for path in paths:
-        skill = register_skill_file(store(), path, replace=replace)
-        console.print(f"registered [bold]{skill.name}[/] ({skill.variation_id}) from {path}")
+    """Register skill files: all are checked first, then added together (all or none).
+
+    A file whose content production is, or was evolved from, changes nothing; a changed file is refused
+    with what differs unless --replace.
+    """
+    for registered in register_skill_files(store(), paths, replace=replace):
+        result = registered.result
+        note = f" (production {result.previous})" if result.action == "unchanged" and result.previous else ""
+        if result.action == "replaced":
+            note = f" (was {result.previous}; `wre ab rollback {result.name}` restores it)"
+        console.print(
+            f"{ACTIONS[result.action]} [bold]{result.name}[/] ({result.variation_id}) from {registered.source}{note}",
+            soft_wrap=True,
+        )
+
+
+def skill_rows() -> list[dict[str, Any]]:
+    memory = store()
+    rows = []
+    for skill in memory.list_skills():
+        test = memory.running_test(skill.name)
+        rows.append(
+            {
+                "name": skill.name,
+                "default_agent": skill.default_agent,
+                "threshold": skill.threshold,
+                "production_variation_id": skill.production_variation_id,
+                "previous_variation_id": skill.previous_variation_id,
+                "running_test_id": test.test_id if test else None,
+                "description": skill.description,
+            }
+        )
+    return rows
 
 
 @app.command("list")
 @user_errors
-def list_skills() -> None:
+def list_skills(as_json: bool = typer.Option(False, "--json", help="Print the skills as JSON.")) -> None:
     """The registered skills and the variation production runs."""
-    memory = store()
-    table = Table("skill", "agent", "threshold", "production", "running test", "description")
-    for skill in memory.list_skills():
-        test = memory.get_active_ab_test(skill.name)
-        table.add_row(
-            skill.name,
-            skill.default_agent,
-            "default" if skill.threshold is None else f"{skill.threshold:.2f}",
-            skill.production_variation_id or "-",
-            f"#{test.test_id}" if test else "-",
-            skill.description,
+    rows = skill_rows()
+    if as_json:
+        print_json(rows)
+        return
+    shown = table("skill", "agent", "threshold", "production", "running test", "description")
+    for row in rows:
+        shown.add_row(
+            row["name"],
+            row["default_agent"],
+            "default" if row["threshold"] is None else f"{row['threshold']:.2f}",
+            row["production_variation_id"] or "-",
+            f"#{row['running_test_id']}" if row["running_test_id"] else "-",
+            row["description"],
         )
-    console.print(table)
+    show(shown)
 
 
 @app.command("show")
 @user_errors
-def show(name: str = typer.Argument(..., help="The skill's name.")) -> None:
+def show_skill(
+    name: str = typer.Argument(..., metavar="NAME", help="The skill's name."),
+    as_json: bool = typer.Option(False, "--json", help="Print the skill as JSON."),
+) -> None:
     """A skill's production content, its variations and its recent metrics."""
     memory = store()
     if memory.get_skill(name) is None:
-        raise ValueError(f"unknown skill {name!r}")
+        raise ValueError(f"unknown skill {name!r}; `wre skill list` shows the registered ones")
     production, content = memory.get_production(name)
-    console.rule(f"{name} — production {production}")
-    console.print(content, markup=False, highlight=False)
-    table = Table("variation", "parent", "status", "created by", "created")
-    for variation in memory.list_variations(name):
-        table.add_row(
-            variation.variation_id,
-            variation.parent_version or "-",
-            variation.test_status,
-            variation.created_by,
-            variation.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-        )
-    console.print(table)
+    variations = [
+        {
+            "variation_id": variation.variation_id,
+            "parent_version": variation.parent_version,
+            "test_status": variation.test_status,
+            "created_by": variation.created_by,
+            "created_at": variation.created_at.isoformat(timespec="seconds") if variation.created_at else None,
+        }
+        for variation in memory.list_variations(name)
+    ]
     metrics = memory.get_skill_metrics(name)
-    console.print({k: v for k, v in metrics.items() if k != "skill_name"})
-    _show_evolution(name, content)
+    evolution = _evolution(name, content)
+    if as_json:
+        print_json(
+            {"name": name, "production_variation_id": production, "content": content,
+             "variations": variations, "metrics": metrics, "evolution": evolution}
+        )
+        return
+    console.rule(f"{name} — production {production}")
+    console.print(content, markup=False, highlight=False, soft_wrap=True)
+    listed = table("variation", "parent", "status", "created by", "created", title="variations")
+    for variation in variations:
+        listed.add_row(
+            variation["variation_id"],
+            variation["parent_version"] or "-",
+            variation["test_status"],
+            variation["created_by"],
+            (variation["created_at"] or "-").replace("T", " "),
+        )
+    figures = table("figure", "value", title=f"last {metrics['days']:g} days")
+    for key, value in metrics.items():
+        if key not in ("skill_name", "days"):
+            figures.add_row(key.replace("_", " "), "-" if value is None else
+                            f"{value:.3f}" if isinstance(value, float) else str(value))
+    show(Group(listed, figures, *_evolution_lines(evolution)))
 
 
-def _show_evolution(name: str, content: str) -> None:
+def _evolution(name: str, content: str) -> dict[str, Any]:
     """Whether the skill evolves (and why not), what screening has spent, and its latest screenings."""
     memory = store()
     blocker = evolution_blocker(parse_variation(content))
-    console.print(f"evolution: {'not evolved: ' + blocker if blocker else 'on'}", markup=False, highlight=False)
     spent, live_runs = screening_spent(memory, name)
     share = get_settings().screen_budget_share
-    console.print(
-        f"screening: {spent} replay calls for {live_runs} live runs "
-        f"(budget {share:g} of live runs: {int(share * live_runs)})",
-        markup=False,
-        highlight=False,
-    )
     screenings = [event for event in memory.get_evolution_history(name) if event.event_type == SCREENING_EVENT]
-    if not screenings:
-        return
-    table = Table("screened", "calls", "parent", "candidates (replay fidelity, wins-losses, p)", "chosen")
-    for event in screenings[-SCREENINGS_SHOWN:]:
-        details = event.details
+    return {
+        "evolved": blocker is None,
+        "not_evolved_because": blocker,
+        "screening_calls": spent,
+        "live_runs": live_runs,
+        "screening_budget": int(share * live_runs),
+        "latest_screenings": [
+            {"created_at": event.created_at.isoformat(timespec="seconds") if event.created_at else None,
+             **event.details}
+            for event in screenings[-SCREENINGS_SHOWN:]
+        ],
+    }
+
+
+def _evolution_lines(evolution: dict[str, Any]) -> list[Any]:
+    state = "on" if evolution["evolved"] else f"not evolved: {evolution['not_evolved_because']}"
+    lines: list[Any] = [
+        Text(f"evolution: {state}"),
+        Text(
+            f"screening: {evolution['screening_calls']} replay calls for {evolution['live_runs']} live runs "
+            f"(budget {evolution['screening_budget']})"
+        ),
+    ]
+    if not evolution["latest_screenings"]:
+        return lines
+    listed = table("screened", "calls", "parent", "candidates (replay fidelity, wins-losses, p)", "chosen",
+                   title="latest screenings")
+    for details in evolution["latest_screenings"]:
         parent = details.get("parent", {})
-        candidates = ", ".join(
-            f"{item['variation_id']} {item['fidelity']:.2f} {item['wins']}-{item['losses']} p={item['p_value']:.3f}"
-            for item in details.get("candidates", [])
-        )
-        table.add_row(
-            event.created_at.strftime("%Y-%m-%d %H:%M:%S") if event.created_at else "-",
+        listed.add_row(
+            (details["created_at"] or "-").replace("T", " "),
             str(details.get("calls", 0)),
             f"{parent.get('variation_id', '-')} {parent.get('fidelity', 0.0):.2f}",
-            candidates,
+            ", ".join(
+                f"{item['variation_id']} {item['fidelity']:.2f} {item['wins']}-{item['losses']} "
+                f"p={item['p_value']:.3f}"
+                for item in details.get("candidates", [])
+            ),
             details.get("chosen") or "none",
         )
-    console.print(table)
+    return [*lines, listed]
 
 
 @app.command("history")
 @user_errors
-def history(name: str = typer.Argument(..., help="The skill's name.")) -> None:
+def history(
+    name: str = typer.Argument(..., metavar="NAME", help="The skill's name."),
+    as_json: bool = typer.Option(False, "--json", help="Print the lineage as JSON."),
+) -> None:
     """The skill's production lineage: every version that was production, when and why."""
     memory = store()
     if memory.get_skill(name) is None:
-        raise ValueError(f"unknown skill {name!r}")
-    table = Table("#", "since", "production", "replaced", "why", "test")
-    for change in memory.production_history(name):
-        table.add_row(
+        raise ValueError(f"unknown skill {name!r}; `wre skill list` shows the registered ones")
+    changes = memory.production_history(name)
+    if as_json:
+        print_json(
+            [
+                {**asdict(change), "created_at": change.created_at.isoformat() if change.created_at else None}
+                for change in changes
+            ]
+        )
+        return
+    listed = table("#", "since", "production", "replaced", "why", "test", title=f"{name}: production lineage")
+    for change in changes:
+        listed.add_row(
             str(change.change_id),
             change.created_at.strftime("%Y-%m-%d %H:%M:%S") if change.created_at else "-",
             change.variation_id,
@@ -126,4 +222,4 @@ def history(name: str = typer.Argument(..., help="The skill's name.")) -> None:
             change.reason,
             f"#{change.test_id}" if change.test_id else "-",
         )
-    console.print(table)
+    show(listed)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import pytest
+from rich.console import Console
 
 from db.memory import AbTestConflictError, PatternMemory
 from scheduler.evaluation import PromotionPolicy, run_evaluation_round
 from tests.ledger import fill_ledger
 from worker.runner import check_variation
 from worker.settings import Settings
+from wre.dashboard import build_dashboard, dashboard_data
+from wre.exporter import StoreCollector
 
 
 def _content(body: str, name: str = "s") -> str:
@@ -64,7 +67,7 @@ def test_a_promotion_starts_a_guard_that_holds_the_skill(memory: PatternMemory, 
     fill_ledger(store, test_id, "treatment", 90, 100)
     [conclusion] = run_evaluation_round(store)
     assert conclusion.action == "promote" and store.get_production("s")[0] == treatment
-    guard = store.get_active_ab_test("s")
+    guard = store.running_test("s")
     assert guard is not None and guard.kind == "guard" and guard.parent_test_id == test_id
     assert (guard.control_version, guard.treatment_version) == (base, treatment)
     assert guard.treatment_share == pytest.approx(0.8)
@@ -80,7 +83,7 @@ def test_the_guard_rolls_a_regression_back(memory: PatternMemory, database_url: 
     fill_ledger(store, test_id, "control", 20, 100)
     fill_ledger(store, test_id, "treatment", 90, 100)
     run_evaluation_round(store)
-    guard = store.get_active_ab_test("s")
+    guard = store.running_test("s")
     assert guard is not None
     fill_ledger(store, guard.test_id, "control", 90, 100)  # the holdout: the previous version
     fill_ledger(store, guard.test_id, "treatment", 100, 400)  # the new production, now far worse
@@ -100,7 +103,7 @@ def test_a_clean_guard_confirms_the_promotion(memory: PatternMemory, database_ur
     fill_ledger(store, test_id, "control", 20, 100)
     fill_ledger(store, test_id, "treatment", 90, 100)
     run_evaluation_round(store)
-    guard = store.get_active_ab_test("s")
+    guard = store.running_test("s")
     assert guard is not None
     fill_ledger(store, guard.test_id, "control", 25, 50)
     fill_ledger(store, guard.test_id, "treatment", 180, 200)
@@ -120,11 +123,24 @@ def test_a_sample_ratio_mismatch_pauses_and_holds_the_slot(memory: PatternMemory
     test = memory.get_ab_test(test_id)
     assert test is not None and test.status == "paused" and test.health is not None
     assert test.health["srm"]["mismatch"] is True and test.health["srm"]["p_value"] < 0.001
-    assert memory.get_active_ab_test("s") is None  # a paused test routes nothing
+    assert memory.running_test("s") is None  # a paused test routes nothing
     assert memory.get_production("s")[0] == base
     assert run_evaluation_round(memory) == []  # and decides nothing
     with pytest.raises(AbTestConflictError):
         memory.schedule_ab_test("s", base, memory.store_variation("s", _content("third")))
+    # Flagged where operators look: the dashboard, `wre ab show` (the record's health), the exporter.
+    assert [t["test_id"] for t in dashboard_data(memory)["paused_tests"]] == [test_id]
+    screen = Console(width=200, record=True)
+    screen.print(build_dashboard(memory))
+    text = screen.export_text()
+    assert "PAUSED" in text and "sample-ratio mismatch" in text
+    paused = {
+        sample.labels["skill"]: sample.value
+        for metric in StoreCollector(memory).collect()
+        if metric.name == "wre_ab_tests_paused"
+        for sample in metric.samples
+    }
+    assert paused == {"s": 1}
     memory.stop_ab_test(test_id)
     assert memory.get_ab_test(test_id).status == "stopped"  # type: ignore[union-attr]
 

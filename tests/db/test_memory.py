@@ -94,8 +94,11 @@ def test_skill_metrics(memory: PatternMemory) -> None:
     assert metrics["execution_count"] == 3
     assert metrics["run_count"] == 2
     assert metrics["success_rate"] == 0.5
-    assert metrics["avg_fidelity"] == pytest.approx((0.5 + 1.0 + 0.25) / 3)
-    assert metrics["median_fidelity"] == pytest.approx(0.5)
+    # The seed's "median fidelity" reads first attempts (0.5, 0.25); delivered reads final ones (1.0, 0.25).
+    assert metrics["median_fidelity_reads"] == "first attempts"
+    assert metrics["median_fidelity"] == pytest.approx(0.375)
+    assert metrics["avg_first_attempt_fidelity"] == pytest.approx(0.375)
+    assert metrics["median_delivered_fidelity"] == pytest.approx(0.625)
     assert metrics["avg_time_ms"] == pytest.approx(20)
     assert memory.get_skill_metrics("other")["run_count"] == 0
     assert memory.recent_failures("greet")[0]["run_id"] == "b"
@@ -121,8 +124,10 @@ def _two_versions(memory: PatternMemory) -> tuple[str, str]:
 def test_schedule_and_record_ab_outcomes(memory: PatternMemory) -> None:
     base, treatment = _two_versions(memory)
     test_id = memory.schedule_ab_test("greet", base, treatment, sample_size_target=5, policy="margin")
-    active = memory.get_active_ab_test("greet")
+    active = memory.running_test("greet")
     assert active is not None and active.test_id == test_id and active.status == "running"
+    seed = memory.get_active_ab_test("greet")
+    assert isinstance(seed, dict) and seed["test_id"] == test_id and seed["treatment_version"] == treatment
     memory.record_ab_outcome(test_id, "control", True)
     memory.record_ab_outcome(test_id, "treatment", False)
     memory.record_ab_outcome(test_id, "treatment", True, fidelity=0.75)
@@ -187,13 +192,16 @@ def test_check_ab_promotion_margin_rule_is_per_arm(memory: PatternMemory) -> Non
     for _ in range(10):
         memory.record_ab_outcome(test_id, "treatment", True)
     # Ten treatment trials but no control trial: the seed counted the sum; per arm, no verdict yet.
-    assert memory.check_ab_promotion(test_id)["should_promote"] is False
+    assert memory.ab_verdict(test_id)["should_promote"] is False
     for success in (True, False, False, True):
         memory.record_ab_outcome(test_id, "control", success)
-    verdict = memory.check_ab_promotion(test_id)
+    verdict = memory.ab_verdict(test_id)
     assert verdict["should_promote"] is True and verdict["winner"] == "treatment"
     # A floor above the observed lift (1.0 - 0.5) keeps it undecided.
-    assert memory.check_ab_promotion(test_id, min_margin=0.6)["should_promote"] is False
+    assert memory.ab_verdict(test_id, min_margin=0.6)["should_promote"] is False
+    # The seed's call answers with the winner's name only, at the seed's 10-point margin by default.
+    assert memory.check_ab_promotion(test_id) == "treatment"
+    assert memory.check_ab_promotion(test_id, min_margin=0.6) is None
     with pytest.raises(ValueError, match="unknown"):
         memory.check_ab_promotion(424242)
 
@@ -220,9 +228,9 @@ def test_promote_archive_and_rollback(memory: PatternMemory) -> None:
 
 
 def test_counters(memory: PatternMemory) -> None:
-    memory.increment_counter("runs")
-    memory.increment_counter("runs", 4)
-    memory.increment_counter("runs", -2)
+    assert memory.increment_counter("runs") == 1
+    assert memory.increment_counter("runs", 4) == 5
+    assert memory.increment_counter("runs", -2) == 3
     assert memory.get_counter("runs") == 3
     assert memory.get_counter("never") == 0
     for bad in (1.5, True, "1"):
@@ -249,15 +257,47 @@ def test_telemetry_dashboard(memory: PatternMemory) -> None:
     assert dashboard["total_executions"] == 3
     assert dashboard["total_runs"] == 2
     assert dashboard["retry_count"] == 1
-    assert dashboard["repeated_failure_rate"] == 0.5
+    # The seed's ratio: react_retry_count / total_executions.
+    assert dashboard["repeated_failure_rate"] == pytest.approx(1 / 3)
     assert dashboard["variations_tested"] == 1
     assert dashboard["variations_promoted"] == 1
     assert dashboard["variation_win_rate"] == 1.0
     assert dashboard["avg_fidelity_delta"] == pytest.approx(0.5)
     # Windows compare first attempts: r1's first attempt (0.2) against r2's (1.0).
-    assert dashboard["median_fidelity_first_window"] == pytest.approx(0.2)
-    assert dashboard["median_fidelity_now"] == pytest.approx(1.0)
-    assert dashboard["median_fidelity_gain"] == pytest.approx(4.0)
+    assert dashboard["first_attempt_fidelity_first_window"] == pytest.approx(0.2)
+    assert dashboard["first_attempt_fidelity_now"] == pytest.approx(1.0)
+    assert dashboard["first_attempt_fidelity_gain"] == pytest.approx(4.0)
+    assert dashboard["delivered_fidelity_now"] == pytest.approx(1.0)
+
+
+def test_empty_dashboard_is_zeros_and_inconclusive_counts_as_archived(memory: PatternMemory) -> None:
+    seed_keys = ("retry_count", "total_executions", "variation_win_rate", "avg_fidelity_delta",
+                 "variations_tested", "variations_promoted")
+    empty = memory.get_telemetry_dashboard()
+    assert all(isinstance(empty[key], int | float) and empty[key] == 0 for key in seed_keys), empty
+    base, treatment = _two_versions(memory)
+    third = memory.store_variation("greet", CONTENT + "\nv3", parent_version=base)
+    won = memory.schedule_ab_test("greet", base, treatment, sample_size_target=1, policy="margin")
+    memory.record_ab_outcome(won, "control", False)
+    memory.record_ab_outcome(won, "treatment", True)
+    assert [c.winner for c in memory.evaluate_running_tests()] == ["treatment"]
+    guard = memory.running_test("greet")
+    assert guard is not None and guard.kind == "guard"
+    memory.stop_ab_test(guard.test_id)  # the promotion stays; the skill's slot is free again
+    # A second test runs to the margin policy's maximum without a verdict: inconclusive, its variation archived.
+    even = memory.schedule_ab_test("greet", treatment, third, sample_size_target=1, policy="margin")
+    for arm in ("control", "treatment"):
+        memory.record_ab_outcome(even, arm, True)
+    with memory.transaction() as conn:
+        from sqlalchemy import update
+
+        from db.models import TESTS
+        conn.execute(update(TESTS).where(TESTS.c.test_id == even).values(
+            status="completed", winner="inconclusive"))
+    dashboard = memory.get_telemetry_dashboard()
+    assert (dashboard["variations_promoted"], dashboard["variations_archived"]) == (1, 1)
+    assert dashboard["variations_inconclusive"] == 1
+    assert dashboard["variation_win_rate"] == 0.5
 
 
 def test_nul_characters_are_stored_not_refused(memory: PatternMemory) -> None:

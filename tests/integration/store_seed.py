@@ -22,9 +22,17 @@ def content(skill: str, note: str = "") -> str:
     return f"---\nname: {skill}\n---\nDo it.{note}"
 
 
+ACTIONS = {"treatment": "promote", "control": "archive", "inconclusive": "inconclusive"}
+
+
 @dataclass(frozen=True)
 class Verdict:
     winner: str | None
+    guard_share: float = 0.0  # a scripted promotion starts no guard
+
+    @property
+    def action(self) -> str | None:
+        return ACTIONS.get(self.winner or "")
 
     def to_dict(self) -> dict[str, Any]:
         return {"winner": self.winner, "statistic": 3.5, "threshold": 2.99, "lift_interval": [0.05, 0.4]}
@@ -36,7 +44,7 @@ class ScriptedPolicy:
     def __init__(self) -> None:
         self.winners: dict[int, str] = {}
 
-    def __call__(self, test: Any, **overrides: Any) -> Verdict:
+    def __call__(self, test: Any, cohort: Any = None, **overrides: Any) -> Verdict:
         return Verdict(self.winners.get(test.test_id))
 
 

@@ -22,7 +22,9 @@ def test_beat_promotes_and_workers_run_the_promoted_content(
         memory.record_ab_outcome(test_id, "control", i < 15)
         memory.record_ab_outcome(test_id, "treatment", i < 57)
     app = broker_app(database_url, broker_url)
-    env = service_env(database_url, broker_url, WRE_AB_EVAL_SECONDS="1")
+    # No guard here: every run after the promotion runs the promoted content (tests/integration/
+    # test_experiments.py has the guard).
+    env = service_env(database_url, broker_url, WRE_AB_EVAL_SECONDS="1", WRE_GUARD_HOLDOUT_SHARE="0")
     worker = start_worker(app, env, tmp_path)
     beat = start_beat(env, tmp_path)
     with running(beat, worker):

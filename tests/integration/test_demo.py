@@ -23,5 +23,8 @@ def test_demo_shows_the_loop_and_ends_on_the_dashboard(tmp_path: Path) -> None:
     assert "evolved" in out and "enters A/B test" in out
     assert "promoted" in out and "wins its A/B test" in out
     assert "dashboard" in out and "running A/B tests" in out
+    # The closing screen names both fidelities and says what the decided tests compared.
+    assert "first-attempt fidelity" in out and "delivered fidelity" in out
+    assert "what improved" in out and "promoted; first-attempt fidelity (mean) control" in out
     assert (tmp_path / "wre-demo.db").exists()
     assert "Traceback" not in done.stderr

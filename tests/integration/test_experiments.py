@@ -114,17 +114,24 @@ def services(database_url: str, broker_url: str, tmp_path: Path, request: pytest
         **overrides,
     )
     app = broker_app(database_url, broker_url)
-    worker = start_worker(app, env, tmp_path, concurrency=16)
+    # Many threads: while slow failures hold some, the fast outcomes of the others pile up ahead of them.
+    worker = start_worker(app, env, tmp_path, concurrency=48)
     beat = start_beat(env, tmp_path)
     with running(beat, worker):
+        # Runs start once beat is looking: the scenarios are about what it sees while outcomes come in.
+        wait_until(lambda: "Sending due task" in beat.log(), timeout=60, what="beat's first evaluation")
         yield beat
 
 
 def test_slow_failures_of_a_worse_treatment_do_not_buy_a_promotion(scenario: Scenario, services: Process) -> None:
-    """The treatment succeeds less often (50% vs 65%), but its failures take 3 s: counted when recorded, its
+    """The treatment succeeds less often (50% vs 65%), but its failures take 4 s: counted when recorded, its
     fast successes would arrive first and promote it. Counted from assignment on complete cohorts, never."""
-    control, treatment = {"rate": 0.65}, {"rate": 0.5, "fail_seconds": 3.0}
-    results = scenario.run([_context(_draw("slow", i), control, treatment) for i in range(240)])
+    control, treatment = {"rate": 0.65}, {"rate": 0.5, "fail_seconds": 4.0}
+    pending = []
+    for wave in range(6):  # in waves, so that beat looks while fast outcomes run ahead of slow ones
+        pending += scenario.send([_context(_draw("slow", wave, i), control, treatment) for i in range(50)])
+        time.sleep(1.0)
+    results = [result.get(timeout=120) for result in pending]
     wait_until(lambda: scenario.memory.cohorts([scenario.test_id])[scenario.test_id].pending == 0, timeout=30,
                what="every trial to complete")
     services.stop()

@@ -64,7 +64,8 @@ def test_run_figures_per_skill(metrics_url: str, seeded: Seeded) -> None:
     for name, per_skill in expected.items():
         for skill, count in per_skill.items():
             assert value(samples, name, skill=skill) == count, (name, skill)
-    assert value(samples, "wre_repeated_failure_rate", skill=ALPHA) == pytest.approx(2 / 3)
+    # The seed's ratio per skill: retries / attempts of finished runs, 3 / (3 runs + 3 retries).
+    assert value(samples, "wre_repeated_failure_rate", skill=ALPHA) == pytest.approx(0.5)
     assert value(samples, "wre_repeated_failure_rate", skill=IDLE) == 0
 
 
@@ -72,14 +73,17 @@ def test_fidelity_covers_the_latest_window_of_finished_runs(metrics_url: str, se
     samples = scrape(metrics_url)
     # alpha's finished runs by age: 1.0 (r1), 1.0 (r2), 0.0 (r3); the window of 2 keeps r2 and r3.
     assert value(samples, "wre_fidelity_window_runs", skill=ALPHA) == 2
-    assert value(samples, "wre_fidelity_median", skill=ALPHA) == pytest.approx(0.5)
-    assert value(samples, "wre_fidelity_mean", skill=ALPHA) == pytest.approx(0.5)
+    assert value(samples, "wre_delivered_fidelity_median", skill=ALPHA) == pytest.approx(0.5)
+    assert value(samples, "wre_delivered_fidelity_mean", skill=ALPHA) == pytest.approx(0.5)
     assert value(samples, "wre_success_rate", skill=ALPHA) == pytest.approx(0.5)
-    assert value(samples, "wre_fidelity_median", skill=BETA) == pytest.approx(0.75)
-    assert ("wre_fidelity_median", frozenset({("skill", IDLE)})) not in samples  # no runs, no figure
-    # The same definitions as the dashboard's.
+    assert value(samples, "wre_delivered_fidelity_median", skill=BETA) == pytest.approx(0.75)
+    assert ("wre_delivered_fidelity_median", frozenset({("skill", IDLE)})) not in samples  # no runs, no figure
+    # The same definitions, and names, as the dashboard's.
     dashboard = seeded.memory.get_skill_dashboard(ALPHA, window=WINDOW)
-    assert dashboard["median_fidelity_now"] == value(samples, "wre_fidelity_median", skill=ALPHA)
+    assert dashboard["delivered_fidelity_now"] == value(samples, "wre_delivered_fidelity_median", skill=ALPHA)
+    assert dashboard["first_attempt_fidelity_now"] == value(
+        samples, "wre_first_attempt_fidelity_median", skill=ALPHA
+    )
     assert dashboard["runs"] == value(samples, "wre_runs_total", skill=ALPHA)
     assert dashboard["retries"] == value(samples, "wre_retries_total", skill=ALPHA)
     assert dashboard["repeated_failure_rate"] == value(samples, "wre_repeated_failure_rate", skill=ALPHA)
@@ -106,7 +110,8 @@ def test_tests_promotions_rollbacks(metrics_url: str, seeded: Seeded) -> None:
     assert value(samples, "wre_promotions_total", skill=BETA) == 1
     assert value(samples, "wre_rollbacks_total", skill=BETA) == 1
     assert value(samples, "wre_variations_archived_total", skill=BETA) == 1
-    assert value(samples, "wre_evolutions_total") == 2
+    assert value(samples, "wre_evolution_triggers_total") == 2
+    assert value(samples, "wre_variation_win_rate") == pytest.approx(0.5)  # beta: one won, one lost
 
 
 def test_every_scrape_reads_the_store(metrics_url: str, seeded: Seeded) -> None:
@@ -114,7 +119,7 @@ def test_every_scrape_reads_the_store(metrics_url: str, seeded: Seeded) -> None:
     attempt(seeded.memory, IDLE, "r1", 1, 1.0, True, True)
     samples = scrape(metrics_url)
     assert value(samples, "wre_runs_total", skill=IDLE) == 1
-    assert value(samples, "wre_fidelity_median", skill=IDLE) == 1.0
+    assert value(samples, "wre_delivered_fidelity_median", skill=IDLE) == 1.0
     assert all(name.startswith("wre_") for name, _ in samples)
 
 

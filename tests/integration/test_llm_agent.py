@@ -322,7 +322,7 @@ def test_the_evolvers_rewrite_is_screened_then_tested(
     wait_until(
         lambda: skills.get_active_ab_test("llm_evolves") is not None, what="the evolved variation's test"
     )
-    test = skills.get_active_ab_test("llm_evolves")
+    test = skills.running_test("llm_evolves")
     assert test is not None and test.control_version == parent_id
     variation = skills.get_variation(test.treatment_version)
     assert variation is not None

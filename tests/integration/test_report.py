@@ -113,6 +113,9 @@ def test_each_arm_has_its_wilson_interval(seeded: Seeded) -> None:
     promoted = section(html, f"test-{seeded.promoted_test}")
     assert "winner: treatment" in promoted
     assert "<dt>lift_interval</dt><dd>[0.05, 0.4]</dd>" in promoted  # the decision's own figures
+    # ... and in words: what promoted it, at which lift and evidence, after how many trials.
+    assert "Promoted: the treatment won" in promoted and "trials, by the" in promoted
+    assert '<span class="when">' in promoted and ".when { white-space: nowrap; }" in html  # one line
     archived = section(html, f"test-{seeded.archived_test}")
     assert "winner: control" in archived and "0/1 succeeded" in archived
     assert "no trials yet" in archived  # its control arm had none
@@ -130,3 +133,19 @@ def test_wre_report_command(database_url: str, broker_url: str, seeded: Seeded, 
     done = subprocess.run([wre, "report", "-o", str(missing)], env=env, capture_output=True, text=True)
     assert done.returncode == 1
     assert "Traceback" not in done.stderr and "no-such-dir" in done.stderr
+
+
+def test_idle_gaps_are_gaps() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from wre.charts import Point, Series, segments, time_series_chart
+
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    # Runs every minute for ten minutes, nothing for a day, then ten more minutes of runs.
+    moments = [start + timedelta(minutes=m) for m in range(10)]
+    moments += [start + timedelta(days=1, minutes=m) for m in range(10)]
+    points = [Point(moment, 0.5) for moment in moments]
+    assert [len(part) for part in segments(points)] == [10, 10]
+    assert [len(part) for part in segments(points[:10])] == [10]  # steady traffic: one line
+    chart = time_series_chart("gap", [Series("fidelity", "#000", points)], [])
+    assert chart.count("<polyline") == 2

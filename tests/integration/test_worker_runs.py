@@ -89,6 +89,11 @@ def test_max_iterations_then_evolution(app: Celery, worker: Process, skills: Pat
     for n in range(5):
         _run(app, "tunable", {"text": f"run {n}"})
     wait_until(lambda: skills.get_active_ab_test("tunable") is not None, what="the evolved variation's test")
+    # The proposal's event is written just after its test is scheduled.
+    wait_until(
+        lambda: "variation_proposed" in [e.event_type for e in skills.get_evolution_history("tunable")],
+        what="the proposal's event",
+    )
     events = [e.event_type for e in skills.get_evolution_history("tunable")]
     assert "react_execution" in events and "candidates_screened" in events and "variation_proposed" in events
 

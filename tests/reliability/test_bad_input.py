@@ -59,6 +59,9 @@ def worker(serving_worker: Process) -> Process:
 @pytest.fixture
 def skills(memory: PatternMemory) -> PatternMemory:
     register_skill_text(memory, python_skill("echo", "echo"))
+    # A skill that declares its input: a context without `text` is bad input, refused before any attempt.
+    register_skill_text(memory, python_skill("needs_text", "echo").replace(
+        "evolver: hints\n", "evolver: hints\ninput: {type: object, required: [text]}\n"))
     return memory
 
 
@@ -70,6 +73,7 @@ BAD_KWARGS: list[tuple[str, dict[str, Any], str]] = [
     ("skill name not a string", {"skill_name": 123, "input_context": {}}, "skill_name must be"),
     ("force not a bool", {"skill_name": "echo", "input_context": {}, "force": "yes"}, "force must be"),
     ("assignment key too long", {"skill_name": "echo", "input_context": {}, "assignment_key": "k" * 300}, "assignment_key"),
+    ("context fails the input schema", {"skill_name": "needs_text", "input_context": {}}, "input schema"),
     ("forged ReAct state", {"skill_name": "echo", "input_context": {}, "react": {"attempt": 99}}, "react state is malformed"),
     ("forged infra-retry count", {"skill_name": "echo", "input_context": {}, "_infra_retries": "x"}, "_infra_retries"),
 ]  # fmt: skip

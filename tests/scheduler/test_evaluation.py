@@ -76,7 +76,7 @@ def test_too_few_trials_keep_the_test_running(memory: PatternMemory) -> None:
     _record(memory, test_id, "control", 0, 5)
     _record(memory, test_id, "treatment", 5, 5)
     assert run_evaluation_round(memory) == []
-    assert memory.check_ab_promotion(test_id)["should_promote"] is False
+    assert memory.ab_verdict(test_id)["should_promote"] is False
 
 
 def _decisive_tests(memory: PatternMemory, count: int) -> list[int]:

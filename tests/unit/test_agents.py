@@ -77,7 +77,9 @@ def test_registry_names() -> None:
 
 
 def test_unknown_agent_lists_the_known_ones() -> None:
-    with pytest.raises(UnknownAgentError, match="unknown agent 'gpt' \\(known agents: llm, python, simulated\\)"):
+    with pytest.raises(
+        UnknownAgentError, match="unknown agent 'gpt' \\(known agents: llm, python, simulated\\)"
+    ):
         get_agent("gpt")
     assert issubclass(UnknownAgentError, ValueError)
 

@@ -9,6 +9,7 @@ import pytest
 
 from scheduler.guard import (
     GUARD_ALPHA,
+    GUARD_MIN_CONFIRM_UNITS,
     GUARD_MIN_UNITS,
     GUARD_UNITS,
     HOLDOUT_SHARE,
@@ -23,7 +24,7 @@ def arms(production: tuple[int, int], holdout: tuple[int, int]) -> tuple[ArmUnit
 
 def test_identical_arms_never_roll_back() -> None:
     # Deterministic fixture: both arms at exactly 70% at every size the guard may see.
-    for holdout_units in range(GUARD_MIN_UNITS, 500, 10):
+    for holdout_units in range(GUARD_MIN_UNITS, 600, 10):
         production_units = 9 * holdout_units
         verdict = guard_decide(
             *arms((production_units * 7 // 10, production_units), (holdout_units * 7 // 10, holdout_units))
@@ -42,7 +43,7 @@ def test_a_large_regression_rolls_back() -> None:
 
 def test_all_failures_against_all_successes_is_not_infinitely_precise() -> None:
     # Zero spread in both arms: the variance floor keeps the figures finite and decides sensibly.
-    verdict = guard_decide(*arms((0, 180), (20, 20)))
+    verdict = guard_decide(*arms((0, 360), (40, 40)))
     assert verdict.verdict == "rollback"
     assert verdict.standard_error is not None and verdict.standard_error > 0
     same = guard_decide(*arms((180, 180), (20, 20)))
@@ -52,11 +53,21 @@ def test_all_failures_against_all_successes_is_not_infinitely_precise() -> None:
 def test_confirm_early_when_a_regression_is_ruled_out_and_at_the_end() -> None:
     better = guard_decide(*arms((2250, 2700), (210, 300)))  # 83% against 70%
     assert (better.verdict, better.stop) == ("confirm", "clean")
-    ended = guard_decide(*arms((2700, 3600), (300, 400)), max_regression=0.0)
+    ended = guard_decide(*arms((3150, 4500), (350, 500)), max_regression=0.0)
     assert (ended.verdict, ended.stop) == ("confirm", "period")
     assert ended.evidence_clean is None
-    assert guard_decide(*arms((2700, 3599), (300, 400)), max_regression=0.0).verdict is None
-    assert GUARD_UNITS <= 4000
+    assert guard_decide(*arms((3149, 4499), (350, 500)), max_regression=0.0).verdict is None
+    assert GUARD_UNITS == 4499 + 500 + 1
+
+
+def test_no_confirm_before_the_shortest_guard() -> None:
+    # Far better at once (novelty looks like this): still no confirm before GUARD_MIN_CONFIRM_UNITS.
+    early = guard_decide(*arms((855, 900), (69, 99)))  # 999 units
+    assert early.verdict is None and early.evidence_clean is not None
+    assert early.evidence_clean >= early.confirm_threshold
+    assert "a confirm needs" in early.reason
+    at_floor = guard_decide(*arms((855, 900), (69, 99)), min_confirm_units=GUARD_MIN_CONFIRM_UNITS - 1)
+    assert (at_floor.verdict, at_floor.stop) == ("confirm", "clean")
 
 
 def test_no_verdict_before_the_minimum_holdout() -> None:
@@ -87,6 +98,8 @@ def test_sample_ratio_is_checked_against_the_holdout_share() -> None:
         {"alpha": 1.5},
         {"guard_units": 10},
         {"min_units": 0},
+        {"min_confirm_units": -1},
+        {"min_units": 30, "guard_units": 29},
         {"max_regression": -0.1},
         {"confirm_alpha": 1},
         {"mixing_sd": 0},
@@ -103,3 +116,9 @@ def test_bad_parameters_are_refused(params: dict[str, object]) -> None:
 def test_bad_arms_are_refused() -> None:
     with pytest.raises(ValueError, match="ArmUnits"):
         guard_decide((1, 2), ArmUnits.empty())  # type: ignore[arg-type]
+
+
+def test_a_period_shorter_than_the_confirm_floor_still_ends() -> None:
+    verdict = guard_decide(*arms((180, 200), (25, 50)), holdout_share=0.2, guard_units=200)
+    assert (verdict.verdict, verdict.stop) == ("confirm", "period")
+    assert guard_decide(*arms((180, 199), (25, 50)), guard_units=250).verdict is None

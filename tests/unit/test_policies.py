@@ -329,6 +329,7 @@ def test_decision_is_frozen_and_json_able() -> None:
         "mixing_sd": 0.1,
         "min_detectable_lift": 0.05,
         "futility_alpha": 0.1,
+        "max_runs_factor": 3,
     }
     assert figures["stop"] == "evidence" and figures["control_units"] == 200
     assert hash(decision) == hash(decide(140, 200, 175, 200))

@@ -252,6 +252,13 @@ MALFORMED: list[tuple[Callable[[str], str], int, str, str]] = [
     (lambda t: t.replace("name: demo", "name: demo\nname: other"), 3, "name", "duplicate key"),
     (lambda t: t.replace("threshold: 0.8", "threshold: [0.8"), 6, "front matter", "invalid YAML"),
     (lambda t: t.replace("---\nname", "name", 1), 1, "front matter", "missing front matter"),
+    (
+        lambda t: t.replace("simulation:", "input:\n  type: object\n  required: 5\nsimulation:"),
+        16,
+        "input.required",
+        "invalid JSON Schema at required",
+    ),
+    (lambda t: t.replace("simulation:", "input: [text]\nsimulation:"), 14, "input", "expected a JSON Schema"),
     (lambda t: t.replace("---\n\nDo", "\nDo"), 1, "front matter", "not closed"),
     (lambda t: "---\n---\nbody\n", 1, "front matter", "empty"),
     (lambda t: "---\n- a\n- b\n---\n", 2, "front matter", "must be a mapping"),
@@ -340,3 +347,14 @@ def test_with_instructions_keeps_the_front_matter_text() -> None:
     new = skill.with_instructions("  New body.\n")
     assert new == text.replace("\nDo the thing.\n", "\nNew body.\n")
     assert parse(new).instructions == "New body."
+
+
+def test_input_schema_refuses_a_bad_context_with_where_and_why() -> None:
+    skill = parse(VALID.replace(
+        "simulation:", "input:\n  type: object\n  required: [text]\n"
+        "  properties: {text: {type: string}}\nsimulation:"))
+    assert skill.input_schema == {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}}
+    assert skill.input_error({"text": "hello"}) is None
+    assert "'text' is a required property" in (skill.input_error({}) or "")
+    assert (skill.input_error({"text": 5}) or "").startswith("input_context at text fails skill 'demo'")
+    assert parse(VALID).input_error({}) is None  # no schema: any JSON object

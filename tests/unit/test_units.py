@@ -154,3 +154,17 @@ def test_degenerate_units_give_no_figures_not_nan() -> None:
     decision = decide_units(flat, flat)
     assert decision.evidence_treatment == 0.0 and decision.lift_ci_low is None
     assert all(math.isfinite(v) for v in decision.to_dict().values() if isinstance(v, float))
+
+
+def test_keyed_tests_close_at_the_runs_cap() -> None:
+    # 50 users a side cannot reach 1,000 units; at 3 x 1,000 runs per arm the test closes anyway.
+    users = [(45, 60), (15, 60)] * 25
+    control, treatment = ArmUnits.from_units(users), ArmUnits.from_units(users)
+    assert control.trials == 3000
+    closed = decide_units(control, treatment, min_detectable_lift=0)
+    assert (closed.winner, closed.stop) == ("inconclusive", "maximum")
+    assert "3000 runs per arm" in closed.reason
+    short = ArmUnits.from_units([(45, 60), (15, 60)] * 24 + [(44, 59), (15, 60)])
+    assert decide_units(short, treatment, min_detectable_lift=0).winner is None
+    with pytest.raises(ValueError, match="max_runs_factor"):
+        decide_units(control, treatment, max_runs_factor=0)

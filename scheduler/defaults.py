@@ -1,0 +1,24 @@
+"""The configured promotion policy, offered to the store below as its default.
+
+db/ knows no statistics and cannot import this floor, so a store built with only its URL
+(``PatternMemory(url)``, as the seed builds it) finds this policy through the package's entry point
+``wre.promotion_policy: default`` (see pyproject.toml), the same way Celery finds the scheduler's tasks
+by name.
+"""
+
+from __future__ import annotations
+
+from scheduler.evaluation import PromotionPolicy
+from worker.settings import get_settings
+
+
+class ConfiguredPolicy(PromotionPolicy):
+    """The policy at wre's settings, named as ``WRE_AB_POLICY`` names it (what new tests are scheduled with)."""
+
+    @property
+    def name(self) -> str:
+        return self.settings.ab_policy
+
+
+def configured_policy() -> ConfiguredPolicy:
+    return ConfiguredPolicy(get_settings())
