@@ -12,6 +12,7 @@ import json
 import threading
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -105,6 +106,7 @@ class FakeLlmServer:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._scripts: dict[str, deque[Reply]] = defaultdict(deque)
+        self._responders: dict[str, Callable[[Recorded], Reply]] = {}
         self.requests: list[Recorded] = []
         server = self
 
@@ -151,6 +153,12 @@ class FakeLlmServer:
         with self._lock:
             self._scripts[model].extend(replies)
 
+    def respond(self, model: str, responder: Callable[[Recorded], Reply]) -> None:
+        """Answer requests naming ``model`` with ``responder(request)`` once its script is spent (for many
+        concurrent requests, whose order a script cannot know)."""
+        with self._lock:
+            self._responders[model] = responder
+
     def requests_for(self, model: str) -> list[Recorded]:
         """The requests that named ``model``, in arrival order."""
         with self._lock:
@@ -162,6 +170,8 @@ class FakeLlmServer:
             if recorded.path != CHAT_PATH:
                 return error_reply(404, f"no route {recorded.path}")
             script = self._scripts[recorded.model]
+            if not script and recorded.model in self._responders:
+                return self._responders[recorded.model](recorded)
             if not script:
                 return error_reply(NO_REPLY_STATUS, f"no scripted reply left for model {recorded.model!r}")
             return script.popleft()

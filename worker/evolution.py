@@ -10,8 +10,9 @@ from typing import Any
 
 from db.catalog import variation_id_for
 from db.memory import AbTestConflictError, PatternMemory
-from worker.evolvers import EvolutionRefused, Failure, get_evolver, validate_proposal
+from worker.evolvers import EvolutionRefused, Failure, get_evolver
 from worker.runner import parse_variation
+from worker.screening import screen_candidates, screening_wait
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,11 @@ def evolve_skill(memory: PatternMemory, settings: Settings, skill_name: str) -> 
     Does nothing while the skill has a test running or within the evolution cooldown, so a burst of
     failed runs produces one variation and one test.
     """
+    # Nothing an evolver can change, or screening cannot run yet (budget, recorded inputs): no claim, so no
+    # cooldown either; the next failed run asks again.
+    waiting = screening_wait(memory, settings, parse_variation(memory.get_production(skill_name)[1]))
+    if waiting is not None:
+        return {"skill_name": skill_name, "status": "skipped", "reason": waiting}
     if not memory.claim_evolution(skill_name, settings.evolve_cooldown_seconds):
         return {"skill_name": skill_name, "status": "skipped", "reason": "test running or cooling down"}
     try:
@@ -51,10 +57,9 @@ def _evolve_claimed(memory: PatternMemory, settings: Settings, skill_name: str) 
         # The newest failure names the draw: evolving the same production version again after new failures
         # must not repeat a proposal already tested (a count of failures stops changing at the window).
         seed = f"{production_id}:{failures[0].run_id if failures else 'no failures'}"
-        proposal = evolver.propose(parent, failures, seed=seed)
-        # Held to the parent's contract here, whatever the evolver: a proposal that does not parse, renames
-        # the skill or changes its checks would otherwise be stored and A/B tested on live runs.
-        validate_proposal(parent, proposal)
+        # Candidates are held to the parent's contract and replayed before any live traffic; only one that
+        # beat its parent on the replays comes back (worker/screening.py).
+        proposal = screen_candidates(memory, settings, parent, production_id, evolver, failures, seed)
     except (EvolutionRefused, ValueError) as error:
         memory.record_learning_event(
             skill_name,

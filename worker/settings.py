@@ -86,6 +86,16 @@ class Settings(BaseSettings):
     :param maintenance_queue: the evolution and beat queue's name; when set it replaces ``{prefix}maintenance``.
     :param queue_type: RabbitMQ only: ``classic`` or ``quorum`` (replicated; declared with
         ``x-queue-type``). An existing queue keeps the type it was declared with.
+    :param evolve_candidates: candidates an evolution proposes and screens (1 skips the choice, not the screen).
+    :param screen_failures: recent failed runs whose inputs make the replay set.
+    :param screen_passes: recent passing runs whose inputs join the failed ones in the replay set (to catch
+        regressions).
+    :param screen_max_calls: agent calls one screening may spend (the parent's replays included); the replay
+        set is cut to fit.
+    :param screen_budget_share: a skill's screening calls stay within this share of its live runs; an
+        evolution that would exceed it waits for more live traffic.
+    :param screen_alpha: the one-sided sign test's level: a candidate enters the live test only if it beats
+        its parent on the replay set at this level (a filter; the live test keeps the error guarantee).
     :param llm_base_url: OpenAI-compatible server for the ``llm`` agent and evolver.
     :param llm_model: default model name.
     :param llm_api_key: API key; never logged, never in kwargs or rows.
@@ -129,6 +139,12 @@ class Settings(BaseSettings):
     skills_queue: Annotated[str, Field(pattern=QUEUE_NAME_PATTERN)] = ""
     maintenance_queue: Annotated[str, Field(pattern=QUEUE_NAME_PATTERN)] = ""
     queue_type: Literal["classic", "quorum"] = "classic"
+    evolve_candidates: int = Field(default=4, ge=1, le=16)
+    screen_failures: int = Field(default=20, ge=1, le=1000)
+    screen_passes: int = Field(default=5, ge=0, le=1000)
+    screen_max_calls: int = Field(default=100, ge=2, le=10_000)
+    screen_budget_share: float = Field(default=0.2, ge=0.0, le=10.0)
+    screen_alpha: float = Field(default=0.2, gt=0.0, lt=1.0)
     llm_base_url: str = "http://127.0.0.1:11434/v1"
     llm_model: str = "llama3.1"
     llm_api_key: SecretStr = SecretStr("")

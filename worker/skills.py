@@ -65,8 +65,21 @@ CheckKind = Literal["key", "regex", "json_schema", "equals", "python"]
 CHECK_KINDS: tuple[str, ...] = get_args(CheckKind)
 STEP_FIELDS = ("id", "description", "expect")
 KNOWN_FIELDS = (
-    "name", "description", "agent", "threshold", "time_limit", "entrypoint", "evolver", "steps", "input"
+    "name",
+    "description",
+    "agent",
+    "threshold",
+    "time_limit",
+    "entrypoint",
+    "evolver",
+    "steps",
+    "params",
+    "input",
 )
+PARAMS_FIELD = "params"
+PARAM_NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+PARAM_FIELDS = ("value", "choices", "min", "max")
+ParamValue = str | int | float | bool | None
 DEFAULT_EVOLVER = "hints"
 # The file format accepts every evolver the design names; whether one is installed is the registry's business.
 EVOLVER_CHOICES = ("hints", "simulated", "llm")
@@ -122,6 +135,40 @@ class StepCheck:
 
 
 @dataclass(frozen=True)
+class Param:
+    """A tunable parameter of a skill: the value its entrypoint gets, and the values an evolver may pick.
+
+    Declared either with ``choices`` (a list) or with a numeric range ``min``..``max`` (integers when the
+    value and both bounds are integers).
+
+    :param name: the keyword the entrypoint receives.
+    :param value: the current value.
+    :param choices: the values allowed, or None for a range.
+    :param minimum: the range's lower bound (None with choices).
+    :param maximum: the range's upper bound (None with choices).
+    """
+
+    name: str
+    value: ParamValue
+    choices: tuple[ParamValue, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+
+    @property
+    def integral(self) -> bool:
+        """A range of integers (the value and both bounds are ints)."""
+        return self.choices is None and all(
+            isinstance(x, int) and not isinstance(x, bool) for x in (self.value, self.minimum, self.maximum)
+        )
+
+    def domain(self) -> dict[str, Any]:
+        """What may be chosen, as written (without the value): it must not change from parent to proposal."""
+        if self.choices is not None:
+            return {"choices": list(self.choices)}
+        return {"min": self.minimum, "max": self.maximum}
+
+
+@dataclass(frozen=True)
 class Skill:
     """A parsed, validated skill file (one variation's content).
 
@@ -136,6 +183,8 @@ class Skill:
     :param instructions: the Markdown body, stripped of surrounding whitespace.
     :param extra: the other front-matter keys (``simulation:``, ``llm:``, ...); treat as read-only.
     :param content: the full original text, exactly as stored in a variation.
+    :param params: tunable parameters (``params:``), passed to a python entrypoint as keywords; evolvers may
+        change their values within what each declares.
     :param input_schema: the JSON Schema a run's input context must satisfy (``input:``), if declared.
     """
 
@@ -150,7 +199,12 @@ class Skill:
     instructions: str
     extra: dict[str, Any]
     content: str = field(repr=False)
+    params: dict[str, Param] = field(default_factory=dict)
     input_schema: dict[str, Any] | None = None
+
+    def param_values(self) -> dict[str, ParamValue]:
+        """The parameters' current values, by name (what the python agent passes as keywords)."""
+        return {name: param.value for name, param in self.params.items()}
 
     def input_error(self, context: object) -> str | None:
         """Why ``context`` fails the skill's ``input:`` schema (the most relevant error), or None if it passes."""
@@ -487,6 +541,7 @@ class _FrontMatter:
             instructions=instructions,
             extra=extra,
             content=content,
+            params=self.params(data),
             input_schema=self.input_schema(data),
         )
 
@@ -565,6 +620,60 @@ class _FrontMatter:
             check_entrypoint(value, self.allowed_modules)
         except EntrypointError as exc:
             self.fail(path, str(exc))
+
+    def params(self, data: dict[str, Any]) -> dict[str, Param]:
+        raw = data.get(PARAMS_FIELD)
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict) or not raw:
+            self.fail((PARAMS_FIELD,), "expected a mapping of name: {value, choices} or {value, min, max}")
+        return {name: self.param(name, spec) for name, spec in raw.items()}
+
+    def param(self, name: str, spec: Any) -> Param:
+        path: FieldPath = (PARAMS_FIELD, name)
+        if not PARAM_NAME_PATTERN.fullmatch(name):
+            self.fail(
+                path,
+                f"a parameter name must be a Python identifier not starting with '_', got {name!r}",
+                at_key=True,
+            )
+        if not isinstance(spec, dict) or "value" not in spec:
+            self.fail(path, "expected {value, choices: [...]} or {value, min, max}")
+        unknown = sorted(set(spec) - set(PARAM_FIELDS))
+        if unknown:
+            self.fail((*path, unknown[0]), f"unknown field (expected {', '.join(PARAM_FIELDS)})", at_key=True)
+        value = spec["value"]
+        if isinstance(value, dict | list):
+            self.fail((*path, "value"), f"expected a number, string, true/false or null, got {value!r}")
+        if "choices" in spec:
+            if "min" in spec or "max" in spec:
+                self.fail(path, "declare either choices or min/max, not both")
+            choices = spec["choices"]
+            if (
+                not isinstance(choices, list)
+                or len(choices) < 2
+                or any(isinstance(c, dict | list) for c in choices)
+            ):
+                self.fail(
+                    (*path, "choices"), f"expected a list of at least two plain values, got {choices!r}"
+                )
+            if value not in choices:
+                self.fail((*path, "value"), f"{value!r} is not one of the choices {choices!r}")
+            return Param(name, value, choices=tuple(choices))
+        bounds: list[int | float] = []
+        for key in ("min", "max"):
+            bound = spec.get(key)
+            if isinstance(bound, bool) or not isinstance(bound, int | float):
+                self.fail((*path, key), f"expected a number (or declare choices), got {bound!r}")
+            bounds.append(bound)
+        low, high = float(bounds[0]), float(bounds[1])
+        if not low < high:
+            self.fail(path, f"min must be below max, got {bounds[0]!r}..{bounds[1]!r}")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+            self.fail(
+                (*path, "value"), f"expected a number within {bounds[0]!r}..{bounds[1]!r}, got {value!r}"
+            )
+        return Param(name, value, minimum=bounds[0], maximum=bounds[1])
 
     def steps(self, data: dict[str, Any]) -> tuple[StepCheck, ...]:
         if "steps" not in data:

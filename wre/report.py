@@ -29,6 +29,7 @@ from db.figures import (
     run_figures,
 )
 from db.memory import AbTestRecord, PatternMemory
+from db.screening import latest_screenings
 from wre.charts import IntervalRow, Marker, Point, Series, interval_chart, time_series_chart
 
 DEFAULT_BUCKETS = 30
@@ -127,6 +128,7 @@ def build_report(
     body.extend(_test_section(test) for test in tests)
     if not tests:
         body.append('<p class="muted">No A/B tests yet.</p>')
+    body.append(_screening_section(latest_screenings(memory), total_runs))
     body.append("<h2>Promotions, rollbacks and archives</h2>")
     body.append(_event_table(events))
     html = (
@@ -317,6 +319,37 @@ def _figure(value: Any) -> str | None:
     else:
         return None
     return text if len(text) <= MAX_FIGURE_CHARS else None
+
+
+def _screening_section(screenings: list[dict[str, Any]], total_runs: int) -> str:
+    """Candidates screened by replay before live traffic: what each screening spent, scored and chose."""
+    heading = "<h2>Screening</h2>"
+    if not screenings:
+        return f'{heading}\n<p class="muted">No screenings yet.</p>'
+    calls = sum(int(item["details"].get("calls", 0)) for item in screenings)
+    share = f" ({calls / total_runs:.1%} of the finished runs)" if total_runs else ""
+    rows = []
+    for item in screenings:
+        details = item["details"]
+        parent = details.get("parent", {})
+        candidates = details.get("candidates", [])
+        best = max((c.get("fidelity", 0.0) for c in candidates), default=None)
+        inputs = details.get("inputs", {})
+        tokens = details.get("tokens")
+        rows.append(
+            f"<tr><td>{_time(item['created_at'])}</td><td>{escape(item['skill_name'])}</td>"
+            f"<td>{len(candidates)}</td><td>{inputs.get('failed', 0)} / {inputs.get('passed', 0)}</td>"
+            f"<td>{details.get('calls', 0)}</td><td>{'-' if tokens is None else tokens}</td>"
+            f"<td>{_number(parent.get('fidelity'))} → {_number(best)}</td>"
+            f"<td>{escape(details.get('chosen') or 'none')}</td></tr>"
+        )
+    return (
+        f'{heading}\n<p class="muted">Candidates replayed with production on recorded inputs before any live '
+        f"traffic (replays are not runs): {len(screenings)} screenings, {calls} agent calls{share}.</p>\n"
+        "<table><thead><tr><th>time (UTC)</th><th>skill</th><th>candidates</th><th>inputs failed / passed</th>"
+        "<th>calls</th><th>tokens</th><th>replay fidelity: production → best</th><th>chosen</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
 
 
 def _event_table(events: list[dict[str, Any]]) -> str:

@@ -8,9 +8,16 @@ from typing import Any
 
 import typer
 from rich.console import Group
+from rich.text import Text
 
+from db.screening import SCREENING_EVENT, screening_spent
+from worker.evolvers.base import evolution_blocker
 from worker.registry import register_skill_files
+from worker.runner import parse_variation
+from worker.settings import get_settings
 from wre.context import console, print_json, show, store, table, user_errors
+
+SCREENINGS_SHOWN = 5
 
 app = typer.Typer(help="Register and inspect skills.", no_args_is_help=True)
 
@@ -110,10 +117,11 @@ def show_skill(
         for variation in memory.list_variations(name)
     ]
     metrics = memory.get_skill_metrics(name)
+    evolution = _evolution(name, content)
     if as_json:
         print_json(
             {"name": name, "production_variation_id": production, "content": content,
-             "variations": variations, "metrics": metrics}
+             "variations": variations, "metrics": metrics, "evolution": evolution}
         )
         return
     console.rule(f"{name} — production {production}")
@@ -132,7 +140,57 @@ def show_skill(
         if key not in ("skill_name", "days"):
             figures.add_row(key.replace("_", " "), "-" if value is None else
                             f"{value:.3f}" if isinstance(value, float) else str(value))
-    show(Group(listed, figures))
+    show(Group(listed, figures, *_evolution_lines(evolution)))
+
+
+def _evolution(name: str, content: str) -> dict[str, Any]:
+    """Whether the skill evolves (and why not), what screening has spent, and its latest screenings."""
+    memory = store()
+    blocker = evolution_blocker(parse_variation(content))
+    spent, live_runs = screening_spent(memory, name)
+    share = get_settings().screen_budget_share
+    screenings = [event for event in memory.get_evolution_history(name) if event.event_type == SCREENING_EVENT]
+    return {
+        "evolved": blocker is None,
+        "not_evolved_because": blocker,
+        "screening_calls": spent,
+        "live_runs": live_runs,
+        "screening_budget": int(share * live_runs),
+        "latest_screenings": [
+            {"created_at": event.created_at.isoformat(timespec="seconds") if event.created_at else None,
+             **event.details}
+            for event in screenings[-SCREENINGS_SHOWN:]
+        ],
+    }
+
+
+def _evolution_lines(evolution: dict[str, Any]) -> list[Any]:
+    state = "on" if evolution["evolved"] else f"not evolved: {evolution['not_evolved_because']}"
+    lines: list[Any] = [
+        Text(f"evolution: {state}"),
+        Text(
+            f"screening: {evolution['screening_calls']} replay calls for {evolution['live_runs']} live runs "
+            f"(budget {evolution['screening_budget']})"
+        ),
+    ]
+    if not evolution["latest_screenings"]:
+        return lines
+    listed = table("screened", "calls", "parent", "candidates (replay fidelity, wins-losses, p)", "chosen",
+                   title="latest screenings")
+    for details in evolution["latest_screenings"]:
+        parent = details.get("parent", {})
+        listed.add_row(
+            (details["created_at"] or "-").replace("T", " "),
+            str(details.get("calls", 0)),
+            f"{parent.get('variation_id', '-')} {parent.get('fidelity', 0.0):.2f}",
+            ", ".join(
+                f"{item['variation_id']} {item['fidelity']:.2f} {item['wins']}-{item['losses']} "
+                f"p={item['p_value']:.3f}"
+                for item in details.get("candidates", [])
+            ),
+            details.get("chosen") or "none",
+        )
+    return [*lines, listed]
 
 
 @app.command("history")

@@ -67,18 +67,20 @@ def test_io_concurrency(broker_url: str, capsys: pytest.CaptureFixture[str]) -> 
 
 def test_self_improvement(broker_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     self_improvement.main(
-        ["--broker-url", broker_url, "--skills", "2", "--runs", "60", "--max-trials-per-arm", "20"]
+        ["--broker-url", broker_url, "--skills", "2", "--runs", "60", "--seeds", "1", "--max-trials-per-arm", "20"]
     )
     out = capsys.readouterr().out
     assert _numbers(r"(\d+) runs \((\d+) attempts\)", out)[0] == 60
     rows = re.findall(r"^sim_\d\d +([\d.]+) +([\d.]+) +(\d+) \|", out, re.MULTILINE)
-    assert [float(p0) for p0, _, _ in rows] == [0.3, 0.8]
+    assert [float(p0) for p0, _, _ in rows] == [0.35, 0.75]
     assert sum(int(runs) for _, _, runs in rows) == 60
     tested, promoted, archived, inconclusive = _numbers(
         r"variations tested (\d+): promoted (\d+), archived (\d+), inconclusive (\d+)", out
     )
     assert promoted + archived + inconclusive <= tested
-    _bars(out, 3)
+    calls, live = _numbers(r"screenings, (\d+) agent calls next to (\d+) live runs", out)
+    assert live == 60 and calls <= 0.2 * live  # the screening budget holds
+    _bars(out, 5)
 
 
 def test_evaluate_scale(capsys: pytest.CaptureFixture[str]) -> None:

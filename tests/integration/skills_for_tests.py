@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 
-def python_skill(name: str, entrypoint: str, threshold: float = 0.9, body: str = "Answer.") -> str:
+def python_skill(
+    name: str, entrypoint: str, threshold: float = 0.9, body: str = "Answer.", params: str = ""
+) -> str:
     return f"""---
 name: {name}
 description: a test skill
@@ -19,6 +21,6 @@ steps:
   - id: answer
     description: a non-empty answer
     expect: {{key: answer}}
----
+{params}---
 {body}
 """

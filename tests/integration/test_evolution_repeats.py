@@ -23,6 +23,7 @@ steps:
     expect: {key: answer}
 simulation:
   pass_probability: 0.5
+  evolution: {mean_shift: 0.4, spread: 0.05}
 ---
 Answer.
 """
@@ -32,7 +33,7 @@ def _failed_run(memory: PatternMemory, variation_id: str) -> None:
     memory.record_attempt(
         OutcomeRecord(
             run_id=uuid.uuid4().hex,
-            attempt=3,
+            attempt=1,
             skill_name="sim",
             variation_id=variation_id,
             agent="simulated",
@@ -40,17 +41,22 @@ def _failed_run(memory: PatternMemory, variation_id: str) -> None:
             execution_success=True,
             pattern_fidelity=0.0,
             failed_at_step="answer",
+            input_context={"n": uuid.uuid4().hex},
             final=True,
         )
     )
 
 
 def test_each_evolution_of_one_production_version_proposes_something_new(memory: PatternMemory) -> None:
-    settings = Settings(evolve_cooldown_seconds=0, evolve_failure_window=3)
+    # Proposals far better than the parent, a screening budget that allows them, a lenient filter: this test
+    # is about the seed, screening has its own tests.
+    settings = Settings(
+        evolve_cooldown_seconds=0, evolve_failure_window=3, screen_budget_share=10, screen_alpha=0.5
+    )
     production = memory.register_skill("sim", SKILL, default_agent="simulated")
     proposed = []
     for _ in range(3):
-        for _ in range(4):  # more failures than the window: the count of failures no longer changes
+        for _ in range(10):  # more failures than the window: the count of failures no longer changes
             _failed_run(memory, production)
         result = evolve_skill(memory, settings, "sim")
         assert result["status"] == "testing", result

@@ -23,7 +23,7 @@ from sqlalchemy import text
 
 from db.memory import PatternMemory
 from db.models import Base
-from tests.fake_llm import FakeLlmServer, Reply, error_reply
+from tests.fake_llm import FakeLlmServer, Recorded, Reply, error_reply
 from tests.processes import Process, broker_app, service_env, start_worker, wait_until
 from worker.client import enqueue_skill
 from worker.registry import register_skill_text
@@ -91,6 +91,7 @@ def worker(
         WRE_LLM_BASE_URL=server.base_url,
         WRE_LLM_API_KEY=API_KEY,
         WRE_LLM_MODEL=DEFAULT_MODEL,
+        WRE_SCREEN_BUDGET_SHARE="10",  # a handful of runs pays for a screening
     )
     process = start_worker(app, env, tmp_path_factory.mktemp("llm-worker"))
     yield process
@@ -298,18 +299,26 @@ def test_a_refused_key_ends_the_run_at_once(
 # -- evolution
 
 
-def test_the_evolvers_rewrite_becomes_a_variation_under_test(
+def test_the_evolvers_rewrite_is_screened_then_tested(
     app: Celery, server: FakeLlmServer, skills: PatternMemory
 ) -> None:
     register_skill_text(skills, llm_skill("llm_evolves", model="m-evolve"))
     parent_id, parent_content = skills.get_production("llm_evolves")
-    new_instructions = (
-        "Summarize the ticket in one sentence.\n\nSet `priority` to exactly low, normal or high."
-    )
-    bad = Reply('{"summary": "Printer jam.", "priority": "P1"}')
-    server.script("m-evolve", bad, bad, bad, Reply(f"```markdown\n{new_instructions}\n```"))
-    result = run(app, "llm_evolves")
-    assert result["success"] is False and result["evolution_triggered"] is True
+    new_instructions = "Summarize the ticket in one sentence.\n\nSet `priority` to exactly low, normal or high."
+
+    def answer(request: Recorded) -> Reply:
+        if request.message("system").startswith("You improve the instructions"):
+            # Each candidate is sampled at its own temperature; only the coldest keeps the fix.
+            if request.body["temperature"] < 0.5:
+                return Reply(f"```markdown\n{new_instructions}\n```")
+            return Reply(f"Summarize the ticket. (Sampled at {request.body['temperature']}.)")
+        if "exactly low, normal or high" in request.message("system"):
+            return Reply('{"summary": "Printer jam.", "priority": "high"}')
+        return Reply('{"summary": "Printer jam.", "priority": "P1"}')
+
+    server.respond("m-evolve", answer)
+    results = [run(app, "llm_evolves", {"ticket": f"{TICKET['ticket']} #{n}"}) for n in range(6)]
+    assert all(r["success"] is False and r["evolution_triggered"] is True for r in results)
     wait_until(
         lambda: skills.get_active_ab_test("llm_evolves") is not None, what="the evolved variation's test"
     )
@@ -318,14 +327,27 @@ def test_the_evolvers_rewrite_becomes_a_variation_under_test(
     variation = skills.get_variation(test.treatment_version)
     assert variation is not None
     assert variation.created_by == "evolver:llm" and variation.parent_version == parent_id
-    assert variation.learned_from == [result["execution_id"]]
+    assert results[-1]["execution_id"] in variation.learned_from
     # Only the instructions changed: the front matter is the parent's, byte for byte.
     header = parent_content[: parent_content.index("---\n", 4) + 4]
     assert variation.variation_content == f"{header}\n{new_instructions}\n"
-    # The evolver's request: the current content, the checks, the failures and their outputs.
-    evolver_request = server.requests_for("m-evolve")[-1]
-    prompt = evolver_request.message("user")
+    # The evolver's requests: one per candidate, each at its own temperature and seed; the prompt holds the
+    # current content, the checks, the failed steps and their outputs.
+    evolver_requests = [
+        r for r in server.requests_for("m-evolve") if r.message("system").startswith("You improve")
+    ]
+    assert sorted(r.body["temperature"] for r in evolver_requests) == [0.1, 0.7, 1.0, 1.2]
+    assert len({r.body["seed"] for r in evolver_requests}) == 4
+    prompt = evolver_requests[0].message("user")
     assert parent_content.strip() in prompt
-    assert PRIORITY_SCHEMA_CHECK in prompt and "first failed step `priority`: 1 run(s)" in prompt
+    assert PRIORITY_SCHEMA_CHECK in prompt and "first failed step `priority`" in prompt
     assert '"priority": "P1"' in prompt
-    assert "response_format" not in evolver_request.body
+    assert "response_format" not in evolver_requests[0].body
+    # The screening: the rewrite passed every replay the parent failed; the calls and tokens are counted.
+    (screening,) = [e for e in skills.get_evolution_history("llm_evolves") if e.event_type == "candidates_screened"]
+    assert screening.details["chosen"] == variation.variation_id
+    # Successive halving: 4 candidates on the first inputs, the better 2 on the next, the survivor on the rest.
+    assert 6 * 2 <= screening.details["calls"] < 6 * 5
+    assert screening.details["tokens"] == screening.details["calls"] * 18  # the fake server's usage per call
+    chosen = next(c for c in screening.details["candidates"] if c["variation_id"] == variation.variation_id)
+    assert chosen["wins"] == 6 and chosen["losses"] == 0

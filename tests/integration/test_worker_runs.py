@@ -17,6 +17,8 @@ from worker.registry import register_skill_text
 from worker.runner import choose_arm
 
 RESULT_TIMEOUT = 30
+# Fails every attempt until an evolver moves `mode` to lenient.
+TUNABLE_PARAMS = "params:\n  mode: {value: strict, choices: [strict, lenient]}\n"
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +30,8 @@ def app(database_url: str, any_broker: TestBroker) -> Celery:
 def worker(
     app: Celery, database_url: str, any_broker: TestBroker, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Process]:
-    env = service_env(database_url, any_broker.url, **any_broker.env())
+    # A handful of runs pays for a screening (the default share needs hundreds).
+    env = service_env(database_url, any_broker.url, WRE_SCREEN_BUDGET_SHARE="10", **any_broker.env())
     process = start_worker(app, env, tmp_path_factory.mktemp("worker"))
     yield process
     process.stop()
@@ -43,6 +46,7 @@ def skills(memory: PatternMemory) -> PatternMemory:
         ("crasher", "raises"),
     ]:
         register_skill_text(memory, python_skill(name, entrypoint))
+    register_skill_text(memory, python_skill("tunable", "tunable", params=TUNABLE_PARAMS))
     return memory
 
 
@@ -76,21 +80,24 @@ def test_retry_carries_the_failure_context(app: Celery, worker: Process, skills:
 
 
 def test_max_iterations_then_evolution(app: Celery, worker: Process, skills: PatternMemory) -> None:
-    result = _run(app, "hopeless")
+    result = _run(app, "tunable")
     assert result["success"] is False
     meta = result["_react_metadata"]
     assert meta["iterations"] == meta["max_iterations"] == 3
     assert meta["early_success"] is False
     assert result["evolution_triggered"] is True
     assert len(skills.run_outcomes(str(result["execution_id"]))) == 3
-    wait_until(lambda: skills.get_active_ab_test("hopeless") is not None, what="the evolved variation's test")
+    # Screening waits for six recorded inputs; it claims nothing meanwhile, so the sixth failure evolves.
+    for n in range(5):
+        _run(app, "tunable", {"text": f"run {n}"})
+    wait_until(lambda: skills.get_active_ab_test("tunable") is not None, what="the evolved variation's test")
     # The proposal's event is written just after its test is scheduled.
     wait_until(
-        lambda: "variation_proposed" in [e.event_type for e in skills.get_evolution_history("hopeless")],
+        lambda: "variation_proposed" in [e.event_type for e in skills.get_evolution_history("tunable")],
         what="the proposal's event",
     )
-    events = [e.event_type for e in skills.get_evolution_history("hopeless")]
-    assert "react_execution" in events and "variation_proposed" in events
+    events = [e.event_type for e in skills.get_evolution_history("tunable")]
+    assert "react_execution" in events and "candidates_screened" in events and "variation_proposed" in events
 
 
 def test_agent_exception_is_a_scored_attempt(app: Celery, worker: Process, skills: PatternMemory) -> None:
@@ -194,11 +201,11 @@ def test_assignment_key_pins_the_arm(app: Celery, worker: Process, skills: Patte
 def test_burst_of_failures_evolves_once(
     app: Celery, worker: Process, skills: PatternMemory, any_broker: TestBroker
 ) -> None:
-    results = [enqueue_skill("hopeless", {"i": i}, app=app) for i in range(20)]
+    results = [enqueue_skill("tunable", {"i": i}, app=app) for i in range(20)]
     for result in results:
         assert result.get(timeout=60)["evolution_triggered"] is True
-    wait_until(lambda: skills.get_active_ab_test("hopeless") is not None, what="one A/B test")
+    wait_until(lambda: skills.get_active_ab_test("tunable") is not None, what="one A/B test")
     wait_until(lambda: any_broker.held("maintenance") == 0, timeout=30, what="the evolve tasks to finish")
-    assert len(skills.list_ab_tests(skill_name="hopeless")) == 1
-    assert len(skills.list_variations("hopeless")) == 2
+    assert len(skills.list_ab_tests(skill_name="tunable")) == 1
+    assert len(skills.list_variations("tunable")) == 2
 

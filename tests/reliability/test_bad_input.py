@@ -170,7 +170,7 @@ class GarbageEvolver:
     def __init__(self, proposal: object) -> None:
         self.proposal = proposal
 
-    def propose(self, skill: Any, failures: Any, seed: str) -> Any:
+    def propose(self, skill: Any, failures: Any, seed: str, candidate: int = 0) -> Any:
         return self.proposal
 
 
@@ -193,12 +193,31 @@ def _garbage(base: str) -> list[tuple[str, object]]:
 def test_an_evolver_returning_garbage_is_refused(
     case: int, skills: PatternMemory, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    base = python_skill("evolving", "always_fails")
+    # A python skill with a parameter (something an evolver can change), six failed runs to screen on, and a
+    # budget that pays for it: the evolver is asked, and what it returns is refused before any replay.
+    base = python_skill(
+        "evolving", "tunable", params="params:\n  mode: {value: strict, choices: [strict, lenient]}\n"
+    )
     name, proposal = _garbage(base)[case]
-    register_skill_text(skills, base)
+    production = register_skill_text(skills, base).variation_id
+    for run in range(6):
+        skills.store_outcome(
+            run_id=f"failed-{run}",
+            attempt=1,
+            skill_name="evolving",
+            variation_id=production,
+            agent="python",
+            success=False,
+            execution_success=True,
+            pattern_fidelity=0.5,
+            failed_at_step="answer",
+            input_context={"run": run},
+            final=True,
+        )
     monkeypatch.setitem(evolvers._FACTORIES, "hints", lambda: GarbageEvolver(proposal))
     before = row_counts(skills)
-    outcome = evolve_skill(skills, Settings(database_url=database_url, evolve_cooldown_seconds=0), "evolving")
+    settings = Settings(database_url=database_url, evolve_cooldown_seconds=0, screen_budget_share=10)
+    outcome = evolve_skill(skills, settings, "evolving")
     assert outcome["status"] == "refused", (name, outcome)
     events = [event.event_type for event in skills.get_evolution_history("evolving")]
     assert events == ["evolution_started", "evolution_refused"], name

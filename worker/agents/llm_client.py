@@ -245,6 +245,7 @@ def chat_completion(
     temperature: float | None = None,
     max_tokens: int | None = None,
     json_mode: bool = False,
+    seed: int | None = None,
 ) -> Completion:
     """Ask the model once (twice if the server refuses ``response_format``: then again without it).
 
@@ -255,6 +256,7 @@ def chat_completion(
     :param temperature: sampling temperature, or None for the server's default.
     :param max_tokens: most tokens to generate, or None for the server's default.
     :param json_mode: ask for a JSON object with ``response_format`` where the server supports it.
+    :param seed: the sampling seed (OpenAI's ``seed``), or None; servers that do not know it ignore it.
     :raises AgentInfrastructureError: timeout, connection error, 408/425/429 or 5xx (``retry_after`` set
         from the server's Retry-After).
     :raises AgentConfigurationError: 401/403, 404, or a base URL that is not http(s).
@@ -265,7 +267,7 @@ def chat_completion(
     clean: Exception
     try:
         return _chat_completion(
-            settings.llm_base_url, secret, messages, model, deadline, temperature, max_tokens, json_mode
+            settings.llm_base_url, secret, messages, model, deadline, temperature, max_tokens, json_mode, seed
         )
     except AgentInfrastructureError as error:
         clean = AgentInfrastructureError(redact(str(error), secret), retry_after=error.retry_after)
@@ -286,6 +288,7 @@ def _chat_completion(
     temperature: float | None,
     max_tokens: int | None,
     json_mode: bool,
+    seed: int | None = None,
 ) -> Completion:
     url = chat_url(base_url)
     headers = {"Authorization": f"Bearer {secret}"} if secret else {}
@@ -294,6 +297,8 @@ def _chat_completion(
         payload["temperature"] = temperature
     if max_tokens is not None:
         payload["max_tokens"] = max_tokens
+    if seed is not None:
+        payload["seed"] = seed
     with _NO_RESPONSE_FORMAT_LOCK:
         use_format = json_mode and (base_url, model) not in _NO_RESPONSE_FORMAT
     if use_format:

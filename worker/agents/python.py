@@ -1,4 +1,7 @@
-"""The ``python`` agent: calls the skill's ``entrypoint`` as ``function(context)``.
+"""The ``python`` agent: calls the skill's ``entrypoint`` as ``function(context, **params)``.
+
+``params`` are the values of the skill's tunable parameters (``params:`` in the front matter; none when it
+declares none). They are what an evolver can change in a python skill: the agent does not read instructions.
 
 Only code under the allow-list ``WRE_PYTHON_SKILL_MODULES`` may be named; the rule is
 :func:`worker.skills.check_entrypoint`, applied when the skill is parsed and again here, at import time.
@@ -52,7 +55,7 @@ def load_entrypoint(reference: str, allowed: Sequence[str] | None = None) -> Cal
 
 
 class PythonAgent:
-    """Runs a skill by calling ``entrypoint(context)``; the function's return value is the output.
+    """Runs a skill by calling ``entrypoint(context, **params)``; the function's return value is the output.
 
     The function gets a deep copy of the context (it may change it freely) and signals failure by raising.
     """
@@ -77,4 +80,4 @@ class PythonAgent:
         if skill.entrypoint is None:
             raise EntrypointError(f"skill {skill.name!r} has no entrypoint for the python agent")
         function = load_entrypoint(skill.entrypoint)
-        return function(copy.deepcopy(context))
+        return function(copy.deepcopy(context), **skill.param_values())

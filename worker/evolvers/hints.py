@@ -3,6 +3,9 @@
 It appends (or replaces) a ``## Hints from failed runs`` section naming, for the steps that recent runs
 failed most, the check they must pass, how often they failed, the most common error and an example output.
 An agent that reads its instructions (an LLM) can act on it; the front matter is kept byte for byte.
+
+The python agent does not read instructions: for a python skill that declares ``params:`` the evolver also
+moves one parameter, a seeded draw per candidate (the hints stay, as a record of what failed).
 """
 
 from __future__ import annotations
@@ -11,9 +14,9 @@ import json
 import re
 from collections import Counter
 
-from worker.skills import Skill, StepCheck
+from worker.skills import PYTHON_AGENT, Skill, StepCheck, parse_skill
 
-from .base import EvolutionRefused, Failure, validate_proposal
+from .base import EvolutionRefused, Failure, tuned_params, validate_proposal
 
 HINTS_HEADING = "## Hints from failed runs"
 # The section runs from its heading to the next heading of the same or a higher level, or the end.
@@ -92,16 +95,20 @@ class HintsEvolver:
 
     name = "hints"
 
-    def propose(self, skill: Skill, failures: list[Failure], seed: str) -> str:
-        """Propose the parent with fresh hints.
+    def propose(self, skill: Skill, failures: list[Failure], seed: str, candidate: int = 0) -> str:
+        """Propose the parent with fresh hints (a python skill with params: and one parameter moved).
 
         :param skill: the parent.
         :param failures: recent failed runs, newest first (at least one).
-        :param seed: unused: this evolver is deterministic.
+        :param seed: draws a python skill's parameter change; hints themselves are deterministic.
+        :param candidate: which candidate (a python skill's draw); the hints are the same for every one.
         :raises EvolutionRefused: no failures, or the hints are the ones the parent already has.
         """
         if not failures:
             raise EvolutionRefused(f"no failed runs of {skill.name!r} to learn from")
+        parent = skill
+        if skill.agent == PYTHON_AGENT and skill.params:
+            skill = parse_skill(tuned_params(skill, seed, candidate), source=f"<proposal for {skill.name}>")
         section = hints_section(skill, failures)
         instructions = HINTS_SECTION.sub("", skill.instructions).strip()
-        return validate_proposal(skill, skill.with_instructions(f"{instructions}\n\n{section}")).content
+        return validate_proposal(parent, skill.with_instructions(f"{instructions}\n\n{section}")).content

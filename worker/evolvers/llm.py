@@ -5,6 +5,10 @@ each step failed, the errors, and the lowest-fidelity outputs, trimmed). Only th
 front matter — the steps above all, which are the contract — is kept byte for byte (:meth:`Skill.with_instructions`).
 A reply that is a whole skill file is accepted for its body only if its steps are the parent's.
 
+An evolution asks for several candidates: each is sampled at another temperature (:data:`CANDIDATE_TEMPERATURES`)
+with its own seed, and told which candidate it is, so that screening chooses among different rewrites. A python
+skill's agent does not read instructions: for it the evolver moves one declared parameter instead (no model call).
+
 It uses the ``llm`` agent's connection (``WRE_LLM_*``) and the skill's ``llm:`` overrides. Anything that
 keeps the model from answering (the server down, a refused key, a malformed ``llm:`` block) is a refusal:
 the evolution is recorded as refused, with the reason, and the skill evolves again after its cooldown.
@@ -19,9 +23,9 @@ from worker.agents.base import AgentConfigurationError, AgentInfrastructureError
 from worker.agents.llm import llm_options
 from worker.agents.llm_client import LlmResponseError, chat_completion
 from worker.settings import get_settings
-from worker.skills import FRONT_MATTER_DELIMITER, Skill, SkillFileError, parse_skill
+from worker.skills import FRONT_MATTER_DELIMITER, PYTHON_AGENT, Skill, SkillFileError, parse_skill
 
-from .base import EvolutionRefused, Failure, validate_proposal
+from .base import EvolutionRefused, Failure, candidate_rng, tuned_params, validate_proposal
 from .hints import describe_check
 
 # Enough examples to show a pattern, few enough to keep the prompt small for a local model.
@@ -29,6 +33,9 @@ MAX_PROMPT_FAILURES = 8
 MAX_PROMPT_OUTPUT_CHARS = 600
 ELLIPSIS = "…"
 FENCE = "```"
+# The first candidate samples at the skill's own temperature (or this ladder's first); the others climb it.
+CANDIDATE_TEMPERATURES = (0.2, 0.7, 1.0, 1.2)
+SEED_RANGE = 2**31
 
 SYSTEM_PROMPT = """You improve the instructions of a skill: a procedure a language model follows to turn an \
 input (JSON) into an output that must pass the skill's checks.
@@ -45,11 +52,23 @@ def _trimmed(text: str) -> str:
     return flat if len(flat) <= MAX_PROMPT_OUTPUT_CHARS else flat[: MAX_PROMPT_OUTPUT_CHARS - 1] + ELLIPSIS
 
 
-def evolution_prompt(skill: Skill, failures: list[Failure]) -> str:
+def candidate_temperature(skill_temperature: float | None, candidate: int) -> float:
+    """The sampling temperature of a candidate: the skill's own for the first, then the ladder.
+
+    :param skill_temperature: the skill's ``llm.temperature``, or None.
+    :param candidate: the candidate's index, from 0.
+    """
+    if candidate == 0 and skill_temperature is not None:
+        return skill_temperature
+    return CANDIDATE_TEMPERATURES[candidate % len(CANDIDATE_TEMPERATURES)]
+
+
+def evolution_prompt(skill: Skill, failures: list[Failure], candidate: int = 0) -> str:
     """The user message: the current content, the checks, and the failures.
 
     :param skill: the parent.
     :param failures: recent failed runs, newest first.
+    :param candidate: which candidate is asked for; after the first, the model is asked for another angle.
     """
     lines = ["# The skill file", "", skill.content.strip(), "", "# The checks its output must pass", ""]
     for step in skill.steps:
@@ -70,6 +89,12 @@ def evolution_prompt(skill: Skill, failures: list[Failure]) -> str:
             lines.append(f"Error: {_trimmed(failure.error)}")
         if failure.output:
             lines += ["Output:", FENCE, _trimmed(failure.output), FENCE]
+    if candidate:
+        lines += [
+            "",
+            f"Other rewrites are being tried as well (this is number {candidate + 1}): take a different angle "
+            "from the most obvious fix, e.g. restructure the instructions or add a worked example.",
+        ]
     lines += ["", "Write the new instructions."]
     return "\n".join(lines)
 
@@ -112,17 +137,21 @@ class LlmEvolver:
 
     name = "llm"
 
-    def propose(self, skill: Skill, failures: list[Failure], seed: str) -> str:
-        """Propose the parent with rewritten instructions.
+    def propose(self, skill: Skill, failures: list[Failure], seed: str, candidate: int = 0) -> str:
+        """Propose the parent with rewritten instructions (a python skill: with one parameter moved).
 
         :param skill: the parent (the production variation).
         :param failures: recent failed runs, newest first (at least one).
-        :param seed: unused: a model's answer is not reproducible from a seed across servers.
+        :param seed: sent to the server as its sampling seed (per candidate); servers that honour it repeat
+            an answer, others ignore it.
+        :param candidate: which candidate (its temperature and prompt).
         :raises EvolutionRefused: no failures; the model could not be asked (the reason says why); or the
             proposal is empty, unchanged or malformed.
         """
         if not failures:
             raise EvolutionRefused(f"no failed runs of {skill.name!r} to learn from")
+        if skill.agent == PYTHON_AGENT:
+            return validate_proposal(skill, tuned_params(skill, seed, candidate)).content
         settings = get_settings()
         try:
             options = llm_options(skill, settings)
@@ -130,12 +159,13 @@ class LlmEvolver:
                 settings,
                 [
                     {"role": "system", "content": SYSTEM_PROMPT},
-                    {"role": "user", "content": evolution_prompt(skill, failures)},
+                    {"role": "user", "content": evolution_prompt(skill, failures, candidate)},
                 ],
                 model=options.model,
                 deadline=time.monotonic() + (options.timeout or settings.default_time_limit_seconds),
-                temperature=options.temperature,
+                temperature=candidate_temperature(options.temperature, candidate),
                 max_tokens=options.max_tokens,
+                seed=candidate_rng(seed, skill, candidate).randrange(SEED_RANGE),
             )
         except (AgentConfigurationError, AgentInfrastructureError, LlmResponseError) as error:
             # The messages are already redacted: they name the server and status, never the key.

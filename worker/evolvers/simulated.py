@@ -31,8 +31,10 @@ def _clamp(value: float) -> float:
     return round(min(PROBABILITY_CEILING, max(PROBABILITY_FLOOR, value)), PROBABILITY_DECIMALS)
 
 
-def _rng(seed: str, skill: Skill) -> random.Random:
-    digest = hashlib.sha256(f"{seed}\x1f{skill.variation_id}".encode()).digest()
+def _rng(seed: str, skill: Skill, candidate: int) -> random.Random:
+    # The first candidate keeps the draw one proposal per evolution always had (same seed, same variation).
+    suffix = f"\x1f{candidate}" if candidate else ""
+    digest = hashlib.sha256(f"{seed}\x1f{skill.variation_id}{suffix}".encode()).digest()
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
@@ -41,19 +43,20 @@ class SimulatedEvolver:
 
     name = "simulated"
 
-    def propose(self, skill: Skill, failures: list[Failure], seed: str) -> str:
+    def propose(self, skill: Skill, failures: list[Failure], seed: str, candidate: int = 0) -> str:
         """Propose a variation with a redrawn declared quality.
 
         :param skill: the parent; must declare ``simulation:``.
         :param failures: unused: a simulation learns nothing from them.
-        :param seed: seeds the draw (with the parent's variation id).
+        :param seed: seeds the draw (with the parent's variation id and the candidate).
+        :param candidate: which candidate: each is its own draw.
         :raises EvolutionRefused: the parent has no valid ``simulation:`` declaration.
         """
         try:
             spec = simulation_spec(skill)
         except SimulationSpecError as error:
             raise EvolutionRefused(f"cannot simulate evolving {skill.name!r}: {error}") from error
-        rng = _rng(seed, skill)
+        rng = _rng(seed, skill, candidate)
         mean_shift, spread = MEAN_SHIFT, SHIFT_SPREAD
         if spec.evolution is not None:
             mean_shift, spread = spec.evolution["mean_shift"], spec.evolution["spread"]

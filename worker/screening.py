@@ -1,0 +1,327 @@
+"""Screening: an evolution's candidates are replayed on recorded inputs before any of them gets live traffic.
+
+An evolution asks its evolver for ``WRE_EVOLVE_CANDIDATES`` candidates, replays each of them and the parent
+on the inputs of the skill's recent failed runs and a few recent passes (the passes catch regressions), and
+scores every replay with the skill's own checks. The candidate with the best mean replay fidelity enters the
+live A/B test only if it beats its parent on the same inputs by a one-sided exact sign test (inputs where it
+scored higher against inputs where it scored lower, ties dropped) at ``WRE_SCREEN_ALPHA``. Screening is a
+filter, as offline minibatch evaluation is: the live test stays the only thing that promotes, and keeps its
+error guarantee whatever screening let through.
+
+Replays run in the evolve task (the maintenance queue), through the same agents and the same scoring as live
+runs, under run ids of their own. They write no outcome row, no counter and no A/B trial: one learning event
+per screening (:data:`db.screening.SCREENING_EVENT`) records the candidates, their replay scores, the chosen
+one and the calls and tokens spent. Calls are capped per screening (``WRE_SCREEN_MAX_CALLS``) and per skill
+(``WRE_SCREEN_BUDGET_SHARE`` of its live runs): an evolution that the budget cannot pay for waits for more
+live traffic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import statistics
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from db.memory import PatternMemory
+from db.screening import SCREENING_EVENT, ReplayInput, replay_inputs, screening_spent
+from worker.agents import AgentResult, AttemptInfo, get_agent, run_attempt
+from worker.evolvers import EvolutionRefused, Evolver, Failure, validate_proposal
+from worker.evolvers.base import evolution_blocker
+from worker.scoring import score
+from worker.settings import Settings
+from worker.skills import Skill
+
+# Fewer inputs than this cannot show a difference: six wins out of six is p = 1/64 one-sided.
+MIN_REPLAY_INPUTS = 6
+# Replays of one screening in parallel (an llm agent waits on its server; the others are quick anyway).
+REPLAY_THREADS = 4
+TOKEN_KEYS = ("prompt_tokens", "completion_tokens")
+
+
+def sign_test_p_value(wins: int, losses: int) -> float:
+    """One-sided exact sign test: the chance of ``wins`` or more out of ``wins + losses`` fair coin tosses.
+
+    :param wins: paired inputs where the candidate scored higher than its parent.
+    :param losses: paired inputs where it scored lower (ties are left out before).
+    """
+    trials = wins + losses
+    if trials == 0:
+        return 1.0
+    return float(sum(math.comb(trials, k) for k in range(wins, trials + 1)) / 2**trials)
+
+
+@dataclass(frozen=True)
+class ReplayScore:
+    """One variation's replays: mean fidelity, passes, and (for a candidate) how it did against its parent.
+
+    :param variation_id: the variation replayed.
+    :param fidelity: mean fidelity over the replays.
+    :param successes: replays that passed (fidelity at the threshold, no error).
+    :param wins: inputs where it scored higher than the parent (0 for the parent itself).
+    :param losses: inputs where it scored lower.
+    :param p_value: the sign test's p-value against the parent (1 for the parent).
+    :param replays: how many inputs it was replayed on (successive halving drops the weaker early).
+    """
+
+    variation_id: str
+    fidelity: float
+    successes: int
+    wins: int = 0
+    losses: int = 0
+    p_value: float = 1.0
+    replays: int = 0
+
+
+@dataclass(frozen=True)
+class _Replayed:
+    fidelities: list[float]
+    successes: int
+    tokens: int | None
+
+    def plus(self, more: _Replayed) -> _Replayed:
+        return _Replayed(
+            self.fidelities + more.fidelities,
+            self.successes + more.successes,
+            _sum_tokens([self.tokens, more.tokens]),
+        )
+
+
+def _sum_tokens(figures: Iterable[int | None]) -> int | None:
+    known = [figure for figure in figures if figure is not None]
+    return sum(known) if known else None
+
+
+def _score(variation_id: str, replayed: _Replayed, base: _Replayed) -> ReplayScore:
+    """A candidate's replays against the parent's on the same inputs (the first ones, if it was dropped early)."""
+    pairs = list(zip(replayed.fidelities, base.fidelities, strict=False))
+    wins = sum(mine > theirs for mine, theirs in pairs)
+    losses = sum(mine < theirs for mine, theirs in pairs)
+    return ReplayScore(
+        variation_id,
+        statistics.fmean(replayed.fidelities),
+        replayed.successes,
+        wins,
+        losses,
+        sign_test_p_value(wins, losses),
+        len(replayed.fidelities),
+    )
+
+
+def replay_ids(seed: str, inputs: list[ReplayInput]) -> list[str]:
+    """Run ids of the replays: one per input, shared by every variation replayed on it (paired draws)."""
+    return [
+        "replay-" + hashlib.sha256(f"{seed}\x1f{item.run_id}".encode()).hexdigest()[:24] for item in inputs
+    ]
+
+
+def _budget(memory: PatternMemory, settings: Settings, skill_name: str) -> int:
+    spent, live_runs = screening_spent(memory, skill_name)
+    return min(settings.screen_max_calls, int(settings.screen_budget_share * live_runs) - spent)
+
+
+def screening_wait(memory: PatternMemory, settings: Settings, parent: Skill) -> str | None:
+    """Why the skill cannot be screened now (so not evolved), or None when it can.
+
+    Checked before an evolution is claimed, so that waiting costs no claim and no cooldown: nothing an evolver
+    can change; a budget that cannot pay for the smallest screening yet; too few recorded inputs yet.
+
+    :param memory: the store.
+    :param settings: candidates and budget.
+    :param parent: the production variation.
+    """
+    blocker = evolution_blocker(parent)
+    if blocker is not None:
+        return f"{parent.name!r} is not evolved: {blocker}"
+    smallest = (settings.evolve_candidates + 1) * MIN_REPLAY_INPUTS
+    if _budget(memory, settings, parent.name) < smallest:
+        spent, live_runs = screening_spent(memory, parent.name)
+        return (
+            f"screening budget: {spent} replay calls spent for {live_runs} live runs "
+            f"(WRE_SCREEN_BUDGET_SHARE={settings.screen_budget_share:g}); waiting for more live runs"
+        )
+    found = len(replay_inputs(memory, parent.name, settings.screen_failures, settings.screen_passes))
+    if found < MIN_REPLAY_INPUTS:
+        return f"only {found} recorded input(s) of {parent.name!r} to replay; waiting for {MIN_REPLAY_INPUTS}"
+    return None
+
+
+def screen_candidates(
+    memory: PatternMemory,
+    settings: Settings,
+    parent: Skill,
+    production_id: str,
+    evolver: Evolver,
+    failures: list[Failure],
+    seed: str,
+) -> str:
+    """Propose candidates, replay them with their parent, and return the content of the one that beat it.
+
+    :param memory: the store (recorded inputs, the screening budget, the learning event).
+    :param settings: candidates, budget and test level.
+    :param parent: the production variation.
+    :param production_id: its id.
+    :param evolver: the skill's evolver.
+    :param failures: recent failed runs, newest first.
+    :param seed: the evolution's seed; each candidate draws from it and its index.
+    :raises EvolutionRefused: nothing an evolver can change, no budget, no recorded inputs, no candidate, or
+        no candidate beat the parent (a learning event records that screening).
+    """
+    waiting = screening_wait(memory, settings, parent)
+    if waiting is not None:
+        raise EvolutionRefused(waiting)
+    budget = _budget(memory, settings, parent.name)
+    inputs = _interleaved(
+        replay_inputs(memory, parent.name, settings.screen_failures, settings.screen_passes)
+    )
+    candidates, refusals = _propose(memory, parent, evolver, failures, seed, settings.evolve_candidates)
+    run_ids = replay_ids(seed, inputs)
+    threshold = parent.threshold if parent.threshold is not None else settings.react_fidelity
+    skills = {production_id: parent, **dict(candidates)}
+    replayed: dict[str, _Replayed] = {variation_id: _Replayed([], 0, None) for variation_id in skills}
+    # Successive halving: each round spends an equal share of the budget on fresh inputs for the parent and
+    # the candidates still in, then keeps the better half; the last one in gets the most inputs, which is
+    # where the test needs them.
+    alive = [variation_id for variation_id, _ in candidates]
+    per_round = budget / (math.ceil(math.log2(len(alive))) + 1)
+    used = calls = 0
+    while used < len(inputs):
+        size = min(
+            len(inputs) - used,
+            max(1, int(per_round // (len(alive) + 1))),
+            (budget - calls) // (len(alive) + 1),
+        )
+        if size <= 0:
+            break
+        batch, batch_ids = inputs[used : used + size], run_ids[used : used + size]
+        for variation_id in (production_id, *alive):
+            replayed[variation_id] = replayed[variation_id].plus(
+                _replay(settings, skills[variation_id], variation_id, batch, batch_ids, threshold)
+            )
+        used += size
+        calls += size * (len(alive) + 1)
+        if len(alive) > 1:
+            alive = sorted(alive, key=lambda v: -statistics.fmean(replayed[v].fidelities))[: len(alive) // 2]
+    base = replayed[production_id]
+    if not base.fidelities:  # nothing replayed, nothing spent (the wait above makes this unreachable)
+        raise EvolutionRefused(f"no recorded input of {parent.name!r} to replay")
+    parent_score = ReplayScore(
+        production_id, statistics.fmean(base.fidelities), base.successes, replays=len(base.fidelities)
+    )
+    scores = [_score(variation_id, replayed[variation_id], base) for variation_id, _ in candidates]
+    tokens = _sum_tokens(item.tokens for item in replayed.values())
+    # The survivor is the only one tested, on every input it and the parent were replayed on.
+    best = next(item for item in scores if item.variation_id == alive[0])
+    chosen = best if best.wins > best.losses and best.p_value <= settings.screen_alpha else None
+    inputs = inputs[:used]
+    failed_inputs = sum(item.failed for item in inputs)
+    verdict = (
+        f"{chosen.variation_id} beat its parent ({chosen.wins} wins, {chosen.losses} losses, p={chosen.p_value:.3f})"
+        if chosen
+        else f"none beat the parent (best {best.variation_id}: {best.wins} wins, {best.losses} losses, "
+        f"p={best.p_value:.3f} > {settings.screen_alpha:g})"
+    )
+    description = (
+        f"{len(candidates)} candidate(s) replayed on {len(inputs)} recorded input(s) "
+        f"({failed_inputs} failed, {len(inputs) - failed_inputs} passed), {calls} agent calls: {verdict}"
+    )
+    memory.record_learning_event(
+        parent.name,
+        SCREENING_EVENT,
+        chosen.variation_id if chosen else None,
+        fidelity_before=parent_score.fidelity,
+        fidelity_after=best.fidelity,
+        description=description,
+        details={
+            "calls": calls,
+            "tokens": tokens,
+            "inputs": {"failed": failed_inputs, "passed": len(inputs) - failed_inputs},
+            "parent": asdict(parent_score),
+            "candidates": [asdict(item) for item in scores],
+            "chosen": chosen.variation_id if chosen else None,
+            "alpha": settings.screen_alpha,
+            "refused": refusals,
+        },
+    )
+    if chosen is None:
+        raise EvolutionRefused(f"screening: {verdict}")
+    return next(skill.content for variation_id, skill in candidates if variation_id == chosen.variation_id)
+
+
+def _propose(
+    memory: PatternMemory, parent: Skill, evolver: Evolver, failures: list[Failure], seed: str, count: int
+) -> tuple[list[tuple[str, Skill]], list[str]]:
+    """Up to ``count`` distinct new candidates, and why the others were dropped."""
+    candidates: dict[str, Skill] = {}
+    refusals: list[str] = []
+    for index in range(count):
+        try:
+            proposal = validate_proposal(
+                parent, evolver.propose(parent, failures, seed=seed, candidate=index)
+            )
+        except (EvolutionRefused, ValueError) as error:
+            refusals.append(str(error)[:200])
+            continue
+        variation_id = proposal.variation_id
+        if variation_id in candidates:
+            continue  # a deterministic evolver proposes the same thing every time
+        known = memory.get_variation(variation_id)
+        if known is not None:
+            refusals.append(f"{variation_id} is known ({known.test_status})")
+            continue
+        candidates[variation_id] = proposal
+    if not candidates:
+        raise EvolutionRefused(
+            "no new candidate to screen" + (f": {'; '.join(refusals[:3])}" if refusals else "")
+        )
+    return list(candidates.items()), refusals
+
+
+def _interleaved(inputs: list[ReplayInput]) -> list[ReplayInput]:
+    """Failed and passed inputs spread evenly, so that every round of replays holds both in proportion."""
+    failed = [item for item in inputs if item.failed]
+    passed = [item for item in inputs if not item.failed]
+    position = {
+        id(item): (index + 0.5) / len(group) for group in (failed, passed) for index, item in enumerate(group)
+    }
+    return sorted(inputs, key=lambda item: (position[id(item)], not item.failed))
+
+
+def _replay(
+    settings: Settings,
+    skill: Skill,
+    variation_id: str,
+    inputs: list[ReplayInput],
+    run_ids: list[str],
+    threshold: float,
+) -> _Replayed:
+    """Run ``skill`` on every input and score it; infrastructure errors propagate (the task retries)."""
+    agent = get_agent(skill.agent)
+    time_limit = skill.time_limit or settings.default_time_limit_seconds
+
+    def one(pair: tuple[ReplayInput, str]) -> AgentResult:
+        item, run_id = pair
+        return run_attempt(agent, skill, item.input_context, AttemptInfo(run_id, 1, variation_id), time_limit)
+
+    with ThreadPoolExecutor(max_workers=REPLAY_THREADS) as pool:
+        results = list(pool.map(one, zip(inputs, run_ids, strict=True)))
+    fatal = next((result for result in results if result.fatal), None)
+    if fatal is not None:
+        raise EvolutionRefused(f"replays of {variation_id} cannot run: {fatal.error}")
+    scored = [score(skill, result.output, result.error, threshold) for result in results]
+    return _Replayed(
+        [item.pattern_fidelity for item in scored],
+        sum(item.success for item in scored),
+        _tokens(results),
+    )
+
+
+def _tokens(results: list[AgentResult]) -> int | None:
+    """Tokens the agent reported (prompt + completion), or None when it reported none."""
+    reported: list[dict[str, Any]] = [result.usage for result in results if isinstance(result.usage, dict)]
+    if not reported:
+        return None
+    return sum(int(usage.get(key) or 0) for usage in reported for key in TOKEN_KEYS)
