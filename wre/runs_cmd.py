@@ -21,7 +21,7 @@ app = typer.Typer(help="Runs as the producer recorded them.", no_args_is_help=Tr
 @user_errors
 def stuck(
     older_than: float | None = typer.Option(
-        None, min=0.001, help="Seconds without news (default: WRE_RUN_OVERDUE_SECONDS, else twice the visibility timeout)."
+        None, min=0.001, metavar="SECONDS", help="Seconds without news (default: WRE_RUN_OVERDUE_SECONDS, else twice the visibility timeout)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of a table."),
 ) -> None:

@@ -137,7 +137,7 @@ def test_three_50_mb_contexts_leave_memory_bounded(
     baseline = _tree_rss_mb(worker.pid)
     rss = []
     for _ in range(BIG_CONTEXTS):
-        result = enqueue_skill("echo", {"blob": blob}, app=app)
+        result = enqueue_skill("echo", {"blob": blob}, app=app, validate=False)  # the worker must refuse it
         with pytest.raises(Exception, match="over the limit"):
             result.get(timeout=RESULT_TIMEOUT)
         # The stored failure says why in one line; it does not keep the context.
