@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
@@ -21,6 +22,7 @@ from worker.agents import (
     SimulationSpecError,
     UnknownAgentError,
     get_agent,
+    isolation,
     load_entrypoint,
     run_attempt,
 )
@@ -169,15 +171,18 @@ def test_infrastructure_errors_are_re_raised() -> None:
 @pytest.mark.usefixtures("released")
 def test_a_timed_out_python_agent_is_killed() -> None:
     close_child()
+    assert isolation.call_in_child(functools.partial(int, "1"), 5) == 1  # this thread's child, started
+    pid = isolation._local.child.pid
     threads = threading.active_count()
     result = run(python_skill("sleep"), time_limit=0.1)
     assert result.output is None
     assert result.error == "timed out after 0.1s"
     assert 100 <= result.elapsed_ms < 2000
-    # Nothing left behind: no thread, and the child is killed and reaped (no child process at all).
+    # Nothing left behind: no thread, and the child is killed and reaped (no longer a child of this process;
+    # other tests' processes may be, so only this pid is asked about).
     assert threading.active_count() == threads
     with pytest.raises(ChildProcessError):
-        os.waitpid(-1, os.WNOHANG)
+        os.waitpid(pid, os.WNOHANG)
     assert run(python_skill("echo")).error is None  # and the next attempt gets a fresh child
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Iterator
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from worker.agents import isolation
 from worker.agents.isolation import close_child
 from worker.scoring import AGENT_FAILED_DETAIL, run_check, score, score_within
 from worker.settings import get_settings
@@ -200,11 +202,13 @@ def test_long_details_are_trimmed() -> None:
 )
 def test_a_check_that_never_ends_is_killed_at_the_limit(expect: str, output: object) -> None:
     close_child()
+    assert isolation.call_in_child(functools.partial(int, "1"), 5) == 1  # this thread's child, started
+    pid = isolation._local.child.pid
     scored = score_within(skill_with(expect), output, None, 1.0, time_limit=0.3)
     assert scored.error == "scoring timed out after 0.3s"
     assert scored.pattern_fidelity == 0.0 and not scored.success
-    with pytest.raises(ChildProcessError):  # the child is killed and reaped: no child process left
-        os.waitpid(-1, os.WNOHANG)
+    with pytest.raises(ChildProcessError):  # the child is killed and reaped (only this pid is asked about)
+        os.waitpid(pid, os.WNOHANG)
 
 
 def test_scoring_in_a_child_gives_the_same_verdicts() -> None:
