@@ -189,8 +189,9 @@ def test_sigkill_three_times_during_300_runs(
             arms=arms,
             total_seconds=round(total_seconds, 1),
         )
-        # An abandoned run comes back after the visibility timeout and at most one restore sweep.
-        assert max(recovery) < VISIBILITY_TIMEOUT_SECONDS + 20, recovery
+        # An abandoned run comes back after the visibility timeout and a restore sweep, not after an hour: a
+        # generous bound, since a loaded machine stretches every step (the figure itself is in the report).
+        assert max(recovery) < VISIBILITY_TIMEOUT_SECONDS + 90, recovery
     finally:
         for worker in workers:
             worker.stop()
@@ -232,6 +233,7 @@ def test_a_pool_process_killed_mid_task_is_requeued_at_once(
             visibility_timeout_s=3600,
             all_done_after_last_kill_s=round(recovered_in, 2),
         )
-        assert recovered_in < 30
+        # Requeued at once (not after the 3,600 s visibility timeout); generous for a loaded machine.
+        assert recovered_in < 120
     finally:
         worker.stop()
