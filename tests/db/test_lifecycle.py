@@ -37,6 +37,19 @@ def _events(memory: PatternMemory, event_type: str) -> list[object]:
     return [e for e in memory.get_evolution_history("s") if e.event_type == event_type]
 
 
+def _promoted(store: PatternMemory) -> tuple[str, str, int]:
+    """A skill whose treatment was just promoted by a test: (previous production, new production, guard id)."""
+    base, treatment = _skill(store)
+    test_id = store.schedule_ab_test("s", base, treatment)
+    fill_ledger(store, test_id, "control", 20, 100)
+    fill_ledger(store, test_id, "treatment", 90, 100)
+    [conclusion] = run_evaluation_round(store)
+    assert conclusion.action == "promote" and store.get_production("s")[0] == treatment
+    guard = store.running_test("s")
+    assert guard is not None and guard.kind == "guard" and guard.parent_test_id == test_id
+    return base, treatment, guard.test_id
+
+
 def test_a_test_is_scheduled_against_production_only(memory: PatternMemory) -> None:
     base, treatment = _skill(memory)
     other = memory.store_variation("s", _content("other"), parent_version=base)
@@ -61,14 +74,9 @@ def test_a_treatment_that_does_not_parse_as_the_skill_is_refused(memory: Pattern
 
 def test_a_promotion_starts_a_guard_that_holds_the_skill(memory: PatternMemory, database_url: str) -> None:
     store = _store(database_url, guard_holdout_share=0.2)
-    base, treatment = _skill(store)
-    test_id = store.schedule_ab_test("s", base, treatment)
-    fill_ledger(store, test_id, "control", 20, 100)
-    fill_ledger(store, test_id, "treatment", 90, 100)
-    [conclusion] = run_evaluation_round(store)
-    assert conclusion.action == "promote" and store.get_production("s")[0] == treatment
-    guard = store.running_test("s")
-    assert guard is not None and guard.kind == "guard" and guard.parent_test_id == test_id
+    base, treatment, guard_id = _promoted(store)
+    guard = store.get_ab_test(guard_id)
+    assert guard is not None and guard.status == "running"
     assert (guard.control_version, guard.treatment_version) == (base, treatment)
     assert guard.treatment_share == pytest.approx(0.8)
     assert not store.claim_evolution("s", cooldown_seconds=0)  # nothing evolves under a guard
@@ -78,15 +86,9 @@ def test_a_promotion_starts_a_guard_that_holds_the_skill(memory: PatternMemory, 
 
 def test_the_guard_rolls_a_regression_back(memory: PatternMemory, database_url: str) -> None:
     store = _store(database_url, guard_holdout_share=0.2)
-    base, treatment = _skill(store)
-    test_id = store.schedule_ab_test("s", base, treatment)
-    fill_ledger(store, test_id, "control", 20, 100)
-    fill_ledger(store, test_id, "treatment", 90, 100)
-    run_evaluation_round(store)
-    guard = store.running_test("s")
-    assert guard is not None
-    fill_ledger(store, guard.test_id, "control", 90, 100)  # the holdout: the previous version
-    fill_ledger(store, guard.test_id, "treatment", 100, 400)  # the new production, now far worse
+    base, treatment, guard_id = _promoted(store)
+    fill_ledger(store, guard_id, "control", 90, 100)  # the holdout: the previous version
+    fill_ledger(store, guard_id, "treatment", 100, 400)  # the new production, now far worse
     [conclusion] = run_evaluation_round(store)
     assert conclusion.action == "rollback"
     assert store.get_production("s")[0] == base
@@ -98,15 +100,9 @@ def test_the_guard_rolls_a_regression_back(memory: PatternMemory, database_url: 
 
 def test_a_clean_guard_confirms_the_promotion(memory: PatternMemory, database_url: str) -> None:
     store = _store(database_url, guard_holdout_share=0.2, guard_units=200)
-    base, treatment = _skill(store)
-    test_id = store.schedule_ab_test("s", base, treatment)
-    fill_ledger(store, test_id, "control", 20, 100)
-    fill_ledger(store, test_id, "treatment", 90, 100)
-    run_evaluation_round(store)
-    guard = store.running_test("s")
-    assert guard is not None
-    fill_ledger(store, guard.test_id, "control", 25, 50)
-    fill_ledger(store, guard.test_id, "treatment", 180, 200)
+    _, treatment, guard_id = _promoted(store)
+    fill_ledger(store, guard_id, "control", 25, 50)
+    fill_ledger(store, guard_id, "treatment", 180, 200)
     [conclusion] = run_evaluation_round(store)
     assert conclusion.action == "confirm" and store.get_production("s")[0] == treatment
     assert len(_events(store, "promotion_confirmed")) == 1
