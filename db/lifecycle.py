@@ -280,7 +280,13 @@ def _default_target(lineage: list[ProductionChangeRecord], current: str) -> str 
 
     Rolling back twice must not re-promote what the first rollback removed.
     """
-    rolled_back = {c.previous_variation_id for c in lineage if c.reason in ("rollback", "guard_rollback")}
+    # Walked in order: a version rolled back for cause stays out until a later change makes it production again.
+    rolled_back: set[str] = set()
+    for change in lineage:
+        if change.reason in ("rollback", "guard_rollback") and change.previous_variation_id is not None:
+            rolled_back.add(change.previous_variation_id)
+        elif change.reason not in ("rollback", "guard_rollback"):
+            rolled_back.discard(change.variation_id)
     for change in reversed(lineage):
         previous = change.previous_variation_id
         if previous is not None and previous != current and previous not in rolled_back:

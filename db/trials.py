@@ -21,6 +21,12 @@ from db.models import ARMS, OPEN_TEST_STATUSES, TESTS, TRIALS, utcnow
 from db.records import ArmAggregate, CohortRecord
 
 MAX_UNIT_KEY_CHARS = 300
+# Verdicts are taken at the horizon ``now - ASSIGNMENT_GRACE_SECONDS``: a trial's row is stamped by its worker
+# before it commits (and a worker's clock may run a little apart), so one assigned in the last few seconds may
+# not be visible yet, and a prefix judged without it could be short of a slow trial. For the same reason a trial
+# expires only once its deadline is that far behind: an outcome stamped before the deadline and committed just
+# after is not overtaken by a verdict that counted it as a failure.
+ASSIGNMENT_GRACE_SECONDS = 5.0
 
 
 def unit_key_for(run_id: str, assignment_key: str | None) -> str:
@@ -71,8 +77,12 @@ class TrialStore(StoreBase):
         return None if known is None else str(known)
 
     def add_manual_trial(self, conn: Connection, test_id: int, arm: str, success: bool, fidelity: float) -> None:
-        """A completed trial of its own unit, for callers that count outcomes by hand (the seed's API)."""
-        now = utcnow()
+        """A completed trial of its own unit, for callers that count outcomes by hand (the seed's API).
+
+        It is complete when written, so no cohort waits on it: it is stamped twice the grace back, and the next
+        verdict counts it.
+        """
+        now = utcnow() - timedelta(seconds=2 * ASSIGNMENT_GRACE_SECONDS)
         run_id = f"manual-{uuid.uuid4().hex}"
         conn.execute(
             TRIALS.insert().values(
@@ -89,21 +99,26 @@ class TrialStore(StoreBase):
         )
 
     def cohorts(
-        self, test_ids: Iterable[int], now: datetime | None = None, conn: Connection | None = None
+        self,
+        test_ids: Iterable[int],
+        now: datetime | None = None,
+        conn: Connection | None = None,
+        grace_seconds: float = ASSIGNMENT_GRACE_SECONDS,
     ) -> dict[int, CohortRecord]:
-        """The complete-prefix figures of each test, by test id (a test without trials has empty arms)."""
+        """The complete-prefix figures of each test at the horizon ``now - grace_seconds``, by test id (a test
+        without trials has empty arms)."""
         ids = sorted(set(test_ids))
         if not ids:
             return {}
-        now = now or utcnow()
+        horizon = (now or utcnow()) - timedelta(seconds=grace_seconds)
         if conn is None:
             with self.transaction() as own:
-                return self.cohorts(ids, now, own)
-        pending = _pending_query(ids, now)
+                return self.cohorts(ids, horizon, own, grace_seconds=0.0)
+        pending = _pending_query(ids, horizon)
         pending_rows = {row.test_id: row for row in conn.execute(pending)}
         arms: dict[tuple[int, str], ArmAggregate] = {}
         excluded: dict[int, int] = {}
-        for row in conn.execute(_aggregate_query(ids, now)):
+        for row in conn.execute(_aggregate_query(ids, horizon)):
             arms[(row.test_id, row.arm)] = ArmAggregate(
                 assigned_units=int(row.assigned_units),
                 units=int(row.units),
@@ -134,7 +149,8 @@ class TrialStore(StoreBase):
 
 
 def _pending_query(test_ids: list[int], now: datetime) -> Any:
-    """Per test: the oldest pending trial within its deadline (the cutoff), and the pending/expired counts.
+    """Per test at the horizon ``now``: the oldest pending trial within its deadline (the cutoff), and the
+    pending/expired counts.
 
     Reads only pending rows, through the partial index on them.
     """
@@ -152,7 +168,8 @@ def _pending_query(test_ids: list[int], now: datetime) -> Any:
 
 
 def _aggregate_query(test_ids: list[int], now: datetime) -> Any:
-    """Per test and arm: assigned units, and the complete prefix aggregated per unit, then per arm."""
+    """Per test and arm at the horizon ``now``: assigned units, and the complete prefix aggregated per unit,
+    then per arm."""
     cutoffs = (
         select(TRIALS.c.test_id, func.min(TRIALS.c.assigned_at).label("cutoff"))
         .where(
@@ -161,7 +178,10 @@ def _aggregate_query(test_ids: list[int], now: datetime) -> Any:
         .group_by(TRIALS.c.test_id)
         .subquery("cutoffs")
     )
-    in_prefix = or_(cutoffs.c.cutoff.is_(None), TRIALS.c.assigned_at < cutoffs.c.cutoff)
+    # Before the cutoff and before the horizon: a trial assigned after the horizon may not be visible yet.
+    in_prefix = and_(
+        TRIALS.c.assigned_at < now, or_(cutoffs.c.cutoff.is_(None), TRIALS.c.assigned_at < cutoffs.c.cutoff)
+    )
     # An expired trial (no outcome, past its deadline) has success NULL: a failure here.
     won = and_(in_prefix, TRIALS.c.success.is_(True))
     per_unit = (
@@ -171,7 +191,7 @@ def _aggregate_query(test_ids: list[int], now: datetime) -> Any:
             TRIALS.c.unit_key,
             func.sum(case((in_prefix, 1), else_=0)).label("m"),
             func.sum(case((won, 1), else_=0)).label("y"),
-            # Done (an outcome, or expired) but assigned at or after the cutoff: waiting for the cohort.
+            # Done (an outcome, or expired) but assigned at or after the cutoff (or the horizon): waiting.
             func.sum(
                 case((in_prefix, 0), (TRIALS.c.completed_at.is_not(None), 1), (TRIALS.c.deadline < now, 1), else_=0)
             ).label("late"),

@@ -104,26 +104,32 @@ class Cohort:
         }
 
 
-def complete_prefix(trials: Iterable[Trial], now: float) -> Cohort:
+def complete_prefix(trials: Iterable[Trial], now: float, grace: float = 0.0) -> Cohort:
     """The complete prefix of a test's trials at time ``now``.
 
-    A pending trial whose deadline is before ``now`` counts as a failure of its arm. ``cutoff`` is the
-    earliest ``assigned_at`` of the trials still pending and not expired; only trials assigned strictly
-    before it count (all trials when nothing is pending). Counted trials are summed per (arm, unit),
-    then aggregated per arm. A unit is meant to sit on one arm; if a unit shows up on both (a
-    router bug), each arm counts its own part.
+    Everything is judged at the horizon ``now - grace``: a trial assigned after it may not be visible yet (its
+    row is stamped before it commits, by a worker whose clock may run a little apart), so it waits. A pending
+    trial whose deadline is before the horizon counts as a failure of its arm. ``cutoff`` is the earliest
+    ``assigned_at`` of the trials still pending and not expired; only trials assigned strictly before both
+    the cutoff and the horizon count. Counted trials are summed per (arm, unit), then aggregated per arm. A
+    unit is meant to sit on one arm; if a unit shows up on both (a router bug), each arm counts its own part.
     """
     listed = list(trials)
-    if isinstance(now, bool) or not isinstance(now, int | float) or not math.isfinite(now):
-        raise ValueError(f"now must be a finite number, got {now!r}")
-    waiting = [t.assigned_at for t in listed if t.success is None and not t.expired(now)]
+    for name, value in (("now", now), ("grace", grace)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if grace < 0:
+        raise ValueError(f"grace must be >= 0, got {grace!r}")
+    horizon = now - grace
+    waiting = [t.assigned_at for t in listed if t.success is None and not t.expired(horizon)]
     cutoff = min(waiting) if waiting else None
+    limit = horizon if cutoff is None else min(cutoff, horizon)
     per_unit: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
     excluded = 0
     for trial in listed:
-        if trial.success is None and not trial.expired(now):
+        if trial.success is None and not trial.expired(horizon):
             continue
-        if cutoff is not None and trial.assigned_at >= cutoff:
+        if trial.assigned_at >= limit:
             excluded += 1
             continue
         tally = per_unit[(trial.arm, trial.unit)]
@@ -138,6 +144,6 @@ def complete_prefix(trials: Iterable[Trial], now: float) -> Cohort:
         treatment=arms[TREATMENT],
         cutoff=cutoff,
         pending=len(waiting),
-        expired=sum(1 for t in listed if t.expired(now)),
+        expired=sum(1 for t in listed if t.expired(horizon)),
         excluded=excluded,
     )

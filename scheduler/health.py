@@ -20,6 +20,10 @@ from scheduler.units import as_count
 
 #: p-value below which the split counts as mismatched (GrowthBook's default).
 SRM_P_VALUE: Final = 0.001
+#: No mismatch is declared while either arm expects fewer units than this: the chi-square approximation is
+#: poor there (the classic rule of five), and a guard's 10% holdout would otherwise be paused by its first two
+#: units landing on the holdout (p = 2e-5).
+SRM_MIN_EXPECTED: Final = 5.0
 #: The routers' share of units on the treatment arm of a test.
 TREATMENT_SHARE: Final = 0.5
 
@@ -66,6 +70,8 @@ def srm_check(
 ) -> SrmCheck:
     """Do the arms' unit counts depart from ``treatment_share`` beyond chance?
 
+    Never while either arm expects fewer than ``SRM_MIN_EXPECTED`` units (the p-value is still reported).
+
     Raises:
         ValueError: a count that is not an int >= 0, a share or threshold outside (0, 1).
     """
@@ -81,4 +87,5 @@ def srm_check(
         control - expected_control
     ) ** 2 / expected_control
     p_value = math.erfc(math.sqrt(chi2 / 2.0))
-    return SrmCheck(control, treatment, share, chi2, p_value, p_value < threshold, threshold)
+    enough = min(expected_treatment, expected_control) >= SRM_MIN_EXPECTED
+    return SrmCheck(control, treatment, share, chi2, p_value, enough and p_value < threshold, threshold)

@@ -219,6 +219,10 @@ class SkillRunner:
         """
         rows = self.memory.run_outcomes(run_id) if read_store or attempt > 1 else []
         if not rows and attempt == 1:
+            if read_store:
+                # A redelivery may have been assigned to a test this worker's cached view does not show yet:
+                # read afresh, so that it finds its trial in the ledger instead of leaving it pending.
+                self._forget(request.skill_name)
             version = self.resolve(request, run_id)
             return version, self.start_state(request, version), None
         _check_same_request(request, run_id, rows)

@@ -173,3 +173,13 @@ def test_rollback_goes_to_any_earlier_version_and_checks_what_the_operator_saw(m
         ("rollback", base),
         ("rollback", second),
     ]
+
+
+def test_a_version_promoted_again_after_a_rollback_is_a_rollback_target_again(memory: PatternMemory) -> None:
+    base, second = _skill(memory)
+    memory.promote_variation(second)
+    memory.rollback_skill("s")  # second rolled back for cause
+    memory.promote_variation(second)  # and promoted again later
+    third = memory.store_variation("s", _content("third"), parent_version=second)
+    memory.promote_variation(third)
+    assert memory.rollback_skill("s", expected_current=third) == (third, second)

@@ -87,6 +87,7 @@ def test_the_prefix_rule(trials: list[Trial], now: float) -> None:
         for t in trials
         if not (t.success is None and t.deadline >= now)
         and (cohort.cutoff is None or t.assigned_at < cohort.cutoff)
+        and t.assigned_at < now  # the horizon (no grace here): a trial assigned at `now` may not be visible yet
     ]
     # Never a trial assigned at or after the cutoff; nothing pending before it.
     if cohort.cutoff is not None:

@@ -54,3 +54,10 @@ def test_p_value_is_a_probability_and_symmetric(control: int, treatment: int, sh
     assert 0.0 <= check.p_value <= 1.0 and check.chi2 >= 0.0
     mirror = srm_check(treatment, control, 1.0 - share)
     assert mirror.p_value == pytest.approx(check.p_value, rel=1e-9, abs=1e-300)
+
+
+def test_no_mismatch_while_an_arm_expects_too_few_units() -> None:
+    """A guard's 10% holdout: its first two units landing there is p = 2e-5, and no evidence of broken routing."""
+    early = srm_check(2, 0, treatment_share=0.9)  # control is the holdout
+    assert early.p_value < 0.001 and not early.mismatch
+    assert srm_check(20, 40, treatment_share=0.9).mismatch  # 6 expected on the holdout: judged
