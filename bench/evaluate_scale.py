@@ -22,6 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -195,13 +196,15 @@ def load(url: str, tests: int, outcomes_per_test: int) -> None:
 
 
 def _trials(tests: int) -> Iterator[tuple[Any, ...]]:
-    """The ledger: TRIALS_PER_ARM completed single-run units per arm of every test (what verdicts read)."""
+    """The ledger: TRIALS_PER_ARM completed single-run units per arm of every test (what verdicts read),
+    assigned an hour ago (a verdict does not count what was assigned in its last few seconds)."""
+    at = datetime.now(UTC) - timedelta(hours=1)
     for i in range(1, tests + 1):
         for arm, successes in zip(("control", "treatment"), _arms(i), strict=True):
             for j in range(TRIALS_PER_ARM):
                 run_id = f"t{i}-{arm[0]}{j}"
                 passed = j < successes
-                yield (i, run_id, f"run:{run_id}", arm, "now", "now", "now", passed, 1.0 if passed else 0.0)
+                yield (i, run_id, f"run:{run_id}", arm, at, at, at, passed, 1.0 if passed else 0.0)
 
 
 def _outcomes(tests: int, per_test: int) -> Iterator[tuple[Any, ...]]:
