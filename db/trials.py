@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Boolean, Connection, Integer, and_, bindparam, case, func, literal, or_, select, update
 
 from db.base import StoreBase, require_text
-from db.models import ARMS, OPEN_TEST_STATUSES, TESTS, TRIALS, utcnow
+from db.models import ARMS, TESTS, TRIALS, utcnow
 from db.records import ArmAggregate, CohortRecord
 
 MAX_UNIT_KEY_CHARS = 300
@@ -142,10 +142,6 @@ class TrialStore(StoreBase):
                 excluded=excluded.get(test_id, 0),
             )
         return result
-
-    def open_test_ids(self, conn: Connection) -> list[int]:
-        query = select(TESTS.c.test_id).where(TESTS.c.status.in_(OPEN_TEST_STATUSES))
-        return [int(test_id) for test_id in conn.execute(query).scalars()]
 
 
 def _pending_query(test_ids: list[int], now: datetime) -> Any:
