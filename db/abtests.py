@@ -15,7 +15,7 @@ from sqlalchemy import Connection, exc, select, update
 
 from db.base import require_count, require_text
 from db.catalog import CatalogStore
-from db.models import ARMS, EVENTS, OPEN_TEST_STATUSES, SKILLS, TESTS, VARIATIONS, utcnow
+from db.models import ARMS, EVENTS, OPEN_TEST_STATUSES, SKILLS, TEST_KINDS, TESTS, VARIATIONS, utcnow
 from db.outcomes import OutcomeStore, _add_trial, _insert_event
 from db.records import AbTestRecord, LearningEventRecord
 
@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 
 class AbTestConflictError(ValueError):
-    """The skill already has an open test or guard (the database allows one at a time)."""
+    """The skill already has an open test (the database allows one at a time, and one guard beside it)."""
 
 
 class NoPolicyError(RuntimeError):
@@ -76,7 +76,8 @@ class AbTestStore(CatalogStore, OutcomeStore):
 
         Under the skill's lock: the control must be the skill's production version now (a test against
         anything else would promote over a version nobody runs), the treatment another variation of the
-        skill that parses as one, and the skill must have no open test or guard.
+        skill that parses as one, and the skill must have no open test. A guard may be open: the test then
+        runs inside the guard's non-holdout share (see ``worker.runner.Runner.resolve``).
         """
         require_text(skill_name, "skill name")
         require_text(control_version, "control version", max_length=64)
@@ -121,7 +122,7 @@ class AbTestStore(CatalogStore, OutcomeStore):
                 self._mark(conn, treatment_version, "testing")
                 return int(test_id)
         except exc.IntegrityError as error:
-            raise AbTestConflictError(f"skill {skill_name!r} already has an open A/B test or guard") from error
+            raise AbTestConflictError(f"skill {skill_name!r} already has an open A/B test") from error
 
     def get_ab_test(self, test_id: int) -> AbTestRecord | None:
         with self.transaction() as conn:
@@ -129,11 +130,19 @@ class AbTestStore(CatalogStore, OutcomeStore):
         return AbTestRecord(**row._mapping) if row else None
 
     def running_test(self, skill_name: str) -> AbTestRecord | None:
-        """The skill's running test as a record (the richer answer behind :meth:`get_active_ab_test`)."""
+        """The skill's running test as a record (the richer answer behind :meth:`get_active_ab_test`), else its
+        running guard."""
+        guard, test = self.running_routes(skill_name)
+        return test or guard
+
+    def running_routes(self, skill_name: str) -> tuple[AbTestRecord | None, AbTestRecord | None]:
+        """The skill's running guard and running test (each None if there is none): what routes its runs."""
         query = select(TESTS).where(TESTS.c.skill_name == skill_name, TESTS.c.status == "running")
         with self.transaction() as conn:
-            row = conn.execute(query).first()
-        return AbTestRecord(**row._mapping) if row else None
+            records = [AbTestRecord(**row._mapping) for row in conn.execute(query)]
+        guard = next((record for record in records if record.is_guard), None)
+        test = next((record for record in records if not record.is_guard), None)
+        return guard, test
 
     def get_active_ab_test(self, skill_name: str) -> dict[str, Any] | None:
         """The seed's call: the skill's running test as a dict of its columns, or None.
@@ -196,7 +205,10 @@ class AbTestStore(CatalogStore, OutcomeStore):
         }
 
     def claim_evolution(self, skill_name: str, cooldown_seconds: float) -> bool:
-        """Claim the right to evolve a skill now; False while it has an open test or guard, or is cooling down.
+        """Claim the right to evolve a skill now; False while it has an open test, or is cooling down.
+
+        An open guard does not hold evolution: the next candidate is screened and tested beside it, against the
+        new production, while the guard's holdout keeps the last confirmed version (``LifecycleStore``).
 
         The skill's row lock serializes concurrent claims, so a burst of failed runs evolves a skill once.
         A successful claim writes an ``evolution_started`` event, which starts the cooldown.
@@ -205,7 +217,9 @@ class AbTestStore(CatalogStore, OutcomeStore):
             self._lock_skill(conn, skill_name)
             open_test = conn.execute(
                 select(TESTS.c.test_id).where(
-                    TESTS.c.skill_name == skill_name, TESTS.c.status.in_(OPEN_TEST_STATUSES)
+                    TESTS.c.skill_name == skill_name,
+                    TESTS.c.kind == "test",
+                    TESTS.c.status.in_(OPEN_TEST_STATUSES),
                 )
             ).first()
             if open_test is not None:
@@ -232,31 +246,38 @@ class AbTestStore(CatalogStore, OutcomeStore):
             raise NoPolicyError("this PatternMemory has no promotion policy; build it with policy=...")
         return self.policy
 
-    def _stop_running(self, conn: Connection, skill_name: str, reason: str) -> None:
-        """Stop the skill's open test or guard, if any. A test's treatment is archived; a guard's treatment
-        is production, so it stays as it is (the caller decides what production becomes)."""
+    def _stop_running(
+        self, conn: Connection, skill_name: str, reason: str, kinds: tuple[str, ...] = TEST_KINDS
+    ) -> None:
+        """Stop the skill's open tests and guards of ``kinds``, if any. A test's treatment is archived; a guard's
+        treatment is production, so it stays as it is (the caller decides what production becomes)."""
         running = conn.execute(
             select(TESTS.c.test_id, TESTS.c.treatment_version, TESTS.c.kind)
-            .where(TESTS.c.skill_name == skill_name, TESTS.c.status.in_(OPEN_TEST_STATUSES))
+            .where(
+                TESTS.c.skill_name == skill_name,
+                TESTS.c.status.in_(OPEN_TEST_STATUSES),
+                TESTS.c.kind.in_(kinds),
+            )
+            .order_by(TESTS.c.test_id)
             .with_for_update()
-        ).first()
-        if running is None:
-            return
-        conn.execute(
-            update(TESTS)
-            .where(TESTS.c.test_id == running.test_id)
-            .values(status="stopped", completed_at=utcnow())
-        )
-        if running.kind == "test":
-            self._mark(conn, running.treatment_version, "archived")
+        ).all()
+        for row in running:
+            self._stop(conn, skill_name, row.test_id, row.treatment_version, row.kind, reason)
+
+    def _stop(
+        self, conn: Connection, skill_name: str, test_id: int, treatment_version: str, kind: str, reason: str
+    ) -> None:
+        conn.execute(update(TESTS).where(TESTS.c.test_id == test_id).values(status="stopped", completed_at=utcnow()))
+        if kind == "test":
+            self._mark(conn, treatment_version, "archived")
         _insert_event(
             conn,
             LearningEventRecord(
                 skill_name=skill_name,
                 event_type="ab_test_stopped",
-                variation_id=running.treatment_version,
+                variation_id=treatment_version,
                 description=reason,
-                details={"test_id": running.test_id},
+                details={"test_id": test_id, "kind": kind},
             ),
         )
 

@@ -49,34 +49,53 @@ class LifecycleStore(AbTestStore):
     def evaluate_running_tests(self) -> list[Conclusion]:
         """Decide every running test and guard the policy can decide now, and apply each verdict.
 
-        One unlocked read of the running tests and one of their ledgers; only tests with a verdict are then
-        locked (SKIP LOCKED, so two evaluators never decide one test and never wait on each other), judged
-        again on what the ledger says under the lock, and concluded. Queries per round do not grow with the
-        number of undecided tests.
+        One unlocked read of the running tests and one of their ledgers; only skills with a verdict are then
+        locked — all their open tests and guards at once (SKIP LOCKED, so two evaluators never decide one test
+        and never wait on each other, and never hold one of a skill's rows each) — judged again on what the
+        ledger says under the lock, and concluded. Queries per round do not grow with the number of undecided
+        tests.
         """
         policy = self._require_policy()
         running = self.list_ab_tests(status="running")
         cohorts = self.cohorts(test.test_id for test in running)
-        decided = [test.test_id for test in running if _judge(policy, test, cohorts[test.test_id])]
+        decided = {test.skill_name for test in running if _judge(policy, test, cohorts[test.test_id])}
         if not decided:
             return []
         conclusions = []
         with self.transaction() as conn:
-            locked = list(
+            rows = list(
                 conn.execute(
                     select(TESTS)
-                    .where(TESTS.c.test_id.in_(decided), TESTS.c.status == "running")
+                    .where(TESTS.c.skill_name.in_(decided), TESTS.c.status.in_(OPEN_TEST_STATUSES))
+                    .order_by(TESTS.c.test_id)
                     .with_for_update(skip_locked=True)
                 )
             )
+            # A skill is decided only if all its open rows were locked here: another evaluator has the rest.
+            opened = self.open_tests_of(conn, decided)
+            mine = {row.test_id for row in rows}
+            locked = [row for row in rows if opened[row.skill_name] <= mine and row.status == "running"]
             fresh = self.cohorts((row.test_id for row in locked), conn=conn)
-            for row in locked:
+            # A guard first: a rollback outranks a promotion decided in the same round (it stops the test).
+            for row in sorted(locked, key=lambda row: (row.kind != "guard", row.test_id)):
                 test = AbTestRecord(**row._mapping)
+                if conn.execute(select(TESTS.c.status).where(TESTS.c.test_id == test.test_id)).scalar() != "running":
+                    continue
                 cohort = fresh[test.test_id]
                 verdict = _judge(policy, test, cohort)
                 if verdict is not None:
                     conclusions.append(self._apply(conn, test, cohort, verdict))
         return conclusions
+
+    def open_tests_of(self, conn: Connection, skills: set[str]) -> dict[str, set[int]]:
+        """The ids of the open tests and guards of each skill (read without a lock)."""
+        opened: dict[str, set[int]] = {skill: set() for skill in skills}
+        query = select(TESTS.c.skill_name, TESTS.c.test_id).where(
+            TESTS.c.skill_name.in_(skills), TESTS.c.status.in_(OPEN_TEST_STATUSES)
+        )
+        for skill_name, test_id in conn.execute(query):
+            opened[skill_name].add(test_id)
+        return opened
 
     def _apply(self, conn: Connection, test: AbTestRecord, cohort: CohortRecord, verdict: Verdict) -> Conclusion:
         action = verdict.action or ""
@@ -106,7 +125,8 @@ class LifecycleStore(AbTestStore):
                 test.test_id,
             )
             promoted = test.treatment_version
-            guard_id = self._start_guard(conn, test, verdict.guard_share)
+            holdout = self._supersede_guard(conn, test)
+            guard_id = self._start_guard(conn, test, verdict.guard_share, holdout or test.control_version)
             figures["guard_test_id"] = guard_id
             self._event(conn, test, "variation_promoted", f"A/B test {test.test_id} decided: treatment", figures)
         elif action in ("archive", "inconclusive"):
@@ -119,6 +139,8 @@ class LifecycleStore(AbTestStore):
                 self._set_production(
                     conn, test.skill_name, test.control_version, test.treatment_version, "guard_rollback", test.test_id
                 )
+                # The test beside the guard compared a candidate with the version just rolled back.
+                self._stop_running(conn, test.skill_name, f"guard {test.test_id} rolled production back", ("test",))
             self._retire(conn, test.treatment_version)
             archived = test.treatment_version
             description = f"guard {test.test_id} found a regression: rolled back to {test.control_version}"
@@ -127,15 +149,35 @@ class LifecycleStore(AbTestStore):
             self._event(conn, test, "promotion_confirmed", f"guard {test.test_id} ended clean", figures)
         return Conclusion(test.test_id, test.skill_name, winner, promoted, archived, figures, action)
 
-    def _start_guard(self, conn: Connection, test: AbTestRecord, holdout_share: float) -> int | None:
-        """After a promotion: the new production serves 1 - holdout_share, the previous one the holdout."""
+    def _supersede_guard(self, conn: Connection, test: AbTestRecord) -> str | None:
+        """Close the guard open beside a test that is promoted now; returns the version its holdout kept.
+
+        The guard watched the production version this promotion replaces; the next guard keeps the same
+        holdout version (the last one confirmed), so a chain of promotions made while guarded is watched as a
+        whole: if the new production turns out worse than the holdout, the rollback goes back past them all.
+        """
+        guard = conn.execute(
+            select(TESTS).where(
+                TESTS.c.skill_name == test.skill_name,
+                TESTS.c.kind == "guard",
+                TESTS.c.status.in_(OPEN_TEST_STATUSES),
+            )
+        ).first()
+        if guard is None:
+            return None
+        reason = f"superseded: A/B test {test.test_id} promoted {test.treatment_version} over it"
+        self._stop(conn, test.skill_name, guard.test_id, guard.treatment_version, "guard", reason)
+        return str(guard.control_version)
+
+    def _start_guard(self, conn: Connection, test: AbTestRecord, holdout_share: float, holdout: str) -> int | None:
+        """After a promotion: the new production serves 1 - holdout_share, the ``holdout`` version the rest."""
         if not 0.0 < holdout_share < 1.0:
             return None
         guard_id = conn.execute(
             TESTS.insert()
             .values(
                 skill_name=test.skill_name,
-                control_version=test.control_version,
+                control_version=holdout,
                 treatment_version=test.treatment_version,
                 sample_size_target=test.sample_size_target,
                 policy="guard",
@@ -207,7 +249,7 @@ class LifecycleStore(AbTestStore):
                 )
             ).scalar()
             if active is not None:
-                self._stop_running(conn, variation.skill_name, "treatment archived")
+                self._stop_running(conn, variation.skill_name, "treatment archived", kinds=("test",))
             self._mark(conn, variation_id, "archived")
             _insert_event(
                 conn,
@@ -226,7 +268,7 @@ class LifecycleStore(AbTestStore):
             row = conn.execute(select(TESTS).where(TESTS.c.test_id == test_id).with_for_update()).first()
             if row is None or row.status not in OPEN_TEST_STATUSES:
                 raise ValueError(f"A/B test {test_id} does not exist or is not open (running or paused)")
-            self._stop_running(conn, row.skill_name, "stopped by hand")
+            self._stop(conn, row.skill_name, test_id, row.treatment_version, row.kind, "stopped by hand")
 
     def rollback_skill(
         self, skill_name: str, to: str | None = None, expected_current: str | None = None

@@ -33,7 +33,8 @@ JsonType = JSON().with_variant(JSONB(), "postgresql")
 VARIATION_STATUSES = ("baseline", "testing", "promoted", "archived", "retired")
 # "paused": a health check (sample-ratio mismatch) stopped the test's routing and verdicts until an operator acts.
 TEST_STATUSES = ("running", "paused", "completed", "stopped")
-# A test holds its skill's one slot while running or paused: no second test, guard or evolution meanwhile.
+# A test holds its skill's test slot while running or paused: no second test and no evolution meanwhile. A guard
+# holds the guard slot: a test of the next candidate may run beside it (inside the guard's non-holdout share).
 OPEN_TEST_STATUSES = ("running", "paused")
 # "test": treatment vs production, decided by the promotion policy. "guard": after a promotion, the new
 # production (treatment) vs a holdout on the previous production (control), watched for a regression.
@@ -137,11 +138,12 @@ class AbTestAssignment(Base):
 
     __tablename__ = "ab_test_assignments"
     __table_args__ = (
-        # At most one running test per skill, enforced by the database so two concurrent
-        # schedulers cannot both succeed.
+        # At most one open test and one open guard per skill, enforced by the database so two concurrent
+        # schedulers (or two promotions) cannot both succeed.
         Index(
-            "uq_ab_test_open_per_skill",
+            "uq_ab_test_open_per_skill_kind",
             "skill_name",
+            "kind",
             unique=True,
             postgresql_where=text("status IN ('running', 'paused')"),
             sqlite_where=text("status IN ('running', 'paused')"),
@@ -196,6 +198,8 @@ class AbTrial(Base):
             postgresql_where=text("completed_at IS NULL"),
             sqlite_where=text("completed_at IS NULL"),
         ),
+        # An outcome completes every trial of its run (a guard's and the test's beside it) by run id.
+        Index("ix_ab_trials_run", "run_id"),
     )
 
     test_id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -207,6 +211,9 @@ class AbTrial(Base):
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     success: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     fidelity: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # False on a guard's trial whose run was served the candidate of the test running beside the guard: the
+    # unit counts for the split (the SRM check) but its outcome is not the production version's.
+    counted: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
 
 
 class ProductionChange(Base):

@@ -9,12 +9,26 @@ or hung run cannot hold a test for ever. The arm a unit got is a database fact h
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Boolean, Connection, Integer, and_, bindparam, case, func, literal, or_, select, update
+from sqlalchemy import (
+    Boolean,
+    Connection,
+    Integer,
+    and_,
+    bindparam,
+    case,
+    func,
+    literal,
+    or_,
+    select,
+    union_all,
+    update,
+)
 
 from db.base import StoreBase, require_text
 from db.models import ARMS, TESTS, TRIALS, utcnow
@@ -34,6 +48,15 @@ def unit_key_for(run_id: str, assignment_key: str | None) -> str:
     return f"key:{assignment_key}" if assignment_key is not None else f"run:{run_id}"
 
 
+@dataclass(frozen=True)
+class Assignment:
+    """One trial of a run: the test, the arm, and whether its outcome counts (see ``AbTrial.counted``)."""
+
+    test_id: int
+    arm: str
+    counted: bool = True
+
+
 class TrialStore(StoreBase):
     def assign_trial(
         self,
@@ -46,35 +69,60 @@ class TrialStore(StoreBase):
         """Write a run's assignment to a running test; returns the arm on record, None if the test is not running.
 
         Idempotent per (test, run): a redelivered first attempt finds the arm it was given the first time.
-        One statement (plus a read only when the run was assigned before).
         """
-        if arm not in ARMS:
-            raise ValueError(f"arm must be 'control' or 'treatment', got {arm!r}")
+        return self.assign_trials(run_id, unit_key, deadline_seconds, [Assignment(test_id, arm)]).get(test_id)
+
+    def assign_trials(
+        self, run_id: str, unit_key: str, deadline_seconds: float, assignments: Sequence[Assignment]
+    ) -> dict[int, str]:
+        """Write a run's trials (a guard's and the test's beside it) in one statement; returns the arm on
+        record per test, for the tests that are running (or were, when the run was assigned before).
+
+        Idempotent per (test, run): a redelivered first attempt finds the arms it was given the first time.
+        One statement (plus a read only when the run was assigned before or a test is no longer running).
+        """
+        for assignment in assignments:
+            if assignment.arm not in ARMS:
+                raise ValueError(f"arm must be 'control' or 'treatment', got {assignment.arm!r}")
         require_text(unit_key, "unit key", max_length=MAX_UNIT_KEY_CHARS)
+        if not assignments:
+            return {}
         now = utcnow()
-        running = select(literal(1)).where(TESTS.c.test_id == test_id, TESTS.c.status == "running").exists()
-        values = select(
-            literal(test_id, Integer),
-            literal(run_id),
-            literal(unit_key),
-            literal(arm),
-            literal(now),
-            literal(now + timedelta(seconds=deadline_seconds)),
-        ).where(running)
+        deadline = now + timedelta(seconds=deadline_seconds)
+        rows = [
+            select(
+                literal(assignment.test_id, Integer),
+                literal(run_id),
+                literal(unit_key),
+                literal(assignment.arm),
+                literal(now),
+                literal(deadline),
+                literal(assignment.counted, Boolean),
+            ).where(
+                select(literal(1))
+                .where(TESTS.c.test_id == assignment.test_id, TESTS.c.status == "running")
+                .exists()
+            )
+            for assignment in assignments
+        ]
+        values = rows[0] if len(rows) == 1 else union_all(*rows)
         insert = (
             self.upsert(TRIALS)
-            .from_select(["test_id", "run_id", "unit_key", "arm", "assigned_at", "deadline"], values)
+            .from_select(["test_id", "run_id", "unit_key", "arm", "assigned_at", "deadline", "counted"], values)
             .on_conflict_do_nothing(index_elements=["test_id", "run_id"])
-            .returning(TRIALS.c.arm)
+            .returning(TRIALS.c.test_id, TRIALS.c.arm)
         )
+        ids = [assignment.test_id for assignment in assignments]
         with self.transaction() as conn:
-            inserted = conn.execute(insert).scalar()
-            if inserted is not None:
-                return str(inserted)
-            known = conn.execute(
-                select(TRIALS.c.arm).where(TRIALS.c.test_id == test_id, TRIALS.c.run_id == run_id)
-            ).scalar()
-        return None if known is None else str(known)
+            recorded = {int(test_id): str(arm) for test_id, arm in conn.execute(insert)}
+            if len(recorded) < len(ids):
+                known = conn.execute(
+                    select(TRIALS.c.test_id, TRIALS.c.arm).where(
+                        TRIALS.c.run_id == run_id, TRIALS.c.test_id.in_(ids)
+                    )
+                )
+                recorded.update({int(test_id): str(arm) for test_id, arm in known})
+        return recorded
 
     def add_manual_trial(self, conn: Connection, test_id: int, arm: str, success: bool, fidelity: float) -> None:
         """A completed trial of its own unit, for callers that count outcomes by hand (the seed's API).
@@ -178,14 +226,16 @@ def _aggregate_query(test_ids: list[int], now: datetime) -> Any:
     in_prefix = and_(
         TRIALS.c.assigned_at < now, or_(cutoffs.c.cutoff.is_(None), TRIALS.c.assigned_at < cutoffs.c.cutoff)
     )
+    # A guard's trial whose run got the candidate of the test beside it counts for the split, not the outcome.
+    measured = and_(in_prefix, TRIALS.c.counted.is_(True))
     # An expired trial (no outcome, past its deadline) has success NULL: a failure here.
-    won = and_(in_prefix, TRIALS.c.success.is_(True))
+    won = and_(measured, TRIALS.c.success.is_(True))
     per_unit = (
         select(
             TRIALS.c.test_id,
             TRIALS.c.arm,
             TRIALS.c.unit_key,
-            func.sum(case((in_prefix, 1), else_=0)).label("m"),
+            func.sum(case((measured, 1), else_=0)).label("m"),
             func.sum(case((won, 1), else_=0)).label("y"),
             # Done (an outcome, or expired) but assigned at or after the cutoff (or the horizon): waiting.
             func.sum(
@@ -214,7 +264,8 @@ def _aggregate_query(test_ids: list[int], now: datetime) -> Any:
 
 @lru_cache(maxsize=1)
 def complete_trial_update() -> Any:
-    """Complete a run's trial with its first attempt's outcome, if it is still within its deadline.
+    """Complete a run's trials (a guard's and the test's beside it) with its first attempt's outcome, each if it
+    is still within its deadline.
 
     A trial already past its deadline stays as it is: it was counted as a failure, maybe in a verdict
     already, and an outcome arriving after that must not rewrite the evidence.
@@ -222,7 +273,6 @@ def complete_trial_update() -> Any:
     return (
         update(TRIALS)
         .where(
-            TRIALS.c.test_id == bindparam("trial_test_id"),
             TRIALS.c.run_id == bindparam("trial_run_id"),
             TRIALS.c.completed_at.is_(None),
             TRIALS.c.deadline >= bindparam("trial_now"),

@@ -85,7 +85,7 @@ def _evolve_claimed(memory: PatternMemory, settings: Settings, skill_name: str) 
     try:
         test_id = memory.schedule_ab_test(skill_name, production_id, variation_id, policy=settings.ab_policy)
     except AbTestConflictError as error:
-        # A test or guard started, or production changed (a rollback, a promotion) since production was read
+        # A test started, or production changed (a rollback, a promotion) since production was read
         # above: a test against a version production no longer runs would mean nothing.
         memory.archive_variation(variation_id)  # not left "testing" without a test
         return {"skill_name": skill_name, "status": "skipped", "reason": str(error)}

@@ -23,7 +23,8 @@ from db.dashboard import (
     COUNTER_TOTAL_RUNS,
 )
 from db.memory import LearningEventRecord, OutcomeRecord, PatternMemory
-from db.trials import unit_key_for
+from db.records import AbTestRecord
+from db.trials import Assignment, unit_key_for
 from worker import react
 from worker.agents import AttemptInfo, get_agent, run_attempt
 from worker.messages import MessageError, parse_run_kwargs
@@ -93,6 +94,36 @@ class AttemptOutcome:
     extra: dict[str, Any] = field(default_factory=dict)
     # Set when the attempt was answered from the store: the version its run was recorded on.
     version: Version | None = None
+
+
+def _plan(guard: AbTestRecord | None, test: AbTestRecord | None, unit: str) -> list[Assignment]:
+    """A run's trials: the guard's arm first; outside its holdout, the arm of the test beside it."""
+    if guard is not None:
+        guard_arm = choose_arm(guard.test_id, unit, guard.treatment_share)
+        if guard_arm == "control" or test is None:
+            return [Assignment(guard.test_id, guard_arm)]
+        arm = choose_arm(test.test_id, unit, test.treatment_share)
+        # The guard watches production: a unit served the test's candidate counts for its split only.
+        return [Assignment(guard.test_id, guard_arm, counted=arm == "control"), Assignment(test.test_id, arm)]
+    assert test is not None
+    return [Assignment(test.test_id, choose_arm(test.test_id, unit, test.treatment_share))]
+
+
+def _served(
+    guard: AbTestRecord | None, test: AbTestRecord | None, arms: Mapping[int, str]
+) -> tuple[AbTestRecord, str] | None:
+    """The test and arm whose version a run executes, given the arms on record per test (None: none running)."""
+    if guard is not None and arms.get(guard.test_id) == "control":
+        return guard, "control"
+    if test is not None and test.test_id in arms:
+        return test, arms[test.test_id]
+    if guard is not None and guard.test_id in arms:
+        return guard, arms[guard.test_id]
+    return None
+
+
+def _version_of(test: AbTestRecord, arm: str) -> str:
+    return test.treatment_version if arm == "treatment" else test.control_version
 
 
 def choose_arm(test_id: int, assignment_key: str, treatment_share: float = 0.5) -> str:
@@ -172,33 +203,40 @@ class SkillRunner:
 
     # 2. resolve the version
     def resolve(self, request: RunRequest, run_id: str) -> Version:
-        """The version this run executes: production, or the arm of the running test chosen from the key.
+        """The version this run executes: production, or the arm chosen from the key of the running test or guard.
 
-        A routed run is written to the test's trial ledger now, at assignment (one write): it counts from
-        this moment whatever becomes of it. If the test closed since this worker looked, look again once.
+        With a guard open, the guard splits first: its holdout runs the version it keeps, the rest run
+        production or, with a test beside the guard, that test's arm (independent hashes, so the test's split is
+        random within the guard's). A routed run is written to the trial ledger now, at assignment (one write
+        for all its trials): it counts from this moment whatever becomes of it. If a test closed since this
+        worker looked, look again once.
         """
+        unit = request.assignment_key or run_id
         for _ in range(2):
-            production_id, production_content, test = self._production_and_test(request.skill_name)
-            if test is None or request.force:
+            production_id, production_content, (guard, test) = self._production_and_test(request.skill_name)
+            if request.force or (guard is None and test is None):
                 return Version(production_id, parse_variation(production_content))
-            arm = choose_arm(test.test_id, request.assignment_key or run_id, test.treatment_share)
-            variation_id = test.treatment_version if arm == "treatment" else test.control_version
+            plan = _plan(guard, test, unit)
+            chosen = _served(guard, test, {assignment.test_id: assignment.arm for assignment in plan})
+            assert chosen is not None  # a plan always serves its last assignment
+            variation_id = _version_of(*chosen)
             content = production_content if variation_id == production_id else self._content(variation_id)
             skill = parse_variation(content)
             time_limit = skill.time_limit or self.settings.default_time_limit_seconds
-            recorded = self.memory.assign_trial(
-                test.test_id,
+            recorded = self.memory.assign_trials(
                 run_id,
-                arm,
                 unit_key_for(run_id, request.assignment_key),
-                deadline_seconds=time_limit + self.settings.ab_trial_slack_seconds,
+                time_limit + self.settings.ab_trial_slack_seconds,
+                plan,
             )
-            if recorded == arm:
-                return Version(variation_id, skill, test.test_id, arm)
-            if recorded is not None:
-                # The ledger is the fact: a run assigned before keeps the arm it was given then.
-                variation_id = test.treatment_version if recorded == "treatment" else test.control_version
-                return Version(variation_id, parse_variation(self._content(variation_id)), test.test_id, recorded)
+            served = _served(guard, test, recorded)
+            if served is not None:
+                record, arm = served
+                if _version_of(record, arm) != variation_id:
+                    # The ledger is the fact: a run assigned before keeps the arm it was given then.
+                    variation_id = _version_of(record, arm)
+                    skill = parse_variation(self._content(variation_id))
+                return Version(variation_id, skill, record.test_id, arm)
             # The test is no longer running: read production and the running test afresh.
             self._forget(request.skill_name)
         production_id, production_content = self.memory.get_production(request.skill_name)
@@ -389,7 +427,7 @@ class SkillRunner:
         if cached is not None and now - cached[0] < self.settings.production_cache_seconds:
             return cached[1]  # type: ignore[no-any-return]
         production_id, content = self.memory.get_production(skill_name)
-        resolved = (production_id, content, self.memory.running_test(skill_name))
+        resolved = (production_id, content, self.memory.running_routes(skill_name))
         with self._lock:
             self._resolved[skill_name] = (now, resolved)
         return resolved

@@ -72,16 +72,62 @@ def test_a_treatment_that_does_not_parse_as_the_skill_is_refused(memory: Pattern
     assert store.list_ab_tests() == []
 
 
-def test_a_promotion_starts_a_guard_that_holds_the_skill(memory: PatternMemory, database_url: str) -> None:
+def test_a_promotion_starts_a_guard_beside_which_the_next_test_may_run(
+    memory: PatternMemory, database_url: str
+) -> None:
     store = _store(database_url, guard_holdout_share=0.2)
     base, treatment, guard_id = _promoted(store)
     guard = store.get_ab_test(guard_id)
     assert guard is not None and guard.status == "running"
     assert (guard.control_version, guard.treatment_version) == (base, treatment)
     assert guard.treatment_share == pytest.approx(0.8)
-    assert not store.claim_evolution("s", cooldown_seconds=0)  # nothing evolves under a guard
-    with pytest.raises(AbTestConflictError):
-        store.schedule_ab_test("s", treatment, store.store_variation("s", _content("third")))
+    # The guard holds its own slot, not the skill's: the next candidate is tested against the new production.
+    assert store.claim_evolution("s", cooldown_seconds=0)
+    with pytest.raises(AbTestConflictError, match="production changed meanwhile"):
+        store.schedule_ab_test("s", base, store.store_variation("s", _content("against the holdout")))
+    test_id = store.schedule_ab_test("s", treatment, store.store_variation("s", _content("third")))
+    assert store.running_routes("s") == (store.get_ab_test(guard_id), store.get_ab_test(test_id))
+    assert not store.claim_evolution("s", cooldown_seconds=0)  # but one test at a time
+    with pytest.raises(AbTestConflictError, match="already has an open A/B test"):
+        store.schedule_ab_test("s", treatment, store.store_variation("s", _content("fourth")))
+
+
+def test_a_promotion_beside_a_guard_keeps_the_holdout_on_the_last_confirmed_version(
+    memory: PatternMemory, database_url: str
+) -> None:
+    store = _store(database_url, guard_holdout_share=0.2)
+    base, second, first_guard = _promoted(store)
+    third = store.store_variation("s", _content("third"), parent_version=second)
+    test_id = store.schedule_ab_test("s", second, third)
+    fill_ledger(store, test_id, "control", 20, 100)
+    fill_ledger(store, test_id, "treatment", 90, 100)
+    [conclusion] = run_evaluation_round(store)
+    assert conclusion.action == "promote" and store.get_production("s")[0] == third
+    old = store.get_ab_test(first_guard)
+    assert old is not None and old.status == "stopped"
+    guard, test = store.running_routes("s")
+    assert test is None and guard is not None and guard.parent_test_id == test_id
+    # The chain base -> second -> third is watched as a whole: the holdout still runs base.
+    assert (guard.control_version, guard.treatment_version) == (base, third)
+    [stopped] = _events(store, "ab_test_stopped")
+    assert "superseded" in stopped.description  # type: ignore[attr-defined]
+
+
+def test_a_guard_rollback_stops_the_test_beside_it(memory: PatternMemory, database_url: str) -> None:
+    store = _store(database_url, guard_holdout_share=0.2)
+    base, second, guard_id = _promoted(store)
+    third = store.store_variation("s", _content("third"), parent_version=second)
+    test_id = store.schedule_ab_test("s", second, third)
+    fill_ledger(store, test_id, "control", 20, 100)
+    fill_ledger(store, test_id, "treatment", 90, 100)  # the test would promote, but the guard goes first
+    fill_ledger(store, guard_id, "control", 90, 100)
+    fill_ledger(store, guard_id, "treatment", 100, 400)
+    [conclusion] = run_evaluation_round(store)
+    assert conclusion.action == "rollback" and store.get_production("s")[0] == base
+    test = store.get_ab_test(test_id)
+    assert test is not None and test.status == "stopped"
+    assert store.get_variation(third).test_status == "archived"  # type: ignore[union-attr]
+    assert store.running_routes("s") == (None, None)
 
 
 def test_the_guard_rolls_a_regression_back(memory: PatternMemory, database_url: str) -> None:

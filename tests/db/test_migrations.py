@@ -39,7 +39,8 @@ def test_postgres_upgrade_downgrade() -> None:
         _round_trip(url.replace("postgresql+psycopg", "postgresql+psycopg"))
         inspector = inspect(create_engine(url))
         indexes = {ix["name"]: ix for ix in inspector.get_indexes("ab_test_assignments")}
-        assert indexes["uq_ab_test_open_per_skill"]["unique"]
+        assert indexes["uq_ab_test_open_per_skill_kind"]["unique"]
+        assert indexes["uq_ab_test_open_per_skill_kind"]["column_names"] == ["skill_name", "kind"]
     finally:
         drop_database(url)
 

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
+from sqlalchemy import select
 
 from db.memory import PatternMemory
+from db.models import TRIALS, utcnow
+from scheduler.evaluation import PromotionPolicy, run_evaluation_round
+from tests.ledger import fill_ledger
 from tests.integration.skills_for_tests import python_skill
 from worker.registry import register_skill_text
-from worker.runner import InvalidRunError, SkillRunner
+from worker.runner import InvalidRunError, SkillRunner, check_variation
 from worker.settings import Settings
 
 
@@ -130,3 +135,51 @@ def test_replacing_production_during_a_test_is_refused(memory: PatternMemory) ->
     _with_test(memory)
     with pytest.raises(ValueError, match="stop it first"):
         memory.register_skill("ab", python_skill("ab", "echo", body="New."), default_agent="python", replace=True)
+
+
+def test_a_test_beside_a_guard_routes_within_the_guards_share(memory: PatternMemory, database_url: str) -> None:
+    """The guard splits first; outside its holdout the test splits; a run served the candidate is not counted
+    as the guard's production outcome, and one outcome completes both of a run's trials."""
+    settings = Settings(database_url=database_url, guard_holdout_share=0.3, production_cache_seconds=0)
+    store = PatternMemory(database_url, policy=PromotionPolicy(settings), variation_check=check_variation)
+    register_skill_text(store, python_skill("ab", "echo"))
+    base, _ = store.get_production("ab")
+    second = store.store_variation("ab", python_skill("ab", "echo", body="Second."))
+    first_test = store.schedule_ab_test("ab", base, second)
+    fill_ledger(store, first_test, "control", 20, 100)
+    fill_ledger(store, first_test, "treatment", 90, 100)
+    [promotion] = run_evaluation_round(store)
+    assert promotion.action == "promote"
+    third = store.store_variation("ab", python_skill("ab", "echo", body="Third."))
+    test_id = store.schedule_ab_test("ab", second, third)
+    guard, test = store.running_routes("ab")
+    assert guard is not None and test is not None and guard.control_version == base
+
+    runner = SkillRunner(store, settings)
+    served: dict[str, str] = {}
+    for i in range(120):
+        run_id = f"beside-{i}"
+        request = runner.validate({"skill_name": "ab", "input_context": {"i": i}})
+        version = runner.resolve(request, run_id)
+        runner.attempt(request, version, runner.start_state(request, version), run_id)
+        served[run_id] = version.variation_id
+    with store.transaction() as conn:
+        trials = {(row.test_id, row.run_id): row for row in conn.execute(select(TRIALS))}
+    for run_id, variation_id in served.items():
+        guard_trial, test_trial = trials[(guard.test_id, run_id)], trials.get((test_id, run_id))
+        assert guard_trial.completed_at is not None  # completed by the run's one outcome
+        if guard_trial.arm == "control":
+            assert variation_id == base and test_trial is None
+        else:
+            assert test_trial is not None and test_trial.completed_at is not None
+            assert variation_id == (third if test_trial.arm == "treatment" else second)
+            assert guard_trial.counted is (test_trial.arm == "control")
+    holdout = sum(variation == base for variation in served.values())
+    candidate = sum(variation == third for variation in served.values())
+    assert 0 < holdout < 120 and 0 < candidate < 120 - holdout
+    cohorts = store.cohorts([guard.test_id, test_id], now=utcnow() + timedelta(minutes=1))
+    on_guard, on_test = cohorts[guard.test_id], cohorts[test_id]
+    # The split counts every unit; the guard's production outcomes leave out the candidate's runs.
+    assert on_guard.control.assigned_units + on_guard.treatment.assigned_units == 120
+    assert (on_guard.control.units, on_guard.treatment.units) == (holdout, 120 - holdout - candidate)
+    assert (on_test.control.units, on_test.treatment.units) == (120 - holdout - candidate, candidate)
