@@ -180,12 +180,12 @@ def collect(memory: PatternMemory, baselines: dict[str, float]) -> list[SkillFig
     for test in tests:
         skill = figures[test.skill_name]
         if getattr(test, "kind", "test") == "guard":
-            # A guard watches a promotion against the version it replaced; it tests no new variation.
-            outcome = (
-                "running"
-                if test.status != "completed"
-                else ("confirmed" if test.winner == "treatment" else "rolled back")
-            )
+            # A guard watches a promotion against the holdout version; it tests no new variation. One that a
+            # later promotion beside it closed is "superseded" (the next guard keeps its holdout).
+            if test.status == "completed":
+                outcome = "confirmed" if test.winner == "treatment" else "rolled back"
+            else:
+                outcome = "superseded" if test.status == "stopped" else "running"
             skill.guards[outcome] += 1
             continue
         skill.tests["started"] += 1
@@ -338,7 +338,7 @@ def run_seed(args: argparse.Namespace, fleet: Fleet, seed: int, report: Report) 
         f"harmful promotions {figures.harmful}"
     )
     guards = {
-        kind: sum(skill.guards[kind] for skill in skills) for kind in ("confirmed", "rolled back", "running")
+        kind: sum(skill.guards[kind] for skill in skills) for kind in ("confirmed", "rolled back", "superseded", "running")
     }
     report.line(
         f"seed {seed}: guards after promotions: " + ", ".join(f"{n} {kind}" for kind, n in guards.items())

@@ -70,7 +70,8 @@ class PromotionPolicy:
         if srm.mismatch:
             reason = (
                 f"sample-ratio mismatch: {srm.control_units} control vs {srm.treatment_units} treatment units, "
-                f"expected a treatment share of {test.treatment_share:.2f} (p = {srm.p_value:.2g})"
+                f"expected a treatment share of {test.treatment_share:.2f} "
+                f"(e-value {srm.e_value:.3g}, anytime-valid p = {srm.p_value:.2g})"
             )
             return Judgement("pause", None, 0.0, {"reason": reason, **health})
         control, treatment = arm_units(cohort.control), arm_units(cohort.treatment)

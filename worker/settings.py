@@ -46,8 +46,9 @@ class Settings(BaseSettings):
     :param ab_min_margin: a floor on the observed lift for promotion.
     :param ab_min_detectable_lift: the futility stop: a test closes as inconclusive once the evidence rules
         out a lift of at least this much (0: never).
-    :param ab_srm_p_value: a test whose arms' unit counts depart from the routing share with a chi-square
-        p-value below this is paused (sample-ratio mismatch) and never promoted.
+    :param ab_srm_p_value: a test whose arms' unit counts depart from the routing share with an anytime-valid
+        p-value below this is paused (sample-ratio mismatch) and never promoted; the chance of pausing a
+        healthy test at any look over its life.
     :param ab_trial_slack_seconds: a trial's deadline is its first attempt's time limit plus this; a trial
         still without an outcome then counts as a failure of its arm.
     :param guard_holdout_share: after a promotion, the share of units kept on the previous production version

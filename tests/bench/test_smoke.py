@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from bench import evaluate_scale, io_concurrency, self_improvement, throughput
+from bench import evaluate_scale, io_concurrency, self_improvement, srm, throughput
 
 pytestmark = pytest.mark.integration
 
@@ -95,3 +95,14 @@ def test_evaluate_scale(capsys: pytest.CaptureFixture[str]) -> None:
     # A round without verdicts: the running tests, then their ledgers (pending trials, complete prefix).
     assert re.findall(r"^ +\d+ none left +0 +3 ", out, re.MULTILINE), out
     _bars(out, 2)
+
+
+def test_srm(capsys: pytest.CaptureFixture[str]) -> None:
+    srm.main(["--replicates", "40", "--units", "4000"])
+    text = capsys.readouterr().out
+    assert "the same mismatch at every look" in text
+    [chi_square, e_value] = _numbers(r"healthy 50/50 test\s+([\d.]+)%\s+([\d.]+)%", text)
+    assert 0.0 <= e_value <= chi_square <= 100.0
+    [lost_chi, lost_e] = _numbers(r"guard, 20% of holdout units lost\s+([\d.]+)%\s+([\d.]+)%", text)
+    assert lost_e > e_value and lost_chi > chi_square  # a real mismatch is paused more often than a healthy split
+    _bars(text, 2)

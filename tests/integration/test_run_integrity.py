@@ -11,8 +11,8 @@ from sqlalchemy import select
 from db.memory import PatternMemory
 from db.models import TRIALS, utcnow
 from scheduler.evaluation import PromotionPolicy, run_evaluation_round
-from tests.ledger import fill_ledger
 from tests.integration.skills_for_tests import python_skill
+from tests.ledger import fill_ledger
 from worker.registry import register_skill_text
 from worker.runner import InvalidRunError, SkillRunner, check_variation
 from worker.settings import Settings
