@@ -25,6 +25,7 @@ on replays, at most 25% of the live runs.
 from __future__ import annotations
 
 import argparse
+import bisect
 import statistics
 import sys
 import time
@@ -101,6 +102,7 @@ A simulated skill: its outcomes are drawn from simulation.pass_probability. (Ben
 @dataclass
 class Run:
     first_id: int
+    started_at: Any = None
     first_fidelity: float = 0.0
     first_success: bool = False
     final_fidelity: float = 0.0
@@ -117,6 +119,8 @@ class SkillFigures:
     guards: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     harmful: int = 0
     final_production: float = 0.0
+    # (run index at start, run index at end or None, kind, how it ended, true lift): where the runs went.
+    timeline: list[tuple[int, int | None, str, str, float]] = field(default_factory=list)
 
     def window(self, which: str) -> list[Run]:
         size = max(1, int(len(self.runs) * WINDOW))
@@ -161,12 +165,13 @@ def collect(memory: PatternMemory, baselines: dict[str, float]) -> list[SkillFig
         OUTCOMES.c.success,
         OUTCOMES.c.pattern_fidelity,
         OUTCOMES.c.final,
+        OUTCOMES.c.created_at,
     ).order_by(OUTCOMES.c.id)
     with memory.transaction() as conn:
         for row in conn.execute(query):
             run = runs.get(row.run_id)
             if run is None:
-                run = runs[row.run_id] = Run(first_id=row.id)
+                run = runs[row.run_id] = Run(first_id=row.id, started_at=row.created_at)
                 skill_of[row.run_id] = row.skill_name
             if row.attempt == 1:
                 run.first_fidelity, run.first_success = row.pattern_fidelity, row.success
@@ -179,6 +184,11 @@ def collect(memory: PatternMemory, baselines: dict[str, float]) -> list[SkillFig
         figures[skill_of[run_id]].runs.append(run)
     for test in tests:
         skill = figures[test.skill_name]
+        starts = [run.started_at for run in skill.runs]
+        ended = test.completed_at and bisect.bisect(starts, test.completed_at)
+        how = test.status if test.status != "completed" else str(test.winner)
+        lift = quality[test.treatment_version] - quality[test.control_version]
+        skill.timeline.append((bisect.bisect(starts, test.started_at), ended, test.kind, how, lift))
         if getattr(test, "kind", "test") == "guard":
             # A guard watches a promotion against the holdout version; it tests no new variation. One that a
             # later promotion beside it closed is "superseded" (the next guard keeps its holdout).
@@ -311,6 +321,15 @@ def run_seed(args: argparse.Namespace, fleet: Fleet, seed: int, report: Report) 
             f"{tests['started']:>5} {tests['promoted']:>4} {tests['archived']:>4} {tests['inconclusive']:>4} "
             f"{tests['running'] + tests['stopped']:>3} {skill.harmful:>4}"
         )
+    if args.timeline:
+        for skill in skills:
+            report.line(
+                f"  {skill.name} timeline (run index start-end kind outcome true lift): "
+                + "; ".join(
+                    f"{start}-{'' if end is None else end} {kind} {how} {lift:+.2f}"
+                    for start, end, kind, how, lift in skill.timeline
+                )
+            )
     started = sum(skill.tests["started"] for skill in skills)
     figures = SeedFigures(
         fidelity=statistics.median(relative(*row["fid"]) for row in rows),
@@ -334,7 +353,9 @@ def run_seed(args: argparse.Namespace, fleet: Fleet, seed: int, report: Report) 
     )
     report.line(
         f"seed {seed}: variations tested {started}: promoted {figures.promoted}, archived {figures.archived}, "
-        f"inconclusive {figures.inconclusive}, still running {figures.running}; win rate {figures.win_rate:.0%}; "
+        f"inconclusive {figures.inconclusive}, still running {figures.running} (paused "
+        f"{sum(skill.tests['paused'] for skill in skills)}, stopped {sum(skill.tests['stopped'] for skill in skills)}); "
+        f"win rate {figures.win_rate:.0%}; "
         f"harmful promotions {figures.harmful}"
     )
     guards = {
@@ -366,6 +387,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--concurrency", type=int, default=8, help="worker threads (default 8)")
     parser.add_argument("--in-flight", type=int, default=200, help="runs queued or running at most (200)")
+    parser.add_argument(
+        "--timeline", action="store_true", help="print each skill's tests and guards by run index"
+    )
     parser.add_argument("--cooldown", type=float, default=2.0, help="WRE_EVOLVE_COOLDOWN_SECONDS (default 2)")
     args = parser.parse_args(argv)
     fleet = FLEETS[args.fleet]
