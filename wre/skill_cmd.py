@@ -59,7 +59,7 @@ def skill_rows() -> list[dict[str, Any]]:
     memory = store()
     rows = []
     for skill in memory.list_skills():
-        test = memory.running_test(skill.name)
+        guard, test = memory.running_routes(skill.name)
         rows.append(
             {
                 "name": skill.name,
@@ -68,6 +68,7 @@ def skill_rows() -> list[dict[str, Any]]:
                 "production_variation_id": skill.production_variation_id,
                 "previous_variation_id": skill.previous_variation_id,
                 "running_test_id": test.test_id if test else None,
+                "running_guard_id": guard.test_id if guard else None,
                 "description": skill.description,
             }
         )
@@ -82,14 +83,19 @@ def list_skills(as_json: bool = typer.Option(False, "--json", help="Print the sk
     if as_json:
         print_json(rows)
         return
-    shown = table("skill", "agent", "threshold", "production", "running test", "description")
+    shown = table("skill", "agent", "threshold", "production", "running test, guard", "description")
     for row in rows:
         shown.add_row(
             row["name"],
             row["default_agent"],
             "default" if row["threshold"] is None else f"{row['threshold']:.2f}",
             row["production_variation_id"] or "-",
-            f"#{row['running_test_id']}" if row["running_test_id"] else "-",
+            " ".join(
+                f"{label}#{row[key]}"
+                for label, key in (("", "running_test_id"), ("guard ", "running_guard_id"))
+                if row[key]
+            )
+            or "-",
             row["description"],
         )
     show(shown)
