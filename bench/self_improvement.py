@@ -262,6 +262,7 @@ def run_seed(args: argparse.Namespace, fleet: Fleet, seed: int, report: Report) 
     settings = {"WRE_AB_EVAL_SECONDS": "1", "WRE_EVOLVE_COOLDOWN_SECONDS": str(args.cooldown)}
     if args.max_trials_per_arm is not None:
         settings["WRE_AB_MAX_TRIALS_PER_ARM"] = str(args.max_trials_per_arm)
+    settings.update(dict(item.split("=", 1) for item in args.setting))
     report.line()
     report.line(f"-- fleet {fleet.name}, seed {seed}")
     with services(args.broker_url, "wre_bench_self", args.keep_logs) as found:
@@ -391,7 +392,17 @@ def main(argv: list[str] | None = None) -> int:
         "--timeline", action="store_true", help="print each skill's tests and guards by run index"
     )
     parser.add_argument("--cooldown", type=float, default=2.0, help="WRE_EVOLVE_COOLDOWN_SECONDS (default 2)")
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="WRE_NAME=VALUE",
+        help="a worker setting off its default, for exploration (printed; the gate is measured at the defaults)",
+    )
     args = parser.parse_args(argv)
+    for item in args.setting:
+        if not item.startswith("WRE_") or "=" not in item:
+            parser.error(f"--setting takes WRE_NAME=VALUE, got {item!r}")
     fleet = FLEETS[args.fleet]
     begun = time.monotonic()
     report = Report(f"self_improvement: the seed's gate, fleet {fleet.name}, real worker and beat")
@@ -408,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{DEFAULTS['evolve_candidates']} candidates, sign test at {DEFAULTS['screen_alpha']}, "
         f"{DEFAULTS['screen_max_calls']} calls, budget {DEFAULTS['screen_budget_share']} of live runs); clocks compressed: evaluated every 1 s, evolution cooldown {args.cooldown:g} s"
     )
+    if args.setting:
+        report.line(f"NOT AT WRE'S DEFAULTS (exploration): {', '.join(args.setting)}")
     seeds = [
         run_seed(args, fleet, seed, report) for seed in range(args.first_seed, args.first_seed + args.seeds)
     ]
