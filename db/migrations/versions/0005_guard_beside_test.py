@@ -16,7 +16,6 @@ down_revision: str | Sequence[str] | None = "0004_run_requests"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-OPEN = "status IN ('running', 'paused')"
 
 
 def upgrade() -> None:
@@ -26,8 +25,8 @@ def upgrade() -> None:
         "ab_test_assignments",
         ["skill_name", "kind"],
         unique=True,
-        postgresql_where=sa.text(OPEN),
-        sqlite_where=sa.text(OPEN),
+        postgresql_where=sa.text("status IN ('running', 'paused')"),
+        sqlite_where=sa.text("status IN ('running', 'paused')"),
     )
     with op.batch_alter_table("ab_trials") as batch:
         batch.add_column(sa.Column("counted", sa.Boolean(), nullable=False, server_default=sa.text("true")))
@@ -50,6 +49,6 @@ def downgrade() -> None:
         "ab_test_assignments",
         ["skill_name"],
         unique=True,
-        postgresql_where=sa.text(OPEN),
-        sqlite_where=sa.text(OPEN),
+        postgresql_where=sa.text("status IN ('running', 'paused')"),
+        sqlite_where=sa.text("status IN ('running', 'paused')"),
     )
