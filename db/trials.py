@@ -50,11 +50,12 @@ def unit_key_for(run_id: str, assignment_key: str | None) -> str:
 
 @dataclass(frozen=True)
 class Assignment:
-    """One trial of a run: the test, the arm, and whether its outcome counts (see ``AbTrial.counted``)."""
+    """One trial of a run: the test and the arm; ``uncounted_while``: a test whose running makes the trial's
+    outcome not count (``AbTrial.counted``), decided when the row is written."""
 
     test_id: int
     arm: str
-    counted: bool = True
+    uncounted_while: int | None = None
 
 
 class TrialStore(StoreBase):
@@ -78,7 +79,8 @@ class TrialStore(StoreBase):
         """Write a run's trials (a guard's and the test's beside it) in one statement; returns the arm on
         record per test, for the tests that are running (or were, when the run was assigned before).
 
-        Idempotent per (test, run): a redelivered first attempt finds the arms it was given the first time.
+        A run's trials are written once, all together: a redelivered first attempt finds the arms it was given
+        the first time and gets no trial of a test started since (its guard trial was written as counted).
         One statement (plus a read only when the run was assigned before or a test is no longer running).
         """
         for assignment in assignments:
@@ -89,6 +91,8 @@ class TrialStore(StoreBase):
             return {}
         now = utcnow()
         deadline = now + timedelta(seconds=deadline_seconds)
+        # The statement's snapshot: on a first delivery no row of the run exists for any of them.
+        unassigned = ~select(literal(1)).where(TRIALS.c.run_id == run_id).exists()
         rows = [
             select(
                 literal(assignment.test_id, Integer),
@@ -97,12 +101,10 @@ class TrialStore(StoreBase):
                 literal(assignment.arm),
                 literal(now),
                 literal(deadline),
-                literal(assignment.counted, Boolean),
-            ).where(
-                select(literal(1))
-                .where(TESTS.c.test_id == assignment.test_id, TESTS.c.status == "running")
-                .exists()
-            )
+                literal(True, Boolean)
+                if assignment.uncounted_while is None
+                else ~_running(assignment.uncounted_while),
+            ).where(_running(assignment.test_id), unassigned)
             for assignment in assignments
         ]
         values = rows[0] if len(rows) == 1 else union_all(*rows)
@@ -190,6 +192,10 @@ class TrialStore(StoreBase):
                 excluded=excluded.get(test_id, 0),
             )
         return result
+
+
+def _running(test_id: int) -> Any:
+    return select(literal(1)).where(TESTS.c.test_id == test_id, TESTS.c.status == "running").exists()
 
 
 def _pending_query(test_ids: list[int], now: datetime) -> Any:

@@ -98,15 +98,22 @@ class AttemptOutcome:
 
 def _plan(guard: AbTestRecord | None, test: AbTestRecord | None, unit: str) -> list[Assignment]:
     """A run's trials: the guard's arm first; outside its holdout, the arm of the test beside it."""
-    if guard is not None:
-        guard_arm = choose_arm(guard.test_id, unit, guard.treatment_share)
-        if guard_arm == "control" or test is None:
-            return [Assignment(guard.test_id, guard_arm)]
-        arm = choose_arm(test.test_id, unit, test.treatment_share)
-        # The guard watches production: a unit served the test's candidate counts for its split only.
-        return [Assignment(guard.test_id, guard_arm, counted=arm == "control"), Assignment(test.test_id, arm)]
-    assert test is not None
-    return [Assignment(test.test_id, choose_arm(test.test_id, unit, test.treatment_share))]
+    if guard is None:
+        assert test is not None
+        return [Assignment(test.test_id, choose_arm(test.test_id, unit, test.treatment_share))]
+    guard_arm = choose_arm(guard.test_id, unit, guard.treatment_share)
+    if test is None:
+        return [Assignment(guard.test_id, guard_arm)]
+    arm = choose_arm(test.test_id, unit, test.treatment_share)
+    # While a test runs beside it, the guard counts the outcomes of the units on the test's control coin only, in
+    # both of its arms: production's units served the candidate are not production's outcomes, and thinning the
+    # holdout by the same coin keeps both arms weighting the test's period alike (thinning one arm only would
+    # turn a trend over that period into a difference). Every unit still counts for the guard's split.
+    if arm == "control":
+        guard_trial = Assignment(guard.test_id, guard_arm)
+    else:
+        guard_trial = Assignment(guard.test_id, guard_arm, uncounted_while=test.test_id)
+    return [guard_trial] if guard_arm == "control" else [guard_trial, Assignment(test.test_id, arm)]
 
 
 def _served(

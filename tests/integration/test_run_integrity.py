@@ -14,7 +14,7 @@ from scheduler.evaluation import PromotionPolicy, run_evaluation_round
 from tests.integration.skills_for_tests import python_skill
 from tests.ledger import fill_ledger
 from worker.registry import register_skill_text
-from worker.runner import InvalidRunError, SkillRunner, check_variation
+from worker.runner import InvalidRunError, SkillRunner, check_variation, choose_arm
 from worker.settings import Settings
 
 
@@ -168,18 +168,48 @@ def test_a_test_beside_a_guard_routes_within_the_guards_share(memory: PatternMem
     for run_id, variation_id in served.items():
         guard_trial, test_trial = trials[(guard.test_id, run_id)], trials.get((test_id, run_id))
         assert guard_trial.completed_at is not None  # completed by the run's one outcome
+        # Both of the guard's arms count the outcomes of units on the test's control coin only.
+        coin = choose_arm(test_id, run_id, test.treatment_share)
+        assert guard_trial.counted is (coin == "control")
         if guard_trial.arm == "control":
             assert variation_id == base and test_trial is None
         else:
-            assert test_trial is not None and test_trial.completed_at is not None
-            assert variation_id == (third if test_trial.arm == "treatment" else second)
-            assert guard_trial.counted is (test_trial.arm == "control")
-    holdout = sum(variation == base for variation in served.values())
+            assert test_trial is not None and test_trial.completed_at is not None and test_trial.arm == coin
+            assert variation_id == (third if coin == "treatment" else second)
+    holdout = [run for run, variation in served.items() if variation == base]
     candidate = sum(variation == third for variation in served.values())
-    assert 0 < holdout < 120 and 0 < candidate < 120 - holdout
+    assert 0 < len(holdout) < 120 and 0 < candidate < 120 - len(holdout)
+    counted_holdout = sum(choose_arm(test_id, run, test.treatment_share) == "control" for run in holdout)
     cohorts = store.cohorts([guard.test_id, test_id], now=utcnow() + timedelta(minutes=1))
     on_guard, on_test = cohorts[guard.test_id], cohorts[test_id]
-    # The split counts every unit; the guard's production outcomes leave out the candidate's runs.
+    # The split counts every unit; the guard's outcomes leave out the units on the candidate's coin.
     assert on_guard.control.assigned_units + on_guard.treatment.assigned_units == 120
-    assert (on_guard.control.units, on_guard.treatment.units) == (holdout, 120 - holdout - candidate)
-    assert (on_test.control.units, on_test.treatment.units) == (120 - holdout - candidate, candidate)
+    assert on_guard.control.assigned_units == len(holdout)
+    assert (on_guard.control.units, on_guard.treatment.units) == (counted_holdout, 120 - len(holdout) - candidate)
+    assert (on_test.control.units, on_test.treatment.units) == (120 - len(holdout) - candidate, candidate)
+
+
+def test_a_redelivered_run_gets_no_trial_of_a_test_started_since(memory: PatternMemory, database_url: str) -> None:
+    """A run first assigned while only the guard ran keeps that one trial: serving it a candidate now would put
+    the candidate's outcome into the guard's production arm."""
+    settings = Settings(database_url=database_url, guard_holdout_share=0.3, production_cache_seconds=0)
+    store = PatternMemory(database_url, policy=PromotionPolicy(settings), variation_check=check_variation)
+    register_skill_text(store, python_skill("ab", "echo"))
+    base, _ = store.get_production("ab")
+    second = store.store_variation("ab", python_skill("ab", "echo", body="Second."))
+    first_test = store.schedule_ab_test("ab", base, second)
+    fill_ledger(store, first_test, "control", 20, 100)
+    fill_ledger(store, first_test, "treatment", 90, 100)
+    run_evaluation_round(store)
+    runner = SkillRunner(store, settings)
+    request = runner.validate({"skill_name": "ab", "input_context": {}})
+    guard, _ = store.running_routes("ab")
+    assert guard is not None
+    run_id = next(f"r{i}" for i in range(100) if choose_arm(guard.test_id, f"r{i}", 0.7) == "treatment")
+    assert runner.resolve(request, run_id).variation_id == second  # production, on the guard only
+    test_id = store.schedule_ab_test("ab", second, store.store_variation("ab", python_skill("ab", "echo", body="3")))
+    again = runner.resolve(request, run_id)  # the redelivery, with the test beside the guard now
+    assert again.variation_id == second and again.test_id != test_id
+    with store.transaction() as conn:
+        rows = list(conn.execute(select(TRIALS.c.test_id, TRIALS.c.counted).where(TRIALS.c.run_id == run_id)))
+    assert len(rows) == 1 and rows[0].counted is True
