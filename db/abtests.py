@@ -76,8 +76,8 @@ class AbTestStore(CatalogStore, OutcomeStore):
 
         Under the skill's lock: the control must be the skill's production version now (a test against
         anything else would promote over a version nobody runs), the treatment another variation of the
-        skill that parses as one, and the skill must have no open test. A guard may be open: the test then
-        runs inside the guard's non-holdout share (see ``worker.runner.Runner.resolve``).
+        skill that parses as one, and the skill must have no open test. A guard may be running: the test then
+        runs inside the guard's non-holdout share (see ``worker.runner.SkillRunner.resolve``); not a paused one.
         """
         require_text(skill_name, "skill name")
         require_text(control_version, "control version", max_length=64)
@@ -88,6 +88,11 @@ class AbTestStore(CatalogStore, OutcomeStore):
         try:
             with self.transaction() as conn:
                 skill = self._lock_skill(conn, skill_name)
+                if self._paused_guard(conn, skill_name) is not None:
+                    raise AbTestConflictError(
+                        f"the guard of {skill_name!r} is paused on a health check: production is unconfirmed "
+                        "until an operator stops it (`wre ab stop`)"
+                    )
                 if skill.production_variation_id != control_version:
                     raise AbTestConflictError(
                         f"control {control_version} is not the production version of {skill_name!r} "
@@ -207,8 +212,9 @@ class AbTestStore(CatalogStore, OutcomeStore):
     def claim_evolution(self, skill_name: str, cooldown_seconds: float) -> bool:
         """Claim the right to evolve a skill now; False while it has an open test, or is cooling down.
 
-        An open guard does not hold evolution: the next candidate is screened and tested beside it, against the
-        new production, while the guard's holdout keeps the last confirmed version (``LifecycleStore``).
+        A running guard does not hold evolution: the next candidate is screened and tested beside it, against the
+        new production, while the guard's holdout keeps the last confirmed version (``LifecycleStore``). A paused
+        guard does (its health check failed: nothing builds on that production until an operator acts).
 
         The skill's row lock serializes concurrent claims, so a burst of failed runs evolves a skill once.
         A successful claim writes an ``evolution_started`` event, which starts the cooldown.
@@ -222,7 +228,7 @@ class AbTestStore(CatalogStore, OutcomeStore):
                     TESTS.c.status.in_(OPEN_TEST_STATUSES),
                 )
             ).first()
-            if open_test is not None:
+            if open_test is not None or self._paused_guard(conn, skill_name) is not None:
                 return False
             since = utcnow() - timedelta(seconds=cooldown_seconds)
             latest = conn.execute(
@@ -281,6 +287,13 @@ class AbTestStore(CatalogStore, OutcomeStore):
             ),
         )
 
+    def _paused_guard(self, conn: Connection, skill_name: str) -> int | None:
+        return conn.execute(
+            select(TESTS.c.test_id).where(
+                TESTS.c.skill_name == skill_name, TESTS.c.kind == "guard", TESTS.c.status == "paused"
+            )
+        ).scalar()
+
     def _mark(self, conn: Connection, variation_id: str, status: str) -> None:
         conn.execute(
             update(VARIATIONS)
@@ -300,6 +313,7 @@ class AbTestStore(CatalogStore, OutcomeStore):
         conn.execute(
             select(TESTS.c.test_id)
             .where(TESTS.c.skill_name == skill_name, TESTS.c.status.in_(OPEN_TEST_STATUSES))
+            .order_by(TESTS.c.test_id)  # a skill has two open rows at most; every locker takes them in id order
             .with_for_update()
         ).all()
         row = conn.execute(select(SKILLS).where(SKILLS.c.name == skill_name).with_for_update()).first()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 
 from db.abtests import AbTestStore, PromotionPolicy, Verdict
 from db.models import OPEN_TEST_STATUSES, TESTS, VARIATIONS, utcnow
@@ -22,6 +22,8 @@ from db.records import AbTestRecord, CohortRecord, Conclusion, LearningEventReco
 log = logging.getLogger(__name__)
 
 TEST_ACTIONS = ("promote", "archive", "inconclusive", "pause")
+# The first key of the evaluators' advisory locks (the second is the skill name's hash): wre's own namespace.
+EVALUATION_LOCK = 0x77726501
 GUARD_ACTIONS = ("rollback", "confirm", "pause")
 
 
@@ -50,10 +52,10 @@ class LifecycleStore(AbTestStore):
         """Decide every running test and guard the policy can decide now, and apply each verdict.
 
         One unlocked read of the running tests and one of their ledgers; only skills with a verdict are then
-        locked — all their open tests and guards at once (SKIP LOCKED, so two evaluators never decide one test
-        and never wait on each other, and never hold one of a skill's rows each) — judged again on what the
-        ledger says under the lock, and concluded. Queries per round do not grow with the number of undecided
-        tests.
+        claimed (a transaction-scoped advisory lock per skill on Postgres, tried, never waited for: two
+        evaluators never work on one skill, and never hold one of its rows each), their open tests and guards
+        locked (SKIP LOCKED), judged again on what the ledger says under the lock, and concluded. Queries per
+        round do not grow with the number of undecided tests.
         """
         policy = self._require_policy()
         running = self.list_ab_tests(status="running")
@@ -63,6 +65,7 @@ class LifecycleStore(AbTestStore):
             return []
         conclusions = []
         with self.transaction() as conn:
+            decided = self._claim_skills(conn, decided)
             rows = list(
                 conn.execute(
                     select(TESTS)
@@ -86,6 +89,14 @@ class LifecycleStore(AbTestStore):
                 if verdict is not None:
                     conclusions.append(self._apply(conn, test, cohort, verdict))
         return conclusions
+
+    def _claim_skills(self, conn: Connection, skills: set[str]) -> set[str]:
+        """The skills this evaluator may decide now: on Postgres those whose advisory lock it got (released at
+        commit); elsewhere (SQLite: one writer at a time) all of them."""
+        if conn.dialect.name != "postgresql":
+            return skills
+        claim = select(func.pg_try_advisory_xact_lock(EVALUATION_LOCK, func.hashtext(bindparam("skill"))))
+        return {skill for skill in sorted(skills) if conn.execute(claim, {"skill": skill}).scalar()}
 
     def open_tests_of(self, conn: Connection, skills: set[str]) -> dict[str, set[int]]:
         """The ids of the open tests and guards of each skill (read without a lock)."""
@@ -324,11 +335,16 @@ def _default_target(lineage: list[ProductionChangeRecord], current: str) -> str 
     """
     # Walked in order: a version rolled back for cause stays out until a later change makes it production again.
     rolled_back: set[str] = set()
-    for change in lineage:
+    became: dict[str, int] = {}  # each version's latest change that made it production
+    for index, change in enumerate(lineage):
         if change.reason in ("rollback", "guard_rollback") and change.previous_variation_id is not None:
             rolled_back.add(change.previous_variation_id)
+            if change.reason == "guard_rollback" and change.variation_id in became:
+                # A guard rolls back the whole chain promoted beside it, down to its holdout version.
+                rolled_back.update(c.variation_id for c in lineage[became[change.variation_id] + 1 : index])
         elif change.reason not in ("rollback", "guard_rollback"):
             rolled_back.discard(change.variation_id)
+        became[change.variation_id] = index
     for change in reversed(lineage):
         previous = change.previous_variation_id
         if previous is not None and previous != current and previous not in rolled_back:

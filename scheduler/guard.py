@@ -17,8 +17,8 @@ version against the one it replaced, on the same traffic, afterwards.
   (Ville; normal approximation with the variance plugged in).
 - **Early confirm** (not before ``min_confirm_units``): the sequential probability ratio test of "regression of ``max_regression``"
   against "no regression": ``log C = eps * (d + eps / 2) / W``. Reaching ``log(1 / confirm_alpha)``
-  rules out a regression of ``eps`` or more at that level, at any look, and frees the skill for its next
-  evolution before the period ends.
+  rules out a regression of ``eps`` or more at that level, at any look, and ends the guard (and its
+  holdout) before the period ends.
 - **Confirm at the end**: the period (``guard_units`` units in both arms) ends without a rollback
   (whatever ``min_confirm_units`` says: a period shorter than the floor ends at its own length).
 
@@ -41,7 +41,7 @@ from scheduler.units import ArmUnits, as_count
 GuardWinner: TypeAlias = Literal["rollback", "confirm"] | None
 GuardStop: TypeAlias = Literal["regression", "clean", "period"] | None
 
-#: Share of units kept on the previous production version during the guard.
+#: Share of units kept on the holdout version (the last confirmed production version) during the guard.
 HOLDOUT_SHARE: Final = 0.10
 #: Level of the rollback test: a promotion as good as the version it replaced (or better) is rolled
 #: back with probability at most this, however often the guard looks.
@@ -225,7 +225,7 @@ def guard_decide(
 
     Args:
         production: units served by the promoted version since the promotion.
-        holdout: units served by the previous production version (the holdout) since then.
+        holdout: units served by the holdout version (the last confirmed production version) since then.
         holdout_share: the routing share of the holdout (for the sample-ratio check), in (0, 1).
         **params: ``alpha`` (GUARD_ALPHA), ``guard_units`` (GUARD_UNITS), ``min_confirm_units``
             (GUARD_MIN_CONFIRM_UNITS, units before a confirm), ``min_units``

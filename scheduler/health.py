@@ -42,7 +42,7 @@ class SrmCheck:
         treatment_share: the expected share of units on the treatment arm.
         e_value: the mixture's Bayes factor against the share (1.0 without units): the evidence of a mismatch.
         p_value: the anytime-valid p-value, min(1, 1 / e_value).
-        mismatch: p_value < the threshold used (e_value >= 1 / threshold).
+        mismatch: p_value < the threshold used (e_value > 1 / threshold).
         chi2, chi2_p_value: Pearson's statistic and its fixed-sample p-value (reported, not decided on).
         p_threshold: the threshold used.
     """

@@ -51,7 +51,7 @@ class Settings(BaseSettings):
         healthy test at any look over its life.
     :param ab_trial_slack_seconds: a trial's deadline is its first attempt's time limit plus this; a trial
         still without an outcome then counts as a failure of its arm.
-    :param guard_holdout_share: after a promotion, the share of units kept on the previous production version
+    :param guard_holdout_share: after a promotion, the share of units kept on the last confirmed production version
         while the guard watches the new one (0: no guard).
     :param guard_alpha: the guard's error budget for a wrong rollback.
     :param guard_units: the guard period, in units; a guard that found no regression by then confirms.

@@ -153,7 +153,7 @@ def rollback(
         None, "--expect", metavar="CURRENT", help="The production version you saw; refused if production changed since."
     ),
 ) -> None:
-    """Restore an earlier production version (see `wre skill history`). Stops the skill's open test or guard."""
+    """Restore an earlier production version (see `wre skill history`). Stops the skill's open test and guard."""
     memory = store()
     if expect is None:
         current, _ = memory.get_production(skill)

@@ -229,3 +229,38 @@ def test_a_version_promoted_again_after_a_rollback_is_a_rollback_target_again(me
     third = memory.store_variation("s", _content("third"), parent_version=second)
     memory.promote_variation(third)
     assert memory.rollback_skill("s", expected_current=third) == (third, second)
+
+
+def test_a_paused_guard_holds_evolution_and_scheduling(memory: PatternMemory, database_url: str) -> None:
+    store = _store(database_url, guard_holdout_share=0.2)
+    _, second, guard_id = _promoted(store)
+    fill_ledger(store, guard_id, "control", 50, 100)  # the holdout: 100 units where 20 of 200 were due
+    fill_ledger(store, guard_id, "treatment", 50, 100)
+    [conclusion] = run_evaluation_round(store)
+    assert conclusion.action == "pause"
+    assert not store.claim_evolution("s", cooldown_seconds=0)
+    with pytest.raises(AbTestConflictError, match="paused"):
+        store.schedule_ab_test("s", second, store.store_variation("s", _content("third")))
+    store.stop_ab_test(guard_id)  # the operator acts
+    assert store.claim_evolution("s", cooldown_seconds=0)
+
+
+def test_a_guard_rollback_of_a_chain_leaves_its_links_out_of_later_rollbacks(
+    memory: PatternMemory, database_url: str
+) -> None:
+    store = _store(database_url, guard_holdout_share=0.2)
+    base, second, _ = _promoted(store)
+    third = store.store_variation("s", _content("third"), parent_version=second)
+    test_id = store.schedule_ab_test("s", second, third)
+    fill_ledger(store, test_id, "control", 20, 100)
+    fill_ledger(store, test_id, "treatment", 90, 100)
+    run_evaluation_round(store)  # third promoted beside the guard; the new guard's holdout is still base
+    guard, _ = store.running_routes("s")
+    assert guard is not None and guard.control_version == base
+    fill_ledger(store, guard.test_id, "control", 90, 100)
+    fill_ledger(store, guard.test_id, "treatment", 100, 400)
+    [conclusion] = run_evaluation_round(store)
+    assert conclusion.action == "rollback" and store.get_production("s")[0] == base
+    # A later rollback by hand must not bring back `second`, a link of the chain the guard went past.
+    with pytest.raises(ValueError, match="no previous production version"):
+        store.rollback_skill("s")
