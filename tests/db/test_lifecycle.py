@@ -50,6 +50,16 @@ def _promoted(store: PatternMemory) -> tuple[str, str, int]:
     return base, treatment, guard.test_id
 
 
+def _test_beside_the_guard(store: PatternMemory, production: str) -> tuple[str, int]:
+    """A test of a third version against ``production``, beside the open guard, whose ledger says the third
+    version wins: (third version, test id)."""
+    third = store.store_variation("s", _content("third"), parent_version=production)
+    test_id = store.schedule_ab_test("s", production, third)
+    fill_ledger(store, test_id, "control", 20, 100)
+    fill_ledger(store, test_id, "treatment", 90, 100)
+    return third, test_id
+
+
 def test_a_test_is_scheduled_against_production_only(memory: PatternMemory) -> None:
     base, treatment = _skill(memory)
     other = memory.store_variation("s", _content("other"), parent_version=base)
@@ -97,10 +107,7 @@ def test_a_promotion_beside_a_guard_keeps_the_holdout_on_the_last_confirmed_vers
 ) -> None:
     store = _store(database_url, guard_holdout_share=0.2)
     base, second, first_guard = _promoted(store)
-    third = store.store_variation("s", _content("third"), parent_version=second)
-    test_id = store.schedule_ab_test("s", second, third)
-    fill_ledger(store, test_id, "control", 20, 100)
-    fill_ledger(store, test_id, "treatment", 90, 100)
+    third, test_id = _test_beside_the_guard(store, second)
     [conclusion] = run_evaluation_round(store)
     assert conclusion.action == "promote" and store.get_production("s")[0] == third
     old = store.get_ab_test(first_guard)
@@ -116,10 +123,7 @@ def test_a_promotion_beside_a_guard_keeps_the_holdout_on_the_last_confirmed_vers
 def test_a_guard_rollback_stops_the_test_beside_it(memory: PatternMemory, database_url: str) -> None:
     store = _store(database_url, guard_holdout_share=0.2)
     base, second, guard_id = _promoted(store)
-    third = store.store_variation("s", _content("third"), parent_version=second)
-    test_id = store.schedule_ab_test("s", second, third)
-    fill_ledger(store, test_id, "control", 20, 100)
-    fill_ledger(store, test_id, "treatment", 90, 100)  # the test would promote, but the guard goes first
+    third, test_id = _test_beside_the_guard(store, second)  # it would promote, but the guard goes first
     fill_ledger(store, guard_id, "control", 90, 100)
     fill_ledger(store, guard_id, "treatment", 100, 400)
     [conclusion] = run_evaluation_round(store)
@@ -250,10 +254,7 @@ def test_a_guard_rollback_of_a_chain_leaves_its_links_out_of_later_rollbacks(
 ) -> None:
     store = _store(database_url, guard_holdout_share=0.2)
     base, second, _ = _promoted(store)
-    third = store.store_variation("s", _content("third"), parent_version=second)
-    test_id = store.schedule_ab_test("s", second, third)
-    fill_ledger(store, test_id, "control", 20, 100)
-    fill_ledger(store, test_id, "treatment", 90, 100)
+    _test_beside_the_guard(store, second)
     run_evaluation_round(store)  # third promoted beside the guard; the new guard's holdout is still base
     guard, _ = store.running_routes("s")
     assert guard is not None and guard.control_version == base

@@ -137,9 +137,9 @@ def test_replacing_production_during_a_test_is_refused(memory: PatternMemory) ->
         memory.register_skill("ab", python_skill("ab", "echo", body="New."), default_agent="python", replace=True)
 
 
-def test_a_test_beside_a_guard_routes_within_the_guards_share(memory: PatternMemory, database_url: str) -> None:
-    """The guard splits first; outside its holdout the test splits; a run served the candidate is not counted
-    as the guard's production outcome, and one outcome completes both of a run's trials."""
+def _guarded(database_url: str) -> tuple[Settings, PatternMemory, str, str]:
+    """Skill "ab" whose second version a test just promoted, under a guard with a 30% holdout on the first:
+    (settings, store, first version, second version)."""
     settings = Settings(database_url=database_url, guard_holdout_share=0.3, production_cache_seconds=0)
     store = PatternMemory(database_url, policy=PromotionPolicy(settings), variation_check=check_variation)
     register_skill_text(store, python_skill("ab", "echo"))
@@ -150,6 +150,13 @@ def test_a_test_beside_a_guard_routes_within_the_guards_share(memory: PatternMem
     fill_ledger(store, first_test, "treatment", 90, 100)
     [promotion] = run_evaluation_round(store)
     assert promotion.action == "promote"
+    return settings, store, base, second
+
+
+def test_a_test_beside_a_guard_routes_within_the_guards_share(memory: PatternMemory, database_url: str) -> None:
+    """The guard splits first; outside its holdout the test splits; a run served the candidate is not counted
+    as the guard's production outcome, and one outcome completes both of a run's trials."""
+    settings, store, base, second = _guarded(database_url)
     third = store.store_variation("ab", python_skill("ab", "echo", body="Third."))
     test_id = store.schedule_ab_test("ab", second, third)
     guard, test = store.running_routes("ab")
@@ -192,15 +199,7 @@ def test_a_test_beside_a_guard_routes_within_the_guards_share(memory: PatternMem
 def test_a_redelivered_run_gets_no_trial_of_a_test_started_since(memory: PatternMemory, database_url: str) -> None:
     """A run first assigned while only the guard ran keeps that one trial: serving it a candidate now would put
     the candidate's outcome into the guard's production arm."""
-    settings = Settings(database_url=database_url, guard_holdout_share=0.3, production_cache_seconds=0)
-    store = PatternMemory(database_url, policy=PromotionPolicy(settings), variation_check=check_variation)
-    register_skill_text(store, python_skill("ab", "echo"))
-    base, _ = store.get_production("ab")
-    second = store.store_variation("ab", python_skill("ab", "echo", body="Second."))
-    first_test = store.schedule_ab_test("ab", base, second)
-    fill_ledger(store, first_test, "control", 20, 100)
-    fill_ledger(store, first_test, "treatment", 90, 100)
-    run_evaluation_round(store)
+    settings, store, base, second = _guarded(database_url)
     runner = SkillRunner(store, settings)
     request = runner.validate({"skill_name": "ab", "input_context": {}})
     guard, _ = store.running_routes("ab")
