@@ -2,7 +2,7 @@
 
 A benchmark's worker imports this module with Celery's ``--include`` option, given through the environment
 (``CELERY_WORKER_INCLUDE=bench.tasks``), so the tasks are registered on wre's own app (``worker.app.app``,
-configured by ``worker.app.celery_config(settings)``): routing, JSON, late acks, prefetch, task events and the
+configured by ``worker.app.celery_config(settings)``): routing, JSON, late acks, prefetch, task events (off by default) and the
 Redis result backend are exactly wre's.
 
 Importing the module also counts, inside the worker, what every task does with the database (statements,

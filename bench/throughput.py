@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         worker = found.worker(args.concurrency, args.pool)
         report.line(
             f"worker: 1 process, pool {args.pool}, concurrency {args.concurrency}, wre's Celery config "
-            f"(late acks, prefetch 1, task events, Redis result backend); {per_round * args.rounds} runs per "
+            f"(late acks, prefetch 1, task events off, Redis result backend); {per_round * args.rounds} runs per "
             f"kind in {args.rounds} alternating rounds of {per_round}"
         )
         for kind in kinds:  # warm-up: imports, connection pool, production cache
