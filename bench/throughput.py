@@ -30,7 +30,7 @@ from bench.common import (
     services,
     timed_drain,
 )
-from bench.tasks import BENCH_METADATA, DB_COUNTS_TASK, NOOP_TASK, REFERENCE_TASK
+from bench.tasks import BENCH_METADATA, COUNT_DB_ENV, DB_COUNTS_TASK, NOOP_TASK, REFERENCE_TASK
 from db.memory import PatternMemory
 from worker.app import SKILLS_QUEUE
 from worker.client import EXECUTE_TASK, enqueue_skill
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         memory = PatternMemory(found.database_url)
         BENCH_METADATA.create_all(memory.engine)
         register(memory, python_skill(SKILL, "instant"))
-        worker = found.worker(args.concurrency, args.pool)
+        worker = found.worker(args.concurrency, args.pool, **{COUNT_DB_ENV: "1"})
         report.line(
             f"worker: 1 process, pool {args.pool}, concurrency {args.concurrency}, wre's Celery config "
             f"(late acks, prefetch 1, task events off, Redis result backend); {per_round * args.rounds} runs per "
