@@ -52,7 +52,7 @@ class ResultListener:
     def __init__(self, client: redis.Redis) -> None:
         self.stored: dict[str, float] = {}
         self.states: dict[str, str] = {}
-        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+        self._pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         self._pubsub.psubscribe(RESULT_CHANNELS)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._listen, name="result-listener", daemon=True)
