@@ -8,8 +8,11 @@ the path costs; no bar). A run's latency runs from the producer's send call (``s
 result is stored: the Redis result backend publishes every stored result on a channel named by its key, and
 the benchmark listens on them all.
 
-First each kind's capacity is measured as in bench/throughput.py (queue filled, then drained); every kind is
-then sent at one rate, half of wre's capacity, on a fixed schedule (not as fast as answers come), in rounds
+First each kind's capacity is measured with the producer and the worker running together, as they do when
+latency is measured: ``--capacity-runs`` sent as fast as the producer can while the worker consumes, from the
+first send to the last result stored (a drain of a queue filled beforehand, as bench/throughput.py times it,
+leaves the producer's own cost out, and half of that was more than this machine sustained). Every kind is then
+sent at one rate, half of wre's capacity, on a fixed schedule (not as fast as answers come), in rounds
 that alternate a→b→c→a→b→c… so that the machine's noise falls on all alike. Bars: p50 and p99 of wre within
 1.3× bare Celery's.
 
@@ -20,6 +23,7 @@ that alternate a→b→c→a→b→c… so that the machine's noise falls on all
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import sys
 import threading
@@ -143,25 +147,28 @@ def main(argv: list[str] | None = None) -> int:
         register(memory, python_skill(SKILL, "instant"))
         worker = found.worker(args.concurrency, args.pool)
         kinds = (NOOP_TASK, EXECUTE_TASK, REFERENCE_TASK)
-        capacity: dict[str, float] = {}
-        for task in kinds:
-            send = _sender(found, task)
-            timed_drain(found, [worker], partial(_send_many, send, WARMUP_RUNS), DRAIN_TIMEOUT_SECONDS)
-            ids, seconds = timed_drain(
-                found, [worker], partial(_send_many, send, args.capacity_runs), DRAIN_TIMEOUT_SECONDS
-            )
-            capacity[task] = len(ids) / seconds
-            report.line(f"capacity of {LABELS[task]}: {capacity[task]:.0f} runs/s (a drain of {len(ids)})")
-        rate = args.rate or LOAD_SHARE * capacity[EXECUTE_TASK]
-        source = "as given" if args.rate else f"{LOAD_SHARE:.0%} of wre's capacity"
-        report.line(
-            f"send rate {rate:.0f} runs/s ({source}), "
-            f"{args.runs} runs per round, {args.alternations} alternations"
-        )
         listener = ResultListener(found.redis)
-        latencies: dict[str, list[float]] = {task: [] for task in kinds}
-        send_calls: dict[str, list[float]] = {task: [] for task in kinds}
         try:
+            capacity: dict[str, float] = {}
+            for task in kinds:
+                send = _sender(found, task)
+                timed_drain(found, [worker], partial(_send_many, send, WARMUP_RUNS), DRAIN_TIMEOUT_SECONDS)
+                sent, _ = paced_round(send, args.capacity_runs, math.inf)
+                listener.wait_for(list(sent), DRAIN_TIMEOUT_SECONDS)
+                seconds = max(listener.stored[task_id] for task_id in sent) - min(sent.values())
+                capacity[task] = len(sent) / seconds
+                report.line(
+                    f"capacity of {LABELS[task]}: {capacity[task]:.0f} runs/s ({len(sent)} sent as fast as the producer "
+                    "can while the worker consumes)"
+                )
+            rate = args.rate or LOAD_SHARE * capacity[EXECUTE_TASK]
+            source = "as given" if args.rate else f"{LOAD_SHARE:.0%} of wre's capacity"
+            report.line(
+                f"send rate {rate:.0f} runs/s ({source}), "
+                f"{args.runs} runs per round, {args.alternations} alternations"
+            )
+            latencies: dict[str, list[float]] = {task: [] for task in kinds}
+            send_calls: dict[str, list[float]] = {task: [] for task in kinds}
             report.line(f"{'round':>5}  {'kind':<22} {'runs':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
             number = 0
             for _ in range(args.alternations):
