@@ -208,10 +208,15 @@ def main(argv: list[str] | None = None) -> int:
             f"xact_rollback, the producer's writes before): {server_tx:.3f} transactions"
         )
         report.bar(f"b/a ≥ {BAR_RATIO}", f"{ratio_b:.3f}", ratio_b >= BAR_RATIO)
+        # The worker's counts are one process's: the whole worker's with threads, one pool process's share with
+        # prefork (which splits the runs between them). Then only the server's count is the whole.
+        whole_worker = args.pool in ("threads", "solo", "gevent")
         report.bar(
             "one transaction per wre attempt (1 write; cache reads ≤ 5%)",
             f"writes {wre_db['writes'] / n:.3f}, transactions: worker {worker_tx:.3f}, server {server_tx:.3f}",
-            wre_db["writes"] == n and worker_tx <= BAR_TRANSACTIONS and server_tx <= BAR_TRANSACTIONS,
+            server_tx <= BAR_TRANSACTIONS
+            and (not whole_worker or (wre_db["writes"] == n and worker_tx <= BAR_TRANSACTIONS)),
+            "" if whole_worker else f"-P {args.pool}: the worker's figures are one pool process's share; the server's is the whole",
         )
         return report.finish(begun)
 
