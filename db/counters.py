@@ -4,9 +4,9 @@ A counter is NUM_SHARDS rows; a writer upserts ``value = value + delta`` on a ra
 them. Upserts are atomic in both Postgres and SQLite, so the sum is exact under any concurrency.
 
 One write draws one shard for all of its counters. An attempt bumps five or so counters; with a shard drawn
-per counter, it held a row lock that almost any concurrent attempt also wanted (one of its five draws met one
-of the other's), so the attempts' commits queued behind each other, and a second worker added nothing
-(bench/io_concurrency.py). With one draw, two writers meet only when they drew the same shard: 1 in NUM_SHARDS.
+per counter, two concurrent attempts met on some row lock whenever any one of their draws coincided (most of
+the time), and waited for each other's commit. With one draw they meet only when they drew the same shard: 1
+in NUM_SHARDS (24 threads recording at once: 5 sessions waiting on a lock on average, against 6 to 11).
 """
 
 from __future__ import annotations
