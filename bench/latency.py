@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         "--capacity-runs", type=int, default=CAPACITY_RUNS, help="runs of each kind drained to measure capacity"
     )
     parser.add_argument("--rate", type=float, default=0.0, help="send rate per second (default: half the capacity)")
+    parser.add_argument("--warmup", type=int, default=WARMUP_RUNS, help="untimed runs of each kind first (200)")
     args = parser.parse_args(argv)
     begun = time.monotonic()
     report = Report(f"latency: send → result stored, wre.execute_skill vs bare Celery (-P {args.pool} -c {args.concurrency})")
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             capacity: dict[str, float] = {}
             for task in kinds:
                 send = _sender(found, task)
-                timed_drain(found, [worker], partial(_send_many, send, WARMUP_RUNS), DRAIN_TIMEOUT_SECONDS)
+                timed_drain(found, [worker], partial(_send_many, send, args.warmup), DRAIN_TIMEOUT_SECONDS)
                 sent, _ = paced_round(send, args.capacity_runs, math.inf)
                 listener.wait_for(list(sent), DRAIN_TIMEOUT_SECONDS)
                 seconds = max(listener.stored[task_id] for task_id in sent) - min(sent.values())
