@@ -32,7 +32,7 @@ demo: install
 
 # Every benchmark (about 15 minutes): figures and PASS/FAIL bars on stdout; docs/BENCHMARKS.md has the latest.
 bench: install services
-	@status=0; for name in throughput io_concurrency self_improvement evaluate_scale promotion_quality srm; do \
+	@status=0; for name in throughput io_concurrency latency memory self_improvement evaluate_scale promotion_quality srm; do \
 		$(BIN)/python -m bench.$$name || status=1; \
 	done; exit $$status
 

@@ -1,7 +1,9 @@
 """I/O-bound runs: an agent that waits 100 ms (like an LLM call) on workers with a pool of 32 threads.
 
 One worker process (``-P threads -c 32``) can finish at most 32 runs per 100 ms: the ideal is 320 runs/s, and
-the bar is 85% of it. Two such workers should nearly double it: the bar is 1.8× one. Every run is
+the bar is 85% of it. Two such workers should scale as bare Celery's own do on the same machine: the bar is
+0.95 × bare Celery's two-worker/one-worker ratio, measured alongside (a fixed 1.8× would also measure how many
+cores the machine has to spare). Every run is
 ``wre.execute_skill`` with its whole hot path (validate, resolve, agent thread, score, record).
 
 The reference, measured alongside on the same workers: ``bench.sleep_100ms``, a bare Celery task that only
@@ -29,7 +31,7 @@ SKILL = "bench_waits_100ms"
 THREADS = 32
 IDEAL_PER_WORKER = THREADS / LLM_LATENCY_SECONDS  # 320 runs/s
 BAR_SHARE_OF_IDEAL = 0.85
-BAR_SCALING = 1.8
+BAR_SHARE_OF_BARE_SCALING = 0.95
 DRAIN_TIMEOUT = 600.0
 LABELS = {SLEEP_TASK: "bare Celery 100 ms", EXECUTE_TASK: "wre.execute_skill"}
 
@@ -115,7 +117,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{one / ideal:.1%}",
             one >= BAR_SHARE_OF_IDEAL * ideal,
         )
-        report.bar(f"two workers ≥ {BAR_SCALING}× one", f"{two / one:.2f}×", two >= BAR_SCALING * one)
+        report.bar(
+            f"two workers ≥ {BAR_SHARE_OF_BARE_SCALING} × bare Celery's scaling",
+            f"{two / one:.2f}× / {bare_scaling:.2f}× = {two / one / bare_scaling:.2f}",
+            two / one >= BAR_SHARE_OF_BARE_SCALING * bare_scaling,
+        )
         return report.finish(begun)
 
 

@@ -2,13 +2,15 @@
 
 A benchmark's worker imports this module with Celery's ``--include`` option, given through the environment
 (``CELERY_WORKER_INCLUDE=bench.tasks``), so the tasks are registered on wre's own app (``worker.app.app``,
-configured by ``worker.app.celery_config(settings)``): routing, JSON, late acks, prefetch, task events and the
+configured by ``worker.app.celery_config(settings)``): routing, JSON, late acks, prefetch, task events (off by default) and the
 Redis result backend are exactly wre's.
 
-Importing the module also counts, inside the worker, what every task does with the database (statements,
-reads and writes, autocommit statements, commits, rollbacks, pool checkouts); ``bench.db_counts`` hands the
-counts back. The counts are per process: exact with the threads pool (one process), a single child's share
-with prefork.
+When the worker's environment has ``WRE_BENCH_COUNT_DB=1`` (bench/throughput.py sets it), importing the module
+also counts, inside the worker, what every task does with the database (statements, reads and writes,
+autocommit statements, commits, rollbacks, pool checkouts); ``bench.db_counts`` hands the counts back. The
+counts are per process: exact with the threads pool (one process), a single child's share with prefork. The
+other benchmarks leave it off: engine-level listeners make SQLAlchemy join event dispatchers on every
+connection, a cost wre would pay and bare Celery's tasks would not.
 """
 
 from __future__ import annotations
@@ -81,12 +83,15 @@ def _on_connect(*_args: Any) -> None:
     _count("connects")
 
 
-# Class-level listeners: every engine and pool of the process, whoever created it.
-event.listen(Engine, "before_cursor_execute", _on_statement)
-event.listen(Engine, "commit", _on_commit)
-event.listen(Engine, "rollback", _on_rollback)
-event.listen(Pool, "checkout", _on_checkout)
-event.listen(Pool, "connect", _on_connect)
+COUNT_DB_ENV = "WRE_BENCH_COUNT_DB"
+
+if os.environ.get(COUNT_DB_ENV) == "1":
+    # Class-level listeners: every engine and pool of the process, whoever created it.
+    event.listen(Engine, "before_cursor_execute", _on_statement)
+    event.listen(Engine, "commit", _on_commit)
+    event.listen(Engine, "rollback", _on_rollback)
+    event.listen(Pool, "checkout", _on_checkout)
+    event.listen(Pool, "connect", _on_connect)
 
 
 @lru_cache(maxsize=1)

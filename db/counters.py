@@ -2,6 +2,11 @@
 
 A counter is NUM_SHARDS rows; a writer upserts ``value = value + delta`` on a random shard, a reader sums
 them. Upserts are atomic in both Postgres and SQLite, so the sum is exact under any concurrency.
+
+One write draws one shard for all of its counters. An attempt bumps five or so counters; with a shard drawn
+per counter, two concurrent attempts met on some row lock whenever any one of their draws coincided (most of
+the time), and waited for each other's commit. With one draw they meet only when they drew the same shard: 1
+in NUM_SHARDS (24 threads recording at once: 5 sessions waiting on a lock on average, against 6 to 11).
 """
 
 from __future__ import annotations
@@ -85,14 +90,15 @@ class CounterStore(StoreBase):
 
 
 def counter_rows(deltas: Mapping[str, int]) -> list[dict[str, Any]]:
-    """The rows that add ``deltas`` (each on a random shard), zero deltas left out; bad names or deltas refused."""
+    """The rows that add ``deltas`` (all on one random shard), zero deltas left out; bad names or deltas refused."""
     rows = []
+    shard = random.randrange(NUM_SHARDS)
     for name, delta in deltas.items():
         require_text(name, "counter name")
         if isinstance(delta, bool) or not isinstance(delta, int):
             raise ValueError(f"counter delta must be an integer, got {delta!r}")
         if delta:
-            rows.append({"name": name, "shard": random.randrange(NUM_SHARDS), "value": delta})
+            rows.append({"name": name, "shard": shard, "value": delta})
     return rows
 
 

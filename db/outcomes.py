@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, fields
+from dataclasses import fields
 from datetime import timedelta
 from functools import cached_property, lru_cache
 from typing import Any
@@ -46,7 +46,9 @@ class OutcomeStore(CounterStore, TrialStore):
         (within the trial's deadline) and adds to the test's running counts.
         """
         _validate_outcome(outcome)
-        row = asdict(outcome)
+        # Shallow: asdict's deep copy of every nested value cost more than the rest of building the row, and
+        # each value is only read (and serialized) from here on.
+        row = {name: getattr(outcome, name) for name in OUTCOME_FIELDS}
         row["output"] = bounded_output(outcome.output)
         row["input_context"] = bounded_context(outcome.input_context)
         row["error"] = storable_text(outcome.error)
@@ -324,8 +326,7 @@ EVENT_INSERT = EVENTS.insert().returning(EVENTS.c.event_id)
 
 
 def _event_values(event: LearningEventRecord) -> dict[str, Any]:
-    values = asdict(event)
-    values.pop("event_id")
+    values = {name: getattr(event, name) for name in EVENT_COLUMNS}
     values["created_at"] = event.created_at or utcnow()
     return values
 
@@ -334,7 +335,8 @@ def _insert_event(conn: Connection, event: LearningEventRecord) -> int:
     return int(conn.execute(EVENT_INSERT, _event_values(event)).scalar_one())
 
 
-OUTCOME_COLUMNS = tuple(field.name for field in fields(OutcomeRecord)) + ("created_at",)
+OUTCOME_FIELDS = tuple(field.name for field in fields(OutcomeRecord))
+OUTCOME_COLUMNS = OUTCOME_FIELDS + ("created_at",)
 EVENT_COLUMNS = tuple(field.name for field in fields(LearningEventRecord) if field.name != "event_id")
 
 

@@ -35,15 +35,31 @@ class OverdueRun:
     resends: int
 
 
+# Built once and executed with each run's values: the statement keeps its compiled form in SQLAlchemy's cache.
+REQUEST_INSERT = insert(requests)
+
+
 def record_request(engine: Engine, run_id: str, skill_name: str, kwargs: dict[str, Any]) -> None:
-    """The producer's one write: the run as it is about to be sent."""
+    """The producer's one write: the run as it is about to be sent.
+
+    One statement, so on Postgres it runs in autocommit: one round trip before the publish instead of three
+    (BEGIN, INSERT, COMMIT). SQLite keeps its transaction.
+    """
     now = utcnow()
+    values = {
+        "run_id": run_id,
+        "skill_name": skill_name,
+        "kwargs": kwargs,
+        "enqueued_at": now,
+        "last_sent_at": now,
+        "resends": 0,
+    }
+    if engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(REQUEST_INSERT, values)
+        return
     with engine.begin() as conn:
-        conn.execute(
-            insert(requests).values(
-                run_id=run_id, skill_name=skill_name, kwargs=kwargs, enqueued_at=now, last_sent_at=now, resends=0
-            )
-        )
+        conn.execute(REQUEST_INSERT, values)
 
 
 def close_finished(engine: Engine) -> int:

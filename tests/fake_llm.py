@@ -100,6 +100,12 @@ class Recorded:
         return next((str(m.get("content", "")) for m in messages if m.get("role") == role), "")
 
 
+class _Server(ThreadingHTTPServer):
+    # The standard library listens with a backlog of 5: a worker of 32 threads connecting at once (a benchmark)
+    # would have its surplus connections reset, which the agent reports as an unreachable server.
+    request_queue_size = 128
+
+
 class FakeLlmServer:
     """A threaded HTTP server on 127.0.0.1 (a free port) answering ``POST /v1/chat/completions``."""
 
@@ -138,7 +144,7 @@ class FakeLlmServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # keep test output quiet
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = _Server(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-llm", daemon=True)
 

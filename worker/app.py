@@ -1,8 +1,9 @@
 """The Celery app: ``celery -A worker.app worker|beat|flower``.
 
 JSON only, late acks with redelivery when a worker dies, one prefetched message per process (skill runs are
-long), task events on for Flower, two queues named by settings (``skills`` for runs and ``maintenance`` for
-evolution and the beat task, both behind ``WRE_QUEUE_PREFIX``). Every message is checked before Celery
+long), task events only when asked for (``WRE_TASK_EVENTS``; Flower turns them on itself), two queues named
+by settings (``skills`` for runs and ``maintenance`` for evolution and the beat task, both behind
+``WRE_QUEUE_PREFIX``). Every message is checked before Celery
 unpacks it (worker/envelope.py). The scheduler's tasks are included by module name and the beat entry names
 its task as data: worker/ never imports scheduler/.
 """
@@ -106,9 +107,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_transport_options": transport_options,
         "result_backend_transport_options": {"visibility_timeout": visibility},
         "broker_connection_retry_on_startup": True,
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
-        "task_track_started": True,
+        # Monitoring only (Flower, `celery events`): a publish per task state and a STARTED write per task.
+        "worker_send_task_events": settings.task_events,
+        "task_send_sent_event": settings.task_events,
+        "task_track_started": settings.task_events,
         "task_default_queue": skills,
         "task_queues": task_queues(settings),
         "task_routes": {

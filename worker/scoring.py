@@ -23,7 +23,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, TypedDict, cast
 
 import jsonschema
@@ -38,6 +38,8 @@ AGENT_FAILED_DETAIL = "not checked: the agent failed"
 _NOT_JSON = object()
 # Checks that run code which may not end: scored in a killable child (score_within).
 CODE_CHECKS = frozenset({"python", "regex"})
+# Distinct schemas whose validators are kept: building a validator cost more than validating a small output.
+MAX_CACHED_VALIDATORS = 256
 
 
 class StepResult(TypedDict):
@@ -180,12 +182,25 @@ def _check_json_schema(schema: dict[str, Any], output: object) -> tuple[bool, st
     value = _parsed(output)
     if value is _NOT_JSON:
         value = output
-    validator_class = jsonschema.validators.validator_for(schema)
-    error = jsonschema.exceptions.best_match(validator_class(schema).iter_errors(cast(Any, value)))
+    try:
+        validator = _validator(json.dumps(schema, sort_keys=True))
+    except TypeError:  # a schema with a YAML-only value (a date, say) cannot be a cache key: built each time
+        validator = jsonschema.validators.validator_for(schema)(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(cast(Any, value)))
     if error is not None:
         where = "/".join(str(part) for part in error.absolute_path)
         return False, f"schema violation{f' at {where}' if where else ''}: {error.message}"
     return True, "valid"
+
+
+@lru_cache(maxsize=MAX_CACHED_VALIDATORS)
+def _validator(schema_text: str) -> Any:
+    """A validator of the schema written as ``schema_text`` (canonical JSON: equal schemas share one).
+
+    Keyed by text, not by the dict (unhashable); a validator holds no state between validations.
+    """
+    schema = json.loads(schema_text)
+    return jsonschema.validators.validator_for(schema)(schema)
 
 
 def _same(left: object, right: object) -> bool:

@@ -97,6 +97,11 @@ class Settings(BaseSettings):
         evolution that would exceed it waits for more live traffic.
     :param screen_alpha: the one-sided sign test's level: a candidate enters the live test only if it beats
         its parent on the replay set at this level (a filter; the live test keeps the error guarantee).
+    :param task_events: Celery task events (sent, received, started, succeeded, ...) and the ``STARTED`` state in
+        the result backend, for Flower and ``celery events``. Off by default: they cost a broker publish per task
+        state and a result-backend write per task, and nothing in wre reads them. Flower turns events on in the
+        workers it sees by itself (its ``enable_events`` option, on by default, every few seconds); set this to
+        1 to have them from a worker's first task (docker-compose.yml does, since it runs Flower).
     :param llm_base_url: OpenAI-compatible server for the ``llm`` agent and evolver.
     :param llm_model: default model name.
     :param llm_api_key: API key; never logged, never in kwargs or rows.
@@ -146,6 +151,7 @@ class Settings(BaseSettings):
     screen_max_calls: int = Field(default=100, ge=2, le=10_000)
     screen_budget_share: float = Field(default=0.2, ge=0.0, le=10.0)
     screen_alpha: float = Field(default=0.2, gt=0.0, lt=1.0)
+    task_events: bool = False
     llm_base_url: str = "http://127.0.0.1:11434/v1"
     llm_model: str = "llama3.1"
     llm_api_key: SecretStr = SecretStr("")

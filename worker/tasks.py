@@ -22,6 +22,12 @@ from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
 
+# What the worker's log line and the task-succeeded event show of a run's result: its id, skill, agent and
+# verdict. Celery renders the return value with saferepr on every task; rendering the whole result (its
+# step results and ReAct metadata) cost more CPU than scoring the attempt. The stored result is whole.
+RESULT_REPR_CHARS = 200
+
+
 @lru_cache(maxsize=1)
 def get_runner() -> SkillRunner:
     """The process's runner: one store (one engine, pooled) shared by every thread of the worker."""
@@ -29,7 +35,7 @@ def get_runner() -> SkillRunner:
     return SkillRunner(PatternMemory(settings.database_url, variation_check=check_variation), settings)
 
 
-@app.task(bind=True, name="wre.execute_skill", max_retries=None)
+@app.task(bind=True, name="wre.execute_skill", max_retries=None, resultrepr_maxsize=RESULT_REPR_CHARS)
 def execute_skill(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """Run one attempt of a skill run; the retry layer retries it (ReAct or infrastructure) or returns it.
 

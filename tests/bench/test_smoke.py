@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from bench import evaluate_scale, io_concurrency, self_improvement, srm, throughput
+from bench import evaluate_scale, io_concurrency, latency, memory, self_improvement, srm, throughput
 
 pytestmark = pytest.mark.integration
 
@@ -63,6 +63,25 @@ def test_io_concurrency(broker_url: str, capsys: pytest.CaptureFixture[str]) -> 
         )
         assert ideal == 80 * workers and 0 < wre <= ideal and 0 < bare <= ideal and 0 < share <= 100
     _bars(out, 2)
+
+
+def test_latency(broker_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    latency.main(
+        ["--broker-url", broker_url, "--runs", "20", "--alternations", "1", "--capacity-runs", "20", "--warmup", "5"]
+    )
+    out = capsys.readouterr().out
+    for label in ("bare Celery no-op", "wre.execute_skill", "insert \\+ count \\(ref.\\)"):
+        runs, p50, p99 = _numbers(rf"{label} +(\d+) runs: p50 ([\d.]+) ms, p99 ([\d.]+) ms", out)
+        assert runs == 20 and 0 < p50 <= p99
+    _bars(out, 2)
+
+
+def test_memory(broker_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    memory.main(["--broker-url", broker_url, "--runs", "40", "--chunk", "20", "--warmup", "10"])
+    out = capsys.readouterr().out
+    warm, end = _numbers(r"flat \(±5%\) over 40 runs: ([\d.]+) → ([\d.]+) MiB", out)
+    assert warm > 0 and end > 0
+    _bars(out, 1)
 
 
 def test_self_improvement(broker_url: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -75,7 +75,8 @@ def stack(
         logs / "flower.log",
     )
     try:
-        worker = start_worker(app, service_env(database_url, broker_url), logs, concurrency=2)
+        # Task events from the first task, as docker-compose.yml sets them for the stack that runs Flower.
+        worker = start_worker(app, service_env(database_url, broker_url, WRE_TASK_EVENTS="1"), logs, concurrency=2)
     except BaseException:
         flower.stop()
         raise

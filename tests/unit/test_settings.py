@@ -47,6 +47,13 @@ def test_celery_config_is_json_only_with_late_acks() -> None:
     assert {q.name for q in config["task_queues"]} == {"skills", "maintenance"}
 
 
+def test_task_events_are_off_unless_asked_for() -> None:
+    quiet = celery_config(Settings())
+    assert not (quiet["worker_send_task_events"] or quiet["task_send_sent_event"] or quiet["task_track_started"])
+    watched = celery_config(Settings(task_events=True))
+    assert watched["worker_send_task_events"] and watched["task_send_sent_event"] and watched["task_track_started"]
+
+
 def test_statistical_defaults_are_the_scheduler_constants() -> None:
     """worker/ cannot import scheduler/: its defaults repeat the named constants, and must stay equal."""
     from scheduler import guard, health, policies
