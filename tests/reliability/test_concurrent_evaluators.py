@@ -25,9 +25,9 @@ from tests.reliability.checks import report
 from worker.registry import register_skill_text
 
 TESTS = 50
-# The issue asks for 60 s; 15 s keeps the suite within its time budget (every test is decided within ~10 s,
-# the evaluators then keep contending on an empty set). WRE_RELIABILITY_EVALUATOR_SECONDS=60 runs the full one.
-EVALUATOR_SECONDS = float(os.environ.get("WRE_RELIABILITY_EVALUATOR_SECONDS", "15"))
+# At most 60 s, as the issue asks; each evaluator stops once no test is left running (within ~10 s here, later
+# on a loaded machine: a fixed shorter run failed there with most tests still short of their trials).
+EVALUATOR_SECONDS = float(os.environ.get("WRE_RELIABILITY_EVALUATOR_SECONDS", "60"))
 # A clear winner on either side: the sequential test decides each test within a few dozen trials per arm.
 GOOD, BAD = 0.9, 0.2
 DECISION_EVENTS = ("variation_promoted", "variation_archived")
