@@ -386,6 +386,12 @@ def _split_front_matter(text: str, source: str) -> _Parts:
     )
 
 
+def _file_line(yaml_text: str, mark: yaml.Mark, first_line: int) -> int:
+    """The file line of a YAML mark. YAML counts \r, NEL and the Unicode separators as line breaks too; the
+    file's lines are its \n-separated ones (what an editor and the other errors number)."""
+    return first_line + yaml_text.count("\n", 0, max(0, mark.index))
+
+
 def _load_yaml(yaml_text: str, source: str, first_line: int) -> tuple[yaml.Node | None, Any]:
     """Compose (for positions) and construct (for values) the front matter in one pass."""
     try:
@@ -402,11 +408,12 @@ def _load_yaml(yaml_text: str, source: str, first_line: int) -> tuple[yaml.Node 
         data = loader.construct_document(root) if root is not None else None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line = first_line + mark.line if mark is not None else 1
+        line = _file_line(yaml_text, mark, first_line) if mark is not None else 1
         problem = exc.problem or "malformed"
         if exc.context:
             # An unclosed bracket is reported where the text ends; where it was opened helps more.
-            opened = f" (line {first_line + exc.context_mark.line})" if exc.context_mark is not None else ""
+            context = exc.context_mark
+            opened = f" (line {_file_line(yaml_text, context, first_line)})" if context is not None else ""
             problem = f"{exc.context}{opened}: {problem}"
         raise SkillFileError(source, line, FRONT_MATTER_FIELD, f"invalid YAML: {problem}") from exc
     except yaml.YAMLError as exc:
