@@ -6,7 +6,8 @@ independent trial; nothing after a promotion) gets wrong:
 - slow failures of a worse treatment arrive after its fast successes: it must not be promoted;
 - equal arms with users pinned to arms by key (users differ a lot): no winner;
 - a promotion that degrades afterwards: the guard rolls it back;
-- arms whose unit counts depart from the routing share: the test is paused, never promoted.
+- arms whose unit counts depart from the routing share: the test is paused, never promoted;
+- the next test runs beside a guard: it promotes while the guard keeps its holdout on the confirmed version.
 
 The outcome of every run is fixed by its context (a ``draw`` against each arm's ``rate``), so each scenario is
 deterministic given the test id; the arms' entrypoints are in tests/fixtures/entrypoints.py.
@@ -23,8 +24,10 @@ from typing import Any
 import pytest
 from celery import Celery
 from celery.result import AsyncResult
+from sqlalchemy import select
 
 from db.memory import PatternMemory
+from db.models import OUTCOMES
 from scheduler.policies import decide
 from tests.processes import Process, broker_app, running, service_env, start_beat, start_worker, wait_until
 from worker.client import enqueue_skill
@@ -202,6 +205,53 @@ def test_a_promotion_that_degrades_is_rolled_back_by_the_guard(scenario: Scenari
     assert scenario.memory.get_variation(scenario.treatment).test_status == "archived"  # type: ignore[union-attr]
     reasons = [change.reason for change in scenario.memory.production_history(SKILL)]
     assert reasons == ["registration", "promotion", "guard_rollback"]
+
+
+def _promote(scenario: Scenario, candidate: str, behaviour: dict[str, dict[str, float]], label: str) -> None:
+    """Send batches of runs whose arms behave as ``behaviour`` says until beat promotes ``candidate``."""
+    batch = 0
+    while scenario.production() != candidate:
+        batch += 1
+        assert batch <= 10, f"{candidate} was never promoted"
+        scenario.run([{"draw": _draw(label, batch, i), **behaviour} for i in range(40)])
+        _settle(lambda: scenario.production() == candidate)
+
+
+@pytest.mark.parametrize(
+    "services",
+    [{"WRE_GUARD_HOLDOUT_SHARE": "0.3", "WRE_GUARD_MIN_UNITS": "10", "WRE_AB_MIN_TRIALS_PER_ARM": "10"}],
+    indirect=True,
+)
+def test_the_next_test_runs_beside_the_guard(scenario: Scenario, services: Process) -> None:
+    """Promoted once, the skill is guarded; a third version is tested beside the guard (against the new
+    production, inside the guard's share) and promoted: the guard is superseded and the next one keeps the holdout
+    on the first version, the last one confirmed."""
+    behaviour = {"control": {"rate": 0.2}, "treatment": {"rate": 0.6}, "third": {"rate": 1.0}}
+    _promote(scenario, scenario.treatment, behaviour, "first")
+    first_guard, _ = scenario.memory.running_routes(SKILL)
+    assert first_guard is not None and first_guard.control_version == scenario.control
+    third = scenario.memory.store_variation(SKILL, _skill("as_third", "The third."), parent_version=scenario.treatment)
+    test_id = scenario.memory.schedule_ab_test(SKILL, scenario.treatment, third)
+    started = scenario.memory.get_ab_test(test_id).started_at  # type: ignore[union-attr]
+    _promote(scenario, third, behaviour, "beside")
+    services.stop()
+    superseded = scenario.memory.get_ab_test(first_guard.test_id)
+    assert superseded is not None and superseded.status == "stopped"
+    guard, test = scenario.memory.running_routes(SKILL)
+    assert test is None and guard is not None and guard.parent_test_id == test_id
+    assert (guard.control_version, guard.treatment_version) == (scenario.control, third)
+    # While the test ran, the first guard's holdout kept running the first version beside it.
+    with scenario.memory.transaction() as conn:
+        served = {
+            row.variation_id
+            for row in conn.execute(
+                select(OUTCOMES.c.variation_id).where(
+                    OUTCOMES.c.test_id == first_guard.test_id, OUTCOMES.c.created_at > started
+                )
+            )
+        }
+    assert scenario.control in served
+    assert [c.reason for c in scenario.memory.production_history(SKILL)] == ["registration", "promotion", "promotion"]
 
 
 def test_a_sample_ratio_mismatch_pauses_the_test(scenario: Scenario, services: Process) -> None:
