@@ -212,6 +212,8 @@ def test_a_pool_process_killed_mid_task_is_requeued_at_once(
             wait_until(
                 lambda: len(unacked_deliveries(broker.client())) >= 2, timeout=30, what="busy processes"
             )
+            # The pool may be between a killed process and its replacement: wait for one to kill.
+            wait_until(lambda: bool(child_pids(worker.pid)), timeout=30, what="a pool process")
             child = child_pids(worker.pid)[0]
             killed_at = time.monotonic()
             os.kill(child, signal.SIGKILL)
