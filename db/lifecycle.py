@@ -22,9 +22,9 @@ from db.records import AbTestRecord, CohortRecord, Conclusion, LearningEventReco
 log = logging.getLogger(__name__)
 
 TEST_ACTIONS = ("promote", "archive", "inconclusive", "pause")
+GUARD_ACTIONS = ("rollback", "confirm", "pause")
 # The first key of the evaluators' advisory locks (the second is the skill name's hash): wre's own namespace.
 EVALUATION_LOCK = 0x77726501
-GUARD_ACTIONS = ("rollback", "confirm", "pause")
 
 
 def _judge(policy: PromotionPolicy, test: AbTestRecord, cohort: CohortRecord) -> Verdict | None:
@@ -75,7 +75,7 @@ class LifecycleStore(AbTestStore):
                 )
             )
             # A skill is decided only if all its open rows were locked here: another evaluator has the rest.
-            opened = self.open_tests_of(conn, decided)
+            opened = self._open_tests_of(conn, decided)
             mine = {row.test_id for row in rows}
             locked = [row for row in rows if opened[row.skill_name] <= mine and row.status == "running"]
             fresh = self.cohorts((row.test_id for row in locked), conn=conn)
@@ -98,7 +98,7 @@ class LifecycleStore(AbTestStore):
         claim = select(func.pg_try_advisory_xact_lock(EVALUATION_LOCK, func.hashtext(bindparam("skill"))))
         return {skill for skill in sorted(skills) if conn.execute(claim, {"skill": skill}).scalar()}
 
-    def open_tests_of(self, conn: Connection, skills: set[str]) -> dict[str, set[int]]:
+    def _open_tests_of(self, conn: Connection, skills: set[str]) -> dict[str, set[int]]:
         """The ids of the open tests and guards of each skill (read without a lock)."""
         opened: dict[str, set[int]] = {skill: set() for skill in skills}
         query = select(TESTS.c.skill_name, TESTS.c.test_id).where(
