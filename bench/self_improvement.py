@@ -121,6 +121,8 @@ class SkillFigures:
     final_production: float = 0.0
     # (run index at start, run index at end or None, kind, how it ended, true lift): where the runs went.
     timeline: list[tuple[int, int | None, str, str, float]] = field(default_factory=list)
+    # (run index, calls, chosen or not, the survivor's wins and losses against its parent): each screening.
+    screenings: list[tuple[int, int, bool, int, int]] = field(default_factory=list)
 
     def window(self, which: str) -> list[Run]:
         size = max(1, int(len(self.runs) * WINDOW))
@@ -180,8 +182,30 @@ def collect(memory: PatternMemory, baselines: dict[str, float]) -> list[SkillFig
             if row.final:
                 run.final_fidelity = row.pattern_fidelity
         tests = list(conn.execute(select(TESTS)))
+        screened = list(
+            conn.execute(
+                select(EVENTS.c.skill_name, EVENTS.c.created_at, EVENTS.c.details)
+                .where(EVENTS.c.event_type == SCREENING_EVENT)
+                .order_by(EVENTS.c.event_id)
+            )
+        )
     for run_id, run in sorted(runs.items(), key=lambda item: item[1].first_id):
         figures[skill_of[run_id]].runs.append(run)
+    for event in screened:
+        skill = figures[event.skill_name]
+        chosen = event.details.get("chosen")
+        survivor: dict[str, Any] = max(
+            event.details.get("candidates", []), key=lambda item: item["replays"], default={}
+        )
+        skill.screenings.append(
+            (
+                bisect.bisect([run.started_at for run in skill.runs], event.created_at),
+                int(event.details.get("calls", 0)),
+                chosen is not None,
+                int(survivor.get("wins", 0)),
+                int(survivor.get("losses", 0)),
+            )
+        )
     for test in tests:
         skill = figures[test.skill_name]
         starts = [run.started_at for run in skill.runs]
@@ -329,6 +353,13 @@ def run_seed(args: argparse.Namespace, fleet: Fleet, seed: int, report: Report) 
                 + "; ".join(
                     f"{start}-{'' if end is None else end} {kind} {how} {lift:+.2f}"
                     for start, end, kind, how, lift in skill.timeline
+                )
+            )
+            report.line(
+                f"  {skill.name} screenings (run index, calls, survivor wins/losses, chosen): "
+                + "; ".join(
+                    f"{at} {calls} {wins}/{losses}{' chosen' if chosen else ''}"
+                    for at, calls, chosen, wins, losses in skill.screenings
                 )
             )
     started = sum(skill.tests["started"] for skill in skills)
