@@ -6,7 +6,16 @@ import re
 
 import pytest
 
-from bench import evaluate_scale, io_concurrency, latency, memory, self_improvement, srm, throughput
+from bench import (
+    evaluate_scale,
+    io_concurrency,
+    latency,
+    loop_model,
+    memory,
+    self_improvement,
+    srm,
+    throughput,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -125,3 +134,21 @@ def test_srm(capsys: pytest.CaptureFixture[str]) -> None:
     [lost_chi, lost_e] = _numbers(r"guard, 20% of holdout units lost\s+([\d.]+)%\s+([\d.]+)%", text)
     assert lost_e > e_value and lost_chi > chi_square  # a real mismatch is paused more often than a healthy split
     _bars(text, 2)
+
+
+def test_loop_model(capsys: pytest.CaptureFixture[str]) -> None:
+    loop_model.main(["--fleet", "held-out", "--seeds", "3", "--skills", "3", "--runs", "400", "--oracle", "1"])
+    text = capsys.readouterr().out
+    [share, tests] = _numbers(r"wre's screening +.* screening ([\d.]+)% of live runs, tests ([\d.]+)", text)
+    assert 0.0 < share <= 20.0 and tests >= 0.0  # screening spends within its budget share
+    # An oracle that admits no lift of 1 or more starts no test and spends no replay.
+    [share, tests] = _numbers(r"oracle: lift >= 1 +.* screening ([\d.]+)% of live runs, tests ([\d.]+)", text)
+    assert share == 0.0 and tests == 0.0
+
+
+def test_loop_model_oracle_admits_lifts() -> None:
+    fleet = self_improvement.FLEETS["main"]
+    admit_all = loop_model.Loop.defaults({}, look=4, oracle=-1.0)
+    result = loop_model.run_fleet(admit_all, fleet, seed=1, skills=3, runs=400)
+    # Every evolution's best candidate is tested: a skill's first test starts once budget and inputs allow.
+    assert result.tests >= 3 and result.screening_share == 0.0
