@@ -25,7 +25,7 @@ from db.base import (
     storable_text,
 )
 from db.counters import CounterStore, counter_arrays, counter_rows, counter_upsert, skill_counter_deltas
-from db.models import EVENTS, OUTCOMES, TESTS, utcnow
+from db.models import EVENTS, OUTCOMES, TESTS, TRIALS, utcnow
 from db.records import LearningEventRecord, OutcomeRecord
 from db.trials import TrialStore, complete_trial_update
 
@@ -70,11 +70,10 @@ class OutcomeStore(CounterStore, TrialStore):
             if counters:
                 self.add_to_counters(counters, conn)
             if outcome.test_id is not None and outcome.arm is not None and outcome.attempt == 1:
-                _add_trial(conn, outcome.test_id, outcome.arm, outcome.success, outcome.pattern_fidelity)
-                conn.execute(
-                    complete_trial_update(),
-                    _ledger_parameters(outcome.test_id, outcome.run_id, outcome.success, outcome.pattern_fidelity),
-                )
+                # Counted before the trials are completed: the update finds them by "still pending".
+                parameters = _ledger_parameters(outcome.run_id, outcome.success, outcome.pattern_fidelity)
+                conn.execute(_ledger_counts_update(), parameters)
+                conn.execute(complete_trial_update(), parameters)
             if learning_event is not None:
                 _insert_event(conn, learning_event)
         return True
@@ -92,17 +91,14 @@ class OutcomeStore(CounterStore, TrialStore):
         (counters, trial, event; each runs only if the outcome row was new) commit together or not at all.
         """
         rows = counter_rows(counters)
-        arm = outcome.arm if outcome.test_id is not None and outcome.attempt == 1 else None
+        routed = outcome.test_id is not None and outcome.arm is not None and outcome.attempt == 1
         parameters: dict[str, Any] = {f"outcome_{key}": value for key, value in row.items()}
         parameters.update(counter_arrays(rows))
-        if arm is not None:
-            parameters.update(_trial_parameters(outcome.test_id, outcome.success, outcome.pattern_fidelity))
-            parameters.update(
-                _ledger_parameters(outcome.test_id, outcome.run_id, outcome.success, outcome.pattern_fidelity)
-            )
+        if routed:
+            parameters.update(_ledger_parameters(outcome.run_id, outcome.success, outcome.pattern_fidelity))
         if learning_event is not None:
             parameters.update({f"event_{key}": value for key, value in _event_values(learning_event).items()})
-        statement = _record_statement(arm, bool(rows), learning_event is not None)
+        statement = _record_statement(routed, bool(rows), learning_event is not None)
         with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             return conn.execute(statement, parameters).first() is not None
 
@@ -290,12 +286,12 @@ def _trial_parameters(test_id: int | None, success: bool, fidelity: float) -> di
     return {"trial_test_id": test_id, "trial_success": int(success), "trial_fidelity": fidelity}
 
 
-def _ledger_parameters(test_id: int | None, run_id: str, success: bool, fidelity: float) -> dict[str, Any]:
+def _ledger_parameters(run_id: str, success: bool, fidelity: float) -> dict[str, Any]:
     return {
-        "trial_test_id": test_id,
         "trial_run_id": run_id,
         "trial_now": utcnow(),
         "trial_success_flag": success,
+        "trial_success": int(success),
         "trial_fidelity_value": fidelity,
     }
 
@@ -321,6 +317,42 @@ def _trial_update(arm: str) -> Any:
     )
 
 
+@lru_cache(maxsize=1)
+def _ledger_counts_update() -> Any:
+    """Add a first attempt's outcome to the running counts of every test its run's trials count in.
+
+    The counts follow the ledger: a run with a guard and a test beside it counts in both where its trials are
+    counted (the guard's on the test's control coin only), and an outcome past its trial's deadline adds to no
+    count, as it completes no trial. Run before (or, in one statement, beside) the completion of the trials:
+    it finds them as still pending.
+    """
+    is_arm = {arm: TRIALS.c.arm == arm for arm in ("control", "treatment")}
+    values: dict[Any, Any] = {}
+    for arm, matches in is_arm.items():
+        trials, successes, fidelity_sum = (
+            TESTS.c[f"{arm}_trials"],
+            TESTS.c[f"{arm}_successes"],
+            TESTS.c[f"{arm}_fidelity_sum"],
+        )
+        values[trials] = trials + case((matches, 1), else_=0)
+        values[successes] = successes + case((matches, bindparam("trial_success", type_=Integer)), else_=0)
+        values[fidelity_sum] = fidelity_sum + case(
+            (matches, bindparam("trial_fidelity_value", type_=Float)), else_=0.0
+        )
+    return (
+        update(TESTS)
+        .where(
+            TESTS.c.test_id == TRIALS.c.test_id,
+            TESTS.c.status == "running",
+            TRIALS.c.run_id == bindparam("trial_run_id"),
+            TRIALS.c.counted.is_(True),
+            TRIALS.c.completed_at.is_(None),
+            TRIALS.c.deadline >= bindparam("trial_now"),
+        )
+        .values(values)
+    )
+
+
 # Built once; each event's values are bound as parameters.
 EVENT_INSERT = EVENTS.insert().returning(EVENTS.c.event_id)
 
@@ -341,12 +373,12 @@ EVENT_COLUMNS = tuple(field.name for field in fields(LearningEventRecord) if fie
 
 
 @lru_cache(maxsize=16)
-def _record_statement(arm: str | None, with_counters: bool, with_event: bool) -> Any:
+def _record_statement(routed: bool, with_counters: bool, with_event: bool) -> Any:
     """``record_attempt`` as one Postgres statement, built once per shape and reused with new parameters::
 
         WITH inserted AS (INSERT INTO skill_outcomes … ON CONFLICT (run_id, attempt) DO NOTHING RETURNING id),
              counted AS (INSERT INTO telemetry_counters … WHERE EXISTS (SELECT id FROM inserted) …),
-             trial AS (UPDATE ab_test_assignments … AND EXISTS (SELECT id FROM inserted)),
+             trial AS (UPDATE ab_test_assignments … FROM ab_trials … AND EXISTS (SELECT id FROM inserted)),
              event AS (INSERT INTO learning_events … WHERE EXISTS (SELECT id FROM inserted))
         SELECT id FROM inserted
 
@@ -364,8 +396,8 @@ def _record_statement(arm: str | None, with_counters: bool, with_event: bool) ->
     dependent = []
     if with_counters:
         dependent.append(counter_upsert(postgres=True, only_if=is_new).cte("counted"))
-    if arm is not None:
-        dependent.append(_trial_update(arm).where(is_new).cte("trial"))
+    if routed:
+        dependent.append(_ledger_counts_update().where(is_new).cte("trial"))
         dependent.append(complete_trial_update().where(is_new).cte("ledger"))
     if with_event:
         values = select(*[bindparam(f"event_{name}", type_=EVENTS.c[name].type) for name in EVENT_COLUMNS])

@@ -89,9 +89,14 @@ def test_trial_is_counted_in_the_same_transaction(fresh: tuple[PatternMemory, Ca
     control = store.register_skill("s", "content", default_agent="python")
     treatment = store.store_variation("s", "other content", parent_version=control)
     test_id = store.schedule_ab_test("s", control, treatment)
+    # The worker writes a routed run's trial when it assigns the run; the outcome completes and counts it.
+    for run_id, arm in (("t1", "treatment"), ("t2", "control"), ("late", "control")):
+        store.assign_trial(test_id, run_id, arm, run_id, 60.0 if run_id != "late" else -1.0)
     calls.take()
     assert store.record_attempt(_outcome("t1", test_id, "treatment"), counters={"a": 1})
     assert calls.take() == Counter({"statements": 1})
+    # Past its trial's deadline an outcome is recorded but counts nowhere: the ledger counted it as a failure.
+    assert store.record_attempt(_outcome("late", test_id, "control"), counters={"a": 1})
     failed = replace(_outcome("t2", test_id, "control"), success=False, pattern_fidelity=0.5)
     assert store.record_attempt(failed, counters={"a": 1})
     assert not store.record_attempt(failed, counters={"a": 1})
@@ -101,7 +106,7 @@ def test_trial_is_counted_in_the_same_transaction(fresh: tuple[PatternMemory, Ca
     assert test is not None
     assert (test.treatment_trials, test.treatment_successes, test.treatment_fidelity_sum) == (1, 1, 1.0)
     assert (test.control_trials, test.control_successes, test.control_fidelity_sum) == (1, 0, 0.5)
-    assert store.get_counter("a") == 2
+    assert store.get_counter("a") == 3
 
 
 def test_an_outcome_without_extras_and_the_sqlite_path_agree(tmp_path: Path, memory: PatternMemory) -> None:

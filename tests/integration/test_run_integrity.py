@@ -194,6 +194,11 @@ def test_a_test_beside_a_guard_routes_within_the_guards_share(memory: PatternMem
     assert on_guard.control.assigned_units == len(holdout)
     assert (on_guard.control.units, on_guard.treatment.units) == (counted_holdout, 120 - len(holdout) - candidate)
     assert (on_test.control.units, on_test.treatment.units) == (120 - len(holdout) - candidate, candidate)
+    # The running counts (dashboard, `wre ab show`) follow the ledger: the guard's grow for the runs the test
+    # beside it served too.
+    for record, cohort in ((store.get_ab_test(guard.test_id), on_guard), (store.get_ab_test(test_id), on_test)):
+        assert record is not None
+        assert (record.control_trials, record.treatment_trials) == (cohort.control.units, cohort.treatment.units)
 
 
 def test_a_redelivered_run_gets_no_trial_of_a_test_started_since(memory: PatternMemory, database_url: str) -> None:
