@@ -315,6 +315,7 @@ def test_a_duplicate_attempt_adds_no_trial_and_no_event(memory: PatternMemory) -
     base, treatment = _two_versions(memory)
     test_id = memory.schedule_ab_test("greet", base, treatment)
     event = LearningEventRecord(skill_name="greet", event_type="react_execution")
+    memory.assign_trial(test_id, "run-1", "treatment", "run-1", 60.0)  # as the worker does when it routes
     for _ in range(2):
         memory.record_attempt(_outcome(test_id=test_id, arm="treatment"), learning_event=event)
     test = memory.get_ab_test(test_id)
