@@ -42,8 +42,9 @@ class OutcomeStore(CounterStore, TrialStore):
     ) -> bool:
         """Store one attempt with everything that depends on it; False (and nothing written) if seen before.
 
-        A routed run's trial was written to the ledger when it was assigned; its first attempt completes it
-        (within the trial's deadline) and adds to the test's running counts.
+        A routed run's trials were written to the ledger when it was assigned; its first attempt completes them
+        (within their deadlines) and adds to the running counts of the tests they count in (none without a
+        trial: assign first, as the worker does).
         """
         _validate_outcome(outcome)
         # Shallow: asdict's deep copy of every nested value cost more than the rest of building the row, and
@@ -324,7 +325,12 @@ def _ledger_counts_update() -> Any:
     The counts follow the ledger: a run with a guard and a test beside it counts in both where its trials are
     counted (the guard's on the test's control coin only), and an outcome past its trial's deadline adds to no
     count, as it completes no trial. Run before (or, in one statement, beside) the completion of the trials:
-    it finds them as still pending.
+    it finds them as still pending. A routed outcome whose run has no trial (one never assigned) counts nowhere.
+
+    Lock order: the update takes the test rows in the order of the run's trials, which ``assign_trials`` writes
+    guard first, and a guard is always older than the test beside it (a test is scheduled only while no test
+    is open, and a guard is started only by closing one): ascending test id, the order everyone else locks a
+    skill's rows in (``db/abtests.py``).
     """
     is_arm = {arm: TRIALS.c.arm == arm for arm in ("control", "treatment")}
     values: dict[Any, Any] = {}
