@@ -72,9 +72,12 @@ class Loop:
     passes: int
     look: int = 4
     oracle: float | None = None
+    wait_for_calls: int | None = None  # a screening waits for this much budget (None: the smallest, as wre)
 
     @classmethod
-    def defaults(cls, changes: dict[str, float], look: int, oracle: float | None) -> Loop:
+    def defaults(
+        cls, changes: dict[str, float], look: int, oracle: float | None, wait_for_calls: int | None = None
+    ) -> Loop:
         settings = Settings().model_copy(update=changes)
         return cls(
             settings.evolve_candidates,
@@ -85,6 +88,7 @@ class Loop:
             settings.screen_passes,
             look,
             oracle,
+            wait_for_calls,
         )
 
 
@@ -183,7 +187,8 @@ def run_skill(rng: random.Random, loop: Loop, fleet: Fleet, baseline: float, run
         if not passed and skill.test is None and index >= skill.cool_until:
             budget = min(loop.max_calls, int(loop.budget_share * (index + 1)) - skill.spent)
             inputs = min(loop.failures, skill.failed_runs) + min(loop.passes, skill.passed_runs)
-            if budget >= (loop.candidates + 1) * MIN_REPLAY_INPUTS and inputs >= MIN_REPLAY_INPUTS:
+            smallest = (loop.candidates + 1) * MIN_REPLAY_INPUTS
+            if budget >= (loop.wait_for_calls or smallest) and inputs >= MIN_REPLAY_INPUTS:
                 skill.cool_until = index + COOLDOWN_RUNS
                 chosen, calls = _screen(rng, loop, fleet, skill.production, budget, inputs)
                 skill.spent += calls
@@ -279,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--setting", action="append", default=[], metavar="NAME=VALUE", help="a screening setting"
     )
+    parser.add_argument(
+        "--wait-for-calls", type=int, default=None, help="a screening waits for this much budget (wre: the smallest)"
+    )
     args = parser.parse_args(argv)
     changes: dict[str, float] = {}
     for item in args.setting:
@@ -286,14 +294,15 @@ def main(argv: list[str] | None = None) -> int:
         if name not in SCREEN_SETTINGS:
             parser.error(f"--setting {name!r}: one of {', '.join(SCREEN_SETTINGS)}")
         changes[name] = float(value) if "." in value else int(value)
-    variants = {"wre's screening" + (f" ({', '.join(args.setting)})" if args.setting else ""): None}
+    changed = [*args.setting, *([f"wait for {args.wait_for_calls} calls"] if args.wait_for_calls else [])]
+    variants = {"wre's screening" + (f" ({', '.join(changed)})" if changed else ""): None}
     variants.update({f"oracle: lift >= {lift:g}": lift for lift in args.oracle})
     report = Report("loop_model: the self-improvement loop, modelled (verdicts by scheduler.policies.decide)")
     started = time.monotonic()
     for name in args.fleet or sorted(FLEETS, reverse=True):
         fleet = FLEETS[name]
         for label, oracle in variants.items():
-            loop = Loop.defaults(changes, args.look, oracle)
+            loop = Loop.defaults(changes, args.look, oracle, args.wait_for_calls if oracle is None else None)
             results = [
                 run_fleet(loop, fleet, seed, args.skills, args.runs) for seed in range(1, args.seeds + 1)
             ]
