@@ -25,7 +25,7 @@ from db.base import (
     storable_text,
 )
 from db.counters import CounterStore, counter_arrays, counter_rows, counter_upsert, skill_counter_deltas
-from db.models import EVENTS, OUTCOMES, TESTS, TRIALS, utcnow
+from db.models import ARMS, EVENTS, OUTCOMES, TESTS, TRIALS, utcnow
 from db.records import LearningEventRecord, OutcomeRecord
 from db.trials import TrialStore, complete_trial_update
 
@@ -332,7 +332,7 @@ def _ledger_counts_update() -> Any:
     is open, and a guard is started only by closing one): ascending test id, the order everyone else locks a
     skill's rows in (``db/abtests.py``).
     """
-    is_arm = {arm: TRIALS.c.arm == arm for arm in ("control", "treatment")}
+    is_arm = {arm: TRIALS.c.arm == arm for arm in ARMS}
     values: dict[Any, Any] = {}
     for arm, matches in is_arm.items():
         trials, successes, fidelity_sum = (
