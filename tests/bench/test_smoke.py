@@ -139,8 +139,8 @@ def test_srm(capsys: pytest.CaptureFixture[str]) -> None:
 def test_loop_model(capsys: pytest.CaptureFixture[str]) -> None:
     loop_model.main(["--fleet", "held-out", "--seeds", "3", "--skills", "3", "--runs", "400", "--oracle", "1"])
     text = capsys.readouterr().out
-    [share, tests] = _numbers(r"wre's screening +.* screening ([\d.]+)% of live runs, tests ([\d.]+)", text)
-    assert 0.0 < share <= 20.0 and tests >= 0.0  # screening spends within its budget share
+    [share] = _numbers(r"wre's screening +.* screening ([\d.]+)% of live runs", text)
+    assert 0.0 < share <= 20.0  # screening spends, within its budget share
     # An oracle that admits no lift of 1 or more starts no test and spends no replay.
     [share, tests] = _numbers(r"oracle: lift >= 1 +.* screening ([\d.]+)% of live runs, tests ([\d.]+)", text)
     assert share == 0.0 and tests == 0.0
