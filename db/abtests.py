@@ -15,7 +15,17 @@ from sqlalchemy import Connection, exc, select, update
 
 from db.base import require_count, require_text
 from db.catalog import CatalogStore
-from db.models import ARMS, EVENTS, OPEN_TEST_STATUSES, SKILLS, TEST_KINDS, TESTS, VARIATIONS, utcnow
+from db.models import (
+    ARMS,
+    EVENTS,
+    OPEN_TEST_STATUSES,
+    POLICY_NAMES,
+    SKILLS,
+    TEST_KINDS,
+    TESTS,
+    VARIATIONS,
+    utcnow,
+)
 from db.outcomes import OutcomeStore, _add_trial, _insert_event
 from db.records import AbTestRecord, LearningEventRecord
 
@@ -85,6 +95,9 @@ class AbTestStore(CatalogStore, OutcomeStore):
         require_count(sample_size_target, "sample_size_target", minimum=1)
         if control_version == treatment_version:
             raise ValueError("control and treatment must be different variations")
+        chosen = policy or self.policy_name
+        if chosen not in POLICY_NAMES:
+            raise ValueError(f"unknown promotion policy {chosen!r}; known: {', '.join(POLICY_NAMES)}")
         try:
             with self.transaction() as conn:
                 skill = self._lock_skill(conn, skill_name)
@@ -116,7 +129,7 @@ class AbTestStore(CatalogStore, OutcomeStore):
                         control_version=control_version,
                         treatment_version=treatment_version,
                         sample_size_target=sample_size_target,
-                        policy=policy or self.policy_name,
+                        policy=chosen,
                         status="running",
                         kind="test",
                         treatment_share=0.5,

@@ -40,6 +40,10 @@ OPEN_TEST_STATUSES = ("running", "paused")
 # production (treatment) vs a holdout on the previous production (control), watched for a regression.
 TEST_KINDS = ("test", "guard")
 ARMS = ("control", "treatment")
+# The promotion policies scheduler/policies.py implements, by the name a test records (db/ cannot import the
+# scheduler; tests/unit/test_settings.py keeps the lists equal). A test under any other name would stay open
+# for ever: the evaluator refuses it each round.
+POLICY_NAMES = ("sequential", "margin")
 # Why production changed; one row per change in production_changes (the lineage).
 PRODUCTION_REASONS = ("registration", "replace", "promotion", "manual", "rollback", "guard_rollback")
 

@@ -265,3 +265,16 @@ def test_a_guard_rollback_of_a_chain_leaves_its_links_out_of_later_rollbacks(
     # A later rollback by hand must not bring back `second`, a link of the chain the guard went past.
     with pytest.raises(ValueError, match="no previous production version"):
         store.rollback_skill("s")
+
+
+def test_a_test_under_a_policy_the_evaluator_does_not_know_is_refused(memory: PatternMemory) -> None:
+    # It would hold the skill's test slot for ever: the evaluator refuses an unknown policy at every round.
+    base, treatment = _skill(memory)
+    before = memory.get_variation(treatment)
+    with pytest.raises(ValueError, match="unknown promotion policy 'bayes'; known: sequential, margin"):
+        memory.schedule_ab_test("s", base, treatment, policy="bayes")
+    assert memory.running_test("s") is None
+    assert memory.get_variation(treatment) == before
+    test_id = memory.schedule_ab_test("s", base, treatment, policy="margin")
+    test = memory.get_ab_test(test_id)
+    assert test is not None and test.policy == "margin"

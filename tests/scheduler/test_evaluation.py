@@ -7,8 +7,10 @@ import sys
 import threading
 
 import pytest
+from sqlalchemy import update
 
 from db.memory import PatternMemory
+from db.models import TESTS
 from scheduler.evaluation import PromotionPolicy, run_evaluation_round
 from tests.ledger import fill_ledger
 from tests.processes import REPO
@@ -166,8 +168,12 @@ def test_rollback_after_promotion(memory: PatternMemory) -> None:
 
 
 def test_a_test_the_policy_refuses_does_not_stop_the_others(memory: PatternMemory) -> None:
+    # schedule_ab_test refuses an unknown policy; a row can still carry one (written by hand, or by a release
+    # that knew a policy this one does not).
     base, treatment = _skill_with_variation(memory, "bad")
-    poisoned = memory.schedule_ab_test("bad", base, treatment, policy="no-such-policy")
+    poisoned = memory.schedule_ab_test("bad", base, treatment)
+    with memory.transaction() as conn:
+        conn.execute(update(TESTS).where(TESTS.c.test_id == poisoned).values(policy="no-such-policy"))
     ids = _decisive_tests(memory, 2)
     decided = [c.test_id for c in run_evaluation_round(memory)]
     assert sorted(decided) == sorted(ids)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from db.models import POLICY_NAMES
 from scheduler.policies import POLICIES
 from worker.app import celery_config
 from worker.settings import AB_POLICIES, Settings
@@ -12,6 +13,7 @@ from worker.settings import AB_POLICIES, Settings
 
 def test_policy_names_match_the_scheduler() -> None:
     assert AB_POLICIES == POLICIES
+    assert POLICY_NAMES == POLICIES
 
 
 def test_unknown_policy_is_refused() -> None:
