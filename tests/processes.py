@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -44,6 +45,15 @@ def service_env(database_url: str, broker_url: str, **overrides: str) -> dict[st
 def broker_app(database_url: str, broker_url: str, result_backend: str = "") -> Celery:
     """A Celery app in the test process that talks to the test broker (to send and to inspect)."""
     return create_app(Settings(database_url=database_url, broker_url=broker_url, result_backend=result_backend))
+
+
+def release_results(app: Celery) -> None:
+    """Let the AsyncResults this process still holds unsubscribe, then close ``app``: call it while the
+    app's Redis is still up. An AsyncResult collected after its Redis is gone retries the reconnect in
+    ``__del__`` (Celery's result-backend retry policy, about 20 s), stalling whichever later test the
+    garbage collector happens to run in."""
+    gc.collect()
+    app.close()
 
 
 class Process:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from celery import Celery
 
-from tests.processes import Process, broker_app, service_env, start_worker
+from tests.processes import Process, broker_app, release_results, service_env, start_worker
 from tests.reliability.servers import PrivateRedis
 
 # Generated, so that no file in the repository holds it (and the secret scan has nothing to allow).
@@ -24,8 +24,10 @@ def serving_broker() -> Iterator[PrivateRedis]:
 
 
 @pytest.fixture(scope="package")
-def serving_app(database_url: str, serving_broker: PrivateRedis) -> Celery:
-    return broker_app(database_url, serving_broker.url())
+def serving_app(database_url: str, serving_broker: PrivateRedis) -> Iterator[Celery]:
+    app = broker_app(database_url, serving_broker.url())
+    yield app
+    release_results(app)
 
 
 @pytest.fixture(scope="package")

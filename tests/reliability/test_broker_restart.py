@@ -5,7 +5,6 @@ promises; the worker reconnects by itself either way.
 
 from __future__ import annotations
 
-import gc
 import re
 import signal
 import threading
@@ -22,7 +21,7 @@ from celery.result import AsyncResult
 
 from db.memory import PatternMemory
 from tests.integration.skills_for_tests import python_skill
-from tests.processes import broker_app, service_env, start_worker, wait_until
+from tests.processes import broker_app, release_results, service_env, start_worker, wait_until
 from tests.reliability.checks import (
     Row,
     finished_runs,
@@ -68,9 +67,7 @@ def broker(mode: str) -> Iterator[PrivateRedis]:
 def app(database_url: str, broker: PrivateRedis) -> Iterator[Celery]:
     celery = broker_app(database_url, broker.url())
     yield celery
-    # Let the test's AsyncResults unsubscribe while their Redis is still there.
-    gc.collect()
-    celery.close()
+    release_results(celery)
 
 
 class Producer(threading.Thread):

@@ -17,7 +17,7 @@ import pytest
 from db.memory import PatternMemory
 from db.migrate import upgrade
 from tests.integration.skills_for_tests import python_skill
-from tests.processes import Process, broker_app, service_env, start_worker, wait_until
+from tests.processes import Process, broker_app, release_results, service_env, start_worker, wait_until
 from tests.reliability.checks import finished_runs, outcomes_by_run, report
 from tests.reliability.servers import PrivatePostgres, PrivateRedis
 from worker.client import enqueue_skill
@@ -47,6 +47,7 @@ class Stack:
 
     def close(self) -> None:
         self.worker.stop()
+        release_results(self.app)
         self.memory.dispose()
         self.broker.close()
         self.postgres.stop()

@@ -8,7 +8,6 @@ finishes, each attempt recorded once, counters exact.
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +22,16 @@ from db.models import RunRequest
 from db.run_requests import record_request
 from tests.brokers import TestBroker
 from tests.integration.skills_for_tests import python_skill
-from tests.processes import Process, broker_app, running, service_env, start_beat, start_worker, wait_until
+from tests.processes import (
+    Process,
+    broker_app,
+    release_results,
+    running,
+    service_env,
+    start_beat,
+    start_worker,
+    wait_until,
+)
 from tests.reliability.checks import finished_runs, outcomes_by_run, report
 from tests.reliability.servers import kill_worker_tree
 from worker.client import enqueue_skill
@@ -44,8 +52,7 @@ SETTLE_TIMEOUT_SECONDS = 180
 def app(database_url: str, any_broker: TestBroker) -> Iterator[Celery]:
     celery = broker_app(database_url, any_broker.url, any_broker.result_backend)
     yield celery
-    gc.collect()
-    celery.close()
+    release_results(celery)
 
 
 def _env(database_url: str, broker: TestBroker, overdue: float = OVERDUE_SECONDS) -> dict[str, str]:

@@ -5,7 +5,6 @@ refused before they are decoded, a small FAILURE result each, the worker's memor
 
 from __future__ import annotations
 
-import gc
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from kombu import Connection, Exchange, Producer  # type: ignore[attr-defined]
 from db.memory import PatternMemory
 from tests.brokers import TestBroker
 from tests.integration.skills_for_tests import python_skill
-from tests.processes import Process, broker_app, service_env, start_worker, wait_until
+from tests.processes import Process, broker_app, release_results, service_env, start_worker, wait_until
 from tests.reliability.checks import report, row_counts
 from tests.reliability.servers import child_pids
 from worker.client import enqueue_skill
@@ -39,8 +38,7 @@ MEMORY_GROWTH_BOUND_MB = 100
 def app(database_url: str, any_broker: TestBroker) -> Iterator[Celery]:
     celery = broker_app(database_url, any_broker.url, any_broker.result_backend)
     yield celery
-    gc.collect()
-    celery.close()
+    release_results(celery)
 
 
 @pytest.fixture(scope="module")
@@ -189,6 +187,5 @@ def test_quorum_queues_on_rabbitmq(database_url: str, memory: PatternMemory, tmp
         finally:
             worker.stop()
     finally:
-        gc.collect()
-        celery.close()
+        release_results(celery)
         broker.close()

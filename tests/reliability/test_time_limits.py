@@ -17,7 +17,7 @@ from celery import Celery
 
 from db.memory import PatternMemory
 from tests.integration.skills_for_tests import python_skill
-from tests.processes import Process, broker_app, running, service_env, start_worker
+from tests.processes import Process, broker_app, release_results, running, service_env, start_worker
 from tests.reliability.checks import report
 from tests.reliability.servers import PrivateRedis
 from worker.registry import register_skill_text
@@ -121,6 +121,8 @@ def test_hung_and_spinning_agents_leave_nothing_behind(
         errors = [result.get(timeout=120)["error"] for result in sent]
         assert all(error is not None and error.startswith("timed out after") for error in errors)
         after = _figures(worker, app)
+        del naps, sent
+        release_results(app)
     ratios = {
         "rss": after["rss_kb"] / baseline["rss_kb"],
         "latency": after["latency_ms"] / baseline["latency_ms"],

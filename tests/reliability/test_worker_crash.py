@@ -8,7 +8,6 @@ timeout. What keeps a redelivered attempt from counting twice is the database: t
 
 from __future__ import annotations
 
-import gc
 import os
 import signal
 import time
@@ -21,7 +20,7 @@ from celery import Celery
 
 from db.memory import PatternMemory
 from tests.integration.skills_for_tests import python_skill
-from tests.processes import Process, broker_app, service_env, start_worker, wait_until
+from tests.processes import Process, broker_app, release_results, service_env, start_worker, wait_until
 from tests.reliability.checks import finished_runs, outcomes_by_run, report, unacked_deliveries
 from tests.reliability.servers import PrivateRedis, child_pids, kill_worker_tree
 from worker.client import enqueue_skill
@@ -46,8 +45,7 @@ def broker() -> Iterator[PrivateRedis]:
 def app(database_url: str, broker: PrivateRedis) -> Iterator[Celery]:
     celery = broker_app(database_url, broker.url())
     yield celery
-    gc.collect()  # the test's AsyncResults unsubscribe while their Redis is still there
-    celery.close()
+    release_results(celery)
 
 
 def _skill_under_test(memory: PatternMemory, name: str) -> int:
