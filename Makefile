@@ -24,8 +24,13 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy db worker scheduler wre
 
+# Two test processes side by side (pytest-xdist), a module each at a time: most of the suite waits on real
+# worker, beat and broker processes, so two sessions overlap their waits on two cores. TEST_WORKERS=0 runs
+# one session, in order.
+TEST_WORKERS ?= 2
+
 test: install services lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadscope
 
 demo: install
 	$(BIN)/wre demo

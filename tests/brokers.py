@@ -69,7 +69,14 @@ class TestBroker:
 def redis_url() -> str:
     """The test Redis on a DB number of this process's own."""
     base = make_url(os.environ.get("WRE_TEST_BROKER_URL", DEFAULT_TEST_BROKER_URL))
-    number = 1 + os.getpid() % 14
+    # pytest-xdist's workers ("gw0", "gw1", ...) are one session's processes side by side, children of one
+    # controller: numbering them from the controller's pid keeps any two of them apart (pids alone could
+    # meet modulo 14).
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker.startswith("gw") and worker[2:].isdigit():
+        number = 1 + (os.getppid() + int(worker[2:])) % 14
+    else:
+        number = 1 + os.getpid() % 14
     return base.set(database=str(number)).render_as_string(hide_password=False)
 
 
