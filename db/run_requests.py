@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Engine, Table, and_, case, exists, func, insert, select, update
+from sqlalchemy import Engine, Table, and_, case, delete, exists, func, insert, select, update
 
 from db.models import OUTCOMES, RunRequest, utcnow
 
@@ -78,6 +78,24 @@ def close(engine: Engine, run_ids: Iterable[str]) -> None:
     if ids:
         with engine.begin() as conn:
             conn.execute(update(requests).where(requests.c.run_id.in_(ids)).values(closed_at=utcnow()))
+
+
+def prune_closed(engine: Engine, closed_before: datetime, limit: int) -> int:
+    """Delete at most ``limit`` runs closed before ``closed_before``, oldest first; returns how many.
+
+    A closed run is one the sweep will never look at again, and its row holds the run's whole input context:
+    kept for ever, the table would grow by every run's input. Bounded per call so that one sweep round stays
+    short however much has piled up (the index on ``closed_at`` finds the oldest).
+    """
+    oldest = (
+        select(requests.c.run_id)
+        .where(requests.c.closed_at.is_not(None), requests.c.closed_at < closed_before)
+        .order_by(requests.c.closed_at)
+        .limit(limit)
+    )
+    with engine.begin() as conn:
+        result = conn.execute(delete(requests).where(requests.c.run_id.in_(oldest.scalar_subquery())))
+    return int(result.rowcount or 0)
 
 
 def overdue_runs(engine: Engine, idle_since: datetime, limit: int = 1000) -> list[OverdueRun]:

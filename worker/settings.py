@@ -81,6 +81,8 @@ class Settings(BaseSettings):
         attempt).
     :param run_max_resends: re-sends of one run before the sweep gives up on it (``wre runs stuck`` still
         lists it).
+    :param run_request_retention_seconds: the sweep deletes the producer's record of a run this long after it
+        closed (the record holds the run's input; its outcomes stay). 0: kept for ever.
     :param queue_prefix: prepended to both queue names (``{prefix}skills``, ``{prefix}maintenance``), so that
         two deployments can share one broker.
     :param skills_queue: the runs' queue name; when set it replaces ``{prefix}skills``.
@@ -141,6 +143,7 @@ class Settings(BaseSettings):
     run_sweep_seconds: float = Field(default=60.0, ge=0)
     run_overdue_seconds: float | None = Field(default=None, gt=0)
     run_max_resends: int = Field(default=3, ge=0)
+    run_request_retention_seconds: float = Field(default=7 * 24 * 3600.0, ge=0)
     queue_prefix: Annotated[str, Field(pattern=QUEUE_NAME_PATTERN)] = ""
     skills_queue: Annotated[str, Field(pattern=QUEUE_NAME_PATTERN)] = ""
     maintenance_queue: Annotated[str, Field(pattern=QUEUE_NAME_PATTERN)] = ""

@@ -5,6 +5,8 @@ close the open runs that have a final outcome (one UPDATE), then for each overdu
 either close it (its result is stored: bad input is refused without an outcome row), give up on it (after
 ``WRE_RUN_MAX_RESENDS``; ``wre runs stuck`` still lists it), or send its message again under the same run id.
 A re-sent run that was not lost after all records nothing twice: outcomes are keyed by (run id, attempt).
+Last, it deletes up to ``MAX_PRUNED_PER_ROUND`` records of runs closed more than
+``WRE_RUN_REQUEST_RETENTION_SECONDS`` ago.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from celery.result import AsyncResult
 
 from db.engine import get_engine
 from db.models import utcnow
-from db.run_requests import OverdueRun, close, close_finished, mark_resent, overdue_runs
+from db.run_requests import OverdueRun, close, close_finished, mark_resent, overdue_runs, prune_closed
 from worker.app import EXECUTE_TASK, SWEEP_TASK, app
 from worker.settings import Settings, get_settings
 
@@ -26,6 +28,9 @@ log = logging.getLogger(__name__)
 
 # Runs re-sent per round at most: a broker that lost thousands is better served over a few rounds.
 MAX_RESENDS_PER_ROUND = 500
+# Closed runs' records deleted per round at most: a backlog (retention just switched on) goes over many
+# rounds of short deletes rather than one long one.
+MAX_PRUNED_PER_ROUND = 10_000
 
 
 def sweep(celery: Celery, settings: Settings) -> dict[str, Any]:
@@ -48,7 +53,11 @@ def sweep(celery: Celery, settings: Settings) -> dict[str, Any]:
     close(engine, settled)
     if resent or given_up:
         log.warning("run sweep: re-sent %d overdue runs %s; %d gave up", len(resent), resent[:20], len(given_up))
-    return {"closed": closed + len(settled), "resent": resent, "given_up": len(given_up)}
+    pruned = 0
+    if settings.run_request_retention_seconds > 0:
+        closed_before = utcnow() - timedelta(seconds=settings.run_request_retention_seconds)
+        pruned = prune_closed(engine, closed_before, limit=MAX_PRUNED_PER_ROUND)
+    return {"closed": closed + len(settled), "resent": resent, "given_up": len(given_up), "pruned": pruned}
 
 
 def _has_result(celery: Celery, run_id: str) -> bool:
