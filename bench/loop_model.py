@@ -27,6 +27,7 @@ median of +16% over three real seeds): read its figures as comparisons between v
     python -m bench.loop_model                                # both fleets, wre's defaults, 42 seeds each
     python -m bench.loop_model --oracle 0.05 --oracle 0.10    # the ceiling: screening by foresight
     python -m bench.loop_model --setting screen_alpha=0.3     # a screening setting off its default
+    python -m bench.loop_model --generations 3 --wait-for-calls 90   # three rounds of search per screening
 """
 
 from __future__ import annotations
@@ -73,10 +74,16 @@ class Loop:
     look: int = 4
     oracle: float | None = None
     wait_for_calls: int | None = None  # a screening waits for this much budget (None: the smallest, as wre)
+    generations: int = 1  # rounds of offline search in one screening (wre: 1)
 
     @classmethod
     def defaults(
-        cls, changes: dict[str, float], look: int, oracle: float | None, wait_for_calls: int | None = None
+        cls,
+        changes: dict[str, float],
+        look: int,
+        oracle: float | None,
+        wait_for_calls: int | None = None,
+        generations: int = 1,
     ) -> Loop:
         settings = Settings().model_copy(update=changes)
         return cls(
@@ -89,6 +96,7 @@ class Loop:
             look,
             oracle,
             wait_for_calls,
+            generations,
         )
 
 
@@ -96,16 +104,10 @@ def _fidelity(rng: random.Random, probability: float, steps: int) -> float:
     return 1.0 if rng.random() < probability else rng.randrange(steps) / steps
 
 
-def _screen(
-    rng: random.Random, loop: Loop, fleet: Fleet, parent: float, budget: int, inputs: int
-) -> tuple[float | None, int]:
-    """One screening: the chosen candidate's pass probability (None: none beat the parent) and the calls spent."""
-    candidates = [
-        min(1.0, max(0.0, parent + rng.gauss(fleet.mean_shift, fleet.spread))) for _ in range(loop.candidates)
-    ]
-    if loop.oracle is not None:
-        best = max(candidates)
-        return (best if best - parent >= loop.oracle else None), 0
+def _halve(
+    rng: random.Random, fleet: Fleet, parent: float, candidates: list[float], budget: int, inputs: int
+) -> tuple[int, dict[int, list[float]], int]:
+    """Successive halving of ``candidates`` beside the parent (index -1): the survivor, every score, the calls."""
     scores: dict[int, list[float]] = {index: [] for index in range(-1, len(candidates))}
     alive = list(range(len(candidates)))
     per_round = budget / (math.ceil(math.log2(len(alive))) + 1) if len(alive) > 1 else budget
@@ -123,11 +125,40 @@ def _screen(
         calls += size * (len(alive) + 1)
         if len(alive) > 1:
             alive = sorted(alive, key=lambda index: -statistics.fmean(scores[index]))[: len(alive) // 2]
-    pairs = list(zip(scores[alive[0]], scores[-1], strict=False))
+    return alive[0], scores, calls
+
+
+def _screen(
+    rng: random.Random, loop: Loop, fleet: Fleet, parent: float, budget: int, inputs: int
+) -> tuple[float | None, int]:
+    """One screening: the chosen candidate's pass probability (None: none beat the parent) and the calls spent.
+
+    With ``loop.generations`` > 1 (not in wre: a variant), the budget is split between rounds of search; each
+    later round evolves its candidates from the previous round's survivor when that survivor scored above the
+    parent (from the parent again otherwise), and keeps that survivor among them. Only the last round's
+    survivor faces the sign test against the parent.
+    """
+    base, kept = parent, None
+    calls = 0
+    for generation in range(loop.generations):
+        candidates = [
+            min(1.0, max(0.0, base + rng.gauss(fleet.mean_shift, fleet.spread))) for _ in range(loop.candidates)
+        ]
+        if loop.oracle is not None:
+            best = max(candidates)
+            return (best if best - parent >= loop.oracle else None), 0
+        if kept is not None:
+            candidates[-1] = kept
+        survivor, scores, spent = _halve(rng, fleet, parent, candidates, budget // loop.generations, inputs)
+        calls += spent
+        if generation < loop.generations - 1 and scores[survivor]:
+            if statistics.fmean(scores[survivor]) > statistics.fmean(scores[-1]):
+                base = kept = candidates[survivor]
+    pairs = list(zip(scores[survivor], scores[-1], strict=False))
     wins = sum(mine > theirs for mine, theirs in pairs)
     losses = sum(mine < theirs for mine, theirs in pairs)
     chosen = wins > losses and sign_test_p_value(wins, losses) <= loop.alpha
-    return (candidates[alive[0]] if chosen else None), calls
+    return (candidates[survivor] if chosen else None), calls
 
 
 @dataclass
@@ -287,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--wait-for-calls", type=int, default=None, help="a screening waits for this much budget (wre: the smallest)"
     )
+    parser.add_argument(
+        "--generations", type=int, default=1, help="rounds of offline search per screening (wre: 1)"
+    )
     args = parser.parse_args(argv)
     changes: dict[str, float] = {}
     for item in args.setting:
@@ -294,7 +328,11 @@ def main(argv: list[str] | None = None) -> int:
         if name not in SCREEN_SETTINGS:
             parser.error(f"--setting {name!r}: one of {', '.join(SCREEN_SETTINGS)}")
         changes[name] = float(value) if "." in value else int(value)
-    changed = [*args.setting, *([f"wait for {args.wait_for_calls} calls"] if args.wait_for_calls else [])]
+    changed = [
+        *args.setting,
+        *([f"wait for {args.wait_for_calls} calls"] if args.wait_for_calls else []),
+        *([f"{args.generations} generations"] if args.generations > 1 else []),
+    ]
     variants = {"wre's screening" + (f" ({', '.join(changed)})" if changed else ""): None}
     variants.update({f"oracle: lift >= {lift:g}": lift for lift in args.oracle})
     report = Report("loop_model: the self-improvement loop, modelled (verdicts by scheduler.policies.decide)")
@@ -302,7 +340,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.fleet or sorted(FLEETS, reverse=True):
         fleet = FLEETS[name]
         for label, oracle in variants.items():
-            loop = Loop.defaults(changes, args.look, oracle, args.wait_for_calls if oracle is None else None)
+            loop = Loop.defaults(
+                changes,
+                args.look,
+                oracle,
+                args.wait_for_calls if oracle is None else None,
+                args.generations if oracle is None else 1,
+            )
             results = [
                 run_fleet(loop, fleet, seed, args.skills, args.runs) for seed in range(1, args.seeds + 1)
             ]

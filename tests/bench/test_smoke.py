@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import re
+import statistics
 
 import pytest
 
@@ -152,3 +154,20 @@ def test_loop_model_oracle_admits_lifts() -> None:
     result = loop_model.run_fleet(admit_all, fleet, seed=1, skills=3, runs=400)
     # Every evolution's best candidate is tested: a skill's first test starts once budget and inputs allow.
     assert result.tests >= 3 and result.screening_share == 0.0
+
+
+def test_loop_model_generations_climb_within_the_budget() -> None:
+    # An evolver that always adds 0.2: a second and third round, evolving from the survivor, climb further
+    # than one round can; no screening spends more than its budget.
+    fleet = self_improvement.Fleet("climb", 1, 0.3, 0.3, 4, 0.2, 0.0, 100)
+    chosen: dict[int, list[float]] = {1: [], 3: []}
+    for generations in chosen:
+        loop = loop_model.Loop.defaults({}, look=4, oracle=None, generations=generations)
+        rng = random.Random(7)
+        for _ in range(200):
+            probability, calls = loop_model._screen(rng, loop, fleet, parent=0.3, budget=90, inputs=25)
+            assert 0 < calls <= 90
+            chosen[generations].append(probability or 0.3)
+    assert max(chosen[1]) == pytest.approx(0.5)  # one round: at best the parent's +0.2
+    assert sum(probability >= 0.7 - 1e-9 for probability in chosen[3]) >= 50
+    assert statistics.fmean(chosen[3]) > statistics.fmean(chosen[1]) + 0.1
