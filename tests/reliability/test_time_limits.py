@@ -14,6 +14,7 @@ from contextlib import closing
 from pathlib import Path
 
 from celery import Celery
+from celery.result import AsyncResult
 
 from db.memory import PatternMemory
 from tests.integration.skills_for_tests import python_skill
@@ -102,27 +103,33 @@ def test_hung_and_spinning_agents_leave_nothing_behind(
     app = broker_app(database_url, broker.url())
     env = service_env(database_url, broker.url(), WRE_REACT_MAX_ITER="1")
     worker = start_worker(app, env, tmp_path, concurrency=CONCURRENCY, queues="skills")
+    naps: list[AsyncResult] = []
+    sent: list[AsyncResult] = []
     with running(worker), closing(broker):
-        # Warm: every pool thread started and has its child, modules imported (naps run side by side).
-        naps = [
-            app.send_task("wre.execute_skill", kwargs={"skill_name": "nap", "input_context": {"seconds": 0.5}})
-            for _ in range(2 * CONCURRENCY)
-        ]
-        assert all(result.get(timeout=60)["success"] for result in naps)
-        _latency_ms(app)
-        baseline = _figures(worker, app)
-        sent = [
-            app.send_task("wre.execute_skill", kwargs={"skill_name": "hung", "input_context": {"n": i}})
-            for i in range(HUNG_RUNS)
-        ] + [
-            app.send_task("wre.execute_skill", kwargs={"skill_name": "spinning", "input_context": {"n": i}})
-            for i in range(SPINNING_RUNS)
-        ]
-        errors = [result.get(timeout=120)["error"] for result in sent]
-        assert all(error is not None and error.startswith("timed out after") for error in errors)
-        after = _figures(worker, app)
-        del naps, sent
-        release_results(app)
+        try:
+            # Warm: every pool thread started and has its child, modules imported (naps run side by side).
+            naps = [
+                app.send_task("wre.execute_skill", kwargs={"skill_name": "nap", "input_context": {"seconds": 0.5}})
+                for _ in range(2 * CONCURRENCY)
+            ]
+            assert all(result.get(timeout=60)["success"] for result in naps)
+            _latency_ms(app)
+            baseline = _figures(worker, app)
+            sent = [
+                app.send_task("wre.execute_skill", kwargs={"skill_name": "hung", "input_context": {"n": i}})
+                for i in range(HUNG_RUNS)
+            ] + [
+                app.send_task("wre.execute_skill", kwargs={"skill_name": "spinning", "input_context": {"n": i}})
+                for i in range(SPINNING_RUNS)
+            ]
+            errors = [result.get(timeout=120)["error"] for result in sent]
+            assert all(error is not None and error.startswith("timed out after") for error in errors)
+            after = _figures(worker, app)
+        finally:
+            # Even when an assertion failed (its traceback keeps this frame): drop the results while their
+            # Redis is still up.
+            naps = sent = []
+            release_results(app)
     ratios = {
         "rss": after["rss_kb"] / baseline["rss_kb"],
         "latency": after["latency_ms"] / baseline["latency_ms"],
