@@ -1,8 +1,9 @@
-"""The producer's records of runs on real Postgres: the sweep closes finished runs and deletes those closed
-longer ago than the retention, oldest first and a bounded number per round; open runs are never deleted."""
+"""The producer's records of runs on real Postgres: the sweep deletes those closed longer ago than the
+retention, oldest first and a bounded number per round; open runs are never deleted."""
 
 from __future__ import annotations
 
+from contextlib import closing
 from datetime import timedelta
 
 from sqlalchemy import select, update
@@ -48,8 +49,10 @@ def test_the_sweep_prunes_at_its_retention_and_not_when_it_is_off(memory: Patter
     _record(memory, "week-old", 8)
     # No run is overdue (the open one was just sent), so the sweep asks the broker nothing.
     kept = Settings(database_url=database_url, run_request_retention_seconds=0)
-    assert sweep(create_app(kept), kept)["pruned"] == 0
+    with closing(create_app(kept)) as app:
+        assert sweep(app, kept)["pruned"] == 0
     assert _left(memory) == {"open", "day-old", "week-old"}
     daily = Settings(database_url=database_url, run_request_retention_seconds=24 * 3600 / 2)
-    assert sweep(create_app(daily), daily)["pruned"] == 2
+    with closing(create_app(daily)) as app:
+        assert sweep(app, daily)["pruned"] == 2
     assert _left(memory) == {"open"}
