@@ -11,9 +11,11 @@ What is real and what is modelled:
 - the live test's verdicts are ``scheduler.policies.decide`` at wre's defaults, asked every ``--look`` runs of
   a skill (the real bench's beat looks about every four);
 - screening follows worker/screening.py: ``evolve_candidates`` candidates, the parent replayed beside them,
-  successive halving over the budget, the survivor's exact sign test (``sign_test_p_value``) on paired
-  fidelities at ``screen_alpha``; the budget is ``screen_budget_share`` of the skill's live runs, at most
-  ``screen_max_calls`` per screening, and a screening waits for ``MIN_REPLAY_INPUTS`` recorded inputs;
+  successive halving over the budget in ``screen_generations`` rounds (a later round evolves from the
+  previous survivor when it scored above the parent, and keeps it), the last survivor's exact sign test
+  (``sign_test_p_value``) on paired fidelities at ``screen_alpha``; the budget is ``screen_budget_share`` of
+  the skill's live runs, at most ``screen_max_calls`` per screening; a screening waits until the budget pays
+  for the smallest one and for ``MIN_REPLAY_INPUTS`` recorded inputs;
 - skills, the evolver's draw and the gate's windows are the fleets of bench/self_improvement.py;
 - modelled: an attempt passes with its variation's probability, a failed one stops at a uniform step (the
   simulated agent); an evolution follows a run that failed every attempt, after a cooldown of 8 runs; a
@@ -27,7 +29,7 @@ median of +16% over three real seeds): read its figures as comparisons between v
     python -m bench.loop_model                                # both fleets, wre's defaults, 42 seeds each
     python -m bench.loop_model --oracle 0.05 --oracle 0.10    # the ceiling: screening by foresight
     python -m bench.loop_model --setting screen_alpha=0.3     # a screening setting off its default
-    python -m bench.loop_model --generations 3 --wait-for-calls 90   # three rounds of search per screening
+    python -m bench.loop_model --setting screen_generations=1     # one round of search per screening
 """
 
 from __future__ import annotations
@@ -43,8 +45,8 @@ from dataclasses import dataclass, field
 from bench.common import Report
 from bench.self_improvement import BAR_FIDELITY, BAR_RETRIES, FLEETS, WINDOW, Fleet
 from scheduler.policies import decide
-from worker.screening import MIN_REPLAY_INPUTS, sign_test_p_value
-from worker.settings import Settings
+from worker.screening import sign_test_p_value
+from worker.settings import MIN_REPLAY_INPUTS, Settings
 
 ATTEMPTS = 3
 THRESHOLD = 0.9
@@ -54,6 +56,7 @@ GUARD_RUNS = 1100
 SCREEN_SETTINGS = (
     "evolve_candidates",
     "screen_max_calls",
+    "screen_generations",
     "screen_budget_share",
     "screen_alpha",
     "screen_failures",
@@ -73,8 +76,8 @@ class Loop:
     passes: int
     look: int = 4
     oracle: float | None = None
+    generations: int = 1
     wait_for_calls: int | None = None  # a screening waits for this much budget (None: the smallest, as wre)
-    generations: int = 1  # rounds of offline search in one screening (wre: 1)
 
     @classmethod
     def defaults(
@@ -83,7 +86,6 @@ class Loop:
         look: int,
         oracle: float | None,
         wait_for_calls: int | None = None,
-        generations: int = 1,
     ) -> Loop:
         settings = Settings().model_copy(update=changes)
         return cls(
@@ -95,8 +97,8 @@ class Loop:
             settings.screen_passes,
             look,
             oracle,
+            settings.screen_generations,
             wait_for_calls,
-            generations,
         )
 
 
@@ -133,27 +135,29 @@ def _screen(
 ) -> tuple[float | None, int]:
     """One screening: the chosen candidate's pass probability (None: none beat the parent) and the calls spent.
 
-    With ``loop.generations`` > 1 (not in wre: a variant), the budget is split between rounds of search; each
-    later round evolves its candidates from the previous round's survivor when that survivor scored above the
-    parent (from the parent again otherwise), and keeps that survivor among them. Only the last round's
-    survivor faces the sign test against the parent.
+    As worker/screening.py: the budget is split between ``loop.generations`` rounds of search (what one round
+    leaves goes to the next); each later round evolves its candidates from the previous round's survivor when
+    that survivor scored above the parent (from the parent again otherwise), and keeps that survivor among
+    them. Only the last round's survivor faces the sign test against the parent.
     """
     base, kept = parent, None
     calls = 0
     for generation in range(loop.generations):
+        new = loop.candidates if loop.oracle is not None else max(1, loop.candidates - (kept is not None))
         candidates = [
-            min(1.0, max(0.0, base + rng.gauss(fleet.mean_shift, fleet.spread))) for _ in range(loop.candidates)
+            min(1.0, max(0.0, base + rng.gauss(fleet.mean_shift, fleet.spread))) for _ in range(new)
         ]
         if loop.oracle is not None:
             best = max(candidates)
             return (best if best - parent >= loop.oracle else None), 0
         if kept is not None:
-            candidates[-1] = kept
-        survivor, scores, spent = _halve(rng, fleet, parent, candidates, budget // loop.generations, inputs)
+            candidates.append(kept)  # last, as in wre: a tie goes to a new one
+        round_budget = (budget - calls) // (loop.generations - generation)
+        survivor, scores, spent = _halve(rng, fleet, parent, candidates, round_budget, inputs)
         calls += spent
         if generation < loop.generations - 1 and scores[survivor]:
-            if statistics.fmean(scores[survivor]) > statistics.fmean(scores[-1]):
-                base = kept = candidates[survivor]
+            ahead = statistics.fmean(scores[survivor]) > statistics.fmean(scores[-1])
+            base, kept = (candidates[survivor], candidates[survivor]) if ahead else (parent, None)
     pairs = list(zip(scores[survivor], scores[-1], strict=False))
     wins = sum(mine > theirs for mine, theirs in pairs)
     losses = sum(mine < theirs for mine, theirs in pairs)
@@ -218,7 +222,7 @@ def run_skill(rng: random.Random, loop: Loop, fleet: Fleet, baseline: float, run
         if not passed and skill.test is None and index >= skill.cool_until:
             budget = min(loop.max_calls, int(loop.budget_share * (index + 1)) - skill.spent)
             inputs = min(loop.failures, skill.failed_runs) + min(loop.passes, skill.passed_runs)
-            smallest = (loop.candidates + 1) * MIN_REPLAY_INPUTS
+            smallest = loop.generations * (loop.candidates + 1) * MIN_REPLAY_INPUTS
             if budget >= (loop.wait_for_calls or smallest) and inputs >= MIN_REPLAY_INPUTS:
                 skill.cool_until = index + COOLDOWN_RUNS
                 chosen, calls = _screen(rng, loop, fleet, skill.production, budget, inputs)
@@ -318,9 +322,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--wait-for-calls", type=int, default=None, help="a screening waits for this much budget (wre: the smallest)"
     )
-    parser.add_argument(
-        "--generations", type=int, default=1, help="rounds of offline search per screening (wre: 1)"
-    )
     args = parser.parse_args(argv)
     changes: dict[str, float] = {}
     for item in args.setting:
@@ -331,7 +332,6 @@ def main(argv: list[str] | None = None) -> int:
     changed = [
         *args.setting,
         *([f"wait for {args.wait_for_calls} calls"] if args.wait_for_calls else []),
-        *([f"{args.generations} generations"] if args.generations > 1 else []),
     ]
     variants = {"wre's screening" + (f" ({', '.join(changed)})" if changed else ""): None}
     variants.update({f"oracle: lift >= {lift:g}": lift for lift in args.oracle})
@@ -345,7 +345,6 @@ def main(argv: list[str] | None = None) -> int:
                 args.look,
                 oracle,
                 args.wait_for_calls if oracle is None else None,
-                args.generations if oracle is None else 1,
             )
             results = [
                 run_fleet(loop, fleet, seed, args.skills, args.runs) for seed in range(1, args.seeds + 1)

@@ -21,6 +21,16 @@ SCREENING_EVENT = "candidates_screened"
 TRUNCATED_MARKER = "_truncated"
 
 
+def screened(details: dict[str, Any]) -> tuple[int, int]:
+    """A screening event's rounds and the distinct candidates it replayed over all of them.
+
+    :param details: the event's details (an event written before rounds existed counts as one round).
+    """
+    rounds = details.get("rounds") or [details]
+    ids = {item.get("variation_id") for done in rounds for item in done.get("candidates", [])}
+    return len(rounds), len(ids)
+
+
 @dataclass(frozen=True)
 class ReplayInput:
     """One recorded input to replay.

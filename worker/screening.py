@@ -1,17 +1,19 @@
 """Screening: an evolution's candidates are replayed on recorded inputs before any of them gets live traffic.
 
-An evolution asks its evolver for ``WRE_EVOLVE_CANDIDATES`` candidates, replays each of them and the parent
-on the inputs of the skill's recent failed runs and a few recent passes (the passes catch regressions), and
-scores every replay with the skill's own checks. The candidate with the best mean replay fidelity enters the
-live A/B test only if it beats its parent on the same inputs by a one-sided exact sign test (inputs where it
-scored higher against inputs where it scored lower, ties dropped) at ``WRE_SCREEN_ALPHA``. Screening is a
-filter, as offline minibatch evaluation is: the live test stays the only thing that promotes, and keeps its
-error guarantee whatever screening let through.
+An evolution searches in ``WRE_SCREEN_GENERATIONS`` rounds. Each round asks the evolver for
+``WRE_EVOLVE_CANDIDATES`` candidates, replays each of them and the parent on inputs of the skill's recent
+failed runs and a few recent passes (the passes catch regressions), scores every replay with the skill's own
+checks, and keeps the best by successive halving. A later round proposes from the previous round's survivor
+when that survivor scored above the parent (from the parent again otherwise) and keeps it among its
+candidates. The last round's survivor enters the live A/B test only if it beats the parent on that round's
+inputs by a one-sided exact sign test (inputs where it scored higher against inputs where it scored lower,
+ties dropped) at ``WRE_SCREEN_ALPHA``. Screening is a filter, as offline minibatch evaluation is: the live
+test stays the only thing that promotes, and keeps its error guarantee whatever screening let through.
 
 Replays run in the evolve task (the maintenance queue), through the same agents and the same scoring as live
 runs, under run ids of their own. They write no outcome row, no counter and no A/B trial: one learning event
-per screening (:data:`db.screening.SCREENING_EVENT`) records the candidates, their replay scores, the chosen
-one and the calls and tokens spent. Calls are capped per screening (``WRE_SCREEN_MAX_CALLS``) and per skill
+per screening (:data:`db.screening.SCREENING_EVENT`) records every round's candidates and replay scores, the
+chosen one and the calls and tokens spent. Calls are capped per screening (``WRE_SCREEN_MAX_CALLS``) and per skill
 (``WRE_SCREEN_BUDGET_SHARE`` of its live runs): an evolution that the budget cannot pay for waits for more
 live traffic.
 """
@@ -32,11 +34,9 @@ from worker.agents import AgentResult, AttemptInfo, get_agent, run_attempt
 from worker.evolvers import EvolutionRefused, Evolver, Failure, validate_proposal
 from worker.evolvers.base import evolution_blocker
 from worker.scoring import score
-from worker.settings import Settings
+from worker.settings import MIN_REPLAY_INPUTS, Settings
 from worker.skills import Skill
 
-# Fewer inputs than this cannot show a difference: six wins out of six is p = 1/64 one-sided.
-MIN_REPLAY_INPUTS = 6
 # Replays of one screening in parallel (an llm agent waits on its server; the others are quick anyway).
 REPLAY_THREADS = 4
 TOKEN_KEYS = ("prompt_tokens", "completion_tokens")
@@ -136,8 +136,7 @@ def screening_wait(memory: PatternMemory, settings: Settings, parent: Skill) -> 
     blocker = evolution_blocker(parent)
     if blocker is not None:
         return f"{parent.name!r} is not evolved: {blocker}"
-    smallest = (settings.evolve_candidates + 1) * MIN_REPLAY_INPUTS
-    if _budget(memory, settings, parent.name) < smallest:
+    if _budget(memory, settings, parent.name) < settings.smallest_screening:
         spent, live_runs = screening_spent(memory, parent.name)
         return (
             f"screening budget: {spent} replay calls spent for {live_runs} live runs "
@@ -158,15 +157,15 @@ def screen_candidates(
     failures: list[Failure],
     seed: str,
 ) -> str:
-    """Propose candidates, replay them with their parent, and return the content of the one that beat it.
+    """Search for a candidate that beats its parent on replays, in rounds; return its content.
 
     :param memory: the store (recorded inputs, the screening budget, the learning event).
-    :param settings: candidates, budget and test level.
+    :param settings: candidates, rounds, budget and test level.
     :param parent: the production variation.
     :param production_id: its id.
     :param evolver: the skill's evolver.
     :param failures: recent failed runs, newest first.
-    :param seed: the evolution's seed; each candidate draws from it and its index.
+    :param seed: the evolution's seed; each candidate draws from it, its round and its index.
     :raises EvolutionRefused: nothing an evolver can change, no budget, no recorded inputs, no candidate, or
         no candidate beat the parent (a learning event records that screening).
     """
@@ -177,21 +176,165 @@ def screen_candidates(
     inputs = _interleaved(
         replay_inputs(memory, parent.name, settings.screen_failures, settings.screen_passes)
     )
-    candidates, refusals = _propose(memory, parent, evolver, failures, seed, settings.evolve_candidates)
-    run_ids = replay_ids(seed, inputs)
     threshold = parent.threshold if parent.threshold is not None else settings.react_fidelity
-    skills = {production_id: parent, **dict(candidates)}
-    replayed: dict[str, _Replayed] = {variation_id: _Replayed([], 0, None) for variation_id in skills}
-    # Successive halving: each round spends an equal share of the budget on fresh inputs for the parent and
-    # the candidates still in, then keeps the better half; the last one in gets the most inputs, which is
-    # where the test needs them.
+    rounds: list[_Round] = []
+    refusals: list[str] = []
+    # One round finds at best the best of a few draws around its parent, measured about as noisily as the
+    # draws differ; later rounds start from what the previous one found (and keep it, so a round never loses
+    # it), so the candidate the sign test judges can be several evolver steps from production.
+    base_id, base, kept = production_id, parent, None
+    offset = calls = 0
+    for generation in range(settings.screen_generations):
+        round_seed = seed if generation == 0 else f"{seed}\x1fround {generation + 1}"
+        count = max(1, settings.evolve_candidates - (kept is not None))
+        seen = {variation_id for done in rounds for variation_id, _ in done.candidates}
+        try:
+            proposed, refused = _propose(memory, base, evolver, failures, round_seed, count, seen)
+        except EvolutionRefused as error:
+            if not rounds:
+                raise
+            refusals.append(f"round {generation + 1}: {error}"[:200])
+            break  # nothing new to search from the survivor: the last round's survivor is judged
+        refusals += refused
+        # The kept survivor goes last, so that a tie in the halving goes to a new candidate: those are drawn
+        # around it, with the evolver's hoped-for step on top (in bench/loop_model.py, first costs 3 points).
+        candidates = [*proposed, *([kept] if kept is not None else [])]
+        # Each round takes the inputs after the previous round's (wrapping round when they run out), under
+        # run ids of its own: fresh evidence, so a survivor is not judged on the replays that chose it.
+        round_inputs = inputs[offset:] + inputs[:offset]
+        done = _halve(
+            settings,
+            {production_id: parent, **dict(candidates)},
+            production_id,
+            candidates,
+            base_id,
+            round_inputs,
+            replay_ids(round_seed, round_inputs),
+            (budget - calls) // (settings.screen_generations - generation),
+            threshold,
+        )
+        rounds.append(done)
+        calls += done.calls
+        offset = (offset + len(done.inputs)) % len(inputs)
+        if not done.inputs:
+            break  # the budget is spent
+        if statistics.fmean(done.replayed[done.survivor].fidelities) > done.parent_fidelity:
+            base_id, base = done.survivor, dict(candidates)[done.survivor]
+            kept = (base_id, base)
+        else:
+            base_id, base, kept = production_id, parent, None
+    last = next((done for done in reversed(rounds) if done.inputs), None)
+    if last is None:  # nothing replayed, nothing spent (the wait above makes this unreachable)
+        raise EvolutionRefused(f"no recorded input of {parent.name!r} to replay")
+    parent_score = last.parent_score()
+    scores = last.scores()
+    # The last survivor is the only one tested, on every input it and the parent were replayed on.
+    best = next(item for item in scores if item.variation_id == last.survivor)
+    chosen = best if best.wins > best.losses and best.p_value <= settings.screen_alpha else None
+    replayed_inputs = list({item.run_id: item for done in rounds for item in done.inputs}.values())
+    failed_inputs = sum(item.failed for item in replayed_inputs)
+    verdict = (
+        f"{chosen.variation_id} beat its parent ({chosen.wins} wins, {chosen.losses} losses, p={chosen.p_value:.3f})"
+        if chosen
+        else f"none beat the parent (best {best.variation_id}: {best.wins} wins, {best.losses} losses, "
+        f"p={best.p_value:.3f} > {settings.screen_alpha:g})"
+    )
+    screened = len({variation_id for done in rounds for variation_id, _ in done.candidates})
+    description = (
+        f"{screened} candidate(s) in {len(rounds)} round(s) replayed on {len(replayed_inputs)} recorded "
+        f"input(s) ({failed_inputs} failed, {len(replayed_inputs) - failed_inputs} passed), {calls} agent "
+        f"calls: {verdict}"
+    )
+    memory.record_learning_event(
+        parent.name,
+        SCREENING_EVENT,
+        chosen.variation_id if chosen else None,
+        fidelity_before=parent_score.fidelity,
+        fidelity_after=best.fidelity,
+        description=description,
+        details={
+            "calls": calls,
+            "tokens": _sum_tokens(done.tokens() for done in rounds),
+            "inputs": {"failed": failed_inputs, "passed": len(replayed_inputs) - failed_inputs},
+            # The last round's, which the sign test judged; every round's follow under "rounds".
+            "parent": asdict(parent_score),
+            "candidates": [asdict(item) for item in scores],
+            "rounds": [done.summary() for done in rounds],
+            "chosen": chosen.variation_id if chosen else None,
+            "alpha": settings.screen_alpha,
+            "refused": refusals,
+        },
+    )
+    if chosen is None:
+        raise EvolutionRefused(f"screening: {verdict}")
+    return dict(last.candidates)[chosen.variation_id].content
+
+
+@dataclass(frozen=True)
+class _Round:
+    """One round of search: what was replayed on which inputs, and which candidate survived the halving."""
+
+    base_id: str
+    production_id: str
+    candidates: list[tuple[str, Skill]]
+    inputs: list[ReplayInput]
+    replayed: dict[str, _Replayed]
+    survivor: str
+    calls: int
+
+    @property
+    def parent_fidelity(self) -> float:
+        return statistics.fmean(self.replayed[self.production_id].fidelities)
+
+    def parent_score(self) -> ReplayScore:
+        base = self.replayed[self.production_id]
+        return ReplayScore(
+            self.production_id, self.parent_fidelity, base.successes, replays=len(base.fidelities)
+        )
+
+    def scores(self) -> list[ReplayScore]:
+        base = self.replayed[self.production_id]
+        return [_score(variation_id, self.replayed[variation_id], base) for variation_id, _ in self.candidates]
+
+    def tokens(self) -> int | None:
+        return _sum_tokens(item.tokens for item in self.replayed.values())
+
+    def summary(self) -> dict[str, Any]:
+        """The round as the learning event keeps it."""
+        return {
+            "from": self.base_id,
+            "inputs": len(self.inputs),
+            "calls": self.calls,
+            "parent": asdict(self.parent_score()) if self.inputs else None,
+            "candidates": [asdict(item) for item in self.scores()] if self.inputs else [],
+            "survivor": self.survivor,
+        }
+
+
+def _halve(
+    settings: Settings,
+    skills: dict[str, Skill],
+    production_id: str,
+    candidates: list[tuple[str, Skill]],
+    base_id: str,
+    inputs: list[ReplayInput],
+    run_ids: list[str],
+    budget: int,
+    threshold: float,
+) -> _Round:
+    """One round: successive halving of ``candidates`` beside the parent within ``budget`` calls.
+
+    Each step spends an equal share of the budget on fresh inputs for the parent and the candidates still in,
+    then keeps the better half; the last one in gets the most inputs, which is where the test needs them.
+    """
+    replayed = {variation_id: _Replayed([], 0, None) for variation_id in skills}
     alive = [variation_id for variation_id, _ in candidates]
-    per_round = budget / (math.ceil(math.log2(len(alive))) + 1)
+    per_step = budget / (math.ceil(math.log2(len(alive))) + 1)
     used = calls = 0
     while used < len(inputs):
         size = min(
             len(inputs) - used,
-            max(1, int(per_round // (len(alive) + 1))),
+            max(1, int(per_step // (len(alive) + 1))),
             (budget - calls) // (len(alive) + 1),
         )
         if size <= 0:
@@ -205,56 +348,19 @@ def screen_candidates(
         calls += size * (len(alive) + 1)
         if len(alive) > 1:
             alive = sorted(alive, key=lambda v: -statistics.fmean(replayed[v].fidelities))[: len(alive) // 2]
-    base = replayed[production_id]
-    if not base.fidelities:  # nothing replayed, nothing spent (the wait above makes this unreachable)
-        raise EvolutionRefused(f"no recorded input of {parent.name!r} to replay")
-    parent_score = ReplayScore(
-        production_id, statistics.fmean(base.fidelities), base.successes, replays=len(base.fidelities)
-    )
-    scores = [_score(variation_id, replayed[variation_id], base) for variation_id, _ in candidates]
-    tokens = _sum_tokens(item.tokens for item in replayed.values())
-    # The survivor is the only one tested, on every input it and the parent were replayed on.
-    best = next(item for item in scores if item.variation_id == alive[0])
-    chosen = best if best.wins > best.losses and best.p_value <= settings.screen_alpha else None
-    inputs = inputs[:used]
-    failed_inputs = sum(item.failed for item in inputs)
-    verdict = (
-        f"{chosen.variation_id} beat its parent ({chosen.wins} wins, {chosen.losses} losses, p={chosen.p_value:.3f})"
-        if chosen
-        else f"none beat the parent (best {best.variation_id}: {best.wins} wins, {best.losses} losses, "
-        f"p={best.p_value:.3f} > {settings.screen_alpha:g})"
-    )
-    description = (
-        f"{len(candidates)} candidate(s) replayed on {len(inputs)} recorded input(s) "
-        f"({failed_inputs} failed, {len(inputs) - failed_inputs} passed), {calls} agent calls: {verdict}"
-    )
-    memory.record_learning_event(
-        parent.name,
-        SCREENING_EVENT,
-        chosen.variation_id if chosen else None,
-        fidelity_before=parent_score.fidelity,
-        fidelity_after=best.fidelity,
-        description=description,
-        details={
-            "calls": calls,
-            "tokens": tokens,
-            "inputs": {"failed": failed_inputs, "passed": len(inputs) - failed_inputs},
-            "parent": asdict(parent_score),
-            "candidates": [asdict(item) for item in scores],
-            "chosen": chosen.variation_id if chosen else None,
-            "alpha": settings.screen_alpha,
-            "refused": refusals,
-        },
-    )
-    if chosen is None:
-        raise EvolutionRefused(f"screening: {verdict}")
-    return next(skill.content for variation_id, skill in candidates if variation_id == chosen.variation_id)
+    return _Round(base_id, production_id, candidates, inputs[:used], replayed, alive[0], calls)
 
 
 def _propose(
-    memory: PatternMemory, parent: Skill, evolver: Evolver, failures: list[Failure], seed: str, count: int
+    memory: PatternMemory,
+    parent: Skill,
+    evolver: Evolver,
+    failures: list[Failure],
+    seed: str,
+    count: int,
+    seen: set[str],
 ) -> tuple[list[tuple[str, Skill]], list[str]]:
-    """Up to ``count`` distinct new candidates, and why the others were dropped."""
+    """Up to ``count`` distinct new candidates (none of ``seen``), and why the others were dropped."""
     candidates: dict[str, Skill] = {}
     refusals: list[str] = []
     for index in range(count):
@@ -266,7 +372,7 @@ def _propose(
             refusals.append(str(error)[:200])
             continue
         variation_id = proposal.variation_id
-        if variation_id in candidates:
+        if variation_id in candidates or variation_id in seen:
             continue  # a deterministic evolver proposes the same thing every time
         known = memory.get_variation(variation_id)
         if known is not None:

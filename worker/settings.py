@@ -25,6 +25,8 @@ DEFAULT_VISIBILITY_TIMEOUT_SECONDS = 3600.0
 DATABASE_BACKENDS = ("postgresql", "sqlite")
 # Queue names (and the prefix) as RabbitMQ and Redis both take them; RabbitMQ reserves "amq.".
 QUEUE_NAME_PATTERN = r"^[A-Za-z0-9_.:-]{0,100}$"
+# Fewer replay inputs than this cannot show a difference: six wins out of six is p = 1/64 one-sided.
+MIN_REPLAY_INPUTS = 6
 
 
 class Settings(BaseSettings):
@@ -94,7 +96,11 @@ class Settings(BaseSettings):
     :param screen_passes: recent passing runs whose inputs join the failed ones in the replay set (to catch
         regressions).
     :param screen_max_calls: agent calls one screening may spend (the parent's replays included); the replay
-        set is cut to fit.
+        set is cut to fit. It must pay for the smallest screening: ``screen_generations`` x
+        (``evolve_candidates`` + 1) x 6 calls.
+    :param screen_generations: rounds of search in one screening: each later round proposes its candidates
+        from the previous round's survivor (when it beat the parent on its replays) and keeps that survivor
+        among them; the calls are split between the rounds.
     :param screen_budget_share: a skill's screening calls stay within this share of its live runs; an
         evolution that would exceed it waits for more live traffic.
     :param screen_alpha: the one-sided sign test's level: a candidate enters the live test only if it beats
@@ -152,6 +158,7 @@ class Settings(BaseSettings):
     screen_failures: int = Field(default=20, ge=1, le=1000)
     screen_passes: int = Field(default=5, ge=0, le=1000)
     screen_max_calls: int = Field(default=100, ge=2, le=10_000)
+    screen_generations: int = Field(default=3, ge=1, le=8)
     screen_budget_share: float = Field(default=0.2, ge=0.0, le=10.0)
     screen_alpha: float = Field(default=0.2, gt=0.0, lt=1.0)
     task_events: bool = False
@@ -193,6 +200,22 @@ class Settings(BaseSettings):
         if self.skills_queue_name == self.maintenance_queue_name:
             raise ValueError(f"the skills and maintenance queues must differ, both are {self.skills_queue_name!r}")
         return self
+
+    @model_validator(mode="after")
+    def _screening_fits(self) -> Settings:
+        # A screening that its own cap cannot pay for would never run: evolution would wait for ever.
+        if self.screen_max_calls < self.smallest_screening:
+            raise ValueError(
+                f"WRE_SCREEN_MAX_CALLS={self.screen_max_calls} cannot pay for one screening: "
+                f"{self.screen_generations} round(s) x ({self.evolve_candidates} candidates + the parent) x "
+                f"{MIN_REPLAY_INPUTS} inputs = {self.smallest_screening} calls"
+            )
+        return self
+
+    @property
+    def smallest_screening(self) -> int:
+        """Agent calls of the smallest screening: every round replays the parent and each candidate 6 times."""
+        return self.screen_generations * (self.evolve_candidates + 1) * MIN_REPLAY_INPUTS
 
     @field_validator("react_max_iter", mode="after")
     @classmethod

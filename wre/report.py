@@ -29,7 +29,7 @@ from db.figures import (
     run_figures,
 )
 from db.memory import AbTestRecord, PatternMemory
-from db.screening import latest_screenings
+from db.screening import latest_screenings, screened
 from wre.charts import IntervalRow, Marker, Point, Series, interval_chart, time_series_chart
 
 DEFAULT_BUCKETS = 30
@@ -332,13 +332,14 @@ def _screening_section(screenings: list[dict[str, Any]], total_runs: int) -> str
     for item in screenings:
         details = item["details"]
         parent = details.get("parent", {})
-        candidates = details.get("candidates", [])
+        candidates = details.get("candidates", [])  # the last round's, which the sign test judged
         best = max((c.get("fidelity", 0.0) for c in candidates), default=None)
+        rounds, screened_count = screened(details)
         inputs = details.get("inputs", {})
         tokens = details.get("tokens")
         rows.append(
             f"<tr><td>{_time(item['created_at'])}</td><td>{escape(item['skill_name'])}</td>"
-            f"<td>{len(candidates)}</td><td>{inputs.get('failed', 0)} / {inputs.get('passed', 0)}</td>"
+            f"<td>{screened_count} in {rounds}</td><td>{inputs.get('failed', 0)} / {inputs.get('passed', 0)}</td>"
             f"<td>{details.get('calls', 0)}</td><td>{'-' if tokens is None else tokens}</td>"
             f"<td>{_number(parent.get('fidelity'))} → {_number(best)}</td>"
             f"<td>{escape(details.get('chosen') or 'none')}</td></tr>"
@@ -346,8 +347,9 @@ def _screening_section(screenings: list[dict[str, Any]], total_runs: int) -> str
     return (
         f'{heading}\n<p class="muted">Candidates replayed with production on recorded inputs before any live '
         f"traffic (replays are not runs): {len(screenings)} screenings, {calls} agent calls{share}.</p>\n"
-        "<table><thead><tr><th>time (UTC)</th><th>skill</th><th>candidates</th><th>inputs failed / passed</th>"
-        "<th>calls</th><th>tokens</th><th>replay fidelity: production → best</th><th>chosen</th></tr></thead>"
+        "<table><thead><tr><th>time (UTC)</th><th>skill</th><th>candidates in rounds</th><th>inputs failed / passed</th>"
+        "<th>calls</th><th>tokens</th><th>replay fidelity (last round): production → best</th><th>chosen</th>"
+        "</tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table>"
     )
 

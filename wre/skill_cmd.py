@@ -10,7 +10,7 @@ import typer
 from rich.console import Group
 from rich.text import Text
 
-from db.screening import SCREENING_EVENT, screening_spent
+from db.screening import SCREENING_EVENT, screened, screening_spent
 from worker.evolvers.base import evolution_blocker
 from worker.registry import register_skill_files
 from worker.runner import parse_variation
@@ -181,12 +181,13 @@ def _evolution_lines(evolution: dict[str, Any]) -> list[Any]:
     ]
     if not evolution["latest_screenings"]:
         return lines
-    listed = table("screened", "calls", "parent", "candidates (replay fidelity, wins-losses, p)", "chosen",
-                   title="latest screenings")
+    listed = table("screened", "rounds", "calls", "parent", "last round's candidates (replay fidelity, "
+                   "wins-losses, p)", "chosen", title="latest screenings")
     for details in evolution["latest_screenings"]:
         parent = details.get("parent", {})
         listed.add_row(
             (details["created_at"] or "-").replace("T", " "),
+            "{} ({} candidates)".format(*screened(details)),
             str(details.get("calls", 0)),
             f"{parent.get('variation_id', '-')} {parent.get('fidelity', 0.0):.2f}",
             ", ".join(

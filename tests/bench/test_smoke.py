@@ -139,7 +139,7 @@ def test_srm(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_loop_model(capsys: pytest.CaptureFixture[str]) -> None:
-    loop_model.main(["--fleet", "held-out", "--seeds", "3", "--skills", "3", "--runs", "400", "--oracle", "1"])
+    loop_model.main(["--fleet", "held-out", "--seeds", "3", "--skills", "3", "--runs", "800", "--oracle", "1"])
     text = capsys.readouterr().out
     [share] = _numbers(r"wre's screening +.* screening ([\d.]+)% of live runs", text)
     assert 0.0 < share <= 20.0  # screening spends, within its budget share
@@ -151,7 +151,7 @@ def test_loop_model(capsys: pytest.CaptureFixture[str]) -> None:
 def test_loop_model_oracle_admits_lifts() -> None:
     fleet = self_improvement.FLEETS["main"]
     admit_all = loop_model.Loop.defaults({}, look=4, oracle=-1.0)
-    result = loop_model.run_fleet(admit_all, fleet, seed=1, skills=3, runs=400)
+    result = loop_model.run_fleet(admit_all, fleet, seed=1, skills=3, runs=800)
     # Every evolution's best candidate is tested: a skill's first test starts once budget and inputs allow.
     assert result.tests >= 3 and result.screening_share == 0.0
 
@@ -162,7 +162,7 @@ def test_loop_model_generations_climb_within_the_budget() -> None:
     fleet = self_improvement.Fleet("climb", 1, 0.3, 0.3, 4, 0.2, 0.0, 100)
     chosen: dict[int, list[float]] = {1: [], 3: []}
     for generations in chosen:
-        loop = loop_model.Loop.defaults({}, look=4, oracle=None, generations=generations)
+        loop = loop_model.Loop.defaults({"screen_generations": generations}, look=4, oracle=None)
         rng = random.Random(7)
         for _ in range(200):
             probability, calls = loop_model._screen(rng, loop, fleet, parent=0.3, budget=90, inputs=25)

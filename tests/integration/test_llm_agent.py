@@ -305,19 +305,23 @@ def test_the_evolvers_rewrite_is_screened_then_tested(
     register_skill_text(skills, llm_skill("llm_evolves", model="m-evolve"))
     parent_id, parent_content = skills.get_production("llm_evolves")
     new_instructions = "Summarize the ticket in one sentence.\n\nSet `priority` to exactly low, normal or high."
+    refined = f"{new_instructions}\n\nKeep the summary short."
 
     def answer(request: Recorded) -> Reply:
         if request.message("system").startswith("You improve the instructions"):
-            # Each candidate is sampled at its own temperature; only the coldest keeps the fix.
+            # Each candidate is sampled at its own temperature; only the coldest keeps the fix, and from a
+            # parent that has the fix it adds a line (evolving from the refined one again adds nothing new).
             if request.body["temperature"] < 0.5:
-                return Reply(f"```markdown\n{new_instructions}\n```")
+                fixed = new_instructions in request.message("user")
+                return Reply(f"```markdown\n{refined if fixed else new_instructions}\n```")
             return Reply(f"Summarize the ticket. (Sampled at {request.body['temperature']}.)")
         if "exactly low, normal or high" in request.message("system"):
             return Reply('{"summary": "Printer jam.", "priority": "high"}')
         return Reply('{"summary": "Printer jam.", "priority": "P1"}')
 
     server.respond("m-evolve", answer)
-    results = [run(app, "llm_evolves", {"ticket": f"{TICKET['ticket']} #{n}"}) for n in range(6)]
+    # The budget (10 replay calls per live run here) pays for the smallest screening, 90 calls, at run 9.
+    results = [run(app, "llm_evolves", {"ticket": f"{TICKET['ticket']} #{n}"}) for n in range(9)]
     assert all(r["success"] is False and r["evolution_triggered"] is True for r in results)
     wait_until(
         lambda: skills.get_active_ab_test("llm_evolves") is not None, what="the evolved variation's test"
@@ -328,26 +332,34 @@ def test_the_evolvers_rewrite_is_screened_then_tested(
     assert variation is not None
     assert variation.created_by == "evolver:llm" and variation.parent_version == parent_id
     assert results[-1]["execution_id"] in variation.learned_from
-    # Only the instructions changed: the front matter is the parent's, byte for byte.
+    # Only the instructions changed: the front matter is the parent's, byte for byte. Two rounds of search:
+    # the first found the fix, the second, evolving from it, refined it.
     header = parent_content[: parent_content.index("---\n", 4) + 4]
-    assert variation.variation_content == f"{header}\n{new_instructions}\n"
+    assert variation.variation_content == f"{header}\n{refined}\n"
     # The evolver's requests: one per candidate, each at its own temperature and seed; the prompt holds the
     # current content, the checks, the failed steps and their outputs.
     evolver_requests = [
         r for r in server.requests_for("m-evolve") if r.message("system").startswith("You improve")
     ]
-    assert sorted(r.body["temperature"] for r in evolver_requests) == [0.1, 0.7, 1.0, 1.2]
-    assert len({r.body["seed"] for r in evolver_requests}) == 4
-    prompt = evolver_requests[0].message("user")
+    first_round, later = evolver_requests[:4], evolver_requests[4:]
+    assert sorted(r.body["temperature"] for r in first_round) == [0.1, 0.7, 1.0, 1.2]
+    assert len({r.body["seed"] for r in first_round}) == 4
+    prompt = first_round[0].message("user")
     assert parent_content.strip() in prompt
     assert PRIORITY_SCHEMA_CHECK in prompt and "first failed step `priority`" in prompt
     assert '"priority": "P1"' in prompt
-    assert "response_format" not in evolver_requests[0].body
+    assert "response_format" not in first_round[0].body
+    # Later rounds ask for three new candidates beside the survivor, with the survivor as the parent.
+    assert len(later) == 6 and all(new_instructions in r.message("user") for r in later)
     # The screening: the rewrite passed every replay the parent failed; the calls and tokens are counted.
     (screening,) = [e for e in skills.get_evolution_history("llm_evolves") if e.event_type == "candidates_screened"]
-    assert screening.details["chosen"] == variation.variation_id
-    # Successive halving: 4 candidates on the first inputs, the better 2 on the next, the survivor on the rest.
-    assert 6 * 2 <= screening.details["calls"] < 6 * 5
-    assert screening.details["tokens"] == screening.details["calls"] * 18  # the fake server's usage per call
-    chosen = next(c for c in screening.details["candidates"] if c["variation_id"] == variation.variation_id)
-    assert chosen["wins"] == 6 and chosen["losses"] == 0
+    details = screening.details
+    assert details["chosen"] == variation.variation_id
+    rounds = details["rounds"]
+    assert len(rounds) == 2 and rounds[1]["from"] == rounds[0]["survivor"] != variation.variation_id
+    assert details["refused"][-1].startswith("round 3: no new candidate to screen")
+    # Successive halving in each round, within the budget; the fake server reports 18 tokens per call.
+    assert details["calls"] == sum(item["calls"] for item in rounds) <= 90
+    assert details["tokens"] == details["calls"] * 18
+    chosen = next(c for c in details["candidates"] if c["variation_id"] == variation.variation_id)
+    assert chosen["wins"] == chosen["replays"] == rounds[-1]["inputs"] and chosen["losses"] == 0

@@ -15,9 +15,12 @@ from db.models import OUTCOMES
 from db.screening import SCREENING_EVENT, screening_spent
 from tests.integration.test_cli import wre
 from tests.processes import service_env
+from worker.agents.simulated import simulation_spec
 from worker.evolution import evolve_skill
+from worker.evolvers import EvolutionRefused, Failure, SimulatedEvolver
+from worker.screening import screen_candidates
 from worker.settings import Settings
-from worker.skills import parse_skill
+from worker.skills import Skill, parse_skill
 from wre.report import build_report
 
 
@@ -85,7 +88,7 @@ def _screenings(memory: PatternMemory, skill: str) -> list[dict]:
 
 
 def test_a_better_candidate_enters_the_test_and_replays_write_no_runs(memory: PatternMemory) -> None:
-    settings = Settings(evolve_cooldown_seconds=0)
+    settings = Settings(evolve_cooldown_seconds=0, screen_generations=1)  # one round: the halving alone
     production = memory.register_skill("sim", simulated_skill(0.3, 0.6), default_agent="simulated")
     _runs(memory, "sim", production, 400, success=False)
     _runs(memory, "sim", production, 100, success=True)
@@ -109,42 +112,89 @@ def test_a_better_candidate_enters_the_test_and_replays_write_no_runs(memory: Pa
     chosen = next(c for c in details["candidates"] if c["variation_id"] == result["variation_id"])
     assert chosen["fidelity"] > details["parent"]["fidelity"] and chosen["p_value"] <= settings.screen_alpha
     assert screening_spent(memory, "sim") == (details["calls"], 500)
+    assert [item["survivor"] for item in details["rounds"]] == [result["variation_id"]]
 
 
-def test_worse_candidates_get_no_live_traffic(memory: PatternMemory) -> None:
+def _declared(memory: PatternMemory, variation_id: str) -> float:
+    variation = memory.get_variation(variation_id)
+    assert variation is not None
+    probability = simulation_spec(parse_skill(variation.variation_content)).pass_probability
+    assert probability is not None
+    return probability
+
+
+def test_later_rounds_search_from_the_survivor_and_keep_it(memory: PatternMemory) -> None:
+    # Every draw adds about 0.3 to its parent's pass probability: one round can reach about 0.6 from 0.3,
+    # three rounds that each start from the previous survivor reach 0.9 and more.
     settings = Settings(evolve_cooldown_seconds=0)
-    production = memory.register_skill("sim", simulated_skill(0.9, -0.6), default_agent="simulated")
-    _runs(memory, "sim", production, 500, success=False)
+    assert settings.screen_generations == 3
+    production = memory.register_skill("sim", simulated_skill(0.3, 0.3), default_agent="simulated")
+    _runs(memory, "sim", production, 400, success=False)
+    _runs(memory, "sim", production, 100, success=True)
     result = evolve_skill(memory, settings, "sim")
-    assert result["status"] == "refused" and "none beat the parent" in result["reason"], result
-    assert memory.get_active_ab_test("sim") is None
-    assert [v.variation_id for v in memory.list_variations("sim")] == [production]
+    assert result["status"] == "testing", result
     (details,) = _screenings(memory, "sim")
-    assert details["chosen"] is None and details["calls"] > 0
+    rounds = details["rounds"]
+    assert len(rounds) == settings.screen_generations
+    assert rounds[0]["from"] == production
+    for before, after in zip(rounds, rounds[1:], strict=False):
+        # The survivor scored above the parent, so the next round evolves from it and keeps it, last.
+        survivor = next(item for item in before["candidates"] if item["variation_id"] == before["survivor"])
+        assert survivor["fidelity"] > before["parent"]["fidelity"]
+        assert after["from"] == before["survivor"] and after["candidates"][-1]["variation_id"] == before["survivor"]
+    assert details["chosen"] == result["variation_id"] == rounds[-1]["survivor"]
+    assert _declared(memory, result["variation_id"]) >= 0.85
+    # Each round has its share of the budget; the sign test judged the last round's replays.
+    assert sum(item["calls"] for item in rounds) == details["calls"] <= settings.screen_max_calls
+    assert all(item["inputs"] * 2 <= item["calls"] for item in rounds)
+    assert details["parent"]["replays"] == rounds[-1]["inputs"] and details["candidates"] == rounds[-1]["candidates"]
+    # Rounds take the inputs after the previous round's: all 25 recorded inputs were replayed.
+    assert details["inputs"] == {"failed": 20, "passed": 5}
 
 
-def test_screening_waits_for_its_budget(memory: PatternMemory) -> None:
+class _FirstRoundOnly:
+    """The simulated evolver, refusing to evolve anything but production (later rounds get nothing new)."""
+
+    def __init__(self, production: str) -> None:
+        self.production = production
+
+    def propose(self, skill: Skill, failures: list[Failure], seed: str, candidate: int = 0) -> str:
+        if skill.variation_id != self.production:
+            raise EvolutionRefused("nothing to propose from a candidate")
+        return SimulatedEvolver().propose(skill, failures, seed, candidate)
+
+
+def test_a_round_with_nothing_new_ends_the_search(memory: PatternMemory) -> None:
     settings = Settings(evolve_cooldown_seconds=0)
-    production = memory.register_skill("sim", simulated_skill(0.3, 0.6), default_agent="simulated")
-    _runs(memory, "sim", production, 20, success=False)  # 0.2 x 20 runs = 4 calls: not one screening
-    result = evolve_skill(memory, settings, "sim")
-    assert result["status"] == "skipped" and "screening budget" in result["reason"], result
-    assert [e.event_type for e in memory.get_evolution_history("sim")] == []  # no claim, no cooldown
-    assert _screenings(memory, "sim") == []
+    content = simulated_skill(0.3, 0.6)
+    production = memory.register_skill("sim", content, default_agent="simulated")
+    _runs(memory, "sim", production, 500, success=False)
+    parent = parse_skill(content)
+    chosen = screen_candidates(memory, settings, parent, production, _FirstRoundOnly(production), [], "seed")
+    (details,) = _screenings(memory, "sim")
+    # Round 2 had nothing new to replay: the search ended and round 1's survivor was judged.
+    assert [item["survivor"] for item in details["rounds"]] == [details["chosen"]]
+    assert parse_skill(chosen).variation_id == details["chosen"]
+    (refused,) = details["refused"]
+    assert refused.startswith("round 2: no new candidate to screen: nothing to propose from a candidate")
+    assert details["calls"] == details["rounds"][0]["calls"] <= settings.screen_max_calls // 3 + 1
 
 
 def test_a_python_skill_evolves_through_its_params(memory: PatternMemory) -> None:
     settings = Settings(evolve_cooldown_seconds=0)
     production = memory.register_skill("tunable", TUNABLE, default_agent="python")
-    _runs(memory, "tunable", production, 200, success=False)
+    _runs(memory, "tunable", production, 500, success=False)
     result = evolve_skill(memory, settings, "tunable")
     assert result["status"] == "testing", result
     variation = memory.get_variation(result["variation_id"])
     assert variation is not None
     assert parse_skill(variation.variation_content).params["mode"].value == "lenient"
     (details,) = _screenings(memory, "tunable")
-    # Two choices: every candidate is the same move, screened once; it passes every replay, the parent none.
-    assert len(details["candidates"]) == 1 and details["candidates"][0]["losses"] == 0
+    # Two choices: every first-round candidate is the same move, screened once; it passes every replay, the
+    # parent none. (Later rounds move it back to strict: the parent's behaviour under new hints, no better.)
+    assert len(details["rounds"][0]["candidates"]) == 1
+    chosen = next(item for item in details["candidates"] if item["variation_id"] == result["variation_id"])
+    assert chosen["losses"] == 0 and chosen["wins"] == chosen["replays"]
 
 
 def test_a_python_skill_without_params_is_not_evolved(memory: PatternMemory) -> None:
@@ -169,11 +219,15 @@ def test_screenings_are_shown_by_skill_show_and_the_report(
     html = build_report(memory).html
     assert "<h2>Screening</h2>" in html and f"1 screenings, {details['calls']} agent calls" in html
     assert f"<td>{result['variation_id']}</td>" in html
+    rounds, candidates = len(details["rounds"]), len({c["variation_id"] for r in details["rounds"] for c in r["candidates"]})
+    assert rounds == 3 and candidates > 4  # every round proposed new candidates
+    assert f"<td>{candidates} in {rounds}</td>" in html
     env = service_env(database_url, broker_url, COLUMNS="250")
     shown = wre(env, "skill", "show", "sim")
     assert shown.returncode == 0, shown.stderr
     assert "evolution: on" in shown.stdout
     assert f"screening: {details['calls']} replay calls for 500 live runs" in shown.stdout
     assert result["variation_id"] in shown.stdout.split("screened")[1]
+    assert f"{rounds} ({candidates} candidates)" in shown.stdout
     blocked = wre(env, "skill", "show", "untunable")
     assert "evolution: not evolved: the python agent does not read instructions" in blocked.stdout

@@ -87,8 +87,9 @@ def test_max_iterations_then_evolution(app: Celery, worker: Process, skills: Pat
     assert meta["early_success"] is False
     assert result["evolution_triggered"] is True
     assert len(skills.run_outcomes(str(result["execution_id"]))) == 3
-    # Screening waits for six recorded inputs; it claims nothing meanwhile, so the sixth failure evolves.
-    for n in range(5):
+    # Screening waits until the budget (10 calls per live run here) pays for the smallest screening, 90 calls;
+    # it claims nothing meanwhile, so the ninth failure evolves.
+    for n in range(8):
         _run(app, "tunable", {"text": f"run {n}"})
     wait_until(lambda: skills.get_active_ab_test("tunable") is not None, what="the evolved variation's test")
     # The proposal's event is written just after its test is scheduled.

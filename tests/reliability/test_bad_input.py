@@ -200,7 +200,7 @@ def test_an_evolver_returning_garbage_is_refused(
     )
     name, proposal = _garbage(base)[case]
     production = register_skill_text(skills, base).variation_id
-    for run in range(6):
+    for run in range(10):  # 10 runs x WRE_SCREEN_BUDGET_SHARE 10 pay for the smallest screening (90 calls)
         skills.store_outcome(
             run_id=f"failed-{run}",
             attempt=1,

@@ -109,3 +109,15 @@ def test_rabbitmq_queues_dead_letter_and_may_be_quorum() -> None:
     assert maintenance.queue_arguments == {"x-queue-type": "quorum"}  # beat's rounds expire: not dead letters
     assert amqp.effective_result_backend == "rpc://"  # RabbitMQ stores no results
     assert config["result_extended"] is False  # a result never keeps its kwargs
+
+
+def test_a_screening_the_cap_cannot_pay_for_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 3 rounds x (8 candidates + the parent) x 6 inputs = 162 calls > 100: evolution would wait for ever.
+    monkeypatch.setenv("WRE_EVOLVE_CANDIDATES", "8")
+    with pytest.raises(ValidationError, match=r"WRE_SCREEN_MAX_CALLS=100 cannot pay for one screening: .* 162 calls"):
+        Settings()
+    monkeypatch.setenv("WRE_SCREEN_MAX_CALLS", "162")
+    assert Settings().smallest_screening == 162
+    monkeypatch.setenv("WRE_SCREEN_GENERATIONS", "1")
+    monkeypatch.setenv("WRE_SCREEN_MAX_CALLS", "54")
+    assert Settings().smallest_screening == 54
