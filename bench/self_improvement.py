@@ -447,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
         f"evolver: p' = p + N({fleet.mean_shift}, {fleet.spread}) (declared per skill); statistics at wre's "
         f"defaults (A/B: sequential, alpha 0.05, min 20/arm, max "
         f"{args.max_trials_per_arm or DEFAULTS['ab_max_trials_per_arm']}/arm; screening: "
-        f"{DEFAULTS['evolve_candidates']} candidates, sign test at {DEFAULTS['screen_alpha']}, "
+        f"{DEFAULTS['evolve_candidates']} candidates, {DEFAULTS['screen_generations']} rounds, sign test at "
+        f"{DEFAULTS['screen_alpha']}, "
         f"{DEFAULTS['screen_max_calls']} calls, budget {DEFAULTS['screen_budget_share']} of live runs); clocks compressed: evaluated every 1 s, evolution cooldown {args.cooldown:g} s"
     )
     if args.setting:
