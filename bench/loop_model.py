@@ -42,11 +42,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from pydantic import ValidationError
+
 from bench.common import Report
 from bench.self_improvement import BAR_FIDELITY, BAR_RETRIES, FLEETS, WINDOW, Fleet
 from scheduler.policies import decide
 from worker.screening import sign_test_p_value
-from worker.settings import MIN_REPLAY_INPUTS, Settings
+from worker.settings import MIN_REPLAY_INPUTS, Settings, smallest_screening
 
 ATTEMPTS = 3
 THRESHOLD = 0.9
@@ -87,7 +89,8 @@ class Loop:
         oracle: float | None,
         wait_for_calls: int | None = None,
     ) -> Loop:
-        settings = Settings().model_copy(update=changes)
+        # Validated as a worker would: a setting wre refuses at start is refused here too.
+        settings = Settings.model_validate({**Settings().model_dump(), **changes})
         return cls(
             settings.evolve_candidates,
             settings.screen_max_calls,
@@ -222,7 +225,7 @@ def run_skill(rng: random.Random, loop: Loop, fleet: Fleet, baseline: float, run
         if not passed and skill.test is None and index >= skill.cool_until:
             budget = min(loop.max_calls, int(loop.budget_share * (index + 1)) - skill.spent)
             inputs = min(loop.failures, skill.failed_runs) + min(loop.passes, skill.passed_runs)
-            smallest = loop.generations * (loop.candidates + 1) * MIN_REPLAY_INPUTS
+            smallest = smallest_screening(loop.candidates, loop.generations)
             if budget >= (loop.wait_for_calls or smallest) and inputs >= MIN_REPLAY_INPUTS:
                 skill.cool_until = index + COOLDOWN_RUNS
                 chosen, calls = _screen(rng, loop, fleet, skill.production, budget, inputs)
@@ -340,12 +343,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.fleet or sorted(FLEETS, reverse=True):
         fleet = FLEETS[name]
         for label, oracle in variants.items():
-            loop = Loop.defaults(
-                changes,
-                args.look,
-                oracle,
-                args.wait_for_calls if oracle is None else None,
-            )
+            try:
+                loop = Loop.defaults(changes, args.look, oracle, args.wait_for_calls if oracle is None else None)
+            except ValidationError as error:
+                parser.error(f"--setting: {error.errors()[0]['msg']}")
             results = [
                 run_fleet(loop, fleet, seed, args.skills, args.runs) for seed in range(1, args.seeds + 1)
             ]

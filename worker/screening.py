@@ -180,8 +180,8 @@ def screen_candidates(
     rounds: list[_Round] = []
     refusals: list[str] = []
     # One round finds at best the best of a few draws around its parent, measured about as noisily as the
-    # draws differ; later rounds start from what the previous one found (and keep it, so a round never loses
-    # it), so the candidate the sign test judges can be several evolver steps from production.
+    # draws differ; later rounds start from what the previous one found (and replay it again beside their new
+    # candidates), so the candidate the sign test judges can be several evolver steps from production.
     base_id, base, kept = production_id, parent, None
     offset = calls = 0
     for generation in range(settings.screen_generations):
@@ -199,33 +199,42 @@ def screen_candidates(
         # The kept survivor goes last, so that a tie in the halving goes to a new candidate: those are drawn
         # around it, with the evolver's hoped-for step on top (in bench/loop_model.py, first costs 3 points).
         candidates = [*proposed, *([kept] if kept is not None else [])]
-        # Each round takes the inputs after the previous round's (wrapping round when they run out), under
-        # run ids of its own: fresh evidence, so a survivor is not judged on the replays that chose it.
+        # Each round starts on the inputs after the previous round's, under run ids of its own. With fewer
+        # recorded inputs than the rounds replay (25 against about 36 at the defaults) it wraps round: a
+        # stochastic agent draws afresh on a repeated input, a deterministic one repeats itself.
         round_inputs = inputs[offset:] + inputs[:offset]
-        done = _halve(
-            settings,
-            {production_id: parent, **dict(candidates)},
-            production_id,
-            candidates,
-            base_id,
-            round_inputs,
-            replay_ids(round_seed, round_inputs),
-            (budget - calls) // (settings.screen_generations - generation),
-            threshold,
-        )
+        try:
+            done = _halve(
+                settings,
+                {production_id: parent, **dict(candidates)},
+                production_id,
+                candidates,
+                base_id,
+                round_inputs,
+                replay_ids(round_seed, round_inputs),
+                (budget - calls) // (settings.screen_generations - generation),
+                threshold,
+            )
+        except EvolutionRefused as error:
+            if not rounds:
+                raise
+            # A candidate of a later round cannot run: the search ends there, and the rounds done are judged
+            # and recorded (with their calls, which count against the budget).
+            refusals.append(f"round {generation + 1}: {error}"[:200])
+            break
+        if not done.inputs:
+            break  # the budget is spent: nothing replayed, nothing to record
         rounds.append(done)
         calls += done.calls
         offset = (offset + len(done.inputs)) % len(inputs)
-        if not done.inputs:
-            break  # the budget is spent
         if statistics.fmean(done.replayed[done.survivor].fidelities) > done.parent_fidelity:
             base_id, base = done.survivor, dict(candidates)[done.survivor]
             kept = (base_id, base)
         else:
             base_id, base, kept = production_id, parent, None
-    last = next((done for done in reversed(rounds) if done.inputs), None)
-    if last is None:  # nothing replayed, nothing spent (the wait above makes this unreachable)
+    if not rounds:  # nothing replayed, nothing spent (the wait above makes this unreachable)
         raise EvolutionRefused(f"no recorded input of {parent.name!r} to replay")
+    last = rounds[-1]
     parent_score = last.parent_score()
     scores = last.scores()
     # The last survivor is the only one tested, on every input it and the parent were replayed on.
@@ -305,8 +314,8 @@ class _Round:
             "from": self.base_id,
             "inputs": len(self.inputs),
             "calls": self.calls,
-            "parent": asdict(self.parent_score()) if self.inputs else None,
-            "candidates": [asdict(item) for item in self.scores()] if self.inputs else [],
+            "parent": asdict(self.parent_score()),
+            "candidates": [asdict(item) for item in self.scores()],
             "survivor": self.survivor,
         }
 

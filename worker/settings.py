@@ -29,6 +29,15 @@ QUEUE_NAME_PATTERN = r"^[A-Za-z0-9_.:-]{0,100}$"
 MIN_REPLAY_INPUTS = 6
 
 
+def smallest_screening(candidates: int, generations: int) -> int:
+    """Agent calls of the smallest screening: each round replays the parent and its candidates on six inputs.
+
+    A later round has one fewer new candidate beside the kept survivor, and at least one (so two in all).
+    """
+    later = max(candidates, 2) + 1
+    return MIN_REPLAY_INPUTS * (candidates + 1 + (generations - 1) * later)
+
+
 class Settings(BaseSettings):
     """wre's configuration.
 
@@ -91,13 +100,14 @@ class Settings(BaseSettings):
     :param maintenance_queue: the evolution and beat queue's name; when set it replaces ``{prefix}maintenance``.
     :param queue_type: RabbitMQ only: ``classic`` or ``quorum`` (replicated; declared with
         ``x-queue-type``). An existing queue keeps the type it was declared with.
-    :param evolve_candidates: candidates an evolution proposes and screens (1 skips the choice, not the screen).
+    :param evolve_candidates: candidates a round of screening proposes (a later round: one fewer beside the
+        previous survivor, at least one); 1 with one round skips the choice, not the screen.
     :param screen_failures: recent failed runs whose inputs make the replay set.
     :param screen_passes: recent passing runs whose inputs join the failed ones in the replay set (to catch
         regressions).
     :param screen_max_calls: agent calls one screening may spend (the parent's replays included); the replay
-        set is cut to fit. It must pay for the smallest screening: ``screen_generations`` x
-        (``evolve_candidates`` + 1) x 6 calls.
+        set is cut to fit. It must pay for the smallest screening (:func:`smallest_screening`: 90 calls at
+        the defaults).
     :param screen_generations: rounds of search in one screening: each later round proposes its candidates
         from the previous round's survivor (when it beat the parent on its replays) and keeps that survivor
         among them; the calls are split between the rounds.
@@ -207,15 +217,14 @@ class Settings(BaseSettings):
         if self.screen_max_calls < self.smallest_screening:
             raise ValueError(
                 f"WRE_SCREEN_MAX_CALLS={self.screen_max_calls} cannot pay for one screening: "
-                f"{self.screen_generations} round(s) x ({self.evolve_candidates} candidates + the parent) x "
-                f"{MIN_REPLAY_INPUTS} inputs = {self.smallest_screening} calls"
+                f"{self.screen_generations} round(s) of {self.evolve_candidates} candidate(s) and the parent, "
+                f"{MIN_REPLAY_INPUTS} inputs each, take {self.smallest_screening} calls"
             )
         return self
 
     @property
     def smallest_screening(self) -> int:
-        """Agent calls of the smallest screening: every round replays the parent and each candidate 6 times."""
-        return self.screen_generations * (self.evolve_candidates + 1) * MIN_REPLAY_INPUTS
+        return smallest_screening(self.evolve_candidates, self.screen_generations)
 
     @field_validator("react_max_iter", mode="after")
     @classmethod

@@ -315,9 +315,14 @@ def test_the_evolvers_rewrite_is_screened_then_tested(
                 fixed = new_instructions in request.message("user")
                 return Reply(f"```markdown\n{refined if fixed else new_instructions}\n```")
             return Reply(f"Summarize the ticket. (Sampled at {request.body['temperature']}.)")
+        good, bad = '{"summary": "Printer jam.", "priority": "high"}', '{"summary": "Printer jam.", "priority": "P1"}'
+        if "Keep the summary short." in request.message("system"):
+            return Reply(good)
         if "exactly low, normal or high" in request.message("system"):
-            return Reply('{"summary": "Printer jam.", "priority": "high"}')
-        return Reply('{"summary": "Printer jam.", "priority": "P1"}')
+            # The first fix holds on even-numbered tickets only: the refined one, on every ticket, is better.
+            number = re.search(r"#(\d+)", request.message("user"))
+            return Reply(good if number is not None and int(number.group(1)) % 2 == 0 else bad)
+        return Reply(bad)
 
     server.respond("m-evolve", answer)
     # The budget (10 replay calls per live run here) pays for the smallest screening, 90 calls, at run 9.
@@ -333,7 +338,7 @@ def test_the_evolvers_rewrite_is_screened_then_tested(
     assert variation.created_by == "evolver:llm" and variation.parent_version == parent_id
     assert results[-1]["execution_id"] in variation.learned_from
     # Only the instructions changed: the front matter is the parent's, byte for byte. Two rounds of search:
-    # the first found the fix, the second, evolving from it, refined it.
+    # the first found a partial fix, the second, evolving from it, found the whole one.
     header = parent_content[: parent_content.index("---\n", 4) + 4]
     assert variation.variation_content == f"{header}\n{refined}\n"
     # The evolver's requests: one per candidate, each at its own temperature and seed; the prompt holds the

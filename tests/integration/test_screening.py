@@ -7,6 +7,7 @@ outcome row and no counter; the calls are capped by the budget and recorded in o
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from sqlalchemy import func, select
 
@@ -17,7 +18,8 @@ from tests.integration.test_cli import wre
 from tests.processes import service_env
 from worker.agents.simulated import simulation_spec
 from worker.evolution import evolve_skill
-from worker.evolvers import EvolutionRefused, Failure, SimulatedEvolver
+from worker.evolvers import EvolutionRefused, Failure
+from worker.evolvers.simulated import SimulatedEvolver
 from worker.screening import screen_candidates
 from worker.settings import Settings
 from worker.skills import Skill, parse_skill
@@ -83,7 +85,7 @@ def _outcomes(memory: PatternMemory) -> int:
         return int(conn.execute(select(func.count()).select_from(OUTCOMES)).scalar_one())
 
 
-def _screenings(memory: PatternMemory, skill: str) -> list[dict]:
+def _screenings(memory: PatternMemory, skill: str) -> list[dict[str, Any]]:
     return [e.details for e in memory.get_evolution_history(skill) if e.event_type == SCREENING_EVENT]
 
 
@@ -144,16 +146,47 @@ def test_later_rounds_search_from_the_survivor_and_keep_it(memory: PatternMemory
         assert after["from"] == before["survivor"] and after["candidates"][-1]["variation_id"] == before["survivor"]
     assert details["chosen"] == result["variation_id"] == rounds[-1]["survivor"]
     assert _declared(memory, result["variation_id"]) >= 0.85
-    # Each round has its share of the budget; the sign test judged the last round's replays.
+    # Each round has its share of the budget (what one leaves goes to the next); the sign test judged the
+    # last round's replays.
     assert sum(item["calls"] for item in rounds) == details["calls"] <= settings.screen_max_calls
-    assert all(item["inputs"] * 2 <= item["calls"] for item in rounds)
+    assert rounds[0]["calls"] <= settings.screen_max_calls // 3
+    assert rounds[1]["calls"] <= (settings.screen_max_calls - rounds[0]["calls"]) // 2
     assert details["parent"]["replays"] == rounds[-1]["inputs"] and details["candidates"] == rounds[-1]["candidates"]
     # Rounds take the inputs after the previous round's: all 25 recorded inputs were replayed.
     assert details["inputs"] == {"failed": 20, "passed": 5}
 
 
+def test_worse_candidates_get_no_live_traffic(memory: PatternMemory) -> None:
+    settings = Settings(evolve_cooldown_seconds=0)
+    production = memory.register_skill("sim", simulated_skill(0.9, -0.6), default_agent="simulated")
+    _runs(memory, "sim", production, 500, success=False)
+    result = evolve_skill(memory, settings, "sim")
+    assert result["status"] == "refused" and "none beat the parent" in result["reason"], result
+    assert memory.get_active_ab_test("sim") is None
+    assert [v.variation_id for v in memory.list_variations("sim")] == [production]
+    (details,) = _screenings(memory, "sim")
+    assert details["chosen"] is None and details["calls"] > 0
+    # No survivor scored above production: every round searched from production again.
+    assert [item["from"] for item in details["rounds"]] == [production] * settings.screen_generations
+
+
+def test_screening_waits_for_its_budget(memory: PatternMemory) -> None:
+    settings = Settings(evolve_cooldown_seconds=0)
+    production = memory.register_skill("sim", simulated_skill(0.3, 0.6), default_agent="simulated")
+    # 0.2 x 449 runs = 89 calls: one short of the smallest screening (3 rounds x 5 variations x 6 inputs).
+    _runs(memory, "sim", production, 449, success=False)
+    result = evolve_skill(memory, settings, "sim")
+    assert result["status"] == "skipped" and "screening budget" in result["reason"], result
+    assert [e.event_type for e in memory.get_evolution_history("sim")] == []  # no claim, no cooldown
+    assert _screenings(memory, "sim") == []
+    _runs(memory, "sim", production, 1, success=False)  # 90 calls: the smallest screening
+    assert evolve_skill(memory, settings, "sim")["status"] == "testing"
+
+
 class _FirstRoundOnly:
     """The simulated evolver, refusing to evolve anything but production (later rounds get nothing new)."""
+
+    name = "first-round-only"
 
     def __init__(self, production: str) -> None:
         self.production = production

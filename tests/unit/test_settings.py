@@ -112,12 +112,18 @@ def test_rabbitmq_queues_dead_letter_and_may_be_quorum() -> None:
 
 
 def test_a_screening_the_cap_cannot_pay_for_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    # 3 rounds x (8 candidates + the parent) x 6 inputs = 162 calls > 100: evolution would wait for ever.
+    # Round 1: 8 candidates and the parent; rounds 2 and 3: 7 new beside the survivor and the parent; 6 inputs
+    # each: 6 x (9 + 9 + 9) = 162 calls > 100, so evolution would wait for ever.
     monkeypatch.setenv("WRE_EVOLVE_CANDIDATES", "8")
     with pytest.raises(ValidationError, match=r"WRE_SCREEN_MAX_CALLS=100 cannot pay for one screening: .* 162 calls"):
         Settings()
+    monkeypatch.setenv("WRE_SCREEN_MAX_CALLS", "161")
+    with pytest.raises(ValidationError, match="161 cannot pay"):
+        Settings()
     monkeypatch.setenv("WRE_SCREEN_MAX_CALLS", "162")
     assert Settings().smallest_screening == 162
+    # One candidate: later rounds replay it beside the kept survivor, so 6 x (2 + 3 + 3) = 48.
+    monkeypatch.setenv("WRE_EVOLVE_CANDIDATES", "1")
+    assert Settings().smallest_screening == 48
     monkeypatch.setenv("WRE_SCREEN_GENERATIONS", "1")
-    monkeypatch.setenv("WRE_SCREEN_MAX_CALLS", "54")
-    assert Settings().smallest_screening == 54
+    assert Settings().smallest_screening == 12
