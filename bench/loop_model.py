@@ -134,16 +134,26 @@ def _halve(
 
 
 def _screen(
-    rng: random.Random, loop: Loop, fleet: Fleet, parent: float, budget: int, inputs: int
-) -> tuple[float | None, int]:
-    """One screening: the chosen candidate's pass probability (None: none beat the parent) and the calls spent.
+    rng: random.Random,
+    loop: Loop,
+    fleet: Fleet,
+    parent: float,
+    budget: int,
+    inputs: int,
+    resume: float | None = None,
+) -> tuple[float | None, int, float | None]:
+    """One screening: the chosen candidate's pass probability (None: none beat the parent), the calls spent, and
+    where the next screening of the same parent resumes (the last survivor if it scored above the parent and
+    was not chosen; else None).
 
     As worker/screening.py: the budget is split between ``loop.generations`` rounds of search (what one round
     leaves goes to the next); each later round evolves its candidates from the previous round's survivor when
     that survivor scored above the parent (from the parent again otherwise), and keeps that survivor among
-    them. Only the last round's survivor faces the sign test against the parent.
+    them. Only the last round's survivor faces the sign test against the parent. With ``resume`` (a previous
+    screening's survivor, as wre keeps it in the screening's event) the first round starts from it, as a later
+    round would.
     """
-    base, kept = parent, None
+    base, kept = (parent, None) if resume is None else (resume, resume)
     calls = 0
     for generation in range(loop.generations):
         new = loop.candidates if loop.oracle is not None else max(1, loop.candidates - (kept is not None))
@@ -152,20 +162,20 @@ def _screen(
         ]
         if loop.oracle is not None:
             best = max(candidates)
-            return (best if best - parent >= loop.oracle else None), 0
+            return (best if best - parent >= loop.oracle else None), 0, None
         if kept is not None:
             candidates.append(kept)  # last, as in wre: a tie goes to a new one
         round_budget = (budget - calls) // (loop.generations - generation)
         survivor, scores, spent = _halve(rng, fleet, parent, candidates, round_budget, inputs)
         calls += spent
-        if generation < loop.generations - 1 and scores[survivor]:
+        if scores[survivor]:
             ahead = statistics.fmean(scores[survivor]) > statistics.fmean(scores[-1])
             base, kept = (candidates[survivor], candidates[survivor]) if ahead else (parent, None)
     pairs = list(zip(scores[survivor], scores[-1], strict=False))
     wins = sum(mine > theirs for mine, theirs in pairs)
     losses = sum(mine < theirs for mine, theirs in pairs)
     chosen = wins > losses and sign_test_p_value(wins, losses) <= loop.alpha
-    return (candidates[survivor] if chosen else None), calls
+    return (candidates[survivor] if chosen else None), calls, (None if chosen else kept)
 
 
 @dataclass
@@ -181,6 +191,7 @@ class _Skill:
     failed_runs: int = 0
     passed_runs: int = 0
     cool_until: int = 0
+    resume: float | None = None  # where the next screening starts (a survivor of the last one)
     first: list[float] = field(default_factory=list)
     attempts: list[int] = field(default_factory=list)
     tests: int = 0
@@ -228,7 +239,9 @@ def run_skill(rng: random.Random, loop: Loop, fleet: Fleet, baseline: float, run
             smallest = smallest_screening(loop.candidates, loop.generations)
             if budget >= (loop.wait_for_calls or smallest) and inputs >= MIN_REPLAY_INPUTS:
                 skill.cool_until = index + COOLDOWN_RUNS
-                chosen, calls = _screen(rng, loop, fleet, skill.production, budget, inputs)
+                chosen, calls, skill.resume = _screen(
+                    rng, loop, fleet, skill.production, budget, inputs, skill.resume
+                )
                 skill.spent += calls
                 if chosen is not None:
                     skill.test, skill.counts, skill.tests = chosen, [0, 0, 0, 0], skill.tests + 1
@@ -239,6 +252,7 @@ def run_skill(rng: random.Random, loop: Loop, fleet: Fleet, baseline: float, run
             if winner == "treatment":
                 skill.confirmed = skill.confirmed if skill.guard_left > 0 else skill.production
                 skill.production, skill.guard_left, skill.promoted = treatment, GUARD_RUNS, skill.promoted + 1
+                skill.resume = None  # a survivor of the old production's screenings
             if winner is not None:
                 skill.test = None
     size = max(1, int(runs * WINDOW))

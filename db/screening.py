@@ -92,6 +92,23 @@ def screening_spent(memory: StoreBase, skill_name: str) -> tuple[int, int]:
         return calls, int(conn.execute(runs).scalar_one())
 
 
+def last_screening(memory: StoreBase, skill_name: str) -> dict[str, Any] | None:
+    """The details of the skill's latest screening event, or None if it was never screened.
+
+    :param memory: the store.
+    :param skill_name: the skill.
+    """
+    query = (
+        select(EVENTS.c.details)
+        .where(EVENTS.c.skill_name == skill_name, EVENTS.c.event_type == SCREENING_EVENT)
+        .order_by(EVENTS.c.event_id.desc())
+        .limit(1)
+    )
+    with memory.transaction() as conn:
+        details = conn.execute(query).scalar()
+    return details if isinstance(details, dict) else None
+
+
 def latest_screenings(memory: StoreBase, limit: int = 200) -> list[dict[str, Any]]:
     """The latest screening events of every skill, oldest first: skill, time, description and details.
 

@@ -7,7 +7,8 @@ checks, and keeps the best by successive halving. A later round proposes from th
 when that survivor scored above the parent (from the parent again otherwise) and keeps it among its
 candidates. The last round's survivor enters the live A/B test only if it beats the parent on that round's
 inputs by a one-sided exact sign test (inputs where it scored higher against inputs where it scored lower,
-ties dropped) at ``WRE_SCREEN_ALPHA``. Screening is a filter, as offline minibatch evaluation is: the live
+ties dropped) at ``WRE_SCREEN_ALPHA``. A screening that chose nothing keeps its last survivor (when it scored
+above the parent) in its event, and the next screening of the same production starts from it. Screening is a filter, as offline minibatch evaluation is: the live
 test stays the only thing that promotes, and keeps its error guarantee whatever screening let through.
 
 Replays run in the evolve task (the maintenance queue), through the same agents and the same scoring as live
@@ -29,7 +30,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from db.memory import PatternMemory
-from db.screening import SCREENING_EVENT, ReplayInput, replay_inputs, screening_spent
+from db.screening import SCREENING_EVENT, ReplayInput, last_screening, replay_inputs, screening_spent
 from worker.agents import AgentResult, AttemptInfo, get_agent, run_attempt
 from worker.evolvers import EvolutionRefused, Evolver, Failure, validate_proposal
 from worker.evolvers.base import evolution_blocker
@@ -182,12 +183,17 @@ def screen_candidates(
     # One round finds at best the best of a few draws around its parent, measured about as noisily as the
     # draws differ; later rounds start from what the previous one found (and replay it again beside their new
     # candidates), so the candidate the sign test judges can be several evolver steps from production.
-    base_id, base, kept = production_id, parent, None
+    # A screening that chose nothing kept its last survivor if that one scored above production; the next
+    # screening of the same production resumes from it, so what the last one found is not searched for again.
+    resumed = _resumed(memory, parent, production_id)
+    base_id, base = resumed or (production_id, parent)
+    kept = resumed
     offset = calls = 0
     for generation in range(settings.screen_generations):
         round_seed = seed if generation == 0 else f"{seed}\x1fround {generation + 1}"
         count = max(1, settings.evolve_candidates - (kept is not None))
         seen = {variation_id for done in rounds for variation_id, _ in done.candidates}
+        seen |= {kept[0]} if kept is not None else set()
         try:
             proposed, refused = _propose(memory, base, evolver, failures, round_seed, count, seen)
         except EvolutionRefused as error:
@@ -269,6 +275,10 @@ def screen_candidates(
             "parent": asdict(parent_score),
             "candidates": [asdict(item) for item in scores],
             "rounds": [done.summary() for done in rounds],
+            "production": production_id,
+            "resumed_from": resumed[0] if resumed else None,
+            # Where the next screening of this production starts, when this one chose nothing.
+            "resume": {"variation_id": kept[0], "content": kept[1].content} if kept and not chosen else None,
             "chosen": chosen.variation_id if chosen else None,
             "alpha": settings.screen_alpha,
             "refused": refusals,
@@ -358,6 +368,27 @@ def _halve(
         if len(alive) > 1:
             alive = sorted(alive, key=lambda v: -statistics.fmean(replayed[v].fidelities))[: len(alive) // 2]
     return _Round(base_id, production_id, candidates, inputs[:used], replayed, alive[0], calls)
+
+
+def _resumed(memory: PatternMemory, parent: Skill, production_id: str) -> tuple[str, Skill] | None:
+    """The survivor the skill's last screening kept for the next one, if it still applies.
+
+    It applies when that screening chose nothing, screened the production that is production now, and the
+    survivor is still a valid, untested variation of it.
+    """
+    details = last_screening(memory, parent.name)
+    if details is None or details.get("chosen") or details.get("production") != production_id:
+        return None
+    resume = details.get("resume")
+    if not isinstance(resume, dict) or not isinstance(resume.get("content"), str):
+        return None
+    try:
+        survivor = validate_proposal(parent, resume["content"])
+    except (EvolutionRefused, ValueError):
+        return None  # e.g. the rules a proposal must follow changed since
+    if memory.get_variation(survivor.variation_id) is not None:
+        return None  # tested since, by another route
+    return survivor.variation_id, survivor
 
 
 def _propose(

@@ -165,7 +165,7 @@ def test_loop_model_generations_climb_within_the_budget() -> None:
         loop = loop_model.Loop.defaults({"screen_generations": generations}, look=4, oracle=None)
         rng = random.Random(7)
         for _ in range(200):
-            probability, calls = loop_model._screen(rng, loop, fleet, parent=0.3, budget=90, inputs=25)
+            probability, calls, _ = loop_model._screen(rng, loop, fleet, parent=0.3, budget=90, inputs=25)
             assert 0 < calls <= 90
             chosen[generations].append(probability or 0.3)
     assert max(chosen[1]) == pytest.approx(0.5)  # one round: at best the parent's +0.2

@@ -183,6 +183,47 @@ def test_screening_waits_for_its_budget(memory: PatternMemory) -> None:
     assert evolve_skill(memory, settings, "sim")["status"] == "testing"
 
 
+def test_a_screening_that_chose_nothing_is_resumed_by_the_next(memory: PatternMemory) -> None:
+    # At a level no replay set can reach, nothing is chosen; the last survivor, ahead of production, is kept.
+    # Every draw adds about 0.15: three rounds reach about 0.75, three more from there 0.9 and beyond.
+    strict = Settings(evolve_cooldown_seconds=0, screen_alpha=1e-9)
+    production = memory.register_skill("sim", simulated_skill(0.3, 0.15), default_agent="simulated")
+    _runs(memory, "sim", production, 500, success=False)
+    refused = evolve_skill(memory, strict, "sim")
+    assert refused["status"] == "refused" and "none beat the parent" in refused["reason"], refused
+    (first,) = _screenings(memory, "sim")
+    assert first["production"] == production and first["resumed_from"] is None
+    kept = first["resume"]["variation_id"]
+    assert kept == first["rounds"][-1]["survivor"]
+    assert parse_skill(first["resume"]["content"]).variation_id == kept
+    found = simulation_spec(parse_skill(first["resume"]["content"])).pass_probability
+    assert found is not None and 0.5 < found < 0.85
+    # The next screening of the same production starts from it, as a later round would.
+    _runs(memory, "sim", production, 500, success=False)
+    result = evolve_skill(memory, Settings(evolve_cooldown_seconds=0), "sim")
+    assert result["status"] == "testing", result
+    second = _screenings(memory, "sim")[-1]
+    assert second["resumed_from"] == kept and second["resume"] is None  # chosen: nothing to resume
+    assert second["rounds"][0]["from"] == kept and second["rounds"][0]["candidates"][-1]["variation_id"] == kept
+    # The search went on from there: the chosen one is further up than one screening's three rounds reach.
+    assert _declared(memory, result["variation_id"]) > found + 0.1
+
+
+def test_a_kept_survivor_of_another_production_is_not_resumed(memory: PatternMemory) -> None:
+    strict = Settings(evolve_cooldown_seconds=0, screen_alpha=1e-9)
+    production = memory.register_skill("sim", simulated_skill(0.3, 0.3), default_agent="simulated")
+    _runs(memory, "sim", production, 500, success=False)
+    assert evolve_skill(memory, strict, "sim")["status"] == "refused"
+    assert _screenings(memory, "sim")[-1]["resume"] is not None
+    # An operator replaces the skill: the survivor was searched from the old production, not this one.
+    replaced = memory.register_skill("sim", simulated_skill(0.31, 0.3), default_agent="simulated", replace=True)
+    _runs(memory, "sim", replaced, 500, success=False)
+    assert evolve_skill(memory, strict, "sim")["status"] == "refused"
+    latest = _screenings(memory, "sim")[-1]
+    assert latest["production"] == replaced and latest["resumed_from"] is None
+    assert latest["rounds"][0]["from"] == replaced
+
+
 class _FirstRoundOnly:
     """The simulated evolver, refusing to evolve anything but production (later rounds get nothing new)."""
 
