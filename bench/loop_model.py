@@ -15,7 +15,8 @@ What is real and what is modelled:
   previous survivor when it scored above the parent, and keeps it), the last survivor's exact sign test
   (``sign_test_p_value``) on paired fidelities at ``screen_alpha``; the budget is ``screen_budget_share`` of
   the skill's live runs, at most ``screen_max_calls`` per screening; a screening waits until the budget pays
-  for the smallest one and for ``MIN_REPLAY_INPUTS`` recorded inputs;
+  for the smallest one and for ``MIN_REPLAY_INPUTS`` recorded inputs; a screening that chose nothing is
+  resumed by the next from its last survivor;
 - skills, the evolver's draw and the gate's windows are the fleets of bench/self_improvement.py;
 - modelled: an attempt passes with its variation's probability, a failed one stops at a uniform step (the
   simulated agent); an evolution follows a run that failed every attempt, after a cooldown of 8 runs; a

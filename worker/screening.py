@@ -8,8 +8,9 @@ when that survivor scored above the parent (from the parent again otherwise) and
 candidates. The last round's survivor enters the live A/B test only if it beats the parent on that round's
 inputs by a one-sided exact sign test (inputs where it scored higher against inputs where it scored lower,
 ties dropped) at ``WRE_SCREEN_ALPHA``. A screening that chose nothing keeps its last survivor (when it scored
-above the parent) in its event, and the next screening of the same production starts from it. Screening is a filter, as offline minibatch evaluation is: the live
-test stays the only thing that promotes, and keeps its error guarantee whatever screening let through.
+above the parent) in its event, and the next screening of the same production starts from it. Screening is a
+filter, as offline minibatch evaluation is: the live test stays the only thing that promotes, and keeps its
+error guarantee whatever screening let through.
 
 Replays run in the evolve task (the maintenance queue), through the same agents and the same scoring as live
 runs, under run ids of their own. They write no outcome row, no counter and no A/B trial: one learning event
