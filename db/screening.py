@@ -83,13 +83,14 @@ def screening_spent(memory: StoreBase, skill_name: str) -> tuple[int, int]:
     :param memory: the store.
     :param skill_name: the skill.
     """
-    events = select(EVENTS.c.details).where(
+    # Only the figure, summed by the database: an event's details also hold every round's scores and the
+    # survivor kept for the next screening (a whole skill file).
+    events = select(func.coalesce(func.sum(EVENTS.c.details["calls"].as_integer()), 0)).where(
         EVENTS.c.skill_name == skill_name, EVENTS.c.event_type == SCREENING_EVENT
     )
     runs = select(func.count()).where(OUTCOMES.c.skill_name == skill_name, OUTCOMES.c.attempt == 1)
     with memory.transaction() as conn:
-        calls = sum(int((details or {}).get("calls", 0)) for details in conn.execute(events).scalars())
-        return calls, int(conn.execute(runs).scalar_one())
+        return int(conn.execute(events).scalar_one()), int(conn.execute(runs).scalar_one())
 
 
 def last_screening(memory: StoreBase, skill_name: str) -> dict[str, Any] | None:

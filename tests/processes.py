@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -159,3 +160,38 @@ def wait_until(
             return
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+# Servers a test starts take ports below the kernel's ephemeral range (32768-60999 here), in a block of this
+# test process's own. A port the kernel hands out (bind to 0) could go, while a private server is down for a
+# restart (tests/reliability/servers.py), to any outgoing connection or to the other xdist process's next
+# server, and the restarted server would then fail to bind or, worse, the test would talk to someone else's.
+PRIVATE_PORTS = range(20000, 32000)
+PORT_BLOCK = 1000
+
+
+def _port_block() -> range:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else os.getpid()
+    blocks = len(PRIVATE_PORTS) // PORT_BLOCK
+    start = PRIVATE_PORTS.start + (index % blocks) * PORT_BLOCK
+    return range(start, start + PORT_BLOCK)
+
+
+_next_port: dict[int, int] = {}
+
+
+def spare_port() -> int:
+    """A TCP port nobody listens on right now, from this test process's block, never one it handed out before."""
+    block = _port_block()
+    offset = _next_port.get(block.start, 0)
+    for tried in range(len(block)):
+        port = block[(offset + tried) % len(block)]
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _next_port[block.start] = (offset + tried + 1) % len(block)
+        return port
+    raise RuntimeError(f"no free port in {block.start}-{block.stop - 1}")

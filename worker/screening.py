@@ -178,69 +178,31 @@ def screen_candidates(
     inputs = _interleaved(
         replay_inputs(memory, parent.name, settings.screen_failures, settings.screen_passes)
     )
-    threshold = parent.threshold if parent.threshold is not None else settings.react_fidelity
-    rounds: list[_Round] = []
-    refusals: list[str] = []
-    # One round finds at best the best of a few draws around its parent, measured about as noisily as the
-    # draws differ; later rounds start from what the previous one found (and replay it again beside their new
-    # candidates), so the candidate the sign test judges can be several evolver steps from production.
+    search = _Search(
+        memory,
+        settings,
+        parent,
+        production_id,
+        evolver,
+        failures,
+        seed,
+        inputs,
+        budget,
+        parent.threshold if parent.threshold is not None else settings.react_fidelity,
+    )
     # A screening that chose nothing kept its last survivor if that one scored above production; the next
     # screening of the same production resumes from it, so what the last one found is not searched for again.
     resumed = _resumed(memory, parent, production_id)
-    base_id, base = resumed or (production_id, parent)
-    kept = resumed
-    offset = calls = 0
-    for generation in range(settings.screen_generations):
-        round_seed = seed if generation == 0 else f"{seed}\x1fround {generation + 1}"
-        count = max(1, settings.evolve_candidates - (kept is not None))
-        seen = {variation_id for done in rounds for variation_id, _ in done.candidates}
-        seen |= {kept[0]} if kept is not None else set()
-        try:
-            proposed, refused = _propose(memory, base, evolver, failures, round_seed, count, seen)
-        except EvolutionRefused as error:
-            if not rounds:
-                raise
-            refusals.append(f"round {generation + 1}: {error}"[:200])
-            break  # nothing new to search from the survivor: the last round's survivor is judged
-        refusals += refused
-        # The kept survivor goes last, so that a tie in the halving goes to a new candidate: those are drawn
-        # around it, with the evolver's hoped-for step on top (in bench/loop_model.py, first costs 3 points).
-        candidates = [*proposed, *([kept] if kept is not None else [])]
-        # Each round starts on the inputs after the previous round's, under run ids of its own. With fewer
-        # recorded inputs than the rounds replay (25 against about 36 at the defaults) it wraps round: a
-        # stochastic agent draws afresh on a repeated input, a deterministic one repeats itself.
-        round_inputs = inputs[offset:] + inputs[:offset]
-        try:
-            done = _halve(
-                settings,
-                {production_id: parent, **dict(candidates)},
-                production_id,
-                candidates,
-                base_id,
-                round_inputs,
-                replay_ids(round_seed, round_inputs),
-                (budget - calls) // (settings.screen_generations - generation),
-                threshold,
-            )
-        except EvolutionRefused as error:
-            if not rounds:
-                raise
-            # A candidate of a later round cannot run: the search ends there, and the rounds done are judged
-            # and recorded (with their calls, which count against the budget).
-            refusals.append(f"round {generation + 1}: {error}"[:200])
-            break
-        if not done.inputs:
-            break  # the budget is spent: nothing replayed, nothing to record
-        rounds.append(done)
-        calls += done.calls
-        offset = (offset + len(done.inputs)) % len(inputs)
-        if statistics.fmean(done.replayed[done.survivor].fidelities) > done.parent_fidelity:
-            base_id, base = done.survivor, dict(candidates)[done.survivor]
-            kept = (base_id, base)
-        else:
-            base_id, base, kept = production_id, parent, None
-    if not rounds:  # nothing replayed, nothing spent (the wait above makes this unreachable)
-        raise EvolutionRefused(f"no recorded input of {parent.name!r} to replay")
+    try:
+        rounds, kept, refusals, calls = search.run(resumed)
+    except EvolutionRefused as error:
+        if resumed is None:
+            raise
+        # The resumed survivor offers nothing new (a deterministic evolver) or cannot run: start from production
+        # again. This screening's event then ends the resume; else every later one would stop here the same way.
+        rounds, kept, refusals, calls = search.run(None)
+        refusals.insert(0, f"resuming {resumed[0]}: {error}"[:200])
+        resumed = None
     last = rounds[-1]
     parent_score = last.parent_score()
     scores = last.scores()
@@ -288,6 +250,91 @@ def screen_candidates(
     if chosen is None:
         raise EvolutionRefused(f"screening: {verdict}")
     return dict(last.candidates)[chosen.variation_id].content
+
+
+@dataclass(frozen=True)
+class _Search:
+    """What one screening searches with; :meth:`run` does the rounds."""
+
+    memory: PatternMemory
+    settings: Settings
+    parent: Skill
+    production_id: str
+    evolver: Evolver
+    failures: list[Failure]
+    seed: str
+    inputs: list[ReplayInput]
+    budget: int
+    threshold: float
+
+    def run(
+        self, start: tuple[str, Skill] | None
+    ) -> tuple[list[_Round], tuple[str, Skill] | None, list[str], int]:
+        """The rounds done, the survivor to keep (or None), why proposals were dropped, and the calls spent.
+
+        :param start: a survivor to start from, as a later round would (a resumed screening), or None.
+        :raises EvolutionRefused: the first round had no candidate, or one of them cannot run.
+        """
+        settings, production_id, parent, inputs = self.settings, self.production_id, self.parent, self.inputs
+        rounds: list[_Round] = []
+        refusals: list[str] = []
+        # One round finds at best the best of a few draws around its parent, measured about as noisily as the
+        # draws differ; later rounds start from what the previous one found (and replay it again beside their
+        # new candidates), so the candidate the sign test judges can be several evolver steps from production.
+        base_id, base = start or (production_id, parent)
+        kept = start
+        offset = calls = 0
+        for generation in range(settings.screen_generations):
+            round_seed = self.seed if generation == 0 else f"{self.seed}\x1fround {generation + 1}"
+            count = max(1, settings.evolve_candidates - (kept is not None))
+            seen = {variation_id for done in rounds for variation_id, _ in done.candidates}
+            try:
+                proposed, refused = _propose(self.memory, base, self.evolver, self.failures, round_seed, count, seen)
+            except EvolutionRefused as error:
+                if not rounds:
+                    raise
+                refusals.append(f"round {generation + 1}: {error}"[:200])
+                break  # nothing new to search from the survivor: the last round's survivor is judged
+            refusals += refused
+            # The kept survivor goes last, so that a tie in the halving goes to a new candidate: those are drawn
+            # around it, with the evolver's hoped-for step on top (in bench/loop_model.py, first costs 3 points).
+            candidates = [*proposed, *([kept] if kept is not None else [])]
+            # Each round starts on the inputs after the previous round's, under run ids of its own. With fewer
+            # recorded inputs than the rounds replay (25 against about 36 at the defaults) it wraps round: a
+            # stochastic agent draws afresh on a repeated input, a deterministic one repeats itself.
+            round_inputs = inputs[offset:] + inputs[:offset]
+            try:
+                done = _halve(
+                    settings,
+                    {production_id: parent, **dict(candidates)},
+                    production_id,
+                    candidates,
+                    base_id,
+                    round_inputs,
+                    replay_ids(round_seed, round_inputs),
+                    (self.budget - calls) // (settings.screen_generations - generation),
+                    self.threshold,
+                )
+            except EvolutionRefused as error:
+                if not rounds:
+                    raise
+                # A candidate of a later round cannot run: the search ends there, and the rounds done are
+                # judged and recorded (with their calls, which count against the budget).
+                refusals.append(f"round {generation + 1}: {error}"[:200])
+                break
+            if not done.inputs:
+                break  # the budget is spent: nothing replayed, nothing to record
+            rounds.append(done)
+            calls += done.calls
+            offset = (offset + len(done.inputs)) % len(inputs)
+            if statistics.fmean(done.replayed[done.survivor].fidelities) > done.parent_fidelity:
+                base_id, base = done.survivor, dict(candidates)[done.survivor]
+                kept = (base_id, base)
+            else:
+                base_id, base, kept = production_id, parent, None
+        if not rounds:  # nothing replayed, nothing spent (the wait before makes this unreachable)
+            raise EvolutionRefused(f"no recorded input of {parent.name!r} to replay")
+        return rounds, kept, refusals, calls
 
 
 @dataclass(frozen=True)

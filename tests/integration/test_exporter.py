@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from db.memory import PatternMemory
 from tests.integration.store_seed import ALPHA, BETA, IDLE, TRICKY, Seeded, attempt, empty_store, seed
-from tests.processes import Process, service_env, wait_until
+from tests.processes import Process, service_env, spare_port, wait_until
 from wre.exporter import start
 
 pytestmark = pytest.mark.integration
@@ -137,16 +136,10 @@ def test_unreachable_store_scrapes_as_down() -> None:
     assert not any(name == "wre_runs_total" for name, _ in samples)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_wre_exporter_command_serves_metrics(
     database_url: str, broker_url: str, seeded: Seeded, tmp_path: Path
 ) -> None:
-    port = free_port()
+    port = spare_port()
     wre = str(Path(sys.executable).with_name("wre"))
     args = [wre, "exporter", "--port", str(port), "--address", "127.0.0.1", "--window", "1"]
     process = Process(args, service_env(database_url, broker_url), tmp_path / "exporter.log")

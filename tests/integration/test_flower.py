@@ -7,7 +7,6 @@ A run goes through the real worker; Flower's HTTP API then shows the worker (wit
 from __future__ import annotations
 
 import ast
-import socket
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +18,15 @@ from celery import Celery
 
 from db.memory import PatternMemory
 from tests.integration.skills_for_tests import python_skill
-from tests.processes import Process, broker_app, running, service_env, start_worker, wait_until
+from tests.processes import (
+    Process,
+    broker_app,
+    running,
+    service_env,
+    spare_port,
+    start_worker,
+    wait_until,
+)
 from worker.app import MAINTENANCE_QUEUE, SKILLS_QUEUE
 from worker.client import EXECUTE_TASK, enqueue_skill
 from worker.registry import register_skill_text
@@ -38,12 +45,6 @@ class Stack:
     flower: Process
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def app(database_url: str, broker_url: str) -> Celery:
     return broker_app(database_url, broker_url)
@@ -55,7 +56,7 @@ def stack(
 ) -> Iterator[Stack]:
     """A worker and a Flower that already receives its events."""
     logs = tmp_path_factory.mktemp("flower")
-    port = free_port()
+    port = spare_port()
     # Flower first: it then catches the worker's worker-online event instead of waiting for a heartbeat.
     flower = Process(
         [

@@ -6,9 +6,9 @@ outcome row and no counter; the calls are capped by the budget and recorded in o
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 
 from db.memory import OutcomeRecord, PatternMemory
@@ -61,10 +61,13 @@ UNTUNABLE = TUNABLE.replace("name: tunable", "name: untunable").split("params:")
 
 
 def _runs(memory: PatternMemory, skill: str, variation_id: str, count: int, success: bool) -> None:
-    for _ in range(count):
+    # Run ids numbered from the rows already there (tables are emptied per test): replays draw from them, so
+    # every test sees the same draws on every run.
+    first = _outcomes(memory)
+    for index in range(first, first + count):
         memory.record_attempt(
             OutcomeRecord(
-                run_id=uuid.uuid4().hex,
+                run_id=f"{skill}-run-{index}",
                 attempt=1,
                 skill_name=skill,
                 variation_id=variation_id,
@@ -73,7 +76,7 @@ def _runs(memory: PatternMemory, skill: str, variation_id: str, count: int, succ
                 execution_success=True,
                 pattern_fidelity=1.0 if success else 0.0,
                 failed_at_step=None if success else "answer",
-                input_context={"n": uuid.uuid4().hex},
+                input_context={"n": index},
                 final=True,
             ),
             counters={"total_executions": 1},
@@ -139,11 +142,17 @@ def test_later_rounds_search_from_the_survivor_and_keep_it(memory: PatternMemory
     rounds = details["rounds"]
     assert len(rounds) == settings.screen_generations
     assert rounds[0]["from"] == production
+    chained = 0
     for before, after in zip(rounds, rounds[1:], strict=False):
-        # The survivor scored above the parent, so the next round evolves from it and keeps it, last.
+        # A survivor that scored above the parent is where the next round evolves from, and is kept, last;
+        # one that did not (replays are draws) sends the next round back to production.
         survivor = next(item for item in before["candidates"] if item["variation_id"] == before["survivor"])
-        assert survivor["fidelity"] > before["parent"]["fidelity"]
-        assert after["from"] == before["survivor"] and after["candidates"][-1]["variation_id"] == before["survivor"]
+        if survivor["fidelity"] > before["parent"]["fidelity"]:
+            assert after["from"] == before["survivor"] == after["candidates"][-1]["variation_id"]
+            chained += 1
+        else:
+            assert after["from"] == production and before["survivor"] not in str(after["candidates"])
+    assert chained >= 1
     assert details["chosen"] == result["variation_id"] == rounds[-1]["survivor"]
     assert _declared(memory, result["variation_id"]) >= 0.85
     # Each round has its share of the budget (what one leaves goes to the next); the sign test judged the
@@ -236,6 +245,40 @@ class _FirstRoundOnly:
         if skill.variation_id != self.production:
             raise EvolutionRefused("nothing to propose from a candidate")
         return SimulatedEvolver().propose(skill, failures, seed, candidate)
+
+
+def test_a_resumed_survivor_with_nothing_new_starts_again_from_production(memory: PatternMemory) -> None:
+    # An evolver that proposes nothing from a candidate: resuming from the kept survivor has nothing to replay.
+    # The screening starts from production again, and its own event replaces the resume (else it would stick).
+    strict = Settings(evolve_cooldown_seconds=0, screen_alpha=1e-9)
+    content = simulated_skill(0.3, 0.3)
+    production = memory.register_skill("sim", content, default_agent="simulated")
+    _runs(memory, "sim", production, 500, success=False)
+    evolver, parent = _FirstRoundOnly(production), parse_skill(content)
+    with pytest.raises(EvolutionRefused, match="none beat the parent"):
+        screen_candidates(memory, strict, parent, production, evolver, [], "first")
+    kept = _screenings(memory, "sim")[-1]["resume"]["variation_id"]
+    _runs(memory, "sim", production, 500, success=False)
+    with pytest.raises(EvolutionRefused, match="none beat the parent"):
+        screen_candidates(memory, strict, parent, production, evolver, [], "second")
+    second = _screenings(memory, "sim")[-1]
+    assert second["resumed_from"] is None and second["rounds"][0]["from"] == production
+    assert second["refused"][0].startswith(f"resuming {kept}: no new candidate to screen")
+
+
+def test_a_kept_survivor_tested_since_is_not_resumed(memory: PatternMemory) -> None:
+    strict = Settings(evolve_cooldown_seconds=0, screen_alpha=1e-9)
+    production = memory.register_skill("sim", simulated_skill(0.3, 0.3), default_agent="simulated")
+    _runs(memory, "sim", production, 500, success=False)
+    assert evolve_skill(memory, strict, "sim")["status"] == "refused"
+    resume = _screenings(memory, "sim")[-1]["resume"]
+    # It reached a test by another route (an operator's) and was archived: it is not searched from again.
+    stored = memory.store_variation("sim", resume["content"], parent_version=production, test_status="archived")
+    assert stored == resume["variation_id"]
+    _runs(memory, "sim", production, 500, success=False)
+    assert evolve_skill(memory, strict, "sim")["status"] == "refused"
+    latest = _screenings(memory, "sim")[-1]
+    assert latest["resumed_from"] is None and latest["rounds"][0]["from"] == production
 
 
 def test_a_round_with_nothing_new_ends_the_search(memory: PatternMemory) -> None:

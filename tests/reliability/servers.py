@@ -10,7 +10,6 @@ import glob
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -20,16 +19,9 @@ import pytest
 import redis
 from sqlalchemy import create_engine, text
 
-from tests.processes import Process, wait_until
+from tests.processes import Process, spare_port, wait_until
 
 START_TIMEOUT_SECONDS = 30
-
-
-def spare_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _find_postgres_bin(name: str) -> str:
