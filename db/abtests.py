@@ -59,6 +59,11 @@ VariationCheck = Callable[[str, str], None]
 the skill (the floor that parses skills injects it: db/ cannot parse them)."""
 
 log = logging.getLogger(__name__)
+# The events an evolution ends with, one of them always (worker/evolution.py).
+EVOLUTION_ENDS = ("variation_proposed", "evolution_refused", "evolution_failed")
+# How long a claim holds without an end: longer than any screening should take, short enough that a skill
+# whose evolving worker was killed evolves again the same hour.
+EVOLUTION_LEASE_SECONDS = 900.0
 
 
 class AbTestConflictError(ValueError):
@@ -222,15 +227,22 @@ class AbTestStore(CatalogStore, OutcomeStore):
             "should_promote": verdict.action == "promote",
         }
 
-    def claim_evolution(self, skill_name: str, cooldown_seconds: float) -> bool:
-        """Claim the right to evolve a skill now; False while it has an open test, or is cooling down.
+    def claim_evolution(
+        self, skill_name: str, cooldown_seconds: float, lease_seconds: float = EVOLUTION_LEASE_SECONDS
+    ) -> bool:
+        """Claim the right to evolve a skill now; False while it has an open test, is cooling down, or another
+        claim of it has not ended yet.
 
         A running guard does not hold evolution: the next candidate is screened and tested beside it, against the
         new production, while the guard's holdout keeps the last confirmed version (``LifecycleStore``). A paused
         guard does (its health check failed: nothing builds on that production until an operator acts).
 
         The skill's row lock serializes concurrent claims, so a burst of failed runs evolves a skill once.
-        A successful claim writes an ``evolution_started`` event, which starts the cooldown.
+        A successful claim writes an ``evolution_started`` event, which starts the cooldown. The claim holds
+        until the evolution writes how it ended (:data:`EVOLUTION_ENDS`) or ``lease_seconds`` have passed (a
+        worker killed mid-evolution writes nothing): a screening may outlast the cooldown, and a second one
+        meanwhile would spend the same budget (``spent`` is written when a screening ends) for a test the
+        first one is about to start.
         """
         with self.transaction() as conn:
             self._lock_skill(conn, skill_name)
@@ -256,6 +268,21 @@ class AbTestStore(CatalogStore, OutcomeStore):
             ).scalar()
             # An evolution that failed (an outage, not a refusal) gives its claim back: its retry may go on.
             if latest == "evolution_started":
+                return False
+            last = conn.execute(
+                select(EVENTS.c.event_type, EVENTS.c.created_at)
+                .where(
+                    EVENTS.c.skill_name == skill_name,
+                    EVENTS.c.event_type.in_(("evolution_started", *EVOLUTION_ENDS)),
+                )
+                .order_by(EVENTS.c.event_id.desc())
+                .limit(1)
+            ).first()
+            if (
+                last is not None
+                and last.event_type == "evolution_started"
+                and last.created_at >= utcnow() - timedelta(seconds=lease_seconds)
+            ):
                 return False
             _insert_event(conn, LearningEventRecord(skill_name=skill_name, event_type="evolution_started"))
             return True

@@ -88,6 +88,8 @@ def _evolve_claimed(memory: PatternMemory, settings: Settings, skill_name: str) 
         # A test started, or production changed (a rollback, a promotion) since production was read
         # above: a test against a version production no longer runs would mean nothing.
         memory.archive_variation(variation_id)  # not left "testing" without a test
+        # Every claimed evolution writes how it ended: the claim holds until then (db/abtests.py).
+        memory.record_learning_event(skill_name, "evolution_refused", variation_id, description=str(error)[:500])
         return {"skill_name": skill_name, "status": "skipped", "reason": str(error)}
     memory.record_learning_event(
         skill_name,

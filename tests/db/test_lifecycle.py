@@ -60,6 +60,21 @@ def _test_beside_the_guard(store: PatternMemory, production: str) -> tuple[str, 
     return third, test_id
 
 
+def test_a_claim_holds_until_its_evolution_ends_or_its_lease_runs_out(memory: PatternMemory) -> None:
+    _skill(memory)
+    assert memory.claim_evolution("s", cooldown_seconds=0)
+    # No cooldown, but the first evolution has not said how it ended: a second would screen on the same budget.
+    assert not memory.claim_evolution("s", cooldown_seconds=0)
+    memory.record_learning_event("s", "evolution_refused", None, description="screening: none beat the parent")
+    assert memory.claim_evolution("s", cooldown_seconds=0)
+    # A worker killed mid-evolution writes no end: the claim lapses after the lease.
+    assert not memory.claim_evolution("s", cooldown_seconds=0, lease_seconds=3600)
+    assert memory.claim_evolution("s", cooldown_seconds=0, lease_seconds=0)
+    # An evolution that failed (an outage) gives its claim back at once.
+    memory.record_learning_event("s", "evolution_failed", None, description="database went away")
+    assert memory.claim_evolution("s", cooldown_seconds=0)
+
+
 def test_a_test_is_scheduled_against_production_only(memory: PatternMemory) -> None:
     base, treatment = _skill(memory)
     other = memory.store_variation("s", _content("other"), parent_version=base)
