@@ -6,16 +6,18 @@ event in ONE transaction, all or nothing, and nothing at all when the (run id, a
 
 from __future__ import annotations
 
+import os
 import statistics
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from datetime import timedelta
 from functools import cached_property, lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Float, Integer, and_, bindparam, case, exists, func, select, update
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import Connection, Float, Integer, and_, bindparam, case, func, select, update
 
+from db.attempt_batch import MAX_BATCH_ATTEMPTS, AttemptRow, write_attempts
 from db.base import (
     bounded_context,
     bounded_output,
@@ -24,11 +26,14 @@ from db.base import (
     storable_json,
     storable_text,
 )
-from db.counters import CounterStore, counter_arrays, counter_rows, counter_upsert, skill_counter_deltas
+from db.counters import CounterStore, counter_rows, skill_counter_deltas
+from db.group_commit import GroupCommit
 from db.models import ARMS, EVENTS, OUTCOMES, TESTS, TRIALS, utcnow
 from db.records import LearningEventRecord, OutcomeRecord
 from db.trials import TrialStore, complete_trial_update
 
+# Guards the creation of a store's group commit (one per process and store).
+_GROUP_COMMITS_LOCK = threading.Lock()
 # One sweep hands over at most this many triggers; a backlog drains over the next sweeps.
 OUTBOX_SWEEP_LIMIT = 1000
 
@@ -63,7 +68,7 @@ class OutcomeStore(CounterStore, TrialStore):
             **skill_counter_deltas(outcome.skill_name, outcome.attempt, outcome.final, outcome.success),
         }
         if self.is_postgres:
-            return self._record_in_one_statement(outcome, row, counters or {}, learning_event)
+            return self._group_commit.submit(_attempt_row(outcome, row, counters, learning_event))
         with self.transaction() as conn:
             inserted = conn.execute(self._outcome_insert, row).first() is not None
             if not inserted:
@@ -79,29 +84,21 @@ class OutcomeStore(CounterStore, TrialStore):
                 _insert_event(conn, learning_event)
         return True
 
-    def _record_in_one_statement(
-        self,
-        outcome: OutcomeRecord,
-        row: dict[str, Any],
-        counters: Mapping[str, int],
-        learning_event: LearningEventRecord | None,
-    ) -> bool:
-        """record_attempt on Postgres: the same writes as one statement, so one round trip and no BEGIN/COMMIT.
+    @property
+    def _group_commit(self) -> GroupCommit[AttemptRow, bool]:
+        """This process's group commit of attempts (a forked worker child makes its own: a lock held in the
+        parent at the fork would be held in the child forever)."""
+        pid = os.getpid()
+        with _GROUP_COMMITS_LOCK:
+            found = self.__dict__.get("_attempt_writer")
+            if found is None or found[0] != pid:
+                found = (pid, GroupCommit(self._write_attempts, MAX_BATCH_ATTEMPTS))
+                self.__dict__["_attempt_writer"] = found
+            return found[1]
 
-        A single statement is atomic on its own (autocommit): the outcome insert and the CTEs that depend on it
-        (counters, trial, event; each runs only if the outcome row was new) commit together or not at all.
-        """
-        rows = counter_rows(counters)
-        routed = outcome.test_id is not None and outcome.arm is not None and outcome.attempt == 1
-        parameters: dict[str, Any] = {f"outcome_{key}": value for key, value in row.items()}
-        parameters.update(counter_arrays(rows))
-        if routed:
-            parameters.update(_ledger_parameters(outcome.run_id, outcome.success, outcome.pattern_fidelity))
-        if learning_event is not None:
-            parameters.update({f"event_{key}": value for key, value in _event_values(learning_event).items()})
-        statement = _record_statement(routed, bool(rows), learning_event is not None)
+    def _write_attempts(self, attempts: Sequence[AttemptRow]) -> list[bool]:
         with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            return conn.execute(statement, parameters).first() is not None
+            return write_attempts(conn, attempts)
 
     @cached_property
     def _outcome_insert(self) -> Any:
@@ -378,34 +375,23 @@ OUTCOME_COLUMNS = OUTCOME_FIELDS + ("created_at",)
 EVENT_COLUMNS = tuple(field.name for field in fields(LearningEventRecord) if field.name != "event_id")
 
 
-@lru_cache(maxsize=16)
-def _record_statement(routed: bool, with_counters: bool, with_event: bool) -> Any:
-    """``record_attempt`` as one Postgres statement, built once per shape and reused with new parameters::
-
-        WITH inserted AS (INSERT INTO skill_outcomes … ON CONFLICT (run_id, attempt) DO NOTHING RETURNING id),
-             counted AS (INSERT INTO telemetry_counters … WHERE EXISTS (SELECT id FROM inserted) …),
-             trial AS (UPDATE ab_test_assignments … FROM ab_trials … AND EXISTS (SELECT id FROM inserted)),
-             event AS (INSERT INTO learning_events … WHERE EXISTS (SELECT id FROM inserted))
-        SELECT id FROM inserted
-
-    Postgres runs every data-modifying CTE to completion, referenced or not; a redelivered attempt inserts no
-    outcome row, so nothing else happens either.
-    """
-    inserted = (
-        postgresql.insert(OUTCOMES)
-        .values({name: bindparam(f"outcome_{name}", type_=OUTCOMES.c[name].type) for name in OUTCOME_COLUMNS})
-        .on_conflict_do_nothing(index_elements=["run_id", "attempt"])
-        .returning(OUTCOMES.c.id)
-        .cte("inserted")
+def _attempt_row(
+    outcome: OutcomeRecord,
+    row: Mapping[str, Any],
+    counters: Mapping[str, int],
+    learning_event: LearningEventRecord | None,
+) -> AttemptRow:
+    """The attempt as the batch statement takes it (db/attempt_batch.py); names and deltas checked here, in the
+    recording thread, so that a bad one fails its own attempt and never a batch."""
+    values = dict(row)
+    values["created_at"] = row["created_at"].isoformat()
+    event = None
+    if learning_event is not None:
+        event = _event_values(learning_event)
+        event["created_at"] = event["created_at"].isoformat()
+    return AttemptRow(
+        outcome=values,
+        counters={counter["name"]: counter["value"] for counter in counter_rows(counters)},
+        routed=outcome.test_id is not None and outcome.arm is not None and outcome.attempt == 1,
+        event=event,
     )
-    is_new = exists(select(inserted.c.id))
-    dependent = []
-    if with_counters:
-        dependent.append(counter_upsert(postgres=True, only_if=is_new).cte("counted"))
-    if routed:
-        dependent.append(_ledger_counts_update().where(is_new).cte("trial"))
-        dependent.append(complete_trial_update().where(is_new).cte("ledger"))
-    if with_event:
-        values = select(*[bindparam(f"event_{name}", type_=EVENTS.c[name].type) for name in EVENT_COLUMNS])
-        dependent.append(EVENTS.insert().from_select(EVENT_COLUMNS, values.where(is_new)).cte("event"))
-    return select(inserted.c.id).add_cte(*dependent)

@@ -198,3 +198,110 @@ def test_run_figures_read_per_skill_counters_not_outcomes(memory: PatternMemory)
         4, 3, 1, 1, 1,
     )  # fmt: skip
     assert statements and not any("skill_outcomes" in statement for statement in statements)
+
+
+def _record_in_threads(store: PatternMemory, outcomes: list[OutcomeRecord], event_: LearningEventRecord) -> list[object]:
+    """Record ``outcomes`` from one thread each, all queued behind a first write that a table lock holds up."""
+    import threading
+
+    answers: list[object] = [None] * len(outcomes)
+
+    def record(index: int) -> None:
+        try:
+            answers[index] = store.record_attempt(outcomes[index], counters={"a": 1}, learning_event=event_)
+        except Exception as error:  # noqa: BLE001 - the answer under test
+            answers[index] = error
+
+    # Its own engine: the store's statement counts see only the store's writes.
+    locker = make_engine(store.engine.url.render_as_string(hide_password=False))
+    with locker.connect() as blocker:
+        blocker.execute(text("LOCK TABLE telemetry_counters IN EXCLUSIVE MODE"))
+        threads = [threading.Thread(target=record, args=(i,)) for i in range(len(outcomes))]
+        threads[0].start()
+        time.sleep(0.2)  # the first write is in flight, waiting on the lock
+        for thread in threads[1:]:
+            thread.start()
+        group = store._group_commit
+        deadline = time.monotonic() + 10
+        while len(group._queued) < len(outcomes) - 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        blocker.rollback()
+    locker.dispose()
+    for thread in threads:
+        thread.join(10)
+    return answers
+
+
+def test_attempts_recorded_at_once_are_one_statement_and_count_exactly(fresh: tuple[PatternMemory, Calls]) -> None:
+    """Concurrent attempts of routed runs are grouped (db/group_commit.py): the one in flight, then every attempt
+    that queued behind it in one statement; outcomes, counters, test counts, trials and events exact; a
+    redelivery of each counts nothing."""
+    store, calls = fresh
+    control = store.register_skill("s", "content", default_agent="python")
+    treatment = store.store_variation("s", "other content", parent_version=control)
+    test_id = store.schedule_ab_test("s", control, treatment)
+    outcomes = []
+    for i in range(12):
+        arm = "treatment" if i % 3 == 0 else "control"
+        store.assign_trial(test_id, f"g{i}", arm, f"g{i}", 60.0)
+        outcomes.append(replace(_outcome(f"g{i}", test_id, arm), success=i % 2 == 0, pattern_fidelity=i / 20))
+    event_ = LearningEventRecord(skill_name="s", event_type="react_execution", fidelity_before=1.0)
+    calls.take()
+    before = (store._group_commit.batches, store._group_commit.items)
+    assert _record_in_threads(store, outcomes, event_) == [True] * 12
+    assert (store._group_commit.batches - before[0], store._group_commit.items - before[1]) == (2, 12)
+    assert calls.take()["statements"] == 2
+    test = store.get_ab_test(test_id)
+    assert test is not None
+    treated = [i for i in range(12) if i % 3 == 0]
+    controls = [i for i in range(12) if i % 3 != 0]
+    assert (test.treatment_trials, test.treatment_successes) == (4, sum(1 for i in treated if i % 2 == 0))
+    assert (test.control_trials, test.control_successes) == (8, sum(1 for i in controls if i % 2 == 0))
+    assert test.treatment_fidelity_sum == pytest.approx(sum(i / 20 for i in treated))
+    assert test.control_fidelity_sum == pytest.approx(sum(i / 20 for i in controls))
+    assert store.get_counter("a") == 12
+    assert len(store.get_evolution_history("s")) == 12
+    with store.engine.connect() as conn:
+        pending = conn.execute(text("SELECT count(*) FROM ab_trials WHERE completed_at IS NULL")).scalar_one()
+    assert pending == 0
+    # Redelivered all at once: nothing new anywhere.
+    assert _record_in_threads(store, outcomes, event_) == [False] * 12
+    again = store.get_ab_test(test_id)
+    assert again is not None and (again.treatment_trials, again.control_trials) == (4, 8)
+    assert store.get_counter("a") == 12
+    assert len(store.get_evolution_history("s")) == 12
+
+
+def test_an_attempt_the_database_refuses_fails_alone(fresh: tuple[PatternMemory, Calls]) -> None:
+    store, _ = fresh
+    store.register_skill("s", "content", default_agent="python")
+    outcomes = [_outcome(f"b{i}") for i in range(6)]
+    outcomes[3] = replace(outcomes[3], failed_at_step="x" * 200)  # over the column's 128 characters
+    event_ = LearningEventRecord(skill_name="s", event_type="react_execution")
+    answers = _record_in_threads(store, outcomes, event_)
+    assert [answer for i, answer in enumerate(answers) if i != 3] == [True] * 5
+    assert "value too long" in str(answers[3])
+    assert [row["run_id"] for row in store.run_outcomes("b3")] == []
+    assert store.get_counter("a") == 5
+
+
+def test_the_same_attempt_twice_in_one_batch_is_recorded_once(memory: PatternMemory) -> None:
+    from db.attempt_batch import write_attempts
+    from db.models import utcnow
+    from db.outcomes import _attempt_row
+
+    memory.register_skill("s", "content", default_agent="python")
+
+    def row(run_id: str) -> Any:
+        outcome = _outcome(run_id)
+        values = {name: getattr(outcome, name) for name in ("run_id", "attempt", "skill_name", "variation_id",
+                  "agent", "success", "execution_success", "pattern_fidelity", "failed_at_step", "error",
+                  "step_results", "input_context", "output", "execution_time_ms", "test_id", "arm", "final",
+                  "token_usage", "request_digest", "result", "evolve_pending")}  # fmt: skip
+        values["created_at"] = utcnow()
+        return _attempt_row(outcome, values, {"a": 1}, None)
+
+    with memory.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        assert write_attempts(conn, [row("d1"), row("d1"), row("d2")]) == [True, False, True]
+    assert memory.get_counter("a") == 2
+    assert len(memory.run_outcomes("d1")) == 1

@@ -1,0 +1,124 @@
+"""Group commit: what the threads of one process write at the same moment goes to Postgres as one statement.
+
+Why: on a worker of many threads (I/O-bound skills: ``-P threads -c 32``), each attempt's own round trip to
+Postgres cost the worker about a third of its runs per second, bare Celery included (a bare task with one write
+transaction fell from ~190 to ~92-128 runs/s on this project's bench machine). The statement itself is cheap; what
+costs is that every pool thread gives up the GIL and fights to take it back around its round trip, and Celery's
+consumer thread, which feeds the pool, loses that fight. With the writes of concurrent threads grouped, a bare
+task with the same write kept bare Celery's rate (docs/BENCHMARKS.md, *I/O-bound concurrency*).
+
+How (leader and followers, no thread of its own):
+
+- a thread that writes while no write is in flight leads at once: a batch of one, no added wait at low load;
+- threads that arrive while a write is in flight queue; when it ends, the first of them leads and writes
+  everything queued by then (up to ``max_batch``) as one batch;
+- every thread returns only after the batch holding its item committed, with its own result or its own error:
+  the durability of each write is what it was without grouping.
+
+A batch that fails is written again one item at a time, so that one bad item fails alone and every other item
+of the batch gets its own answer (the writes must be idempotent, as the worker's are: keyed by run and attempt).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class _Entry(Generic[Item, Result]):
+    """One thread's item, and what the leader that wrote it found."""
+
+    __slots__ = ("item", "woken", "leads", "result", "error")
+
+    def __init__(self, item: Item) -> None:
+        self.item = item
+        self.woken = threading.Event()
+        self.leads = False
+        self.result: Result | None = None
+        self.error: BaseException | None = None
+
+
+class GroupCommit(Generic[Item, Result]):
+    """Groups the items that threads submit at once into batches for ``write``.
+
+    :param write: writes a batch (a sequence of items) and returns one result per item, in order.
+    :param max_batch: the most items one batch carries; the rest wait for the next batch.
+    """
+
+    def __init__(self, write: Callable[[Sequence[Item]], Sequence[Result]], max_batch: int) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        self._write = write
+        self._max_batch = max_batch
+        self._lock = threading.Lock()
+        self._queued: deque[_Entry[Item, Result]] = deque()
+        self._writing = False
+        # Observed, for the benches and tests: how many batches, how many items in them.
+        self.batches = 0
+        self.items = 0
+
+    def submit(self, item: Item) -> Result:
+        """Write ``item`` (grouped with whatever other threads submit meanwhile); its result, or its error."""
+        entry: _Entry[Item, Result] = _Entry(item)
+        with self._lock:
+            self._queued.append(entry)
+            leads = not self._writing
+            self._writing = True
+        if not leads:
+            entry.woken.wait()
+            # Woken either because a batch carried this item, or to lead: it heads the queue.
+            leads = entry.leads
+        if leads:
+            self._lead()
+        return _answer(entry)
+
+    def _lead(self) -> None:
+        """Write the queue's head (this thread's own item is its first), then hand over to the next in line."""
+        with self._lock:
+            batch = [self._queued.popleft() for _ in range(min(self._max_batch, len(self._queued)))]
+        try:
+            self._write_batch(batch)
+        finally:
+            with self._lock:
+                self.batches += 1
+                self.items += len(batch)
+                if self._queued:
+                    following = self._queued[0]
+                    following.leads = True
+                    following.woken.set()
+                else:
+                    self._writing = False
+            for entry in batch:
+                entry.woken.set()
+
+    def _write_batch(self, batch: list[_Entry[Item, Result]]) -> None:
+        try:
+            results = self._write([entry.item for entry in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"a batch of {len(batch)} items was written with {len(results)} results")
+        except Exception as error:
+            if len(batch) == 1:
+                batch[0].error = error
+                return
+            # One item may be what failed the batch: each alone, so every other item gets its own answer.
+            for entry in batch:
+                self._write_batch([entry])
+            return
+        except BaseException as error:
+            # Interrupted (a process shutting down): whoever waits on this batch must not wait forever.
+            for entry in batch:
+                entry.error = error
+            raise
+        for entry, result in zip(batch, results, strict=True):
+            entry.result = result
+
+
+def _answer(entry: _Entry[Item, Result]) -> Result:
+    if entry.error is not None:
+        raise entry.error
+    return entry.result  # type: ignore[return-value]  # set by the batch that carried it

@@ -1,0 +1,134 @@
+"""The group commit's concurrency: items that arrive during a write go out together, each thread gets its own
+answer (its result, or its own error), and nobody waits forever when a write is interrupted."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import pytest
+
+from db.group_commit import GroupCommit
+
+
+class Writes:
+    """A write that records its batches; the first batch waits until ``hold`` is released."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.hold = threading.Event()
+        self.first_started = threading.Event()
+        self.lock = threading.Lock()
+
+    def __call__(self, items: Sequence[int]) -> list[int]:
+        with self.lock:
+            first = not self.batches
+            self.batches.append(list(items))
+        if first:
+            self.first_started.set()
+            assert self.hold.wait(10)
+        if any(item < 0 for item in items):
+            raise ValueError(f"negative item in {list(items)}")
+        return [item * 10 for item in items]
+
+
+def _submit_all(group: GroupCommit[int, int], items: list[int], queued: threading.Event | None = None) -> dict[int, object]:
+    answers: dict[int, object] = {}
+
+    def submit(item: int) -> None:
+        try:
+            answers[item] = group.submit(item)
+        except Exception as error:  # noqa: BLE001 - the answer under test
+            answers[item] = error
+
+    threads = [threading.Thread(target=submit, args=(item,)) for item in items]
+    for thread in threads:
+        thread.start()
+    if queued is not None:
+        queued.set()
+    for thread in threads:
+        thread.join(10)
+        assert not thread.is_alive(), "a submitter never got its answer"
+    return answers
+
+
+def _wait_queued(group: GroupCommit[int, int], count: int) -> None:
+    for _ in range(1000):
+        if len(group._queued) >= count:  # the queue behind the write in flight
+            return
+        threading.Event().wait(0.005)
+    raise AssertionError(f"never {count} queued")
+
+
+def test_items_that_arrive_during_a_write_are_written_as_one_batch() -> None:
+    writes = Writes()
+    group: GroupCommit[int, int] = GroupCommit(writes, max_batch=64)
+    first = threading.Thread(target=group.submit, args=(0,))
+    first.start()
+    assert writes.first_started.wait(10)
+    waiting = threading.Thread(target=lambda: _submit_all(group, list(range(1, 9))))
+    waiting.start()
+    _wait_queued(group, 8)
+    writes.hold.set()
+    waiting.join(10)
+    first.join(10)
+    assert writes.batches[0] == [0]
+    assert sorted(writes.batches[1]) == list(range(1, 9))  # all eight, in one batch behind the first
+    assert (group.batches, group.items) == (2, 9)
+
+
+def test_each_thread_gets_its_own_result_and_a_bad_item_fails_alone() -> None:
+    writes = Writes()
+    group: GroupCommit[int, int] = GroupCommit(writes, max_batch=64)
+    first = threading.Thread(target=group.submit, args=(100,))
+    first.start()
+    assert writes.first_started.wait(10)
+    answers: dict[int, object] = {}
+    waiting = threading.Thread(target=lambda: answers.update(_submit_all(group, [1, 2, -3, 4])))
+    waiting.start()
+    _wait_queued(group, 4)
+    writes.hold.set()
+    waiting.join(10)
+    first.join(10)
+    assert {item: answers[item] for item in (1, 2, 4)} == {1: 10, 2: 20, 4: 40}
+    assert isinstance(answers[-3], ValueError) and "[-3]" in str(answers[-3])  # its own write, alone
+    # The failed batch of four, then each of its items alone.
+    assert sorted(map(sorted, writes.batches[2:])) == [[-3], [1], [2], [4]]
+
+
+def test_the_batch_size_is_capped_and_the_queue_drains() -> None:
+    writes = Writes()
+    group: GroupCommit[int, int] = GroupCommit(writes, max_batch=3)
+    first = threading.Thread(target=group.submit, args=(0,))
+    first.start()
+    assert writes.first_started.wait(10)
+    answers: dict[int, object] = {}
+    waiting = threading.Thread(target=lambda: answers.update(_submit_all(group, list(range(1, 11)))))
+    waiting.start()
+    _wait_queued(group, 10)
+    writes.hold.set()
+    waiting.join(10)
+    first.join(10)
+    assert answers == {item: item * 10 for item in range(1, 11)}
+    assert [len(batch) for batch in writes.batches] == [1, 3, 3, 3, 1]
+
+
+def test_an_interrupted_write_wakes_its_batch_and_hands_over() -> None:
+    calls: list[list[int]] = []
+
+    def write(items: Sequence[int]) -> list[int]:
+        calls.append(list(items))
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # not an Exception: the batch is not retried, its waiters get the error
+        return list(items)
+
+    group: GroupCommit[int, int] = GroupCommit(write, max_batch=8)
+    with pytest.raises(KeyboardInterrupt):
+        group.submit(1)
+    assert group.submit(2) == 2  # the group commit is not left "writing" for ever
+    assert calls == [[1], [2]]
+
+
+def test_max_batch_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_batch"):
+        GroupCommit(lambda items: list(items), max_batch=0)
