@@ -30,14 +30,11 @@ import json
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Table, TextClause, text
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import Connection, text
 
 from db.counters import NUM_SHARDS
-from db.models import ARMS, COUNTERS, EVENTS, OUTCOMES, TESTS, TRIALS
 
 # A batch carries at most this many attempts (each at most a bounded context and output): a statement of a few
 # MB at worst, and a queue that is cut into several batches when a process has more threads than this.
@@ -82,7 +79,7 @@ def write_attempts(conn: Connection, attempts: Sequence[AttemptRow]) -> list[boo
             keys.add(attempts[index].key)
         rows = [_json_row(order, attempts[index]) for order, index in enumerate(group)]
         parameters = {"batch": json.dumps(rows, ensure_ascii=False), "shard": random.randrange(NUM_SHARDS)}
-        inserted = {(run_id, attempt) for run_id, attempt in conn.execute(batch_statement(), parameters)}
+        inserted = {(run_id, attempt) for run_id, attempt in conn.execute(BATCH_STATEMENT, parameters)}
         for index in group:
             recorded[index] = attempts[index].key in inserted
         remaining = later
@@ -99,42 +96,32 @@ def _json_row(order: int, attempt: AttemptRow) -> dict[str, Any]:
     return row
 
 
-def _typed(table: Table, names: Sequence[str], prefix: str = "") -> str:
-    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
-    return ", ".join(f"{prefix}{name} {table.c[name].type.compile(dialect=dialect)}" for name in names)
-
-
-@lru_cache(maxsize=1)
-def batch_statement() -> TextClause:
-    """The batch statement, its column lists taken from the tables (built once)."""
-    outcome_columns = [column.name for column in OUTCOMES.c if column.name != "id"]
-    event_columns = [column.name for column in EVENTS.c if column.name != "event_id"]
-    outcomes = ", ".join(outcome_columns)
-    events = ", ".join(event_columns)
-    from_new_event = ", ".join(f"event_{name}" for name in event_columns)
-    tally = ",\n".join(
-        f"count(*) FILTER (WHERE arm = '{arm}') AS {arm}_trials, "
-        f"count(*) FILTER (WHERE arm = '{arm}' AND success) AS {arm}_successes, "
-        f"coalesce(sum(fidelity) FILTER (WHERE arm = '{arm}'), 0.0) AS {arm}_fidelity_sum"
-        for arm in ARMS
-    )
-    add_tally = ",\n".join(
-        f"{arm}_{figure} = test.{arm}_{figure} + tally.{arm}_{figure}"
-        for arm in ARMS
-        for figure in ("trials", "successes", "fidelity_sum")
-    )
-    # Only the tables' own names and columns are formatted in; every value is a bound parameter.
-    return text(
-        f"""
+# Written out, not built (SQL here is only ever a literal: tests/reliability/test_security.py); the column
+# lists are the tables' (tests/db/test_hot_path.py checks them against db/models.py).
+BATCH_STATEMENT = text(
+    """
 WITH batch AS (
     SELECT * FROM jsonb_to_recordset(CAST(:batch AS jsonb)) AS attempt(
         ord integer, counters jsonb, routed boolean,
-        {_typed(OUTCOMES, outcome_columns)},
-        {_typed(EVENTS, event_columns, prefix="event_")})
+        run_id varchar(64), attempt integer, final boolean, skill_name varchar(128), variation_id varchar(64),
+        agent varchar(64), test_id integer, arm varchar(16), success boolean, execution_success boolean,
+        pattern_fidelity float, failed_at_step varchar(128), error text, step_results jsonb, input_context jsonb,
+        output text, execution_time_ms float, token_usage jsonb, request_digest varchar(64), result jsonb,
+        evolve_pending boolean, created_at timestamptz,
+        event_skill_name varchar(128), event_event_type varchar(64), event_variation_id varchar(64),
+        event_fidelity_before float, event_fidelity_after float, event_description text, event_details jsonb,
+        event_created_at timestamptz)
 ),
 inserted AS (
-    INSERT INTO {OUTCOMES.name} ({outcomes})
-    SELECT {outcomes} FROM batch ORDER BY ord
+    INSERT INTO skill_outcomes (
+        run_id, attempt, final, skill_name, variation_id, agent, test_id, arm, success, execution_success,
+        pattern_fidelity, failed_at_step, error, step_results, input_context, output, execution_time_ms,
+        token_usage, request_digest, result, evolve_pending, created_at)
+    SELECT
+        run_id, attempt, final, skill_name, variation_id, agent, test_id, arm, success, execution_success,
+        pattern_fidelity, failed_at_step, error, step_results, input_context, output, execution_time_ms,
+        token_usage, request_digest, result, evolve_pending, created_at
+    FROM batch ORDER BY ord
     ON CONFLICT (run_id, attempt) DO NOTHING
     RETURNING run_id, attempt
 ),
@@ -142,39 +129,53 @@ new AS (
     SELECT batch.* FROM batch JOIN inserted USING (run_id, attempt)
 ),
 counted AS (
-    INSERT INTO {COUNTERS.name} (name, shard, value)
+    INSERT INTO telemetry_counters (name, shard, value)
     SELECT delta.key, :shard, sum(CAST(delta.value AS bigint))
     FROM new CROSS JOIN LATERAL jsonb_each_text(new.counters) AS delta
     GROUP BY delta.key
     ORDER BY delta.key
-    ON CONFLICT (name, shard) DO UPDATE SET value = {COUNTERS.name}.value + excluded.value
+    ON CONFLICT (name, shard) DO UPDATE SET value = telemetry_counters.value + excluded.value
 ),
 trials AS (
     SELECT trial.test_id, trial.run_id, trial.arm, trial.counted,
            new.success, new.pattern_fidelity AS fidelity, new.created_at
-    FROM new JOIN {TRIALS.name} AS trial ON trial.run_id = new.run_id
+    FROM new JOIN ab_trials AS trial ON trial.run_id = new.run_id
     WHERE new.routed AND trial.completed_at IS NULL AND trial.deadline >= new.created_at
 ),
 tallied AS (
-    UPDATE {TESTS.name} AS test SET
-        {add_tally}
+    UPDATE ab_test_assignments AS test SET
+        control_trials = test.control_trials + tally.control_trials,
+        control_successes = test.control_successes + tally.control_successes,
+        control_fidelity_sum = test.control_fidelity_sum + tally.control_fidelity_sum,
+        treatment_trials = test.treatment_trials + tally.treatment_trials,
+        treatment_successes = test.treatment_successes + tally.treatment_successes,
+        treatment_fidelity_sum = test.treatment_fidelity_sum + tally.treatment_fidelity_sum
     FROM (
         SELECT test_id,
-        {tally}
+            count(*) FILTER (WHERE arm = 'control') AS control_trials,
+            count(*) FILTER (WHERE arm = 'control' AND success) AS control_successes,
+            coalesce(sum(fidelity) FILTER (WHERE arm = 'control'), 0.0) AS control_fidelity_sum,
+            count(*) FILTER (WHERE arm = 'treatment') AS treatment_trials,
+            count(*) FILTER (WHERE arm = 'treatment' AND success) AS treatment_successes,
+            coalesce(sum(fidelity) FILTER (WHERE arm = 'treatment'), 0.0) AS treatment_fidelity_sum
         FROM trials WHERE counted GROUP BY test_id ORDER BY test_id
     ) AS tally
     WHERE test.test_id = tally.test_id AND test.status = 'running'
 ),
 completed AS (
-    UPDATE {TRIALS.name} AS trial
+    UPDATE ab_trials AS trial
     SET completed_at = trials.created_at, success = trials.success, fidelity = trials.fidelity
     FROM trials
     WHERE trial.test_id = trials.test_id AND trial.run_id = trials.run_id
 ),
 events AS (
-    INSERT INTO {EVENTS.name} ({events})
-    SELECT {from_new_event} FROM new WHERE event_event_type IS NOT NULL ORDER BY ord
+    INSERT INTO learning_events (
+        skill_name, event_type, variation_id, fidelity_before, fidelity_after, description, details, created_at)
+    SELECT
+        event_skill_name, event_event_type, event_variation_id, event_fidelity_before, event_fidelity_after,
+        event_description, event_details, event_created_at
+    FROM new WHERE event_event_type IS NOT NULL ORDER BY ord
 )
 SELECT run_id, attempt FROM inserted
-"""  # noqa: S608
-    )
+"""
+)

@@ -305,3 +305,27 @@ def test_the_same_attempt_twice_in_one_batch_is_recorded_once(memory: PatternMem
         assert write_attempts(conn, [row("d1"), row("d1"), row("d2")]) == [True, False, True]
     assert memory.get_counter("a") == 2
     assert len(memory.run_outcomes("d1")) == 1
+
+
+def test_the_batch_statement_names_every_column_of_its_tables() -> None:
+    """The batch statement is a literal (no SQL is built from strings): a column added to a table must be added
+    to it too, or this fails."""
+    import re
+
+    from db.attempt_batch import BATCH_STATEMENT
+    from db.models import EVENTS, OUTCOMES
+
+    sql = BATCH_STATEMENT.text
+
+    def listed(table: str) -> list[str]:
+        found = re.search(rf"INSERT INTO {table} \(([^)]*)\)", sql)
+        assert found is not None
+        return [name.strip() for name in found.group(1).split(",")]
+
+    assert listed("skill_outcomes") == [column.name for column in OUTCOMES.c if column.name != "id"]
+    assert listed("learning_events") == [column.name for column in EVENTS.c if column.name != "event_id"]
+    declared = re.search(r"AS attempt\((.*?)\)\n\)", sql, re.S)
+    assert declared is not None
+    names = [item.split()[0] for item in declared.group(1).replace("\n", " ").split(",") if item.strip()]
+    expected = ["ord", "counters", "routed", *listed("skill_outcomes"), *(f"event_{n}" for n in listed("learning_events"))]
+    assert names == expected
