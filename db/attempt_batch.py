@@ -18,10 +18,12 @@ Postgres runs every data-modifying CTE to completion and all of them see one sna
 ``completed`` both find the trials pending, as the single-attempt statements did. The statement is atomic: a
 batch is recorded whole or not at all (the group commit then writes its attempts one at a time).
 
-Lock order: the counters are upserted in name order and the tests updated in test id order (a guard is always
-older than the test beside it: ascending id is the order everyone else locks a skill's rows in, db/abtests.py).
-Should two batches still meet in opposite orders, Postgres ends one of them with a deadlock error, and the group
-commit writes that batch again one attempt at a time.
+Lock order: the counters are upserted in name order, and the tests a batch counts in are locked in test id order
+(``locked``, ``FOR UPDATE`` under an ``ORDER BY``) before ``tallied`` updates them: ascending id is the order
+everyone else locks a skill's rows in (db/abtests.py; a guard is always older than the test beside it). Left to
+the plan, the update took them in the order of the status index, i.e. of where the rows lie on disk, and met an
+evaluator's lock in the opposite order. Should two writers still meet in opposite orders, Postgres ends one with a
+deadlock error, and the group commit writes that batch again one attempt at a time.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 from db.counters import NUM_SHARDS
+from db.models import utcnow
 
 # A batch carries at most this many attempts (each at most a bounded context and output): a statement of a few
 # MB at worst, and a queue that is cut into several batches when a process has more threads than this.
@@ -78,7 +81,12 @@ def write_attempts(conn: Connection, attempts: Sequence[AttemptRow]) -> list[boo
             (later if attempts[index].key in keys else group).append(index)
             keys.add(attempts[index].key)
         rows = [_json_row(order, attempts[index]) for order, index in enumerate(group)]
-        parameters = {"batch": json.dumps(rows, ensure_ascii=False), "shard": random.randrange(NUM_SHARDS)}
+        parameters = {
+            "batch": json.dumps(rows, ensure_ascii=False),
+            "shard": random.randrange(NUM_SHARDS),
+            # A trial's deadline is judged when its outcome is written, not when the attempt joined the queue.
+            "now": utcnow(),
+        }
         inserted = {(run_id, attempt) for run_id, attempt in conn.execute(BATCH_STATEMENT, parameters)}
         for index in group:
             recorded[index] = attempts[index].key in inserted
@@ -137,10 +145,15 @@ counted AS (
     ON CONFLICT (name, shard) DO UPDATE SET value = telemetry_counters.value + excluded.value
 ),
 trials AS (
-    SELECT trial.test_id, trial.run_id, trial.arm, trial.counted,
-           new.success, new.pattern_fidelity AS fidelity, new.created_at
+    SELECT trial.test_id, trial.run_id, trial.arm, trial.counted, new.success, new.pattern_fidelity AS fidelity
     FROM new JOIN ab_trials AS trial ON trial.run_id = new.run_id
-    WHERE new.routed AND trial.completed_at IS NULL AND trial.deadline >= new.created_at
+    WHERE new.routed AND trial.completed_at IS NULL AND trial.deadline >= CAST(:now AS timestamptz)
+),
+locked AS (
+    SELECT test.test_id FROM ab_test_assignments AS test
+    WHERE test.test_id IN (SELECT test_id FROM trials WHERE counted) AND test.status = 'running'
+    ORDER BY test.test_id
+    FOR UPDATE
 ),
 tallied AS (
     UPDATE ab_test_assignments AS test SET
@@ -158,13 +171,14 @@ tallied AS (
             count(*) FILTER (WHERE arm = 'treatment') AS treatment_trials,
             count(*) FILTER (WHERE arm = 'treatment' AND success) AS treatment_successes,
             coalesce(sum(fidelity) FILTER (WHERE arm = 'treatment'), 0.0) AS treatment_fidelity_sum
-        FROM trials WHERE counted GROUP BY test_id ORDER BY test_id
+        FROM trials WHERE counted GROUP BY test_id
     ) AS tally
     WHERE test.test_id = tally.test_id AND test.status = 'running'
+        AND test.test_id IN (SELECT test_id FROM locked)
 ),
 completed AS (
     UPDATE ab_trials AS trial
-    SET completed_at = trials.created_at, success = trials.success, fidelity = trials.fidelity
+    SET completed_at = CAST(:now AS timestamptz), success = trials.success, fidelity = trials.fidelity
     FROM trials
     WHERE trial.test_id = trials.test_id AND trial.run_id = trials.run_id
 ),

@@ -15,16 +15,21 @@ How (leader and followers, no thread of its own):
 - every thread returns only after the batch holding its item committed, with its own result or its own error:
   the durability of each write is what it was without grouping.
 
-A batch that fails is written again one item at a time, so that one bad item fails alone and every other item
-of the batch gets its own answer (the writes must be idempotent, as the worker's are: keyed by run and attempt).
+A batch that fails for a reason one item may be (``alone(error)``: bad data, a deadlock) is written again one item
+at a time, so that a bad item fails alone and every other item gets its own answer (the writes must be
+idempotent, as the worker's are: keyed by run and attempt); any other failure (the database is away) is every
+item's answer at once, without a write per item.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -33,14 +38,22 @@ Result = TypeVar("Result")
 class _Entry(Generic[Item, Result]):
     """One thread's item, and what the leader that wrote it found."""
 
-    __slots__ = ("item", "woken", "leads", "result", "error")
+    __slots__ = ("item", "woken", "leads", "answered", "result", "error")
 
     def __init__(self, item: Item) -> None:
         self.item = item
         self.woken = threading.Event()
         self.leads = False
+        self.answered = False
         self.result: Result | None = None
         self.error: BaseException | None = None
+
+    def answer(self, result: Result | None = None, error: BaseException | None = None) -> None:
+        self.result, self.error, self.answered = result, error, True
+
+
+def _every_error(_error: Exception) -> bool:
+    return True
 
 
 class GroupCommit(Generic[Item, Result]):
@@ -48,13 +61,20 @@ class GroupCommit(Generic[Item, Result]):
 
     :param write: writes a batch (a sequence of items) and returns one result per item, in order.
     :param max_batch: the most items one batch carries; the rest wait for the next batch.
+    :param alone: whether a batch's error may be one item's doing (then each item is written alone).
     """
 
-    def __init__(self, write: Callable[[Sequence[Item]], Sequence[Result]], max_batch: int) -> None:
+    def __init__(
+        self,
+        write: Callable[[Sequence[Item]], Sequence[Result]],
+        max_batch: int,
+        alone: Callable[[Exception], bool] = _every_error,
+    ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self._write = write
         self._max_batch = max_batch
+        self._alone = alone
         self._lock = threading.Lock()
         self._queued: deque[_Entry[Item, Result]] = deque()
         self._writing = False
@@ -70,12 +90,39 @@ class GroupCommit(Generic[Item, Result]):
             leads = not self._writing
             self._writing = True
         if not leads:
-            entry.woken.wait()
+            try:
+                entry.woken.wait()
+            except BaseException:
+                # Interrupted while queued (a gevent timeout, a signal): leave without stranding the queue.
+                self._withdraw(entry)
+                raise
             # Woken either because a batch carried this item, or to lead: it heads the queue.
             leads = entry.leads
         if leads:
             self._lead()
-        return _answer(entry)
+        if not entry.answered:
+            raise RuntimeError("the group commit never answered an item")  # a bug of ours, not a lost write
+        if entry.error is not None:
+            raise entry.error
+        return entry.result  # type: ignore[return-value]  # answered without an error: its result
+
+    def _withdraw(self, entry: _Entry[Item, Result]) -> None:
+        """Take an interrupted thread's item out of the queue; if it was just handed the lead, pass the lead on."""
+        with self._lock:
+            if entry not in self._queued:
+                return  # already in a batch being written: that batch answers it (nobody reads the answer)
+            self._queued.remove(entry)
+            if entry.leads:
+                self._hand_over()
+
+    def _hand_over(self) -> None:
+        """With the lock held, after a batch: the next in line leads, or nobody is writing."""
+        if self._queued:
+            following = self._queued[0]
+            following.leads = True
+            following.woken.set()
+        else:
+            self._writing = False
 
     def _lead(self) -> None:
         """Write the queue's head (this thread's own item is its first), then hand over to the next in line."""
@@ -83,16 +130,17 @@ class GroupCommit(Generic[Item, Result]):
             batch = [self._queued.popleft() for _ in range(min(self._max_batch, len(self._queued)))]
         try:
             self._write_batch(batch)
+        except BaseException as error:
+            # Interrupted (a process shutting down): whoever waits on this batch must not wait forever.
+            for entry in batch:
+                if not entry.answered:
+                    entry.answer(error=error)
+            raise
         finally:
             with self._lock:
                 self.batches += 1
                 self.items += len(batch)
-                if self._queued:
-                    following = self._queued[0]
-                    following.leads = True
-                    following.woken.set()
-                else:
-                    self._writing = False
+                self._hand_over()
             for entry in batch:
                 entry.woken.set()
 
@@ -102,23 +150,15 @@ class GroupCommit(Generic[Item, Result]):
             if len(results) != len(batch):
                 raise RuntimeError(f"a batch of {len(batch)} items was written with {len(results)} results")
         except Exception as error:
-            if len(batch) == 1:
-                batch[0].error = error
+            if len(batch) > 1 and self._alone(error):
+                # The cause's first line only: a database error's text carries the statement and its parameters.
+                cause = str(getattr(error, "orig", None) or error).splitlines()[0][:200]
+                log.warning("a batch of %d writes failed (%s: %s); writing each alone", len(batch), type(error).__name__, cause)
+                for entry in batch:
+                    self._write_batch([entry])
                 return
-            # One item may be what failed the batch: each alone, so every other item gets its own answer.
             for entry in batch:
-                self._write_batch([entry])
+                entry.answer(error=error)
             return
-        except BaseException as error:
-            # Interrupted (a process shutting down): whoever waits on this batch must not wait forever.
-            for entry in batch:
-                entry.error = error
-            raise
         for entry, result in zip(batch, results, strict=True):
-            entry.result = result
-
-
-def _answer(entry: _Entry[Item, Result]) -> Result:
-    if entry.error is not None:
-        raise entry.error
-    return entry.result  # type: ignore[return-value]  # set by the batch that carried it
+            entry.answer(result)

@@ -15,6 +15,7 @@ from datetime import timedelta
 from functools import cached_property, lru_cache
 from typing import Any
 
+import sqlalchemy.exc
 from sqlalchemy import Connection, Float, Integer, and_, bindparam, case, func, select, update
 
 from db.attempt_batch import MAX_BATCH_ATTEMPTS, AttemptRow, write_attempts
@@ -32,6 +33,14 @@ from db.models import ARMS, EVENTS, OUTCOMES, TESTS, TRIALS, utcnow
 from db.records import LearningEventRecord, OutcomeRecord
 from db.trials import TrialStore, complete_trial_update
 
+# Deadlock detected, serialization failure: the batch lost a race that a smaller write may not.
+RETRY_ALONE_SQLSTATES = frozenset({"40P01", "40001"})
+CONNECTION_ERRORS = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.DisconnectionError,
+    sqlalchemy.exc.TimeoutError,
+)
 # Guards the creation of a store's group commit (one per process and store).
 _GROUP_COMMITS_LOCK = threading.Lock()
 # One sweep hands over at most this many triggers; a backlog drains over the next sweeps.
@@ -92,7 +101,7 @@ class OutcomeStore(CounterStore, TrialStore):
         with _GROUP_COMMITS_LOCK:
             found = self.__dict__.get("_attempt_writer")
             if found is None or found[0] != pid:
-                found = (pid, GroupCommit(self._write_attempts, MAX_BATCH_ATTEMPTS))
+                found = (pid, GroupCommit(self._write_attempts, MAX_BATCH_ATTEMPTS, alone=one_attempt_may_be_why))
                 self.__dict__["_attempt_writer"] = found
             return found[1]
 
@@ -373,6 +382,17 @@ def _insert_event(conn: Connection, event: LearningEventRecord) -> int:
 OUTCOME_FIELDS = tuple(field.name for field in fields(OutcomeRecord))
 OUTCOME_COLUMNS = OUTCOME_FIELDS + ("created_at",)
 EVENT_COLUMNS = tuple(field.name for field in fields(LearningEventRecord) if field.name != "event_id")
+
+
+def one_attempt_may_be_why(error: Exception) -> bool:
+    """Whether a batch's error may be one attempt's doing, so that writing each alone helps: bad data, a deadlock
+    or serialization failure (a smaller write may pass). Not when the database or the pool is away: every
+    attempt of the batch gets that error at once (the worker retries each as an infrastructure error)."""
+    if isinstance(error, sqlalchemy.exc.DBAPIError):
+        if getattr(error.orig, "sqlstate", None) in RETRY_ALONE_SQLSTATES:
+            return True
+        return not (error.connection_invalidated or isinstance(error, CONNECTION_ERRORS))
+    return not isinstance(error, CONNECTION_ERRORS)
 
 
 def _attempt_row(

@@ -55,9 +55,10 @@ def test_throughput(broker_url: str, capsys: pytest.CaptureFixture[str]) -> None
         assert runs == 40 and seconds > 0 and rate > 0
     ratio_b, ratio_c, _ = _numbers(r"b/a = ([\d.]+) +c/a = ([\d.]+) +b/c = ([\d.]+)", out)
     assert 0 < ratio_b < 5 and 0 < ratio_c < 5
-    # Counted in the worker: every attempt is one single-statement write.
+    # Counted in the worker: at most one single-statement write per attempt (attempts recorded at the same moment
+    # share one: group commit).
     (writes,) = _numbers(r"statements \(([\d.]+) writes", out)
-    assert writes == 1.0
+    assert 0 < writes <= 1.0
     _bars(out, 2)
 
 

@@ -329,3 +329,24 @@ def test_the_batch_statement_names_every_column_of_its_tables() -> None:
     names = [item.split()[0] for item in declared.group(1).replace("\n", " ").split(",") if item.strip()]
     expected = ["ord", "counters", "routed", *listed("skill_outcomes"), *(f"event_{n}" for n in listed("learning_events"))]
     assert names == expected
+
+
+def test_which_batch_errors_are_written_again_one_attempt_at_a_time(memory: PatternMemory) -> None:
+    """Bad data or a deadlock may be one attempt's doing (each is then written alone); an outage is not (every
+    attempt of the batch gets it at once, instead of one more failing connection each)."""
+    import sqlalchemy.exc
+
+    from db.outcomes import one_attempt_may_be_why
+    from tests.processes import spare_port
+
+    with pytest.raises(sqlalchemy.exc.DataError) as bad_data, memory.engine.connect() as conn:
+        conn.execute(text("SELECT CAST(:v AS integer)"), {"v": "not a number"})
+    assert one_attempt_may_be_why(bad_data.value)
+    with pytest.raises(sqlalchemy.exc.OperationalError) as deadlock, memory.engine.connect() as conn:
+        conn.execute(text("DO $$ BEGIN RAISE EXCEPTION 'x' USING ERRCODE = 'deadlock_detected'; END $$"))
+    assert one_attempt_may_be_why(deadlock.value)
+    away = make_engine(f"postgresql+psycopg://postgres@127.0.0.1:{spare_port()}/nowhere")
+    with pytest.raises(sqlalchemy.exc.OperationalError) as outage, away.connect():
+        pass
+    assert not one_attempt_may_be_why(outage.value)
+    away.dispose()

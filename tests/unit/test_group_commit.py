@@ -132,3 +132,100 @@ def test_an_interrupted_write_wakes_its_batch_and_hands_over() -> None:
 def test_max_batch_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_batch"):
         GroupCommit(lambda items: list(items), max_batch=0)
+
+
+def test_an_error_no_item_caused_is_every_items_answer_without_a_write_each() -> None:
+    writes = Writes()
+    outage = ConnectionError("the database is away")
+
+    def write(items: Sequence[int]) -> list[int]:
+        result = writes(items)
+        if len(writes.batches) > 1:
+            raise outage
+        return result
+
+    group: GroupCommit[int, int] = GroupCommit(write, max_batch=64, alone=lambda error: error is not outage)
+    first = threading.Thread(target=group.submit, args=(0,))
+    first.start()
+    assert writes.first_started.wait(10)
+    answers: dict[int, object] = {}
+    waiting = threading.Thread(target=lambda: answers.update(_submit_all(group, [1, 2, 3])))
+    waiting.start()
+    _wait_queued(group, 3)
+    writes.hold.set()
+    waiting.join(10)
+    first.join(10)
+    assert answers == {1: outage, 2: outage, 3: outage}
+    assert len(writes.batches) == 2  # the first, then the three together: none written again alone
+
+
+def test_a_thread_interrupted_while_queued_leaves_and_the_queue_goes_on() -> None:
+    import signal
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(*_: object) -> None:
+        raise Interrupted
+
+    writes = Writes()
+    group: GroupCommit[int, int] = GroupCommit(writes, max_batch=64)
+    first = threading.Thread(target=group.submit, args=(0,))
+    first.start()
+    assert writes.first_started.wait(10)
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(Interrupted):
+            group.submit(7)  # queued behind the held write, then interrupted (as a gevent timeout would)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    writes.hold.set()
+    first.join(10)
+    assert _submit_all(group, [8]) == {8: 80}  # not stranded behind the interrupted thread
+    assert [7] not in writes.batches and [8] in writes.batches
+
+
+def test_an_interruption_while_writing_alone_answers_every_item() -> None:
+    writes = Writes()
+
+    def write(items: Sequence[int]) -> list[int]:
+        result = writes(items)
+        if len(items) > 1:
+            raise ValueError("one of these is bad")
+        if items[0] == 2:
+            raise KeyboardInterrupt  # while each item is written alone: the rest must not be left unanswered
+        return result
+
+    group: GroupCommit[int, int] = GroupCommit(write, max_batch=64)
+    first = threading.Thread(target=group.submit, args=(0,))
+    first.start()
+    assert writes.first_started.wait(10)
+    answers: dict[int, object] = {}
+
+    def submit(item: int) -> None:
+        try:
+            answers[item] = group.submit(item)
+        except BaseException as error:  # noqa: BLE001 - the answer under test
+            answers[item] = error
+
+    threads = [threading.Thread(target=submit, args=(item,)) for item in (1, 2, 3)]
+    for thread in threads:
+        thread.start()
+    _wait_queued(group, 3)
+    writes.hold.set()
+    for thread in threads:
+        thread.join(10)
+    first.join(10)
+    # Written alone in queue order: those before the interruption have their results, the rest its error; so has
+    # the leader's own thread, which the interruption came through.
+    alone = [batch[0] for batch in writes.batches[2:]]
+    leader = writes.batches[1][0]
+    assert alone[-1] == 2
+    for item in (1, 2, 3):
+        if item in alone[:-1] and item != leader:
+            assert answers[item] == item * 10
+        else:
+            assert isinstance(answers[item], KeyboardInterrupt), answers
+    assert _submit_all(group, [4]) == {4: 40}
