@@ -82,7 +82,9 @@ def write_attempts(conn: Connection, attempts: Sequence[AttemptRow]) -> list[boo
             keys.add(attempts[index].key)
         rows = [_json_row(order, attempts[index]) for order, index in enumerate(group)]
         parameters = {
-            "batch": json.dumps(rows, ensure_ascii=False),
+            # NaN and infinities are not JSON: refused here, in Python, with a clear error (the batch is then
+            # written one attempt at a time, and only the attempt that carries one fails).
+            "batch": json.dumps(rows, ensure_ascii=False, allow_nan=False),
             "shard": random.randrange(NUM_SHARDS),
             # A trial's deadline is judged when its outcome is written, not when the attempt joined the queue.
             "now": utcnow(),

@@ -6,6 +6,7 @@ event in ONE transaction, all or nothing, and nothing at all when the (run id, a
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import threading
@@ -278,6 +279,8 @@ def _validate_outcome(outcome: OutcomeRecord) -> None:
     require_text(outcome.variation_id, "variation id", max_length=64)
     if outcome.request_digest is not None:
         require_text(outcome.request_digest, "request digest", max_length=64)
+    if not math.isfinite(outcome.execution_time_ms) or outcome.execution_time_ms < 0:
+        raise ValueError(f"execution_time_ms must be a finite duration, got {outcome.execution_time_ms}")
     if not 0.0 <= outcome.pattern_fidelity <= 1.0:
         raise ValueError(f"pattern_fidelity must be within 0..1, got {outcome.pattern_fidelity}")
     if outcome.arm not in (None, "control", "treatment"):

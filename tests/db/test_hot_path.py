@@ -350,3 +350,13 @@ def test_which_batch_errors_are_written_again_one_attempt_at_a_time(memory: Patt
         pass
     assert not one_attempt_may_be_why(outage.value)
     away.dispose()
+
+
+def test_a_value_json_cannot_carry_fails_its_own_attempt_with_a_clear_error(memory: PatternMemory) -> None:
+    memory.register_skill("s", "content", default_agent="python")
+    with pytest.raises(ValueError, match="execution_time_ms must be a finite duration"):
+        memory.record_attempt(replace(_outcome("nan-time"), execution_time_ms=float("nan")))
+    odd_event = LearningEventRecord(skill_name="s", event_type="react_execution", fidelity_before=float("inf"))
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        memory.record_attempt(_outcome("inf-event"), learning_event=odd_event)
+    assert memory.run_outcomes("nan-time") == [] and memory.run_outcomes("inf-event") == []
