@@ -27,12 +27,13 @@ What is real and what is modelled:
 The model's distance from the real bench moves with the mechanism (one round of search: main +17% against a
 real +23%, held-out +9% against +16%; rounds and resumed screenings: main +27.0% against +25.8%, held-out
 +17.7% against +21.7%, medians of three real seeds): read its figures as comparisons between variants, not as
-the gate.
+the gate. A fleet's skills run interleaved, one run of each in turn, as the bench's producers send them.
 
     python -m bench.loop_model                                # both fleets, wre's defaults, 42 seeds each
     python -m bench.loop_model --oracle 0.05 --oracle 0.10    # the ceiling: screening by foresight
     python -m bench.loop_model --setting screen_alpha=0.3     # a screening setting off its default
     python -m bench.loop_model --setting screen_generations=1     # one round of search per screening
+    python -m bench.loop_model --budget-scope fleet --budget-cap 2  # screening paid by the fleet's live runs
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pydantic import ValidationError
@@ -210,54 +212,81 @@ class SkillResult:
     promoted: int
 
 
-def run_skill(rng: random.Random, loop: Loop, fleet: Fleet, baseline: float, runs: int) -> SkillResult:
-    skill = _Skill(baseline, baseline)
-    for index in range(runs):
-        arm, serves = None, skill.production
-        if skill.guard_left > 0 and rng.random() < GUARD_HOLDOUT:
-            serves = skill.confirmed
-        elif skill.test is not None:
-            arm = "treatment" if rng.random() < 0.5 else "control"
-            serves = skill.test if arm == "treatment" else serves
-        fidelities = []
-        for _ in range(ATTEMPTS):
-            fidelities.append(_fidelity(rng, serves, fleet.steps))
-            if fidelities[-1] >= THRESHOLD:
-                break
-        passed_first, passed = fidelities[0] >= THRESHOLD, fidelities[-1] >= THRESHOLD
-        skill.first.append(fidelities[0])
-        skill.attempts.append(len(fidelities))
-        skill.passed_runs += passed_first
-        skill.failed_runs += not passed
-        if skill.test is not None and arm is not None:
-            offset = 2 if arm == "treatment" else 0
-            skill.counts[offset] += passed_first
-            skill.counts[offset + 1] += 1
-        if skill.guard_left > 0:
-            skill.guard_left -= 1
-            skill.confirmed = skill.production if skill.guard_left == 0 else skill.confirmed
-        if not passed and skill.test is None and index >= skill.cool_until:
-            budget = min(loop.max_calls, int(loop.budget_share * (index + 1)) - skill.spent)
-            inputs = min(loop.failures, skill.failed_runs) + min(loop.passes, skill.passed_runs)
-            smallest = smallest_screening(loop.candidates, loop.generations)
-            if budget >= (loop.wait_for_calls or smallest) and inputs >= MIN_REPLAY_INPUTS:
-                skill.cool_until = index + COOLDOWN_RUNS
-                chosen, calls, skill.resume = _screen(
-                    rng, loop, fleet, skill.production, budget, inputs, skill.resume
-                )
-                skill.spent += calls
-                if chosen is not None:
-                    skill.test, skill.counts, skill.tests = chosen, [0, 0, 0, 0], skill.tests + 1
-        if skill.test is not None and index % loop.look == 0:
-            treatment = skill.test
-            control_passes, control_trials, treatment_passes, treatment_trials = skill.counts
-            winner = decide(control_passes, control_trials, treatment_passes, treatment_trials).winner
-            if winner == "treatment":
-                skill.confirmed = skill.confirmed if skill.guard_left > 0 else skill.production
-                skill.production, skill.guard_left, skill.promoted = treatment, GUARD_RUNS, skill.promoted + 1
-                skill.resume = None  # a survivor of the old production's screenings
-            if winner is not None:
-                skill.test = None
+@dataclass(frozen=True)
+class BudgetScope:
+    """Whose live runs pay for a skill's screening.
+
+    ``skill`` (wre today): the skill's own, ``screen_budget_share`` of its live runs. ``fleet`` (a proposal, not
+    built in wre): the share of every skill's live runs, less every skill's spending, so that a skill that is
+    failing can spend what skills that need no screening leave; ``cap`` bounds one skill's spending at ``cap``
+    times its own share plus one screening (None: no bound).
+    """
+
+    scope: str = "skill"
+    cap: float | None = None
+
+    def budget(self, loop: Loop, skills: list[_Skill], skill: _Skill, index: int, live_runs: int) -> int:
+        own = int(loop.budget_share * (index + 1)) - skill.spent
+        if self.scope == "skill":
+            return min(loop.max_calls, own)
+        budget = min(loop.max_calls, int(loop.budget_share * live_runs) - sum(item.spent for item in skills))
+        if self.cap is not None:
+            budget = min(budget, int(self.cap * loop.budget_share * (index + 1)) - skill.spent + loop.max_calls)
+        return budget
+
+
+def _step(
+    rng: random.Random, loop: Loop, fleet: Fleet, skill: _Skill, index: int, budget_now: Callable[[_Skill, int], int]
+) -> None:
+    """Run ``index`` of one skill: serve, score, maybe screen (paid by ``budget_now``), maybe decide its test."""
+    arm, serves = None, skill.production
+    if skill.guard_left > 0 and rng.random() < GUARD_HOLDOUT:
+        serves = skill.confirmed
+    elif skill.test is not None:
+        arm = "treatment" if rng.random() < 0.5 else "control"
+        serves = skill.test if arm == "treatment" else serves
+    fidelities = []
+    for _ in range(ATTEMPTS):
+        fidelities.append(_fidelity(rng, serves, fleet.steps))
+        if fidelities[-1] >= THRESHOLD:
+            break
+    passed_first, passed = fidelities[0] >= THRESHOLD, fidelities[-1] >= THRESHOLD
+    skill.first.append(fidelities[0])
+    skill.attempts.append(len(fidelities))
+    skill.passed_runs += passed_first
+    skill.failed_runs += not passed
+    if skill.test is not None and arm is not None:
+        offset = 2 if arm == "treatment" else 0
+        skill.counts[offset] += passed_first
+        skill.counts[offset + 1] += 1
+    if skill.guard_left > 0:
+        skill.guard_left -= 1
+        skill.confirmed = skill.production if skill.guard_left == 0 else skill.confirmed
+    if not passed and skill.test is None and index >= skill.cool_until:
+        budget = budget_now(skill, index)
+        inputs = min(loop.failures, skill.failed_runs) + min(loop.passes, skill.passed_runs)
+        smallest = smallest_screening(loop.candidates, loop.generations)
+        if budget >= (loop.wait_for_calls or smallest) and inputs >= MIN_REPLAY_INPUTS:
+            skill.cool_until = index + COOLDOWN_RUNS
+            chosen, calls, skill.resume = _screen(
+                rng, loop, fleet, skill.production, budget, inputs, skill.resume
+            )
+            skill.spent += calls
+            if chosen is not None:
+                skill.test, skill.counts, skill.tests = chosen, [0, 0, 0, 0], skill.tests + 1
+    if skill.test is not None and index % loop.look == 0:
+        treatment = skill.test
+        control_passes, control_trials, treatment_passes, treatment_trials = skill.counts
+        winner = decide(control_passes, control_trials, treatment_passes, treatment_trials).winner
+        if winner == "treatment":
+            skill.confirmed = skill.confirmed if skill.guard_left > 0 else skill.production
+            skill.production, skill.guard_left, skill.promoted = treatment, GUARD_RUNS, skill.promoted + 1
+            skill.resume = None  # a survivor of the old production's screenings
+        if winner is not None:
+            skill.test = None
+
+
+def _result(skill: _Skill, runs: int) -> SkillResult:
     size = max(1, int(runs * WINDOW))
     before, after = statistics.fmean(skill.first[:size]), statistics.fmean(skill.first[-size:])
     retry_before = sum(n - 1 for n in skill.attempts[:size]) / sum(skill.attempts[:size])
@@ -269,6 +298,25 @@ def run_skill(rng: random.Random, loop: Loop, fleet: Fleet, baseline: float, run
         skill.tests,
         skill.promoted,
     )
+
+
+
+
+def run_skills(
+    rng: random.Random, loop: Loop, fleet: Fleet, baselines: list[float], runs: int, scope: BudgetScope
+) -> list[SkillResult]:
+    """The skills of a fleet, their runs interleaved (one run of each skill in turn), as producers send them."""
+    skills = [_Skill(baseline, baseline) for baseline in baselines]
+    live_runs = 0
+
+    def budget_now(skill: _Skill, index: int) -> int:
+        return scope.budget(loop, skills, skill, index, live_runs)
+
+    for index in range(runs):
+        for skill in skills:
+            live_runs += 1
+            _step(rng, loop, fleet, skill, index, budget_now)
+    return [_result(skill, runs) for skill in skills]
 
 
 @dataclass(frozen=True)
@@ -283,20 +331,17 @@ class FleetResult:
 
 
 def run_fleet(
-    loop: Loop, fleet: Fleet, seed: int, skills: int | None = None, runs: int | None = None
+    loop: Loop,
+    fleet: Fleet,
+    seed: int,
+    skills: int | None = None,
+    runs: int | None = None,
+    scope: BudgetScope | None = None,
 ) -> FleetResult:
     rng = random.Random(seed)
     count = skills or fleet.skills
-    results = [
-        run_skill(
-            rng,
-            loop,
-            fleet,
-            fleet.low + (fleet.high - fleet.low) * index / max(1, count - 1),
-            runs or fleet.runs_per_skill,
-        )
-        for index in range(count)
-    ]
+    baselines = [fleet.low + (fleet.high - fleet.low) * index / max(1, count - 1) for index in range(count)]
+    results = run_skills(rng, loop, fleet, baselines, runs or fleet.runs_per_skill, scope or BudgetScope())
     return FleetResult(
         statistics.median(result.fidelity for result in results),
         statistics.median(result.retries for result in results),
@@ -342,7 +387,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--wait-for-calls", type=int, default=None, help="a screening waits for this much budget (wre: the smallest)"
     )
+    parser.add_argument(
+        "--budget-scope",
+        choices=("skill", "fleet"),
+        default="skill",
+        help="whose live runs pay for screening: the skill's own (wre) or the fleet's (a proposal)",
+    )
+    parser.add_argument(
+        "--budget-cap",
+        type=float,
+        default=None,
+        help="with --budget-scope fleet: one skill spends at most this many times its own share, plus one screening",
+    )
     args = parser.parse_args(argv)
+    if args.budget_cap is not None and args.budget_scope != "fleet":
+        parser.error("--budget-cap bounds a fleet budget: give --budget-scope fleet")
+    scope = BudgetScope(args.budget_scope, args.budget_cap)
     changes: dict[str, float] = {}
     for item in args.setting:
         name, _, value = item.partition("=")
@@ -352,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     changed = [
         *args.setting,
         *([f"wait for {args.wait_for_calls} calls"] if args.wait_for_calls else []),
+        *([f"fleet budget, cap {args.budget_cap:g}" if args.budget_cap else "fleet budget"] if scope.scope == "fleet" else []),
     ]
     variants = {"wre's screening" + (f" ({', '.join(changed)})" if changed else ""): None}
     variants.update({f"oracle: lift >= {lift:g}": lift for lift in args.oracle})
@@ -365,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
             except ValidationError as error:
                 parser.error(f"--setting: {error.errors()[0]['msg']}")
             results = [
-                run_fleet(loop, fleet, seed, args.skills, args.runs) for seed in range(1, args.seeds + 1)
+                run_fleet(loop, fleet, seed, args.skills, args.runs, scope) for seed in range(1, args.seeds + 1)
             ]
             report.line(f"{fleet.name:<8} {label:<28} {summary(results)}")
     report.line(f"== {args.seeds} seeds per row; took {time.monotonic() - started:.0f} s")

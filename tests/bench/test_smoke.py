@@ -172,3 +172,17 @@ def test_loop_model_generations_climb_within_the_budget() -> None:
     assert max(chosen[1]) == pytest.approx(0.5)  # one round: at best the parent's +0.2
     assert sum(probability >= 0.7 - 1e-9 for probability in chosen[3]) >= 50
     assert statistics.fmean(chosen[3]) > statistics.fmean(chosen[1]) + 0.1
+
+
+def test_loop_model_fleet_budget_stays_within_the_fleets_share_and_the_cap() -> None:
+    fleet = self_improvement.FLEETS["held-out"]
+    loop = loop_model.Loop.defaults({}, look=4, oracle=None)
+    runs, cap = 800, 2.0
+    baselines = [0.35, 0.45, 0.55, 0.65]
+    results = loop_model.run_skills(
+        random.Random(3), loop, fleet, baselines, runs, loop_model.BudgetScope("fleet", cap)
+    )
+    spent = [result.screening_share * runs for result in results]
+    assert sum(spent) <= loop.budget_share * runs * len(baselines)  # the fleet's share of its live runs
+    assert all(each <= cap * loop.budget_share * runs + loop.max_calls for each in spent)
+    assert sum(spent) > 0  # failing skills did screen
