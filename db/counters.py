@@ -112,12 +112,12 @@ def _upsert_statement(postgres: bool) -> Any:
     return counter_upsert(postgres)
 
 
-def counter_upsert(postgres: bool, only_if: Any = None) -> Any:
+def counter_upsert(postgres: bool) -> Any:
     """``value = value + delta`` per (name, shard) row, as one statement object (build it once, reuse it).
 
     Postgres: ``INSERT … SELECT … FROM unnest(:names, :shards, :values)``, so any number of rows is one statement
     and one round trip (psycopg's executemany would pipeline, and its pipeline wait spins holding the GIL);
-    ``only_if`` (a boolean SQL expression) makes the insert conditional. SQLite: the plain upsert of one row.
+    SQLite: the plain upsert of one row.
     """
     if postgres:
         rows = (
@@ -130,8 +130,6 @@ def counter_upsert(postgres: bool, only_if: Any = None) -> Any:
             .render_derived(with_types=False)
         )
         values = select(rows.c.name, rows.c.shard, rows.c.value)
-        if only_if is not None:
-            values = values.where(only_if)
         insert: Any = postgresql.insert(COUNTER_TABLE).from_select(["name", "shard", "value"], values)
     else:
         insert = sqlite.insert(COUNTER_TABLE)

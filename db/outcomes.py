@@ -1,7 +1,9 @@
 """Attempts and what was learned from them: outcomes, learning events, per-skill metrics.
 
 ``record_attempt`` is the worker's hot path: the outcome, its counters, its A/B trial and its learning
-event in ONE transaction, all or nothing, and nothing at all when the (run id, attempt) was seen before.
+event in ONE transaction, all or nothing, and nothing at all when the (run id, attempt) was seen before. On
+Postgres the attempts that a process's threads record at the same moment share that transaction (one statement:
+db/group_commit.py, db/attempt_batch.py).
 """
 
 from __future__ import annotations
@@ -383,7 +385,6 @@ def _insert_event(conn: Connection, event: LearningEventRecord) -> int:
 
 
 OUTCOME_FIELDS = tuple(field.name for field in fields(OutcomeRecord))
-OUTCOME_COLUMNS = OUTCOME_FIELDS + ("created_at",)
 EVENT_COLUMNS = tuple(field.name for field in fields(LearningEventRecord) if field.name != "event_id")
 
 
