@@ -1,4 +1,5 @@
-"""Worker crashes: a prefork worker SIGKILLed mid-run, whole (parent and pool) or one pool process at a time.
+"""Worker crashes: a worker SIGKILLed mid-run, whole (prefork: parent and pool; threads: with attempts of several
+threads being recorded together) or one pool process at a time.
 
 What brings a dead worker's runs back is the broker, not the worker: with ``acks_late`` a message stays in
 Redis's ``unacked`` set until the task is done, and Redis hands it to another worker after the visibility
@@ -31,6 +32,9 @@ KILL_AFTER_FINISHED = (60, 140, 220)
 VISIBILITY_TIMEOUT_SECONDS = 4
 ATTEMPT_SECONDS = 0.03  # a run of two attempts takes 60-100 ms
 CONCURRENCY = 4
+# A threads worker records the attempts of its threads together (db/group_commit.py): many threads, so that
+# batches of several attempts are in flight when the kill lands.
+THREADS_CONCURRENCY = 16
 POOL_KILL_RUNS = 24  # enough work that two pool processes are still busy at the third kill
 
 
@@ -57,14 +61,21 @@ def _skill_under_test(memory: PatternMemory, name: str) -> int:
     return memory.schedule_ab_test(name, control, treatment, policy="margin", sample_size_target=1_000_000)
 
 
+@pytest.mark.parametrize(("pool", "concurrency"), [("prefork", CONCURRENCY), ("threads", THREADS_CONCURRENCY)])
 def test_sigkill_three_times_during_300_runs(
-    app: Celery, broker: PrivateRedis, database_url: str, memory: PatternMemory, tmp_path: Path
+    app: Celery,
+    broker: PrivateRedis,
+    database_url: str,
+    memory: PatternMemory,
+    tmp_path: Path,
+    pool: str,
+    concurrency: int,
 ) -> None:
     test_id = _skill_under_test(memory, "crashy")
     env = service_env(
         database_url, broker.url(), WRE_VISIBILITY_TIMEOUT_SECONDS=str(VISIBILITY_TIMEOUT_SECONDS)
     )
-    workers: list[Process] = [start_worker(app, env, tmp_path, concurrency=CONCURRENCY, pool="prefork")]
+    workers: list[Process] = [start_worker(app, env, tmp_path, concurrency=concurrency, pool=pool)]
     kills: list[dict[str, object]] = []
     seen: set[tuple[str, int]] = set()
     try:
@@ -90,7 +101,7 @@ def test_sigkill_three_times_during_300_runs(
             }
             finished_before = finished_runs(memory, "crashy")
             restart_began = time.monotonic()
-            workers.append(start_worker(app, env, tmp_path, concurrency=CONCURRENCY, pool="prefork"))
+            workers.append(start_worker(app, env, tmp_path, concurrency=concurrency, pool=pool))
             kills.append(
                 {
                     "killed_at": killed_at,
@@ -173,7 +184,7 @@ def test_sigkill_three_times_during_300_runs(
             "worker_crash",
             runs=RUNS,
             kills=len(kills),
-            pool=f"prefork -c {CONCURRENCY}",
+            pool=f"{pool} -c {concurrency}",
             visibility_timeout_s=VISIBILITY_TIMEOUT_SECONDS,
             finished_before_each_kill=[kill["finished_before"] for kill in kills],
             abandoned_deliveries=[len(kill["abandoned"]) for kill in kills],  # type: ignore[arg-type]
