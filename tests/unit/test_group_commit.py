@@ -32,20 +32,19 @@ class Writes:
         return [item * 10 for item in items]
 
 
-def _submit_all(group: GroupCommit[int, int], items: list[int], queued: threading.Event | None = None) -> dict[int, object]:
+def _submit_all(group: GroupCommit[int, int], items: list[int]) -> dict[int, object]:
+    """Each item from a thread of its own; each thread's answer: its result, or what it raised."""
     answers: dict[int, object] = {}
 
     def submit(item: int) -> None:
         try:
             answers[item] = group.submit(item)
-        except Exception as error:  # noqa: BLE001 - the answer under test
+        except BaseException as error:  # noqa: BLE001 - the answer under test
             answers[item] = error
 
     threads = [threading.Thread(target=submit, args=(item,)) for item in items]
     for thread in threads:
         thread.start()
-    if queued is not None:
-        queued.set()
     for thread in threads:
         thread.join(10)
         assert not thread.is_alive(), "a submitter never got its answer"
@@ -60,18 +59,26 @@ def _wait_queued(group: GroupCommit[int, int], count: int) -> None:
     raise AssertionError(f"never {count} queued")
 
 
+def _behind_a_held_write(group: GroupCommit[int, int], writes: Writes, items: list[int], first: int = 0) -> dict[int, object]:
+    """Submit ``first``, whose write ``writes`` holds; queue ``items`` behind it (a thread each); release the
+    write; every item's answer."""
+    leader = threading.Thread(target=group.submit, args=(first,))
+    leader.start()
+    assert writes.first_started.wait(10)
+    answers: dict[int, object] = {}
+    waiting = threading.Thread(target=lambda: answers.update(_submit_all(group, items)))
+    waiting.start()
+    _wait_queued(group, len(items))
+    writes.hold.set()
+    waiting.join(10)
+    leader.join(10)
+    return answers
+
+
 def test_items_that_arrive_during_a_write_are_written_as_one_batch() -> None:
     writes = Writes()
     group: GroupCommit[int, int] = GroupCommit(writes, max_batch=64)
-    first = threading.Thread(target=group.submit, args=(0,))
-    first.start()
-    assert writes.first_started.wait(10)
-    waiting = threading.Thread(target=lambda: _submit_all(group, list(range(1, 9))))
-    waiting.start()
-    _wait_queued(group, 8)
-    writes.hold.set()
-    waiting.join(10)
-    first.join(10)
+    assert _behind_a_held_write(group, writes, list(range(1, 9))) == {item: item * 10 for item in range(1, 9)}
     assert writes.batches[0] == [0]
     assert sorted(writes.batches[1]) == list(range(1, 9))  # all eight, in one batch behind the first
     assert (group.batches, group.items) == (2, 9)
@@ -80,16 +87,7 @@ def test_items_that_arrive_during_a_write_are_written_as_one_batch() -> None:
 def test_each_thread_gets_its_own_result_and_a_bad_item_fails_alone() -> None:
     writes = Writes()
     group: GroupCommit[int, int] = GroupCommit(writes, max_batch=64)
-    first = threading.Thread(target=group.submit, args=(100,))
-    first.start()
-    assert writes.first_started.wait(10)
-    answers: dict[int, object] = {}
-    waiting = threading.Thread(target=lambda: answers.update(_submit_all(group, [1, 2, -3, 4])))
-    waiting.start()
-    _wait_queued(group, 4)
-    writes.hold.set()
-    waiting.join(10)
-    first.join(10)
+    answers = _behind_a_held_write(group, writes, [1, 2, -3, 4], first=100)
     assert {item: answers[item] for item in (1, 2, 4)} == {1: 10, 2: 20, 4: 40}
     assert isinstance(answers[-3], ValueError) and "[-3]" in str(answers[-3])  # its own write, alone
     # The failed batch of four, then each of its items alone.
@@ -99,16 +97,7 @@ def test_each_thread_gets_its_own_result_and_a_bad_item_fails_alone() -> None:
 def test_the_batch_size_is_capped_and_the_queue_drains() -> None:
     writes = Writes()
     group: GroupCommit[int, int] = GroupCommit(writes, max_batch=3)
-    first = threading.Thread(target=group.submit, args=(0,))
-    first.start()
-    assert writes.first_started.wait(10)
-    answers: dict[int, object] = {}
-    waiting = threading.Thread(target=lambda: answers.update(_submit_all(group, list(range(1, 11)))))
-    waiting.start()
-    _wait_queued(group, 10)
-    writes.hold.set()
-    waiting.join(10)
-    first.join(10)
+    answers = _behind_a_held_write(group, writes, list(range(1, 11)))
     assert answers == {item: item * 10 for item in range(1, 11)}
     assert [len(batch) for batch in writes.batches] == [1, 3, 3, 3, 1]
 
@@ -145,16 +134,7 @@ def test_an_error_no_item_caused_is_every_items_answer_without_a_write_each() ->
         return result
 
     group: GroupCommit[int, int] = GroupCommit(write, max_batch=64, alone=lambda error: error is not outage)
-    first = threading.Thread(target=group.submit, args=(0,))
-    first.start()
-    assert writes.first_started.wait(10)
-    answers: dict[int, object] = {}
-    waiting = threading.Thread(target=lambda: answers.update(_submit_all(group, [1, 2, 3])))
-    waiting.start()
-    _wait_queued(group, 3)
-    writes.hold.set()
-    waiting.join(10)
-    first.join(10)
+    answers = _behind_a_held_write(group, writes, [1, 2, 3])
     assert answers == {1: outage, 2: outage, 3: outage}
     assert len(writes.batches) == 2  # the first, then the three together: none written again alone
 
@@ -199,25 +179,7 @@ def test_an_interruption_while_writing_alone_answers_every_item() -> None:
         return result
 
     group: GroupCommit[int, int] = GroupCommit(write, max_batch=64)
-    first = threading.Thread(target=group.submit, args=(0,))
-    first.start()
-    assert writes.first_started.wait(10)
-    answers: dict[int, object] = {}
-
-    def submit(item: int) -> None:
-        try:
-            answers[item] = group.submit(item)
-        except BaseException as error:  # noqa: BLE001 - the answer under test
-            answers[item] = error
-
-    threads = [threading.Thread(target=submit, args=(item,)) for item in (1, 2, 3)]
-    for thread in threads:
-        thread.start()
-    _wait_queued(group, 3)
-    writes.hold.set()
-    for thread in threads:
-        thread.join(10)
-    first.join(10)
+    answers = _behind_a_held_write(group, writes, [1, 2, 3])
     # Written alone in queue order: those before the interruption have their results, the rest its error; so has
     # the leader's own thread, which the interruption came through.
     alone = [batch[0] for batch in writes.batches[2:]]
