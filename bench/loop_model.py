@@ -14,7 +14,9 @@ What is real and what is modelled:
   successive halving over the budget in ``screen_generations`` rounds (a later round evolves from the
   previous survivor when it scored above the parent, and keeps it), the last survivor's exact sign test
   (``sign_test_p_value``) on paired fidelities at ``screen_alpha``; the budget is ``screen_budget_share`` of
-  the skill's live runs, at most ``screen_max_calls`` per screening; a screening waits until the budget pays
+  the fleet's live runs less the fleet's screening calls, one skill at most ``SKILL_CAP_SHARES`` times its own
+  share plus one screening (``--budget-scope skill``: the skill's own runs), at most ``screen_max_calls`` per
+  screening; a screening waits until the budget pays
   for the smallest one and for ``MIN_REPLAY_INPUTS`` recorded inputs; a screening that chose nothing is
   resumed by the next from its last survivor;
 - skills, the evolver's draw and the gate's windows are the fleets of bench/self_improvement.py;
@@ -33,7 +35,8 @@ the gate. A fleet's skills run interleaved, one run of each in turn, as the benc
     python -m bench.loop_model --oracle 0.05 --oracle 0.10    # the ceiling: screening by foresight
     python -m bench.loop_model --setting screen_alpha=0.3     # a screening setting off its default
     python -m bench.loop_model --setting screen_generations=1     # one round of search per screening
-    python -m bench.loop_model --budget-scope fleet --budget-cap 2  # screening paid by the fleet's live runs
+    python -m bench.loop_model --budget-scope skill           # screening paid by the skill's own live runs
+    python -m bench.loop_model --budget-cap inf               # a fleet budget with no bound per skill
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ from pydantic import ValidationError
 from bench.common import Report
 from bench.self_improvement import BAR_FIDELITY, BAR_RETRIES, FLEETS, WINDOW, Fleet
 from scheduler.policies import decide
-from worker.screening import sign_test_p_value
+from worker.screening import SKILL_CAP_SHARES, sign_test_p_value
 from worker.settings import MIN_REPLAY_INPUTS, Settings, smallest_screening
 
 ATTEMPTS = 3
@@ -216,14 +219,14 @@ class SkillResult:
 class BudgetScope:
     """Whose live runs pay for a skill's screening.
 
-    ``skill`` (wre today): the skill's own, ``screen_budget_share`` of its live runs. ``fleet`` (a proposal, not
-    built in wre): the share of every skill's live runs, less every skill's spending, so that a skill that is
-    failing can spend what skills that need no screening leave; ``cap`` bounds one skill's spending at ``cap``
-    times its own share plus one screening (None: no bound).
+    ``fleet`` (wre's default, worker.screening.screening_budget): the share of every skill's live runs, less
+    every skill's spending, so that a skill that is failing can spend what skills that need no screening
+    leave; ``cap`` bounds one skill's spending at ``cap`` times its own share plus one screening (None: no
+    bound). ``skill``: the skill's own, ``screen_budget_share`` of its live runs.
     """
 
-    scope: str = "skill"
-    cap: float | None = None
+    scope: str = "fleet"
+    cap: float | None = SKILL_CAP_SHARES
 
     def budget(self, loop: Loop, skills: list[_Skill], skill: _Skill, index: int, live_runs: int) -> int:
         own = int(loop.budget_share * (index + 1)) - skill.spent
@@ -390,19 +393,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--budget-scope",
         choices=("skill", "fleet"),
-        default="skill",
-        help="whose live runs pay for screening: the skill's own (wre) or the fleet's (a proposal)",
+        default=Settings().screen_budget_scope,
+        help="whose live runs pay for screening: the fleet's (wre's default) or the skill's own",
     )
     parser.add_argument(
         "--budget-cap",
         type=float,
         default=None,
-        help="with --budget-scope fleet: one skill spends at most this many times its own share, plus one screening",
+        help=f"a fleet budget: one skill spends at most this many times its own share, plus one screening "
+        f"(wre: {SKILL_CAP_SHARES}; inf: no bound)",
     )
     args = parser.parse_args(argv)
     if args.budget_cap is not None and args.budget_scope != "fleet":
         parser.error("--budget-cap bounds a fleet budget: give --budget-scope fleet")
-    scope = BudgetScope(args.budget_scope, args.budget_cap)
+    cap = SKILL_CAP_SHARES if args.budget_cap is None else args.budget_cap
+    scope = BudgetScope(args.budget_scope, None if math.isinf(cap) else cap)
     changes: dict[str, float] = {}
     for item in args.setting:
         name, _, value = item.partition("=")
@@ -412,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     changed = [
         *args.setting,
         *([f"wait for {args.wait_for_calls} calls"] if args.wait_for_calls else []),
-        *([f"fleet budget, cap {args.budget_cap:g}" if args.budget_cap else "fleet budget"] if scope.scope == "fleet" else []),
+        *([f"fleet budget, cap {args.budget_cap:g}"] if args.budget_cap is not None else []),
+        *(["the skill's own budget"] if scope.scope == "skill" else []),
     ]
     variants = {"wre's screening" + (f" ({', '.join(changed)})" if changed else ""): None}
     variants.update({f"oracle: lift >= {lift:g}": lift for lift in args.oracle})

@@ -449,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.max_trials_per_arm or DEFAULTS['ab_max_trials_per_arm']}/arm; screening: "
         f"{DEFAULTS['evolve_candidates']} candidates, {DEFAULTS['screen_generations']} rounds, sign test at "
         f"{DEFAULTS['screen_alpha']}, "
-        f"{DEFAULTS['screen_max_calls']} calls, budget {DEFAULTS['screen_budget_share']} of live runs); clocks compressed: evaluated every 1 s, evolution cooldown {args.cooldown:g} s"
+        f"{DEFAULTS['screen_max_calls']} calls, budget {DEFAULTS['screen_budget_share']} of the {DEFAULTS['screen_budget_scope']}'s live runs); clocks compressed: evaluated every 1 s, evolution cooldown {args.cooldown:g} s"
     )
     if args.setting:
         report.line(f"NOT AT WRE'S DEFAULTS (exploration): {', '.join(args.setting)}")

@@ -132,8 +132,13 @@ class OutcomeStore(CounterStore, TrialStore):
         fidelity_after: float | None = None,
         description: str = "",
         details: dict[str, Any] | None = None,
+        counters: Mapping[str, int] | None = None,
     ) -> int:
-        """Append a learning event; returns its id."""
+        """Append a learning event; returns its id.
+
+        :param counters: deltas added in the event's transaction (a screening's calls: the budget reads the
+            counter, and must never count an event twice or miss one).
+        """
         event = LearningEventRecord(
             skill_name=require_text(skill_name, "skill name"),
             event_type=require_text(event_type, "event type", max_length=64),
@@ -144,7 +149,10 @@ class OutcomeStore(CounterStore, TrialStore):
             details=details or {},
         )
         with self.transaction() as conn:
-            return _insert_event(conn, event)
+            event_id = _insert_event(conn, event)
+            if counters:
+                self.add_to_counters(counters, conn)
+            return event_id
 
     def get_evolution_history(self, skill_name: str, limit: int = 500) -> list[LearningEventRecord]:
         """The skill's learning events, oldest first."""

@@ -1,9 +1,11 @@
 """What screening reads from the store: recorded inputs to replay, and what screening has spent so far.
 
 Screening replays candidates on the inputs of a skill's recent runs before any of them gets live traffic. It
-writes no outcome row and no counter (replays are not production runs, not A/B trials): only one learning event
-per screening, :data:`SCREENING_EVENT`, whose details carry the calls it spent. Both reads here are by index
-(``skill_name, final, id`` and ``skill_name, attempt, id`` on outcomes; ``skill_name, event_type`` on events).
+writes no outcome row and no run counter (replays are not production runs, not A/B trials): one learning event
+per screening, :data:`SCREENING_EVENT`, whose details carry the calls it spent, and in the same transaction the
+fleet's counter of screening calls, :data:`COUNTER_SCREENING_CALLS`. A skill's reads here are by index
+(``skill_name, final, id`` and ``skill_name, attempt, id`` on outcomes; ``skill_name, event_type`` on events);
+the fleet's are two counters, so that the budget costs the same at ten skills or ten thousand.
 """
 
 from __future__ import annotations
@@ -14,9 +16,13 @@ from typing import Any
 from sqlalchemy import func, select
 
 from db.base import StoreBase
+from db.counters import CounterStore
+from db.dashboard import COUNTER_TOTAL_RUNS
 from db.models import EVENTS, OUTCOMES
 
 SCREENING_EVENT = "candidates_screened"
+# Every skill's screening calls so far, bumped with each screening event (migration 0006 backfilled it).
+COUNTER_SCREENING_CALLS = "screening_calls"
 # A context too large to store whole was kept as a marked preview (db.base.bounded_context): not replayable.
 TRUNCATED_MARKER = "_truncated"
 
@@ -91,6 +97,15 @@ def screening_spent(memory: StoreBase, skill_name: str) -> tuple[int, int]:
     runs = select(func.count()).where(OUTCOMES.c.skill_name == skill_name, OUTCOMES.c.attempt == 1)
     with memory.transaction() as conn:
         return int(conn.execute(events).scalar_one()), int(conn.execute(runs).scalar_one())
+
+
+def fleet_screening_spent(memory: CounterStore) -> tuple[int, int]:
+    """``(agent calls spent on screening, live runs)`` of every skill so far, read from two counters.
+
+    :param memory: the store.
+    """
+    figures = memory.get_counters([COUNTER_SCREENING_CALLS, COUNTER_TOTAL_RUNS])
+    return figures[COUNTER_SCREENING_CALLS], figures[COUNTER_TOTAL_RUNS]
 
 
 def last_screening(memory: StoreBase, skill_name: str) -> dict[str, Any] | None:

@@ -111,8 +111,11 @@ class Settings(BaseSettings):
     :param screen_generations: rounds of search in one screening: each later round proposes its candidates
         from the previous round's survivor (when it beat the parent on its replays) and keeps that survivor
         among them; the calls are split between the rounds.
-    :param screen_budget_share: a skill's screening calls stay within this share of its live runs; an
-        evolution that would exceed it waits for more live traffic.
+    :param screen_budget_share: screening calls stay within this share of live runs; an evolution that would
+        exceed it waits for more live traffic.
+    :param screen_budget_scope: whose live runs pay: ``fleet`` (default) the share of every skill's live runs,
+        less every skill's screening calls, so a failing skill can spend what skills that need no screening
+        leave (one skill at most twice its own share plus one screening); ``skill`` its own runs only.
     :param screen_alpha: the one-sided sign test's level: a candidate enters the live test only if it beats
         its parent on the replay set at this level (a filter; the live test keeps the error guarantee).
     :param task_events: Celery task events (sent, received, started, succeeded, ...) and the ``STARTED`` state in
@@ -170,6 +173,7 @@ class Settings(BaseSettings):
     screen_max_calls: int = Field(default=100, ge=2, le=10_000)
     screen_generations: int = Field(default=3, ge=1, le=8)
     screen_budget_share: float = Field(default=0.2, ge=0.0, le=10.0)
+    screen_budget_scope: Literal["fleet", "skill"] = "fleet"
     screen_alpha: float = Field(default=0.2, gt=0.0, lt=1.0)
     task_events: bool = False
     llm_base_url: str = "http://127.0.0.1:11434/v1"

@@ -10,10 +10,11 @@ import typer
 from rich.console import Group
 from rich.text import Text
 
-from db.screening import SCREENING_EVENT, screened, screening_spent
+from db.screening import SCREENING_EVENT, screened
 from worker.evolvers.base import evolution_blocker
 from worker.registry import register_skill_files
 from worker.runner import parse_variation
+from worker.screening import screening_budget
 from worker.settings import get_settings
 from wre.context import console, print_json, show, store, table, user_errors
 
@@ -153,15 +154,19 @@ def _evolution(name: str, content: str) -> dict[str, Any]:
     """Whether the skill evolves (and why not), what screening has spent, and its latest screenings."""
     memory = store()
     blocker = evolution_blocker(parse_variation(content))
-    spent, live_runs = screening_spent(memory, name)
-    share = get_settings().screen_budget_share
+    settings = get_settings()
+    budget = screening_budget(memory, settings, name)
     screenings = [event for event in memory.get_evolution_history(name) if event.event_type == SCREENING_EVENT]
     return {
         "evolved": blocker is None,
         "not_evolved_because": blocker,
-        "screening_calls": spent,
-        "live_runs": live_runs,
-        "screening_budget": int(share * live_runs),
+        "screening_calls": budget.skill_spent,
+        "live_runs": budget.skill_runs,
+        "screening_budget_scope": settings.screen_budget_scope,
+        "fleet_screening_calls": budget.fleet_spent,
+        "fleet_live_runs": budget.fleet_runs,
+        # What the next screening may spend now (it waits below the smallest screening).
+        "screening_budget": max(budget.calls, 0),
         "latest_screenings": [
             {"created_at": event.created_at.isoformat(timespec="seconds") if event.created_at else None,
              **event.details}
@@ -175,8 +180,10 @@ def _evolution_lines(evolution: dict[str, Any]) -> list[Any]:
     lines: list[Any] = [
         Text(f"evolution: {state}"),
         Text(
-            f"screening: {evolution['screening_calls']} replay calls for {evolution['live_runs']} live runs "
-            f"(budget {evolution['screening_budget']})"
+            f"screening: {evolution['screening_calls']} replay calls for {evolution['live_runs']} live runs"
+            + (f"; the fleet {evolution['fleet_screening_calls']} for {evolution['fleet_live_runs']}"
+               if evolution["screening_budget_scope"] == "fleet" else "")
+            + f" (next screening may spend {evolution['screening_budget']})"
         ),
     ]
     if not evolution["latest_screenings"]:

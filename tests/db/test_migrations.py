@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import create_engine, inspect
+import pytest
+from sqlalchemy import create_engine, insert, inspect
 
+from db.memory import PatternMemory
 from db.migrate import current_revision, downgrade, upgrade
-from db.models import Base
+from db.models import EVENTS, Base
+from db.screening import fleet_screening_spent
 from tests.conftest import create_database, drop_database
 
 TABLES = {table.name for table in Base.metadata.sorted_tables}
@@ -60,3 +63,32 @@ def test_models_and_migrations_agree() -> None:
         command.check(alembic_config(url))  # raises when the models need a migration the chain lacks
     finally:
         drop_database(url)
+
+
+def _screening_event(calls: object) -> dict[str, object]:
+    return {"skill_name": "s", "event_type": "candidates_screened", "details": {"calls": calls}}
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_the_fleet_screening_counter_is_backfilled_from_the_events(backend: str, tmp_path: Path) -> None:
+    # Revision 0006 sums the calls of the screening events recorded before it; every later event bumps it.
+    url = create_database("wre_migrate") if backend == "postgresql" else f"sqlite:///{tmp_path / 'wre.db'}"
+    try:
+        upgrade(url, "0005_guard_beside_test")
+        engine = create_engine(url)
+        try:
+            with engine.begin() as conn:
+                conn.execute(
+                    insert(EVENTS),
+                    [_screening_event(90), _screening_event(64), {**_screening_event(5), "event_type": "other"}],
+                )
+            upgrade(url)
+            memory = PatternMemory(engine)
+            assert fleet_screening_spent(memory)[0] == 154
+            downgrade(url, "0005_guard_beside_test")
+            assert fleet_screening_spent(memory)[0] == 0
+        finally:
+            engine.dispose()
+    finally:
+        if backend == "postgresql":
+            drop_database(url)

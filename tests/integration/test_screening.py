@@ -13,14 +13,14 @@ from sqlalchemy import func, select
 
 from db.memory import OutcomeRecord, PatternMemory
 from db.models import OUTCOMES
-from db.screening import SCREENING_EVENT, screening_spent
+from db.screening import SCREENING_EVENT, fleet_screening_spent, screening_spent
 from tests.integration.test_cli import wre
 from tests.processes import service_env
 from worker.agents.simulated import simulation_spec
 from worker.evolution import evolve_skill
 from worker.evolvers import EvolutionRefused, Failure
 from worker.evolvers.simulated import SimulatedEvolver
-from worker.screening import screen_candidates
+from worker.screening import SKILL_CAP_SHARES, screen_candidates, screening_budget, screening_wait
 from worker.settings import Settings
 from worker.skills import Skill, parse_skill
 from wre.report import build_report
@@ -79,7 +79,7 @@ def _runs(memory: PatternMemory, skill: str, variation_id: str, count: int, succ
                 input_context={"n": index},
                 final=True,
             ),
-            counters={"total_executions": 1},
+            counters={"total_executions": 1, "total_runs": 1},  # as the runner counts a first attempt
         )
 
 
@@ -190,6 +190,39 @@ def test_screening_waits_for_its_budget(memory: PatternMemory) -> None:
     assert _screenings(memory, "sim") == []
     _runs(memory, "sim", production, 1, success=False)  # 90 calls: the smallest screening
     assert evolve_skill(memory, settings, "sim")["status"] == "testing"
+
+
+def test_the_fleet_pays_for_a_failing_skill_up_to_its_cap(memory: PatternMemory) -> None:
+    settings = Settings(evolve_cooldown_seconds=0, screen_budget_share=1.0)
+    assert settings.screen_budget_scope == "fleet"
+    production = memory.register_skill("sim", simulated_skill(0.3, 0.6), default_agent="simulated")
+    steady = memory.register_skill(
+        "steady", simulated_skill(0.9, 0.0).replace("name: sim", "name: steady"), default_agent="simulated"
+    )
+    _runs(memory, "sim", production, 30, success=False)
+    # 30 live runs pay for 30 calls, a third of the smallest screening: its own budget waits, and so does
+    # a fleet of one skill.
+    own = settings.model_copy(update={"screen_budget_scope": "skill"})
+    waiting = screening_wait(memory, own, parse_skill(simulated_skill(0.3, 0.6)))
+    assert waiting is not None and "30 calls available" in waiting and "the skill's own runs" in waiting
+    assert evolve_skill(memory, settings, "sim")["status"] == "skipped"
+    # A skill that needs no screening runs 200 times: the fleet's 230 runs pay for sim's screening.
+    _runs(memory, "steady", steady, 200, success=True)
+    assert evolve_skill(memory, own, "sim")["status"] == "skipped"
+    result = evolve_skill(memory, settings, "sim")
+    assert result["status"] == "testing", result
+    (details,) = _screenings(memory, "sim")
+    spent = details["calls"]
+    assert 90 <= spent <= settings.screen_max_calls
+    # The event and the fleet's counter were written together.
+    assert fleet_screening_spent(memory) == (spent, 230)
+    # The fleet still has 230 - spent calls, but sim has spent its cap: twice its own share plus one screening.
+    cap = SKILL_CAP_SHARES * 30 - spent + settings.screen_max_calls
+    budget = screening_budget(memory, settings, "sim")
+    assert (budget.calls, budget.fleet_spent, budget.fleet_runs) == (min(cap, 230 - spent), spent, 230)
+    assert cap < settings.smallest_screening < 230 - spent
+    waiting = screening_wait(memory, settings, parse_skill(simulated_skill(0.3, 0.6)))
+    assert waiting is not None and f"the fleet {spent} for 230" in waiting
 
 
 def test_a_screening_that_chose_nothing_is_resumed_by_the_next(memory: PatternMemory) -> None:
