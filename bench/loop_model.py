@@ -393,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--budget-scope",
         choices=("skill", "fleet"),
-        default=Settings().screen_budget_scope,
+        default=Settings.model_fields["screen_budget_scope"].default,
         help="whose live runs pay for screening: the fleet's (wre's default) or the skill's own",
     )
     parser.add_argument(

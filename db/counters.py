@@ -29,6 +29,9 @@ COUNTER_TABLE = COUNTERS
 # (an exporter scrape, the report) costs the same at 10 or 10 million outcomes.
 SKILL_COUNTER_FIELDS = ("attempts", "runs", "failed_runs", "runs_retried", "retries")
 MAX_COUNTER_NAME_CHARS = 128  # telemetry_counters.name
+# Every skill's finished runs, bumped by the same statement (the screening budget a fleet pays reads it; the
+# dashboard's ``total_runs`` is the seed's counter, bumped by the runner and by whoever calls increment_counter).
+COUNTER_FLEET_RUNS = "fleet.runs"
 
 
 def skill_counter_name(field: str, skill_name: str) -> str:
@@ -40,11 +43,14 @@ def skill_counter_name(field: str, skill_name: str) -> str:
 
 
 def skill_counter_deltas(skill_name: str, attempt: int, final: bool, success: bool) -> dict[str, int]:
-    """What one recorded attempt adds to its skill's counters."""
+    """What one recorded attempt adds to its skill's counters, and to the fleet's finished runs."""
     deltas = {"attempts": 1}
     if final:
         deltas.update(runs=1, failed_runs=int(not success), runs_retried=int(attempt > 1), retries=attempt - 1)
-    return {skill_counter_name(field, skill_name): delta for field, delta in deltas.items() if delta}
+    named = {skill_counter_name(field, skill_name): delta for field, delta in deltas.items() if delta}
+    if final:
+        named[COUNTER_FLEET_RUNS] = 1
+    return named
 
 
 class CounterStore(StoreBase):

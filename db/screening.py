@@ -3,26 +3,31 @@
 Screening replays candidates on the inputs of a skill's recent runs before any of them gets live traffic. It
 writes no outcome row and no run counter (replays are not production runs, not A/B trials): one learning event
 per screening, :data:`SCREENING_EVENT`, whose details carry the calls it spent, and in the same transaction the
-fleet's counter of screening calls, :data:`COUNTER_SCREENING_CALLS`. A skill's reads here are by index
-(``skill_name, final, id`` and ``skill_name, attempt, id`` on outcomes; ``skill_name, event_type`` on events);
-the fleet's are two counters, so that the budget costs the same at ten skills or ten thousand.
+fleet's counter of screening calls, :data:`COUNTER_SCREENING_CALLS`. Reads here are by index (``skill_name,
+final, id`` and ``skill_name, attempt, id`` on outcomes; ``skill_name, event_type`` on events) or of counters
+(runs finished, of the skill and of the fleet; the fleet's screening calls), so that the budget costs the same at
+ten skills or ten thousand.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select
 
 from db.base import StoreBase
-from db.counters import CounterStore
-from db.dashboard import COUNTER_TOTAL_RUNS
+from db.counters import COUNTER_FLEET_RUNS, COUNTER_TABLE, CounterStore, skill_counter_name
 from db.models import EVENTS, OUTCOMES
 
 SCREENING_EVENT = "candidates_screened"
-# Every skill's screening calls so far, bumped with each screening event (migration 0006 backfilled it).
+# Every skill's screening calls so far: reserved when a screening starts, settled with its event (migration
+# 0006 backfilled it).
 COUNTER_SCREENING_CALLS = "screening_calls"
+# The advisory lock that makes reading the fleet's budget and reserving from it one step (the evaluators' locks
+# use 0x77726501 and a skill's hash as a pair of keys; this single 64-bit key cannot meet those).
+RESERVATION_LOCK = 0x7772650200000001
 # A context too large to store whole was kept as a marked preview (db.base.bounded_context): not replayable.
 TRUNCATED_MARKER = "_truncated"
 
@@ -83,8 +88,8 @@ def replay_inputs(memory: StoreBase, skill_name: str, failures: int, passes: int
     return found
 
 
-def screening_spent(memory: StoreBase, skill_name: str) -> tuple[int, int]:
-    """``(agent calls spent on screening, live runs)`` of the skill so far: what the screening budget compares.
+def screening_spent(memory: CounterStore, skill_name: str) -> tuple[int, int]:
+    """``(agent calls spent on screening, finished live runs)`` of the skill so far: what its budget compares.
 
     :param memory: the store.
     :param skill_name: the skill.
@@ -94,18 +99,43 @@ def screening_spent(memory: StoreBase, skill_name: str) -> tuple[int, int]:
     events = select(func.coalesce(func.sum(EVENTS.c.details["calls"].as_integer()), 0)).where(
         EVENTS.c.skill_name == skill_name, EVENTS.c.event_type == SCREENING_EVENT
     )
-    runs = select(func.count()).where(OUTCOMES.c.skill_name == skill_name, OUTCOMES.c.attempt == 1)
     with memory.transaction() as conn:
-        return int(conn.execute(events).scalar_one()), int(conn.execute(runs).scalar_one())
+        spent = int(conn.execute(events).scalar_one())
+    # Finished runs, as the fleet's: both counters are bumped by the statement that records a final attempt.
+    return spent, memory.get_counter(skill_counter_name("runs", skill_name))
 
 
 def fleet_screening_spent(memory: CounterStore) -> tuple[int, int]:
-    """``(agent calls spent on screening, live runs)`` of every skill so far, read from two counters.
+    """``(agent calls spent on screening, finished live runs)`` of every skill so far, read from two counters.
 
     :param memory: the store.
     """
-    figures = memory.get_counters([COUNTER_SCREENING_CALLS, COUNTER_TOTAL_RUNS])
-    return figures[COUNTER_SCREENING_CALLS], figures[COUNTER_TOTAL_RUNS]
+    figures = memory.get_counters([COUNTER_SCREENING_CALLS, COUNTER_FLEET_RUNS])
+    return figures[COUNTER_SCREENING_CALLS], figures[COUNTER_FLEET_RUNS]
+
+
+def reserve_fleet_calls(memory: CounterStore, reserve: Callable[[int, int], int]) -> None:
+    """Reserve screening calls from the fleet's budget: ``reserve(spent, runs)`` with no other reservation between
+    its reading and its writing, and what it returns added to the fleet's calls at once.
+
+    Screenings of several skills run at once; without this, each saw the same remaining budget, and together
+    they spent up to one screening each beyond it.
+
+    :param memory: the store.
+    :param reserve: given the fleet's screening calls and finished runs, the calls to reserve (0: none).
+    """
+    with memory.transaction() as conn:
+        if memory.is_postgres:  # SQLite's transactions take the write lock up front (db/engine.py)
+            conn.execute(select(func.pg_advisory_xact_lock(RESERVATION_LOCK)))
+        query = (
+            select(COUNTER_TABLE.c.name, func.sum(COUNTER_TABLE.c.value))
+            .where(COUNTER_TABLE.c.name.in_([COUNTER_SCREENING_CALLS, COUNTER_FLEET_RUNS]))
+            .group_by(COUNTER_TABLE.c.name)
+        )
+        figures = {name: int(total) for name, total in conn.execute(query)}
+        calls = reserve(figures.get(COUNTER_SCREENING_CALLS, 0), figures.get(COUNTER_FLEET_RUNS, 0))
+        if calls:
+            memory.add_to_counters({COUNTER_SCREENING_CALLS: calls}, conn)
 
 
 def last_screening(memory: StoreBase, skill_name: str) -> dict[str, Any] | None:

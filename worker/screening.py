@@ -13,9 +13,9 @@ filter, as offline minibatch evaluation is: the live test stays the only thing t
 error guarantee whatever screening let through.
 
 Replays run in the evolve task (the maintenance queue), through the same agents and the same scoring as live
-runs, under run ids of their own. They write no outcome row, no counter and no A/B trial: one learning event
+runs, under run ids of their own. They write no outcome row, no run counter and no A/B trial: one learning event
 per screening (:data:`db.screening.SCREENING_EVENT`) records every round's candidates and replay scores, the
-chosen one and the calls and tokens spent. Calls are capped per screening (``WRE_SCREEN_MAX_CALLS``) and by a
+chosen one and the calls and tokens spent, and the fleet's counter of screening calls. Calls are capped per screening (``WRE_SCREEN_MAX_CALLS``) and by a
 budget, ``WRE_SCREEN_BUDGET_SHARE`` of live runs: by default the fleet's (every skill's live runs less every
 skill's screening calls, one skill at most :data:`SKILL_CAP_SHARES` times its own share plus one screening),
 or the skill's own (``WRE_SCREEN_BUDGET_SCOPE=skill``). An evolution that the budget cannot pay for waits for
@@ -25,11 +25,12 @@ more live traffic.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import statistics
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from db.memory import PatternMemory
@@ -40,6 +41,7 @@ from db.screening import (
     fleet_screening_spent,
     last_screening,
     replay_inputs,
+    reserve_fleet_calls,
     screening_spent,
 )
 from worker.agents import AgentResult, AttemptInfo, get_agent, run_attempt
@@ -48,6 +50,8 @@ from worker.evolvers.base import evolution_blocker
 from worker.scoring import score
 from worker.settings import MIN_REPLAY_INPUTS, Settings
 from worker.skills import Skill
+
+log = logging.getLogger(__name__)
 
 # Replays of one screening in parallel (an llm agent waits on its server; the others are quick anyway).
 REPLAY_THREADS = 4
@@ -139,12 +143,13 @@ def replay_ids(seed: str, inputs: list[ReplayInput]) -> list[str]:
 class ScreeningBudget:
     """What a skill's next screening may spend, and the figures that say so.
 
-    :param calls: agent calls the next screening may spend (at most ``WRE_SCREEN_MAX_CALLS``; may be negative
-        when concurrent screenings of other skills overspent the fleet's share: later screenings wait it out).
+    :param calls: agent calls the next screening may spend (at most ``WRE_SCREEN_MAX_CALLS``).
     :param skill_spent: the skill's screening calls so far.
-    :param skill_runs: its live runs.
-    :param fleet_spent: every skill's screening calls (None with the skill's own budget).
-    :param fleet_runs: every skill's live runs (None with the skill's own budget).
+    :param skill_runs: its finished live runs.
+    :param fleet_spent: every skill's screening calls, those reserved by screenings under way included (None
+        with the skill's own budget).
+    :param fleet_runs: every skill's finished live runs (None with the skill's own budget).
+    :param reserved: calls this screening reserved from the fleet's budget (settled with its event).
     """
 
     calls: int
@@ -152,6 +157,7 @@ class ScreeningBudget:
     skill_runs: int
     fleet_spent: int | None = None
     fleet_runs: int | None = None
+    reserved: int = 0
 
     def describe(self, settings: Settings) -> str:
         """The figures in one line, for a screening that waits and for ``wre skill show``."""
@@ -173,10 +179,17 @@ def screening_budget(memory: PatternMemory, settings: Settings, skill_name: str)
     :param skill_name: the skill.
     """
     spent, runs = screening_spent(memory, skill_name)
-    share = settings.screen_budget_share
     if settings.screen_budget_scope == "skill":
+        return _budget(settings, spent, runs)
+    return _budget(settings, spent, runs, *fleet_screening_spent(memory))
+
+
+def _budget(
+    settings: Settings, spent: int, runs: int, fleet_spent: int | None = None, fleet_runs: int | None = None
+) -> ScreeningBudget:
+    share = settings.screen_budget_share
+    if fleet_spent is None or fleet_runs is None:
         return ScreeningBudget(min(settings.screen_max_calls, int(share * runs) - spent), spent, runs)
-    fleet_spent, fleet_runs = fleet_screening_spent(memory)
     calls = min(
         settings.screen_max_calls,
         int(share * fleet_runs) - fleet_spent,
@@ -185,20 +198,42 @@ def screening_budget(memory: PatternMemory, settings: Settings, skill_name: str)
     return ScreeningBudget(calls, spent, runs, fleet_spent, fleet_runs)
 
 
-def screening_wait(memory: PatternMemory, settings: Settings, parent: Skill) -> str | None:
+def _reserve(memory: PatternMemory, settings: Settings, skill_name: str) -> ScreeningBudget:
+    """The skill's budget; from the fleet's, reserved (when it pays for the smallest screening) in one step."""
+    if settings.screen_budget_scope == "skill":
+        return screening_budget(memory, settings, skill_name)  # the skill's claim keeps it to one screening
+    spent, runs = screening_spent(memory, skill_name)
+    found: list[ScreeningBudget] = []
+
+    def reserve(fleet_spent: int, fleet_runs: int) -> int:
+        budget = _budget(settings, spent, runs, fleet_spent, fleet_runs)
+        reserved = budget.calls if budget.calls >= settings.smallest_screening else 0
+        found.append(replace(budget, reserved=reserved))
+        return reserved
+
+    reserve_fleet_calls(memory, reserve)
+    return found[-1]
+
+
+def screening_wait(
+    memory: PatternMemory, settings: Settings, parent: Skill, budget: ScreeningBudget | None = None
+) -> str | None:
     """Why the skill cannot be screened now (so not evolved), or None when it can.
 
     Checked before an evolution is claimed, so that waiting costs no claim and no cooldown: nothing an evolver
-    can change; a budget that cannot pay for the smallest screening yet; too few recorded inputs yet.
+    can change; a budget that cannot pay for the smallest screening yet; too few recorded inputs yet. Checked
+    again by the screening, on the budget it will spend: other skills' screenings may have spent the fleet's
+    since the first check.
 
     :param memory: the store.
     :param settings: candidates and budget.
     :param parent: the production variation.
+    :param budget: the budget to check (None: read it now).
     """
     blocker = evolution_blocker(parent)
     if blocker is not None:
         return f"{parent.name!r} is not evolved: {blocker}"
-    budget = screening_budget(memory, settings, parent.name)
+    budget = budget or screening_budget(memory, settings, parent.name)
     if budget.calls < settings.smallest_screening:
         return (
             f"screening budget: {max(budget.calls, 0)} calls available, the smallest screening takes "
@@ -231,38 +266,14 @@ def screen_candidates(
     :raises EvolutionRefused: nothing an evolver can change, no budget, no recorded inputs, no candidate, or
         no candidate beat the parent (a learning event records that screening).
     """
-    waiting = screening_wait(memory, settings, parent)
-    if waiting is not None:
-        raise EvolutionRefused(waiting)
-    budget = screening_budget(memory, settings, parent.name).calls
-    inputs = _interleaved(
-        replay_inputs(memory, parent.name, settings.screen_failures, settings.screen_passes)
-    )
-    search = _Search(
-        memory,
-        settings,
-        parent,
-        production_id,
-        evolver,
-        failures,
-        seed,
-        inputs,
-        budget,
-        parent.threshold if parent.threshold is not None else settings.react_fidelity,
-    )
-    # A screening that chose nothing kept its last survivor if that one scored above production; the next
-    # screening of the same production resumes from it, so what the last one found is not searched for again.
-    resumed = _resumed(memory, parent, production_id)
+    budget = _reserve(memory, settings, parent.name)
     try:
-        rounds, kept, refusals, calls = search.run(resumed)
-    except EvolutionRefused as error:
-        if resumed is None:
-            raise
-        # The resumed survivor offers nothing new (a deterministic evolver) or cannot run: start from production
-        # again. This screening's event then ends the resume; else every later one would stop here the same way.
-        rounds, kept, refusals, calls = search.run(None)
-        refusals.insert(0, f"resuming {resumed[0]}: {error}"[:200])
-        resumed = None
+        rounds, kept, refusals, calls, resumed = _search(
+            memory, settings, parent, production_id, evolver, failures, seed, budget
+        )
+    except BaseException:
+        _give_back(memory, budget.reserved)
+        raise
     last = rounds[-1]
     parent_score = last.parent_score()
     scores = last.scores()
@@ -306,11 +317,68 @@ def screen_candidates(
             "alpha": settings.screen_alpha,
             "refused": refusals,
         },
-        counters={COUNTER_SCREENING_CALLS: calls},
+        # The calls spent, less what was reserved when it started (the unused part goes back).
+        counters={COUNTER_SCREENING_CALLS: calls - budget.reserved},
     )
     if chosen is None:
         raise EvolutionRefused(f"screening: {verdict}")
     return dict(last.candidates)[chosen.variation_id].content
+
+
+def _give_back(memory: PatternMemory, reserved: int) -> None:
+    """A screening that recorded nothing returns its reservation to the fleet (a worker killed during it cannot:
+    that reservation stays spent, at most ``WRE_SCREEN_MAX_CALLS``)."""
+    try:
+        memory.add_to_counters({COUNTER_SCREENING_CALLS: -reserved})
+    except Exception:
+        # The store is away: the screening's own error is the one to raise; the reservation stays spent.
+        log.warning("screening: %d reserved calls not given back", reserved, exc_info=True)
+
+
+def _search(
+    memory: PatternMemory,
+    settings: Settings,
+    parent: Skill,
+    production_id: str,
+    evolver: Evolver,
+    failures: list[Failure],
+    seed: str,
+    budget: ScreeningBudget,
+) -> tuple[list[_Round], tuple[str, Skill] | None, list[str], int, tuple[str, Skill] | None]:
+    """The rounds of one screening within ``budget``, and the survivor it resumed from (or None).
+
+    :raises EvolutionRefused: the budget (checked again: other skills' screenings may have spent the fleet's
+        since the check before the claim) or the recorded inputs do not allow it, or no candidate can run.
+    """
+    waiting = screening_wait(memory, settings, parent, budget)
+    if waiting is not None:
+        raise EvolutionRefused(waiting)
+    inputs = _interleaved(replay_inputs(memory, parent.name, settings.screen_failures, settings.screen_passes))
+    search = _Search(
+        memory,
+        settings,
+        parent,
+        production_id,
+        evolver,
+        failures,
+        seed,
+        inputs,
+        budget.calls,
+        parent.threshold if parent.threshold is not None else settings.react_fidelity,
+    )
+    # A screening that chose nothing kept its last survivor if that one scored above production; the next
+    # screening of the same production resumes from it, so what the last one found is not searched for again.
+    resumed = _resumed(memory, parent, production_id)
+    try:
+        return (*search.run(resumed), resumed)
+    except EvolutionRefused as error:
+        if resumed is None:
+            raise
+        # The resumed survivor offers nothing new (a deterministic evolver) or cannot run: start from production
+        # again. This screening's event then ends the resume; else every later one would stop here the same way.
+        rounds, kept, refusals, calls = search.run(None)
+        refusals.insert(0, f"resuming {resumed[0]}: {error}"[:200])
+        return rounds, kept, refusals, calls, None
 
 
 @dataclass(frozen=True)

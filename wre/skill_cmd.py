@@ -14,7 +14,7 @@ from db.screening import SCREENING_EVENT, screened
 from worker.evolvers.base import evolution_blocker
 from worker.registry import register_skill_files
 from worker.runner import parse_variation
-from worker.screening import screening_budget
+from worker.screening import screening_budget, screening_wait
 from worker.settings import get_settings
 from wre.context import console, print_json, show, store, table, user_errors
 
@@ -153,7 +153,8 @@ def show_skill(
 def _evolution(name: str, content: str) -> dict[str, Any]:
     """Whether the skill evolves (and why not), what screening has spent, and its latest screenings."""
     memory = store()
-    blocker = evolution_blocker(parse_variation(content))
+    variation = parse_variation(content)
+    blocker = evolution_blocker(variation)
     settings = get_settings()
     budget = screening_budget(memory, settings, name)
     screenings = [event for event in memory.get_evolution_history(name) if event.event_type == SCREENING_EVENT]
@@ -165,8 +166,9 @@ def _evolution(name: str, content: str) -> dict[str, Any]:
         "screening_budget_scope": settings.screen_budget_scope,
         "fleet_screening_calls": budget.fleet_spent,
         "fleet_live_runs": budget.fleet_runs,
-        # What the next screening may spend now (it waits below the smallest screening).
-        "screening_budget": max(budget.calls, 0),
+        # What the next screening may spend now, and why it waits (below the smallest screening, say).
+        "next_screening_calls": max(budget.calls, 0),
+        "screening_waits": None if blocker else screening_wait(memory, settings, variation, budget),
         "latest_screenings": [
             {"created_at": event.created_at.isoformat(timespec="seconds") if event.created_at else None,
              **event.details}
@@ -183,8 +185,9 @@ def _evolution_lines(evolution: dict[str, Any]) -> list[Any]:
             f"screening: {evolution['screening_calls']} replay calls for {evolution['live_runs']} live runs"
             + (f"; the fleet {evolution['fleet_screening_calls']} for {evolution['fleet_live_runs']}"
                if evolution["screening_budget_scope"] == "fleet" else "")
-            + f" (next screening may spend {evolution['screening_budget']})"
+            + f" (next screening may spend {evolution['next_screening_calls']})"
         ),
+        *([Text(f"waits: {evolution['screening_waits']}")] if evolution["screening_waits"] else []),
     ]
     if not evolution["latest_screenings"]:
         return lines

@@ -1,11 +1,19 @@
-"""PatternMemory shared by many threads: exact counters, exact A/B counts, one running test per skill."""
+"""PatternMemory shared by many threads: exact counters, exact A/B counts, one running test per skill, screening
+reservations one at a time."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import pytest
+
+from db.engine import make_engine
 from db.memory import AbTestConflictError, PatternMemory
+from db.migrate import upgrade
+from db.screening import fleet_screening_spent, reserve_fleet_calls
 
 THREADS = 8
 
@@ -76,3 +84,31 @@ def test_racing_schedulers_make_exactly_one_test(memory: PatternMemory) -> None:
         _in_threads(2, schedule)
         assert sorted(results) == ["conflict", "scheduled"]
         assert len(memory.list_ab_tests(status="running")) == 1
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def store(request: pytest.FixtureRequest, memory: PatternMemory, tmp_path: Path) -> Iterator[PatternMemory]:
+    if request.param == "postgresql":
+        yield memory
+        return
+    url = f"sqlite:///{tmp_path / 'wre.db'}"
+    upgrade(url)
+    embedded = PatternMemory(make_engine(url))
+    yield embedded
+    embedded.dispose()
+
+
+def test_screening_reservations_read_and_write_one_at_a_time(store: PatternMemory) -> None:
+    # Each reservation looks at the fleet's calls, dawdles, then takes 100 if no more than 100 are spent of
+    # 250: without the lock every thread would see 0 and take 100. With it, exactly two take theirs.
+    store.add_to_counters({"fleet.runs": 250})
+    seen: list[int] = []
+
+    def reserve(spent: int, runs: int) -> int:
+        seen.append(spent)
+        time.sleep(0.05)
+        return 100 if runs - spent >= 100 else 0
+
+    _in_threads(4, lambda _: reserve_fleet_calls(store, reserve))
+    assert sorted(seen) == [0, 100, 200, 200]
+    assert fleet_screening_spent(store) == (200, 250)

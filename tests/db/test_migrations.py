@@ -9,7 +9,7 @@ from sqlalchemy import create_engine, insert, inspect
 
 from db.memory import PatternMemory
 from db.migrate import current_revision, downgrade, upgrade
-from db.models import EVENTS, Base
+from db.models import EVENTS, OUTCOMES, Base
 from db.screening import fleet_screening_spent
 from tests.conftest import create_database, drop_database
 
@@ -65,30 +65,42 @@ def test_models_and_migrations_agree() -> None:
         drop_database(url)
 
 
-def _screening_event(calls: object) -> dict[str, object]:
-    return {"skill_name": "s", "event_type": "candidates_screened", "details": {"calls": calls}}
+def _screening_event(calls: int, event_type: str = "candidates_screened") -> dict[str, object]:
+    return {"skill_name": "s", "event_type": event_type, "details": {"calls": calls}}
+
+
+def _outcome(run: int, attempt: int, final: bool) -> dict[str, object]:
+    return {
+        "run_id": f"run-{run}", "attempt": attempt, "skill_name": "s", "variation_id": "v", "agent": "python",
+        "success": final, "execution_success": True, "pattern_fidelity": 1.0, "final": final,
+    }
 
 
 @pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
-def test_the_fleet_screening_counter_is_backfilled_from_the_events(backend: str, tmp_path: Path) -> None:
-    # Revision 0006 sums the calls of the screening events recorded before it; every later event bumps it.
+def test_the_fleet_budget_counters_are_backfilled(backend: str, tmp_path: Path) -> None:
+    # Revision 0006 sums the calls of the screening events and counts the finished runs recorded before it.
     url = create_database("wre_migrate") if backend == "postgresql" else f"sqlite:///{tmp_path / 'wre.db'}"
+    engine = create_engine(url)
     try:
         upgrade(url, "0005_guard_beside_test")
-        engine = create_engine(url)
-        try:
-            with engine.begin() as conn:
-                conn.execute(
-                    insert(EVENTS),
-                    [_screening_event(90), _screening_event(64), {**_screening_event(5), "event_type": "other"}],
-                )
-            upgrade(url)
-            memory = PatternMemory(engine)
-            assert fleet_screening_spent(memory)[0] == 154
-            downgrade(url, "0005_guard_beside_test")
-            assert fleet_screening_spent(memory)[0] == 0
-        finally:
-            engine.dispose()
+        upgrade(url)  # nothing recorded yet: no row, both figures 0
+        memory = PatternMemory(engine)
+        assert fleet_screening_spent(memory) == (0, 0)
+        downgrade(url, "0005_guard_beside_test")
+        with engine.begin() as conn:
+            conn.execute(insert(EVENTS), [_screening_event(90), _screening_event(64), _screening_event(5, "other")])
+            conn.execute(insert(OUTCOMES), [_outcome(1, 1, False), _outcome(1, 2, True), _outcome(2, 1, True)])
+        upgrade(url)
+        assert fleet_screening_spent(memory) == (154, 2)
+        # Later bumps, on any shard, add to the backfilled figures.
+        memory.add_to_counters({"screening_calls": 10, "fleet.runs": 1})
+        assert fleet_screening_spent(memory) == (164, 3)
+        # Run again (down, up): recomputed from what is recorded, not added twice.
+        downgrade(url, "0005_guard_beside_test")
+        assert fleet_screening_spent(memory) == (0, 0)
+        upgrade(url)
+        assert fleet_screening_spent(memory) == (154, 2)
     finally:
+        engine.dispose()
         if backend == "postgresql":
             drop_database(url)

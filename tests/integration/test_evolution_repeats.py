@@ -48,15 +48,10 @@ def _failed_run(memory: PatternMemory, variation_id: str) -> None:
 
 
 def test_each_evolution_of_one_production_version_proposes_something_new(memory: PatternMemory) -> None:
-    # Proposals far better than the parent, a screening budget that allows them (the skill's own: these runs
-    # are recorded here, not by the runner, which also counts the fleet's), a lenient filter: this test is
-    # about the seed, screening has its own tests.
+    # Proposals far better than the parent, a screening budget that allows them, a lenient filter: this test
+    # is about the seed, screening has its own tests.
     settings = Settings(
-        evolve_cooldown_seconds=0,
-        evolve_failure_window=3,
-        screen_budget_share=10,
-        screen_budget_scope="skill",
-        screen_alpha=0.5,
+        evolve_cooldown_seconds=0, evolve_failure_window=3, screen_budget_share=10, screen_alpha=0.5
     )
     production = memory.register_skill("sim", SKILL, default_agent="simulated")
     proposed = []

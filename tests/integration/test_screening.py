@@ -6,6 +6,8 @@ outcome row and no counter; the calls are capped by the budget and recorded in o
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -79,7 +81,7 @@ def _runs(memory: PatternMemory, skill: str, variation_id: str, count: int, succ
                 input_context={"n": index},
                 final=True,
             ),
-            counters={"total_executions": 1, "total_runs": 1},  # as the runner counts a first attempt
+            counters={"total_executions": 1},
         )
 
 
@@ -192,37 +194,93 @@ def test_screening_waits_for_its_budget(memory: PatternMemory) -> None:
     assert evolve_skill(memory, settings, "sim")["status"] == "testing"
 
 
-def test_the_fleet_pays_for_a_failing_skill_up_to_its_cap(memory: PatternMemory) -> None:
+def test_the_fleet_pays_for_failing_skills_up_to_each_ones_cap(memory: PatternMemory) -> None:
+    # One replay call per live run (share 1.0), 100 per screening, 90 for the smallest; one skill at most
+    # twice its own share plus one screening.
     settings = Settings(evolve_cooldown_seconds=0, screen_budget_share=1.0)
-    assert settings.screen_budget_scope == "fleet"
-    production = memory.register_skill("sim", simulated_skill(0.3, 0.6), default_agent="simulated")
-    steady = memory.register_skill(
-        "steady", simulated_skill(0.9, 0.0).replace("name: sim", "name: steady"), default_agent="simulated"
-    )
-    _runs(memory, "sim", production, 30, success=False)
-    # 30 live runs pay for 30 calls, a third of the smallest screening: its own budget waits, and so does
-    # a fleet of one skill.
+    assert (settings.screen_budget_scope, settings.screen_max_calls, settings.smallest_screening) == ("fleet", 100, 90)
+    assert SKILL_CAP_SHARES == 2
+    sim = memory.register_skill("sim", simulated_skill(0.3, 0.6), default_agent="simulated")
+    other = memory.register_skill("other", simulated_skill(0.3, 0.6).replace("name: sim", "name: other"),
+                                  default_agent="simulated")
+    steady = memory.register_skill("steady", simulated_skill(0.9, 0.0).replace("name: sim", "name: steady"),
+                                   default_agent="simulated")
+    _runs(memory, "sim", sim, 30, success=False)
+    _runs(memory, "other", other, 30, success=False)
+    # 30 live runs pay for 30 calls: its own budget waits; the fleet's 60 runs wait too.
     own = settings.model_copy(update={"screen_budget_scope": "skill"})
     waiting = screening_wait(memory, own, parse_skill(simulated_skill(0.3, 0.6)))
     assert waiting is not None and "30 calls available" in waiting and "the skill's own runs" in waiting
+    assert screening_budget(memory, settings, "sim").calls == 60
     assert evolve_skill(memory, settings, "sim")["status"] == "skipped"
-    # A skill that needs no screening runs 200 times: the fleet's 230 runs pay for sim's screening.
-    _runs(memory, "steady", steady, 200, success=True)
+    # A skill that needs no screening runs 100 times: the fleet's 160 runs pay for sim's screening.
+    _runs(memory, "steady", steady, 100, success=True)
     assert evolve_skill(memory, own, "sim")["status"] == "skipped"
     result = evolve_skill(memory, settings, "sim")
     assert result["status"] == "testing", result
     (details,) = _screenings(memory, "sim")
     spent = details["calls"]
-    assert 90 <= spent <= settings.screen_max_calls
-    # The event and the fleet's counter were written together.
-    assert fleet_screening_spent(memory) == (spent, 230)
-    # The fleet still has 230 - spent calls, but sim has spent its cap: twice its own share plus one screening.
-    cap = SKILL_CAP_SHARES * 30 - spent + settings.screen_max_calls
+    assert 90 <= spent <= 100
+    assert fleet_screening_spent(memory) == (spent, 160)  # written with the event
+    # What sim spent is gone from other's budget: 160 - spent, below the smallest screening.
+    budget = screening_budget(memory, settings, "other")
+    assert (budget.calls, budget.fleet_spent, budget.fleet_runs) == (160 - spent, spent, 160)
+    assert evolve_skill(memory, settings, "other")["status"] == "skipped"
+    # 200 more live runs: other screens; sim, whose test is open, would not, the fleet notwithstanding: it
+    # spent its cap, 2 x 30 + 100 calls.
+    _runs(memory, "steady", steady, 200, success=True)
+    assert evolve_skill(memory, settings, "other")["status"] == "testing"
+    (other_details,) = _screenings(memory, "other")
+    assert fleet_screening_spent(memory) == (spent + other_details["calls"], 360)
     budget = screening_budget(memory, settings, "sim")
-    assert (budget.calls, budget.fleet_spent, budget.fleet_runs) == (min(cap, 230 - spent), spent, 230)
-    assert cap < settings.smallest_screening < 230 - spent
+    assert budget.calls == 160 - spent < 90 < 360 - spent - other_details["calls"]
     waiting = screening_wait(memory, settings, parse_skill(simulated_skill(0.3, 0.6)))
-    assert waiting is not None and f"the fleet {spent} for 230" in waiting
+    assert waiting is not None and f"the fleet {spent + other_details['calls']} for 360" in waiting
+
+
+def test_screenings_at_once_reserve_from_the_fleet_one_after_the_other(memory: PatternMemory) -> None:
+    # The fleet's 160 runs pay for one screening, and two failing skills pass the check before the claim at
+    # once: the first to reserve takes up to 100 calls, the second then finds at most 60 and refuses.
+    settings = Settings(evolve_cooldown_seconds=0, screen_budget_share=1.0)
+    names = ("sim", "other")
+    for name in names:
+        variation = memory.register_skill(
+            name, simulated_skill(0.3, 0.6).replace("name: sim", f"name: {name}"), default_agent="simulated"
+        )
+        _runs(memory, name, variation, 30, success=False)
+    _runs(memory, "steady", memory.register_skill("steady", simulated_skill(0.9, 0.0).replace("name: sim", "name: steady"),
+                                                  default_agent="simulated"), 100, success=True)
+    assert all(screening_wait(memory, settings, parse_skill(simulated_skill(0.3, 0.6))) is None for _ in names)
+    start = threading.Barrier(len(names))
+
+    def evolve(name: str) -> dict[str, Any]:
+        start.wait()
+        return evolve_skill(memory, settings, name)
+
+    with ThreadPoolExecutor(len(names)) as pool:
+        results = list(pool.map(evolve, names))
+    assert sorted(result["status"] for result in results) == ["refused", "testing"], results
+    refused = next(result for result in results if result["status"] == "refused")
+    assert "screening budget" in refused["reason"], refused
+    (details,) = [event for name in names for event in _screenings(memory, name)]
+    # Only what the one screening spent is spent: the refused one's check found it reserved, and nothing
+    # reserved is left over.
+    assert fleet_screening_spent(memory) == (details["calls"], 160)
+
+
+def test_a_screening_that_fails_gives_its_reservation_back(memory: PatternMemory) -> None:
+    settings = Settings(evolve_cooldown_seconds=0)
+    production = memory.register_skill("sim", simulated_skill(0.3, 0.6), default_agent="simulated")
+    _runs(memory, "sim", production, 500, success=False)
+
+    class Broken(SimulatedEvolver):
+        def propose(self, *args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("the evolver's server is down")
+
+    with pytest.raises(RuntimeError):
+        screen_candidates(memory, settings, parse_skill(simulated_skill(0.3, 0.6)), production, Broken(), [], "seed")
+    assert fleet_screening_spent(memory) == (0, 500)
+    assert _screenings(memory, "sim") == []
 
 
 def test_a_screening_that_chose_nothing_is_resumed_by_the_next(memory: PatternMemory) -> None:
@@ -382,6 +440,7 @@ def test_screenings_are_shown_by_skill_show_and_the_report(
         f"screening: {details['calls']} replay calls for 500 live runs; the fleet {details['calls']} for 500 "
         f"(next screening may spend {available})"
     ) in shown.stdout
+    assert f"waits: screening budget: {available} calls available, the smallest screening takes 90" in shown.stdout
     assert result["variation_id"] in shown.stdout.split("screened")[1]
     assert f"{rounds} ({candidates} candidates)" in shown.stdout
     blocked = wre(env, "skill", "show", "untunable")

@@ -216,10 +216,7 @@ def test_an_evolver_returning_garbage_is_refused(
         )
     monkeypatch.setitem(evolvers._FACTORIES, "hints", lambda: GarbageEvolver(proposal))
     before = row_counts(skills)
-    # The skill's own budget: these runs are recorded here, not by the runner, which also counts the fleet's.
-    settings = Settings(
-        database_url=database_url, evolve_cooldown_seconds=0, screen_budget_share=10, screen_budget_scope="skill"
-    )
+    settings = Settings(database_url=database_url, evolve_cooldown_seconds=0, screen_budget_share=10)
     outcome = evolve_skill(skills, settings, "evolving")
     assert outcome["status"] == "refused", (name, outcome)
     events = [event.event_type for event in skills.get_evolution_history("evolving")]
