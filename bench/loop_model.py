@@ -324,7 +324,8 @@ def run_skills(
 
 @dataclass(frozen=True)
 class FleetResult:
-    """One seed of a fleet: the medians over its skills, as bench/self_improvement.py reports them."""
+    """One seed of a fleet, as bench/self_improvement.py reports it: medians over its skills; screening, the
+    fleet's calls over its live runs (what the budget bounds)."""
 
     fidelity: float
     retries: float
@@ -348,7 +349,7 @@ def run_fleet(
     return FleetResult(
         statistics.median(result.fidelity for result in results),
         statistics.median(result.retries for result in results),
-        statistics.median(result.screening_share for result in results),
+        statistics.fmean(result.screening_share for result in results),  # every skill has as many runs
         sum(result.tests for result in results),
         sum(result.promoted for result in results),
     )

@@ -25,6 +25,7 @@ from sqlalchemy import select
 
 from db.memory import PatternMemory
 from db.models import OUTCOMES, Base
+from db.screening import fleet_screening_spent
 from tests.integration.skills_for_tests import python_skill
 from tests.processes import REPO, Process, service_env, wait_until
 from tests.reliability.checks import report, row_counts
@@ -222,8 +223,12 @@ def test_an_evolver_returning_garbage_is_refused(
     events = [event.event_type for event in skills.get_evolution_history("evolving")]
     assert events == ["evolution_started", "evolution_refused"], name
     after = row_counts(skills)
-    # No variation, no test: only the two learning events.
-    assert after == {**before, "learning_events": before["learning_events"] + 2}
+    # No variation, no test: only the two learning events. The screening's reservation was given back (the
+    # counter's rows may differ, its sum does not).
+    assert fleet_screening_spent(skills) == (0, 10)
+    assert {**after, "telemetry_counters": 0} == {
+        **before, "learning_events": before["learning_events"] + 2, "telemetry_counters": 0
+    }
     assert skills.get_active_ab_test("evolving") is None
 
 
