@@ -268,9 +268,27 @@ def screen_candidates(
     """
     budget = _reserve(memory, settings, parent.name)
     try:
-        rounds, kept, refusals, calls, resumed = _search(
-            memory, settings, parent, production_id, evolver, failures, seed, budget
+        # Checked again on the budget reserved: other skills' screenings may have spent the fleet's since the
+        # check before the claim.
+        waiting = screening_wait(memory, settings, parent, budget)
+        if waiting is not None:
+            raise EvolutionRefused(waiting)
+        search = _Search(
+            memory,
+            settings,
+            parent,
+            production_id,
+            evolver,
+            failures,
+            seed,
+            _interleaved(replay_inputs(memory, parent.name, settings.screen_failures, settings.screen_passes)),
+            budget.calls,
+            parent.threshold if parent.threshold is not None else settings.react_fidelity,
         )
+        # A screening that chose nothing kept its last survivor if that one scored above production; the next
+        # screening of the same production resumes from it, so what the last one found is not searched for again.
+        resumed = _resumed(memory, parent, production_id)
+        rounds, kept, refusals, calls, resumed = search.run_resumed(resumed)
     except BaseException:
         _give_back(memory, budget.reserved)
         raise
@@ -335,52 +353,6 @@ def _give_back(memory: PatternMemory, reserved: int) -> None:
         log.warning("screening: %d reserved calls not given back", reserved, exc_info=True)
 
 
-def _search(
-    memory: PatternMemory,
-    settings: Settings,
-    parent: Skill,
-    production_id: str,
-    evolver: Evolver,
-    failures: list[Failure],
-    seed: str,
-    budget: ScreeningBudget,
-) -> tuple[list[_Round], tuple[str, Skill] | None, list[str], int, tuple[str, Skill] | None]:
-    """The rounds of one screening within ``budget``, and the survivor it resumed from (or None).
-
-    :raises EvolutionRefused: the budget (checked again: other skills' screenings may have spent the fleet's
-        since the check before the claim) or the recorded inputs do not allow it, or no candidate can run.
-    """
-    waiting = screening_wait(memory, settings, parent, budget)
-    if waiting is not None:
-        raise EvolutionRefused(waiting)
-    inputs = _interleaved(replay_inputs(memory, parent.name, settings.screen_failures, settings.screen_passes))
-    search = _Search(
-        memory,
-        settings,
-        parent,
-        production_id,
-        evolver,
-        failures,
-        seed,
-        inputs,
-        budget.calls,
-        parent.threshold if parent.threshold is not None else settings.react_fidelity,
-    )
-    # A screening that chose nothing kept its last survivor if that one scored above production; the next
-    # screening of the same production resumes from it, so what the last one found is not searched for again.
-    resumed = _resumed(memory, parent, production_id)
-    try:
-        return (*search.run(resumed), resumed)
-    except EvolutionRefused as error:
-        if resumed is None:
-            raise
-        # The resumed survivor offers nothing new (a deterministic evolver) or cannot run: start from production
-        # again. This screening's event then ends the resume; else every later one would stop here the same way.
-        rounds, kept, refusals, calls = search.run(None)
-        refusals.insert(0, f"resuming {resumed[0]}: {error}"[:200])
-        return rounds, kept, refusals, calls, None
-
-
 @dataclass(frozen=True)
 class _Search:
     """What one screening searches with; :meth:`run` does the rounds."""
@@ -395,6 +367,22 @@ class _Search:
     inputs: list[ReplayInput]
     budget: int
     threshold: float
+
+    def run_resumed(
+        self, resumed: tuple[str, Skill] | None
+    ) -> tuple[list[_Round], tuple[str, Skill] | None, list[str], int, tuple[str, Skill] | None]:
+        """:meth:`run` from ``resumed``, or from production when that survivor offers nothing; and where it began."""
+        try:
+            return (*self.run(resumed), resumed)
+        except EvolutionRefused as error:
+            if resumed is None:
+                raise
+            # The resumed survivor offers nothing new (a deterministic evolver) or cannot run: start from
+            # production again. This screening's event then ends the resume; else every later one would stop
+            # here the same way.
+            rounds, kept, refusals, calls = self.run(None)
+            refusals.insert(0, f"resuming {resumed[0]}: {error}"[:200])
+            return rounds, kept, refusals, calls, None
 
     def run(
         self, start: tuple[str, Skill] | None
