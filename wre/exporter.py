@@ -29,6 +29,7 @@ from db.figures import (
     run_figures,
 )
 from db.memory import PatternMemory
+from db.screening import fleet_screening_spent
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,18 @@ class StoreCollector(Collector):
             f"{PREFIX}_evolution_triggers",
             "Evolution triggers: runs that exhausted their attempts (a claim and cooldown make fewer evolutions).",
             evolutions,
+        )
+        calls, runs = fleet_screening_spent(self.memory)
+        yield GaugeMetricFamily(
+            f"{PREFIX}_screening_calls",
+            "Agent calls spent on screening replays, every skill, those reserved by screenings under way "
+            "included (a gauge: a screening gives back what it did not use).",
+            value=calls,
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_screening_share",
+            "Screening calls / finished live runs of every skill (the budget keeps it within WRE_SCREEN_BUDGET_SHARE).",
+            value=calls / runs if runs else 0.0,
         )
         overall = self.memory.get_telemetry_dashboard(window=self.window)
         yield GaugeMetricFamily(

@@ -114,10 +114,16 @@ def test_tests_promotions_rollbacks(metrics_url: str, seeded: Seeded) -> None:
 
 
 def test_every_scrape_reads_the_store(metrics_url: str, seeded: Seeded) -> None:
-    assert value(scrape(metrics_url), "wre_runs_total", skill=IDLE) == 0
+    samples = scrape(metrics_url)
+    assert value(samples, "wre_runs_total", skill=IDLE) == 0
+    runs = sum(value(samples, "wre_runs_total", skill=skill) for skill in (ALPHA, BETA, IDLE, TRICKY))
+    assert (value(samples, "wre_screening_calls"), value(samples, "wre_screening_share")) == (0, 0)
     attempt(seeded.memory, IDLE, "r1", 1, 1.0, True, True)
+    seeded.memory.add_to_counters({"screening_calls": 3})  # as a screening's reservation or event does
     samples = scrape(metrics_url)
     assert value(samples, "wre_runs_total", skill=IDLE) == 1
+    assert value(samples, "wre_screening_calls") == 3
+    assert value(samples, "wre_screening_share") == pytest.approx(3 / (runs + 1))
     assert value(samples, "wre_delivered_fidelity_median", skill=IDLE) == 1.0
     assert all(name.startswith("wre_") for name, _ in samples)
 
