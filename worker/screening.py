@@ -15,11 +15,12 @@ error guarantee whatever screening let through.
 Replays run in the evolve task (the maintenance queue), through the same agents and the same scoring as live
 runs, under run ids of their own. They write no outcome row, no run counter and no A/B trial: one learning event
 per screening (:data:`db.screening.SCREENING_EVENT`) records every round's candidates and replay scores, the
-chosen one and the calls and tokens spent, and the fleet's counter of screening calls. Calls are capped per screening (``WRE_SCREEN_MAX_CALLS``) and by a
-budget, ``WRE_SCREEN_BUDGET_SHARE`` of live runs: by default the fleet's (every skill's live runs less every
-skill's screening calls, one skill at most :data:`SKILL_CAP_SHARES` times its own share plus one screening),
-or the skill's own (``WRE_SCREEN_BUDGET_SCOPE=skill``). An evolution that the budget cannot pay for waits for
-more live traffic.
+chosen one and the calls and tokens spent, and settles the fleet's counter of screening calls. Calls are capped
+per screening (``WRE_SCREEN_MAX_CALLS``) and by a budget, ``WRE_SCREEN_BUDGET_SHARE`` of live runs: by default
+the fleet's (every skill's finished runs less every skill's screening calls, one skill at most
+:data:`SKILL_CAP_SHARES` times its own share plus one screening; a screening reserves its calls before it
+starts), or the skill's own (``WRE_SCREEN_BUDGET_SCOPE=skill``). An evolution that the budget cannot pay for
+waits for more live traffic.
 """
 
 from __future__ import annotations
