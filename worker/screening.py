@@ -29,6 +29,7 @@ import hashlib
 import logging
 import math
 import statistics
+import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
@@ -267,7 +268,7 @@ def screen_candidates(
     :raises EvolutionRefused: nothing an evolver can change, no budget, no recorded inputs, no candidate, or
         no candidate beat the parent (a learning event records that screening).
     """
-    budget = _reserve(memory, settings, parent.name)
+    budget, meter = _reserve(memory, settings, parent.name), CallMeter()
     try:
         # Checked again on the budget reserved: other skills' screenings may have spent the fleet's since the
         # check before the claim.
@@ -285,14 +286,17 @@ def screen_candidates(
             _interleaved(replay_inputs(memory, parent.name, settings.screen_failures, settings.screen_passes)),
             budget.calls,
             parent.threshold if parent.threshold is not None else settings.react_fidelity,
+            meter,
         )
         # A screening that chose nothing kept its last survivor if that one scored above production; the next
         # screening of the same production resumes from it, so what the last one found is not searched for again.
         resumed = _resumed(memory, parent, production_id)
-        rounds, kept, refusals, calls, resumed = search.run_resumed(resumed)
+        rounds, kept, refusals, _, resumed = search.run_resumed(resumed)
     except BaseException:
-        _give_back(memory, budget.reserved)
+        _settle(memory, meter.calls - budget.reserved)
         raise
+    # Every call made, a round cut short included (its rounds' own figures leave out what they did not finish).
+    calls = meter.calls
     last = rounds[-1]
     parent_score = last.parent_score()
     scores = last.scores()
@@ -313,45 +317,71 @@ def screen_candidates(
         f"input(s) ({failed_inputs} failed, {len(replayed_inputs) - failed_inputs} passed), {calls} agent "
         f"calls: {verdict}"
     )
-    memory.record_learning_event(
-        parent.name,
-        SCREENING_EVENT,
-        chosen.variation_id if chosen else None,
-        fidelity_before=parent_score.fidelity,
-        fidelity_after=best.fidelity,
-        description=description,
-        details={
-            "calls": calls,
-            "tokens": _sum_tokens(done.tokens() for done in rounds),
-            "inputs": {"failed": failed_inputs, "passed": len(replayed_inputs) - failed_inputs},
-            # The last round's, which the sign test judged; every round's follow under "rounds".
-            "parent": asdict(parent_score),
-            "candidates": [asdict(item) for item in scores],
-            "rounds": [done.summary() for done in rounds],
-            "production": production_id,
-            "resumed_from": resumed[0] if resumed else None,
-            # Where the next screening of this production starts, when this one chose nothing.
-            "resume": {"variation_id": kept[0], "content": kept[1].content} if kept and not chosen else None,
-            "chosen": chosen.variation_id if chosen else None,
-            "alpha": settings.screen_alpha,
-            "refused": refusals,
-        },
-        # The calls spent, less what was reserved when it started (the unused part goes back).
-        counters={COUNTER_SCREENING_CALLS: calls - budget.reserved},
-    )
+    details = {
+        "calls": calls,
+        "tokens": _sum_tokens(done.tokens() for done in rounds),
+        "inputs": {"failed": failed_inputs, "passed": len(replayed_inputs) - failed_inputs},
+        # The last round's, which the sign test judged; every round's follow under "rounds".
+        "parent": asdict(parent_score),
+        "candidates": [asdict(item) for item in scores],
+        "rounds": [done.summary() for done in rounds],
+        "production": production_id,
+        "resumed_from": resumed[0] if resumed else None,
+        # Where the next screening of this production starts, when this one chose nothing.
+        "resume": {"variation_id": kept[0], "content": kept[1].content} if kept and not chosen else None,
+        "chosen": chosen.variation_id if chosen else None,
+        "alpha": settings.screen_alpha,
+        "refused": refusals,
+    }
+    try:
+        memory.record_learning_event(
+            parent.name,
+            SCREENING_EVENT,
+            chosen.variation_id if chosen else None,
+            fidelity_before=parent_score.fidelity,
+            fidelity_after=best.fidelity,
+            description=description,
+            details=details,
+            # The calls made, less what was reserved when it started (the unused part goes back).
+            counters={COUNTER_SCREENING_CALLS: calls - budget.reserved},
+        )
+    except BaseException:
+        _settle(memory, calls - budget.reserved)  # no event: the counter still counts the calls made
+        raise
     if chosen is None:
         raise EvolutionRefused(f"screening: {verdict}")
     return dict(last.candidates)[chosen.variation_id].content
 
 
-def _give_back(memory: PatternMemory, reserved: int) -> None:
-    """A screening that recorded nothing returns its reservation to the fleet (a worker killed during it cannot:
-    that reservation stays spent, at most ``WRE_SCREEN_MAX_CALLS``)."""
+class CallMeter:
+    """The agent calls one screening has made, counted as each starts (replays run in threads).
+
+    What settles the fleet's counter, whatever ends the screening: a replay that raised, or a round cut short
+    by a candidate that cannot run, still made the calls before it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._calls = 0
+
+    def add(self) -> None:
+        with self._lock:
+            self._calls += 1
+
+    @property
+    def calls(self) -> int:
+        with self._lock:
+            return self._calls
+
+
+def _settle(memory: PatternMemory, delta: int) -> None:
+    """Correct the fleet's counter of a screening that wrote no event: the calls it made stay spent, the rest of
+    its reservation goes back (a worker killed during a screening cannot: that reservation stays spent)."""
     try:
-        memory.add_to_counters({COUNTER_SCREENING_CALLS: -reserved})
+        memory.add_to_counters({COUNTER_SCREENING_CALLS: delta})
     except Exception:
-        # The store is away: the screening's own error is the one to raise; the reservation stays spent.
-        log.warning("screening: %d reserved calls not given back", reserved, exc_info=True)
+        # The store is away: the screening's own error is the one to raise; its reservation stays spent.
+        log.warning("screening: the fleet's calls not settled by %d", delta, exc_info=True)
 
 
 @dataclass(frozen=True)
@@ -368,6 +398,7 @@ class _Search:
     inputs: list[ReplayInput]
     budget: int
     threshold: float
+    meter: CallMeter
 
     def run_resumed(
         self, resumed: tuple[str, Skill] | None
@@ -432,6 +463,7 @@ class _Search:
                     replay_ids(round_seed, round_inputs),
                     (self.budget - calls) // (settings.screen_generations - generation),
                     self.threshold,
+                    self.meter,
                 )
             except EvolutionRefused as error:
                 if not rounds:
@@ -506,6 +538,7 @@ def _halve(
     run_ids: list[str],
     budget: int,
     threshold: float,
+    meter: CallMeter,
 ) -> _Round:
     """One round: successive halving of ``candidates`` beside the parent within ``budget`` calls.
 
@@ -527,7 +560,7 @@ def _halve(
         batch, batch_ids = inputs[used : used + size], run_ids[used : used + size]
         for variation_id in (production_id, *alive):
             replayed[variation_id] = replayed[variation_id].plus(
-                _replay(settings, skills[variation_id], variation_id, batch, batch_ids, threshold)
+                _replay(settings, skills[variation_id], variation_id, batch, batch_ids, threshold, meter)
             )
         used += size
         calls += size * (len(alive) + 1)
@@ -609,6 +642,7 @@ def _replay(
     inputs: list[ReplayInput],
     run_ids: list[str],
     threshold: float,
+    meter: CallMeter,
 ) -> _Replayed:
     """Run ``skill`` on every input and score it; infrastructure errors propagate (the task retries)."""
     agent = get_agent(skill.agent)
@@ -616,6 +650,7 @@ def _replay(
 
     def one(pair: tuple[ReplayInput, str]) -> AgentResult:
         item, run_id = pair
+        meter.add()
         return run_attempt(agent, skill, item.input_context, AttemptInfo(run_id, 1, variation_id), time_limit)
 
     with ThreadPoolExecutor(max_workers=REPLAY_THREADS) as pool:

@@ -65,7 +65,7 @@ def test_models_and_migrations_agree() -> None:
         drop_database(url)
 
 
-def _screening_event(calls: int, event_type: str = "candidates_screened") -> dict[str, object]:
+def _screening_event(calls: object, event_type: str = "candidates_screened") -> dict[str, object]:
     return {"skill_name": "s", "event_type": event_type, "details": {"calls": calls}}
 
 
@@ -89,17 +89,19 @@ def test_the_fleet_budget_counters_are_backfilled(backend: str, tmp_path: Path) 
         downgrade(url, "0005_guard_beside_test")
         with engine.begin() as conn:
             conn.execute(insert(EVENTS), [_screening_event(90), _screening_event(64), _screening_event(5, "other")])
+            # Written by hand, not by wre: a number counts (rounded), anything else is left out.
+            conn.execute(insert(EVENTS), [_screening_event(value) for value in (12.4, "abc", "7", None, True, [1])])
             conn.execute(insert(OUTCOMES), [_outcome(1, 1, False), _outcome(1, 2, True), _outcome(2, 1, True)])
         upgrade(url)
-        assert fleet_screening_spent(memory) == (154, 2)
+        assert fleet_screening_spent(memory) == (166, 2)
         # Later bumps, on any shard, add to the backfilled figures.
         memory.add_to_counters({"screening_calls": 10, "fleet.runs": 1})
-        assert fleet_screening_spent(memory) == (164, 3)
+        assert fleet_screening_spent(memory) == (176, 3)
         # Run again (down, up): recomputed from what is recorded, not added twice.
         downgrade(url, "0005_guard_beside_test")
         assert fleet_screening_spent(memory) == (0, 0)
         upgrade(url)
-        assert fleet_screening_spent(memory) == (154, 2)
+        assert fleet_screening_spent(memory) == (166, 2)
     finally:
         engine.dispose()
         if backend == "postgresql":

@@ -6,6 +6,7 @@ outcome row and no counter; the calls are capped by the budget and recorded in o
 
 from __future__ import annotations
 
+import itertools
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -18,6 +19,7 @@ from db.models import OUTCOMES
 from db.screening import SCREENING_EVENT, fleet_screening_spent, screening_spent
 from tests.integration.test_cli import wre
 from tests.processes import service_env
+from worker import screening
 from worker.agents.simulated import simulation_spec
 from worker.evolution import evolve_skill
 from worker.evolvers import EvolutionRefused, Failure
@@ -281,6 +283,58 @@ def test_a_screening_that_fails_gives_its_reservation_back(memory: PatternMemory
         screen_candidates(memory, settings, parse_skill(simulated_skill(0.3, 0.6)), production, Broken(), [], "seed")
     assert fleet_screening_spent(memory) == (0, 500)
     assert _screenings(memory, "sim") == []
+
+
+def test_a_screening_cut_short_counts_the_calls_it_made(
+    memory: PatternMemory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The agent's server drops the 40th replay (the task would retry the evolution): the calls made stay spent
+    # (the 40 and those of its batch already under way in other threads), the rest of the reservation goes back.
+    settings = Settings(evolve_cooldown_seconds=0)
+    production = memory.register_skill("sim", simulated_skill(0.3, 0.6), default_agent="simulated")
+    _runs(memory, "sim", production, 500, success=False)
+    made = itertools.count(1)
+    real = screening.run_attempt
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        if next(made) == 40:
+            raise ConnectionError("the agent's server reset the connection")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(screening, "run_attempt", flaky)
+    parent = parse_skill(simulated_skill(0.3, 0.6))
+    with pytest.raises(ConnectionError):
+        screen_candidates(memory, settings, parent, production, SimulatedEvolver(), [], "seed")
+    calls = next(made) - 1
+    assert 40 <= calls < 90  # cut short: fewer than the smallest screening
+    assert fleet_screening_spent(memory) == (calls, 500)
+    assert _screenings(memory, "sim") == []
+
+
+def test_a_screening_whose_event_is_not_written_counts_its_calls(
+    memory: PatternMemory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings(evolve_cooldown_seconds=0)
+    production = memory.register_skill("sim", simulated_skill(0.3, 0.6), default_agent="simulated")
+    _runs(memory, "sim", production, 500, success=False)
+    made = itertools.count(1)
+    real = screening.run_attempt
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        next(made)
+        return real(*args, **kwargs)
+
+    def disk_full(*args: Any, **kwargs: Any) -> int:
+        raise RuntimeError("could not extend file")
+
+    monkeypatch.setattr(screening, "run_attempt", counted)
+    monkeypatch.setattr(memory, "record_learning_event", disk_full)
+    with pytest.raises(RuntimeError):
+        screen_candidates(memory, settings, parse_skill(simulated_skill(0.3, 0.6)), production,
+                          SimulatedEvolver(), [], "seed")
+    calls = next(made) - 1
+    assert 90 <= calls <= 100
+    assert fleet_screening_spent(memory) == (calls, 500)  # what was made, not the whole reservation
 
 
 def test_a_screening_that_chose_nothing_is_resumed_by_the_next(memory: PatternMemory) -> None:

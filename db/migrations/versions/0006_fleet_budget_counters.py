@@ -29,20 +29,23 @@ NAMES = {"calls": "screening_calls", "runs": "fleet.runs", "event": "candidates_
 
 def upgrade() -> None:
     # Literal statements with bound names only. A subquery rather than an aggregate's HAVING, which SQLite
-    # accepts without GROUP BY only from 3.39.
+    # accepts without GROUP BY only from 3.39. wre writes whole numbers; anything else in an event written by
+    # hand counts if it is a number (rounded) and is left out otherwise, rather than stopping the upgrade.
     bind = op.get_bind()
     _forget()
     if bind.dialect.name == "postgresql":
         calls = sa.text(
             "INSERT INTO telemetry_counters (name, shard, value) SELECT :calls, 0, total FROM (SELECT "
-            "coalesce(sum(CAST(details ->> 'calls' AS BIGINT)), 0) AS total FROM learning_events "
-            "WHERE event_type = :event) AS found WHERE total <> 0"
+            "coalesce(sum(CAST(round(CAST(details ->> 'calls' AS NUMERIC)) AS BIGINT)), 0) AS total "
+            "FROM learning_events WHERE event_type = :event AND jsonb_typeof(details -> 'calls') = 'number') "
+            "AS found WHERE total <> 0"
         )
     else:
         calls = sa.text(
             "INSERT INTO telemetry_counters (name, shard, value) SELECT :calls, 0, total FROM (SELECT "
-            "coalesce(sum(json_extract(details, '$.calls')), 0) AS total FROM learning_events "
-            "WHERE event_type = :event) AS found WHERE total <> 0"
+            "coalesce(sum(CAST(round(json_extract(details, '$.calls')) AS INTEGER)), 0) AS total "
+            "FROM learning_events WHERE event_type = :event "
+            "AND json_type(details, '$.calls') IN ('integer', 'real')) AS found WHERE total <> 0"
         )
     bind.execute(calls, NAMES)
     runs = sa.text(
