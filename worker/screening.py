@@ -235,6 +235,8 @@ def screening_wait(
     blocker = evolution_blocker(parent)
     if blocker is not None:
         return f"{parent.name!r} is not evolved: {blocker}"
+    if settings.screen_budget_share == 0:
+        return "screening is off (WRE_SCREEN_BUDGET_SHARE=0): no skill is evolved"
     budget = budget or screening_budget(memory, settings, parent.name)
     if budget.calls < settings.smallest_screening:
         return (

@@ -183,6 +183,14 @@ def test_worse_candidates_get_no_live_traffic(memory: PatternMemory) -> None:
     assert [item["from"] for item in details["rounds"]] == [production] * settings.screen_generations
 
 
+def test_a_share_of_zero_turns_screening_off_and_says_so(memory: PatternMemory) -> None:
+    production = memory.register_skill("sim", simulated_skill(0.3, 0.6), default_agent="simulated")
+    _runs(memory, "sim", production, 500, success=False)
+    result = evolve_skill(memory, Settings(evolve_cooldown_seconds=0, screen_budget_share=0), "sim")
+    assert result["status"] == "skipped" and "screening is off" in result["reason"], result
+    assert fleet_screening_spent(memory) == (0, 500)
+
+
 def test_screening_waits_for_its_budget(memory: PatternMemory) -> None:
     settings = Settings(evolve_cooldown_seconds=0)
     production = memory.register_skill("sim", simulated_skill(0.3, 0.6), default_agent="simulated")
