@@ -22,8 +22,9 @@ from db.counters import COUNTER_FLEET_RUNS, COUNTER_TABLE, CounterStore, skill_c
 from db.models import EVENTS, OUTCOMES
 
 SCREENING_EVENT = "candidates_screened"
-# Every skill's screening calls so far: reserved when a screening starts, settled with its event (migration
-# 0006 backfilled it).
+# Every skill's screening calls so far: reserved when a screening starts, settled to the calls it made with its
+# event (or without one, when it ends by an error); each skill's own beside it, ``skill.screening_calls:NAME``.
+# Migration 0006 backfilled both from the events.
 COUNTER_SCREENING_CALLS = "screening_calls"
 # The advisory lock that makes reading the fleet's budget and reserving from it one step (the evaluators' locks
 # use 0x77726501 and a skill's hash as a pair of keys; this single 64-bit key cannot meet those).
@@ -88,21 +89,22 @@ def replay_inputs(memory: StoreBase, skill_name: str, failures: int, passes: int
     return found
 
 
+def screening_deltas(skill_name: str, calls: int) -> dict[str, int]:
+    """What ``calls`` screening calls of one skill add to the counters: the fleet's and the skill's, always
+    together (a reservation, an event's settlement, a screening that ended without an event)."""
+    return {COUNTER_SCREENING_CALLS: calls, skill_counter_name("screening_calls", skill_name): calls}
+
+
 def screening_spent(memory: CounterStore, skill_name: str) -> tuple[int, int]:
     """``(agent calls spent on screening, finished live runs)`` of the skill so far: what its budget compares.
 
     :param memory: the store.
     :param skill_name: the skill.
     """
-    # Only the figure, summed by the database: an event's details also hold every round's scores and the
-    # survivor kept for the next screening (a whole skill file).
-    events = select(func.coalesce(func.sum(EVENTS.c.details["calls"].as_integer()), 0)).where(
-        EVENTS.c.skill_name == skill_name, EVENTS.c.event_type == SCREENING_EVENT
-    )
-    with memory.transaction() as conn:
-        spent = int(conn.execute(events).scalar_one())
     # Finished runs, as the fleet's: both counters are bumped by the statement that records a final attempt.
-    return spent, memory.get_counter(skill_counter_name("runs", skill_name))
+    spent, runs = skill_counter_name("screening_calls", skill_name), skill_counter_name("runs", skill_name)
+    figures = memory.get_counters([spent, runs])
+    return figures[spent], figures[runs]
 
 
 def fleet_screening_spent(memory: CounterStore) -> tuple[int, int]:
@@ -114,14 +116,15 @@ def fleet_screening_spent(memory: CounterStore) -> tuple[int, int]:
     return figures[COUNTER_SCREENING_CALLS], figures[COUNTER_FLEET_RUNS]
 
 
-def reserve_fleet_calls(memory: CounterStore, reserve: Callable[[int, int], int]) -> None:
+def reserve_fleet_calls(memory: CounterStore, skill_name: str, reserve: Callable[[int, int], int]) -> None:
     """Reserve screening calls from the fleet's budget: ``reserve(spent, runs)`` with no other reservation between
-    its reading and its writing, and what it returns added to the fleet's calls at once.
+    its reading and its writing, and what it returns added to the fleet's and the skill's calls at once.
 
     Screenings of several skills run at once; without this, each saw the same remaining budget, and together
     they spent up to one screening each beyond it.
 
     :param memory: the store.
+    :param skill_name: the skill whose screening reserves.
     :param reserve: given the fleet's screening calls and finished runs, the calls to reserve (0: none).
     """
     with memory.transaction() as conn:
@@ -135,7 +138,7 @@ def reserve_fleet_calls(memory: CounterStore, reserve: Callable[[int, int], int]
         figures = {name: int(total) for name, total in conn.execute(query)}
         calls = reserve(figures.get(COUNTER_SCREENING_CALLS, 0), figures.get(COUNTER_FLEET_RUNS, 0))
         if calls:
-            memory.add_to_counters({COUNTER_SCREENING_CALLS: calls}, conn)
+            memory.add_to_counters(screening_deltas(skill_name, calls), conn)
 
 
 def last_screening(memory: StoreBase, skill_name: str) -> dict[str, Any] | None:

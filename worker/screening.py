@@ -37,13 +37,13 @@ from typing import Any
 
 from db.memory import PatternMemory
 from db.screening import (
-    COUNTER_SCREENING_CALLS,
     SCREENING_EVENT,
     ReplayInput,
     fleet_screening_spent,
     last_screening,
     replay_inputs,
     reserve_fleet_calls,
+    screening_deltas,
     screening_spent,
 )
 from worker.agents import AgentResult, AttemptInfo, get_agent, run_attempt
@@ -213,7 +213,7 @@ def _reserve(memory: PatternMemory, settings: Settings, skill_name: str) -> Scre
         found.append(replace(budget, reserved=reserved))
         return reserved
 
-    reserve_fleet_calls(memory, reserve)
+    reserve_fleet_calls(memory, skill_name, reserve)
     return found[-1]
 
 
@@ -294,48 +294,44 @@ def screen_candidates(
         # screening of the same production resumes from it, so what the last one found is not searched for again.
         resumed = _resumed(memory, parent, production_id)
         rounds, kept, refusals, _, resumed = search.run_resumed(resumed)
-    except BaseException:
-        _settle(memory, meter.calls - budget.reserved)
-        raise
-    # Every call made, a round cut short included (its rounds' own figures leave out what they did not finish).
-    calls = meter.calls
-    last = rounds[-1]
-    parent_score = last.parent_score()
-    scores = last.scores()
-    # The last survivor is the only one tested, on every input it and the parent were replayed on.
-    best = next(item for item in scores if item.variation_id == last.survivor)
-    chosen = best if best.wins > best.losses and best.p_value <= settings.screen_alpha else None
-    replayed_inputs = list({item.run_id: item for done in rounds for item in done.inputs}.values())
-    failed_inputs = sum(item.failed for item in replayed_inputs)
-    verdict = (
-        f"{chosen.variation_id} beat its parent ({chosen.wins} wins, {chosen.losses} losses, p={chosen.p_value:.3f})"
-        if chosen
-        else f"none beat the parent (best {best.variation_id}: {best.wins} wins, {best.losses} losses, "
-        f"p={best.p_value:.3f} > {settings.screen_alpha:g})"
-    )
-    screened = len({variation_id for done in rounds for variation_id, _ in done.candidates})
-    description = (
-        f"{screened} candidate(s) in {len(rounds)} round(s) replayed on {len(replayed_inputs)} recorded "
-        f"input(s) ({failed_inputs} failed, {len(replayed_inputs) - failed_inputs} passed), {calls} agent "
-        f"calls: {verdict}"
-    )
-    details = {
-        "calls": calls,
-        "tokens": _sum_tokens(done.tokens() for done in rounds),
-        "inputs": {"failed": failed_inputs, "passed": len(replayed_inputs) - failed_inputs},
-        # The last round's, which the sign test judged; every round's follow under "rounds".
-        "parent": asdict(parent_score),
-        "candidates": [asdict(item) for item in scores],
-        "rounds": [done.summary() for done in rounds],
-        "production": production_id,
-        "resumed_from": resumed[0] if resumed else None,
-        # Where the next screening of this production starts, when this one chose nothing.
-        "resume": {"variation_id": kept[0], "content": kept[1].content} if kept and not chosen else None,
-        "chosen": chosen.variation_id if chosen else None,
-        "alpha": settings.screen_alpha,
-        "refused": refusals,
-    }
-    try:
+        # Every call made, a round cut short included (its rounds' own figures leave out what they did not finish).
+        calls = meter.calls
+        last = rounds[-1]
+        parent_score = last.parent_score()
+        scores = last.scores()
+        # The last survivor is the only one tested, on every input it and the parent were replayed on.
+        best = next(item for item in scores if item.variation_id == last.survivor)
+        chosen = best if best.wins > best.losses and best.p_value <= settings.screen_alpha else None
+        replayed_inputs = list({item.run_id: item for done in rounds for item in done.inputs}.values())
+        failed_inputs = sum(item.failed for item in replayed_inputs)
+        verdict = (
+            f"{chosen.variation_id} beat its parent ({chosen.wins} wins, {chosen.losses} losses, p={chosen.p_value:.3f})"
+            if chosen
+            else f"none beat the parent (best {best.variation_id}: {best.wins} wins, {best.losses} losses, "
+            f"p={best.p_value:.3f} > {settings.screen_alpha:g})"
+        )
+        screened = len({variation_id for done in rounds for variation_id, _ in done.candidates})
+        description = (
+            f"{screened} candidate(s) in {len(rounds)} round(s) replayed on {len(replayed_inputs)} recorded "
+            f"input(s) ({failed_inputs} failed, {len(replayed_inputs) - failed_inputs} passed), {calls} agent "
+            f"calls: {verdict}"
+        )
+        details = {
+            "calls": calls,
+            "tokens": _sum_tokens(done.tokens() for done in rounds),
+            "inputs": {"failed": failed_inputs, "passed": len(replayed_inputs) - failed_inputs},
+            # The last round's, which the sign test judged; every round's follow under "rounds".
+            "parent": asdict(parent_score),
+            "candidates": [asdict(item) for item in scores],
+            "rounds": [done.summary() for done in rounds],
+            "production": production_id,
+            "resumed_from": resumed[0] if resumed else None,
+            # Where the next screening of this production starts, when this one chose nothing.
+            "resume": {"variation_id": kept[0], "content": kept[1].content} if kept and not chosen else None,
+            "chosen": chosen.variation_id if chosen else None,
+            "alpha": settings.screen_alpha,
+            "refused": refusals,
+        }
         memory.record_learning_event(
             parent.name,
             SCREENING_EVENT,
@@ -345,10 +341,13 @@ def screen_candidates(
             description=description,
             details=details,
             # The calls made, less what was reserved when it started (the unused part goes back).
-            counters={COUNTER_SCREENING_CALLS: calls - budget.reserved},
+            counters=screening_deltas(parent.name, calls - budget.reserved),
         )
     except BaseException:
-        _settle(memory, calls - budget.reserved)  # no event: the counter still counts the calls made
+        # No event (writing it is the last step here): the counters are settled to the calls made, the rest of
+        # the reservation goes back. (An error after the event's commit reached the server would settle twice:
+        # a window of one round trip, worth reserved - calls.)
+        _settle(memory, parent.name, meter.calls - budget.reserved)
         raise
     if chosen is None:
         raise EvolutionRefused(f"screening: {verdict}")
@@ -358,8 +357,8 @@ def screen_candidates(
 class CallMeter:
     """The agent calls one screening has made, counted as each starts (replays run in threads).
 
-    What settles the fleet's counter, whatever ends the screening: a replay that raised, or a round cut short
-    by a candidate that cannot run, still made the calls before it.
+    What settles the counters, whatever ends the screening: a replay that raised, or a round cut short by a
+    candidate that cannot run, still made the calls before it.
     """
 
     def __init__(self) -> None:
@@ -376,11 +375,11 @@ class CallMeter:
             return self._calls
 
 
-def _settle(memory: PatternMemory, delta: int) -> None:
+def _settle(memory: PatternMemory, skill_name: str, delta: int) -> None:
     """Correct the fleet's counter of a screening that wrote no event: the calls it made stay spent, the rest of
     its reservation goes back (a worker killed during a screening cannot: that reservation stays spent)."""
     try:
-        memory.add_to_counters({COUNTER_SCREENING_CALLS: delta})
+        memory.add_to_counters(screening_deltas(skill_name, delta))
     except Exception:
         # The store is away: the screening's own error is the one to raise; its reservation stays spent.
         log.warning("screening: the fleet's calls not settled by %d", delta, exc_info=True)
@@ -412,9 +411,9 @@ class _Search:
             if resumed is None:
                 raise
             # The resumed survivor offers nothing new (a deterministic evolver) or cannot run: start from
-            # production again. This screening's event then ends the resume; else every later one would stop
-            # here the same way.
-            rounds, kept, refusals, calls = self.run(None)
+            # production again, on what its replays left of the budget. This screening's event then ends the
+            # resume; else every later one would stop here the same way.
+            rounds, kept, refusals, calls = replace(self, budget=self.budget - self.meter.calls).run(None)
             refusals.insert(0, f"resuming {resumed[0]}: {error}"[:200])
             return rounds, kept, refusals, calls, None
 

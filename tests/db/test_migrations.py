@@ -10,7 +10,7 @@ from sqlalchemy import create_engine, insert, inspect
 from db.memory import PatternMemory
 from db.migrate import current_revision, downgrade, upgrade
 from db.models import EVENTS, OUTCOMES, Base
-from db.screening import fleet_screening_spent
+from db.screening import fleet_screening_spent, screening_spent
 from tests.conftest import create_database, drop_database
 
 TABLES = {table.name for table in Base.metadata.sorted_tables}
@@ -65,8 +65,10 @@ def test_models_and_migrations_agree() -> None:
         drop_database(url)
 
 
-def _screening_event(calls: object, event_type: str = "candidates_screened") -> dict[str, object]:
-    return {"skill_name": "s", "event_type": event_type, "details": {"calls": calls}}
+def _screening_event(
+    calls: object, event_type: str = "candidates_screened", skill: str = "s"
+) -> dict[str, object]:
+    return {"skill_name": skill, "event_type": event_type, "details": {"calls": calls}}
 
 
 def _outcome(run: int, attempt: int, final: bool) -> dict[str, object]:
@@ -91,17 +93,19 @@ def test_the_fleet_budget_counters_are_backfilled(backend: str, tmp_path: Path) 
             conn.execute(insert(EVENTS), [_screening_event(90), _screening_event(64), _screening_event(5, "other")])
             # Written by hand, not by wre: a number counts (rounded), anything else is left out.
             conn.execute(insert(EVENTS), [_screening_event(value) for value in (12.4, "abc", "7", None, True, [1])])
+            conn.execute(insert(EVENTS), [_screening_event(10, skill="t")])
             conn.execute(insert(OUTCOMES), [_outcome(1, 1, False), _outcome(1, 2, True), _outcome(2, 1, True)])
         upgrade(url)
-        assert fleet_screening_spent(memory) == (166, 2)
+        assert fleet_screening_spent(memory) == (176, 2)
+        assert (screening_spent(memory, "s")[0], screening_spent(memory, "t")[0]) == (166, 10)
         # Later bumps, on any shard, add to the backfilled figures.
         memory.add_to_counters({"screening_calls": 10, "fleet.runs": 1})
-        assert fleet_screening_spent(memory) == (176, 3)
+        assert fleet_screening_spent(memory) == (186, 3)
         # Run again (down, up): recomputed from what is recorded, not added twice.
         downgrade(url, "0005_guard_beside_test")
-        assert fleet_screening_spent(memory) == (0, 0)
+        assert fleet_screening_spent(memory) == (0, 0) and screening_spent(memory, "s")[0] == 0
         upgrade(url)
-        assert fleet_screening_spent(memory) == (166, 2)
+        assert fleet_screening_spent(memory) == (176, 2)
     finally:
         engine.dispose()
         if backend == "postgresql":
