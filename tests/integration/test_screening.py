@@ -6,7 +6,6 @@ outcome row and no counter; the calls are capped by the budget and recorded in o
 
 from __future__ import annotations
 
-import itertools
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -295,58 +294,57 @@ def test_a_screening_that_fails_gives_its_reservation_back(memory: PatternMemory
     assert _screenings(memory, "sim") == []
 
 
+class _MeteredAgent:
+    """The agent calls screening makes, counted here too; the ``fail_at``-th raises as a dropped connection."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, fail_at: int | None = None) -> None:
+        self.made, self.fail_at, self.real = 0, fail_at, screening.run_attempt
+        self.lock = threading.Lock()  # replays run in threads
+        monkeypatch.setattr(screening, "run_attempt", self)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with self.lock:
+            self.made += 1
+            failing = self.made == self.fail_at
+        if failing:
+            raise ConnectionError("the agent's server reset the connection")
+        return self.real(*args, **kwargs)
+
+
+def _screen_failing_skill(memory: PatternMemory, error: type[BaseException]) -> None:
+    """Screen a skill with 500 failed runs (a reservation of 0.2 x 500 = 100 calls) and expect ``error``."""
+    production = memory.register_skill("sim", simulated_skill(0.3, 0.6), default_agent="simulated")
+    _runs(memory, "sim", production, 500, success=False)
+    parent = parse_skill(simulated_skill(0.3, 0.6))
+    with pytest.raises(error):
+        screen_candidates(memory, Settings(), parent, production, SimulatedEvolver(), [], "seed")
+
+
 def test_a_screening_cut_short_counts_the_calls_it_made(
     memory: PatternMemory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The agent's server drops the 40th replay (the task would retry the evolution): the calls made stay spent
     # (the 40 and those of its batch already under way in other threads), the rest of the reservation goes back.
-    settings = Settings(evolve_cooldown_seconds=0)
-    production = memory.register_skill("sim", simulated_skill(0.3, 0.6), default_agent="simulated")
-    _runs(memory, "sim", production, 500, success=False)
-    made = itertools.count(1)
-    real = screening.run_attempt
-
-    def flaky(*args: Any, **kwargs: Any) -> Any:
-        if next(made) == 40:
-            raise ConnectionError("the agent's server reset the connection")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(screening, "run_attempt", flaky)
-    parent = parse_skill(simulated_skill(0.3, 0.6))
-    with pytest.raises(ConnectionError):
-        screen_candidates(memory, settings, parent, production, SimulatedEvolver(), [], "seed")
-    calls = next(made) - 1
-    assert 40 <= calls < 90  # cut short: fewer than the smallest screening
-    assert fleet_screening_spent(memory) == (calls, 500)
-    assert screening_spent(memory, "sim") == (calls, 500)  # the skill's own too: its cap counts them
+    agent = _MeteredAgent(monkeypatch, fail_at=40)
+    _screen_failing_skill(memory, ConnectionError)
+    assert 40 <= agent.made < 90  # cut short: fewer than the smallest screening
+    assert fleet_screening_spent(memory) == (agent.made, 500)
+    assert screening_spent(memory, "sim") == (agent.made, 500)  # the skill's own too: its cap counts them
     assert _screenings(memory, "sim") == []
 
 
 def test_a_screening_whose_event_is_not_written_counts_its_calls(
     memory: PatternMemory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = Settings(evolve_cooldown_seconds=0)
-    production = memory.register_skill("sim", simulated_skill(0.3, 0.6), default_agent="simulated")
-    _runs(memory, "sim", production, 500, success=False)
-    made = itertools.count(1)
-    real = screening.run_attempt
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        next(made)
-        return real(*args, **kwargs)
-
     def disk_full(*args: Any, **kwargs: Any) -> int:
         raise RuntimeError("could not extend file")
 
-    monkeypatch.setattr(screening, "run_attempt", counted)
+    agent = _MeteredAgent(monkeypatch)
     monkeypatch.setattr(memory, "record_learning_event", disk_full)
-    with pytest.raises(RuntimeError):
-        screen_candidates(memory, settings, parse_skill(simulated_skill(0.3, 0.6)), production,
-                          SimulatedEvolver(), [], "seed")
-    calls = next(made) - 1
-    assert 90 <= calls < 100  # less than the 100 reserved (0.2 x 500): what is settled is seen
-    assert fleet_screening_spent(memory) == (calls, 500)  # what was made, not the whole reservation
-    assert screening_spent(memory, "sim") == (calls, 500)  # the skill's own, towards its cap
+    _screen_failing_skill(memory, RuntimeError)
+    assert 90 <= agent.made < 100  # less than the 100 reserved: what is settled is seen
+    assert fleet_screening_spent(memory) == (agent.made, 500)  # what was made, not the whole reservation
+    assert screening_spent(memory, "sim") == (agent.made, 500)  # the skill's own, towards its cap
 
 
 def test_a_screening_that_chose_nothing_is_resumed_by_the_next(memory: PatternMemory) -> None:
