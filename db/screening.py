@@ -2,11 +2,11 @@
 
 Screening replays candidates on the inputs of a skill's recent runs before any of them gets live traffic. It
 writes no outcome row and no run counter (replays are not production runs, not A/B trials): one learning event
-per screening, :data:`SCREENING_EVENT`, whose details carry the calls it spent, and in the same transaction the
-fleet's counter of screening calls, :data:`COUNTER_SCREENING_CALLS`. Reads here are by index (``skill_name,
-final, id`` and ``skill_name, attempt, id`` on outcomes; ``skill_name, event_type`` on events) or of counters
-(runs finished, of the skill and of the fleet; the fleet's screening calls), so that the budget costs the same at
-ten skills or ten thousand.
+per screening, :data:`SCREENING_EVENT`, whose details carry the calls it spent, and the screening-call counters
+(:func:`screening_deltas`: the fleet's and the skill's), reserved when it starts and settled by that event in its
+transaction. Reads here are by index (``skill_name, final, id`` and ``skill_name, attempt, id`` on outcomes;
+``skill_name, event_type`` on events) or of counters (runs finished and screening calls, of the skill and of the
+fleet), so that the budget costs the same at ten skills or ten thousand.
 """
 
 from __future__ import annotations
