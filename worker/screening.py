@@ -148,6 +148,8 @@ class ScreeningBudget:
     :param calls: agent calls the next screening may spend (at most ``WRE_SCREEN_MAX_CALLS``).
     :param skill_spent: the skill's screening calls so far.
     :param skill_runs: its finished live runs.
+    :param bound_by: which limit ``calls`` is: ``WRE_SCREEN_MAX_CALLS``, the skill's share, the fleet's share or
+        the skill's cap.
     :param fleet_spent: every skill's screening calls, those reserved by screenings under way included (None
         with the skill's own budget).
     :param fleet_runs: every skill's finished live runs (None with the skill's own budget).
@@ -157,6 +159,7 @@ class ScreeningBudget:
     calls: int
     skill_spent: int
     skill_runs: int
+    bound_by: str
     fleet_spent: int | None = None
     fleet_runs: int | None = None
     reserved: int = 0
@@ -169,14 +172,14 @@ class ScreeningBudget:
             return f"{own} ({share}, the skill's own runs)"
         return (
             f"{own}; the fleet {self.fleet_spent} for {self.fleet_runs} ({share} of the fleet's runs, one skill "
-            f"at most {SKILL_CAP_SHARES}x its own share plus {settings.screen_max_calls})"
+            f"at most {SKILL_CAP_SHARES}x its own share plus {settings.screen_max_calls}); bound by {self.bound_by}"
         )
 
 
 def screening_budget(memory: PatternMemory, settings: Settings, skill_name: str) -> ScreeningBudget:
     """The calls the skill's next screening may spend, under ``WRE_SCREEN_BUDGET_SCOPE``.
 
-    :param memory: the store (the skill's screening events and outcomes; the fleet's two counters).
+    :param memory: the store (the skill's and the fleet's counters of screening calls and finished runs).
     :param settings: share, scope and the cap per screening.
     :param skill_name: the skill.
     """
@@ -190,14 +193,14 @@ def _budget(
     settings: Settings, spent: int, runs: int, fleet_spent: int | None = None, fleet_runs: int | None = None
 ) -> ScreeningBudget:
     share = settings.screen_budget_share
+    limits = {"WRE_SCREEN_MAX_CALLS": settings.screen_max_calls}
     if fleet_spent is None or fleet_runs is None:
-        return ScreeningBudget(min(settings.screen_max_calls, int(share * runs) - spent), spent, runs)
-    calls = min(
-        settings.screen_max_calls,
-        int(share * fleet_runs) - fleet_spent,
-        int(SKILL_CAP_SHARES * share * runs) - spent + settings.screen_max_calls,
-    )
-    return ScreeningBudget(calls, spent, runs, fleet_spent, fleet_runs)
+        limits["the skill's share"] = int(share * runs) - spent
+    else:
+        limits["the fleet's share"] = int(share * fleet_runs) - fleet_spent
+        limits["the skill's cap"] = int(SKILL_CAP_SHARES * share * runs) - spent + settings.screen_max_calls
+    bound_by = min(limits, key=lambda name: limits[name])  # the first of equals: the cap per screening
+    return ScreeningBudget(limits[bound_by], spent, runs, bound_by, fleet_spent, fleet_runs)
 
 
 def _reserve(memory: PatternMemory, settings: Settings, skill_name: str) -> ScreeningBudget:

@@ -234,6 +234,7 @@ def test_the_fleet_pays_for_failing_skills_up_to_each_ones_cap(memory: PatternMe
     # What sim spent is gone from other's budget: 160 - spent, below the smallest screening.
     budget = screening_budget(memory, settings, "other")
     assert (budget.calls, budget.fleet_spent, budget.fleet_runs) == (160 - spent, spent, 160)
+    assert budget.bound_by == "the fleet's share"
     assert evolve_skill(memory, settings, "other")["status"] == "skipped"
     # 200 more live runs: other screens; sim, whose test is open, would not, the fleet notwithstanding: it
     # spent its cap, 2 x 30 + 100 calls.
@@ -245,6 +246,7 @@ def test_the_fleet_pays_for_failing_skills_up_to_each_ones_cap(memory: PatternMe
     assert budget.calls == 160 - spent < 90 < 360 - spent - other_details["calls"]
     waiting = screening_wait(memory, settings, parse_skill(simulated_skill(0.3, 0.6)))
     assert waiting is not None and f"the fleet {spent + other_details['calls']} for 360" in waiting
+    assert waiting.endswith("bound by the skill's cap; waiting for more live runs"), waiting
 
 
 def test_screenings_at_once_reserve_from_the_fleet_one_after_the_other(memory: PatternMemory) -> None:
