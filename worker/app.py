@@ -23,7 +23,7 @@ from worker.envelope import (
     MAX_BODY_BYTES_KEY,
     DeadLetterQueue,
 )
-from worker.settings import Settings, get_settings
+from worker.settings import Settings, SettingsError, get_settings
 from worker.startup import check_store_at_start
 
 # Redis redelivers an unacked message after the visibility timeout (WRE_VISIBILITY_TIMEOUT_SECONDS, default
@@ -34,6 +34,9 @@ from worker.startup import check_store_at_start
 # four times per visibility timeout when that is shorter; one sweep is one ZRANGE on the unacked index.
 MAX_RESTORE_INTERVAL_SECONDS = 10.0
 RESULT_EXPIRES_SECONDS = 24 * 3600
+# Period of the beat task that enqueues the evolutions failed runs stored (the outbox): the longest an
+# evolution waits when its run could not enqueue it.
+OUTBOX_SWEEP_SECONDS = 10.0
 # A result that cannot be stored while Redis is away is retried with backoff (10 ms doubling to 10 s, jittered:
 # about a minute in all) instead of turning a run that succeeded into a FAILURE result (docs/RELIABILITY.md).
 RESULT_STORE_RETRIES = 20
@@ -142,8 +145,8 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
     # The evolution outbox (docs/RELIABILITY.md): triggers stored by failed runs, enqueued here.
     schedule["sweep-evolution-outbox"] = {
         "task": OUTBOX_TASK,
-        "schedule": settings.outbox_sweep_seconds,
-        "options": {"expires": settings.outbox_sweep_seconds, "queue": settings.maintenance_queue_name},
+        "schedule": OUTBOX_SWEEP_SECONDS,
+        "options": {"expires": OUTBOX_SWEEP_SECONDS, "queue": settings.maintenance_queue_name},
     }
     if settings.run_sweep_seconds > 0:
         schedule["resend-overdue-runs"] = {
@@ -161,10 +164,16 @@ def create_app(settings: Settings | None = None) -> Celery:
     return celery
 
 
-app = create_app()
+try:
+    _settings = get_settings()
+except SettingsError as error:
+    # The worker, beat, Flower and every producer (worker/client.py) import this module first: a bad setting
+    # stops them here, in one line and with a non-zero exit, not as a traceback from Celery's app loader.
+    raise SystemExit(f"wre: cannot start: {error}") from None
+app = create_app(_settings)
 # This process's queue names (the settings it was started with); another app's are in its conf.task_routes.
-SKILLS_QUEUE = get_settings().skills_queue_name
-MAINTENANCE_QUEUE = get_settings().maintenance_queue_name
+SKILLS_QUEUE = _settings.skills_queue_name
+MAINTENANCE_QUEUE = _settings.maintenance_queue_name
 # The process's app is wre's, in every thread: signatures that Celery builds without an explicit app (a
 # retry's, for one) would otherwise fall back to a default app with a default broker when the worker runs
 # embedded in another program's thread.

@@ -34,7 +34,6 @@ DEMO_ENV = {
     "WRE_AB_EVAL_SECONDS": "1",
     "WRE_EVOLVE_COOLDOWN_SECONDS": "2",
     "WRE_PRODUCTION_CACHE_SECONDS": "0.5",
-    "WRE_REACT_BACKOFF_SECONDS": "0",
     # A demo's few hundred runs would pay for a screening only near its end at the default share (0.2).
     "WRE_SCREEN_BUDGET_SHARE": "1",
 }
