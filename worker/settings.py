@@ -84,24 +84,18 @@ class Settings(BaseSettings):
     :param guard_min_units: no guard verdict before the holdout has this many units.
     :param python_skill_modules: modules (and their submodules) a python skill may name as entrypoint or check.
     :param max_context_bytes: largest JSON input context a run accepts.
-    :param visibility_timeout_seconds: how long Redis waits for a delivered message's ack before it hands the
-        message to another worker. This is how the runs of a worker that died without acking (SIGKILL, OOM,
-        a lost node) come back: after this long, plus at most one restore sweep. It must exceed the longest
-        a healthy worker can hold a message unacked: the longest attempt (a skill's ``time_limit``, else
-        ``default_time_limit_seconds``) and the longest countdown wre schedules (the infrastructure backoff,
-        up to 30 s; an LLM server's Retry-After, capped at 300 s), because a message held longer is
-        delivered a second time while the first delivery still runs. A duplicate records nothing twice, but
-        it costs an attempt.
+    :param visibility_timeout_seconds: Redis hands a message unacked this long to another worker: how a dead
+        worker's runs come back. It must exceed the longest attempt and the longest countdown wre schedules
+        (infrastructure backoff up to 30 s, an LLM server's Retry-After up to 300 s), or a message still running
+        is delivered twice (which records nothing twice, but costs an attempt).
     :param default_time_limit_seconds: an attempt's time limit when the skill declares none.
     :param production_cache_seconds: how long a worker trusts its view of a skill's production version and
         running test; a promotion reaches every worker within this (0: read on every run).
     :param evolve_cooldown_seconds: least time between two evolutions of one skill.
     :param run_sweep_seconds: period of the beat task that re-sends overdue runs (0: no sweep).
-    :param run_overdue_seconds: a run with no final outcome and no news (no send, no outcome row) for this long
-        is overdue: the sweep re-sends it and ``wre runs stuck`` lists it. Unset: twice the visibility timeout,
-        so that a killed worker's runs come back through the broker first. It must exceed the longest a run
-        waits in the queue, or a run still queued is sent twice (which records nothing twice, but costs an
-        attempt).
+    :param run_overdue_seconds: a run with no final outcome and no news for this long is overdue: the sweep
+        re-sends it, ``wre runs stuck`` lists it. Unset: twice the visibility timeout (the broker redelivers
+        first). It must exceed the longest a run waits in the queue, or a queued run is sent twice.
     :param run_request_retention_seconds: the sweep deletes the producer's record of a run this long after it
         closed (the record holds the run's input; its outcomes stay). 0: kept for ever.
     :param queue_prefix: prepended to both queue names (``{prefix}skills``, ``{prefix}maintenance``), so that
@@ -114,20 +108,18 @@ class Settings(BaseSettings):
         set is cut to fit. At least the smallest screening (:data:`SMALLEST_SCREENING`, 90 calls).
     :param screen_budget_share: screening calls stay within this share of live runs; an evolution that would
         exceed it waits for more live traffic.
-    :param screen_budget_scope: whose live runs pay: ``fleet`` (default) the share of every skill's live runs,
-        less every skill's screening calls, so a failing skill can spend what skills that need no screening
-        leave (one skill at most twice its own share plus one screening); ``skill`` its own runs only.
-    :param task_events: Celery task events (sent, received, started, succeeded, ...) and the ``STARTED`` state in
-        the result backend, for Flower and ``celery events``. Off by default: they cost a broker publish per task
-        state and a result-backend write per task, and nothing in wre reads them. Flower turns events on in the
-        workers it sees by itself (its ``enable_events`` option, on by default, every few seconds); set this to
-        1 to have them from a worker's first task (docker-compose.yml does, since it runs Flower).
+    :param screen_budget_scope: whose live runs pay: ``fleet`` every skill's, less every skill's screening calls
+        (one skill at most twice its own share plus one screening), or ``skill`` its own.
+    :param task_events: Celery task events and the ``STARTED`` state, for Flower and ``celery events``. Off: they
+        cost a publish per task state and a result write per task, and wre reads none. Flower turns them on
+        in the workers it sees; 1 has them from a worker's first task (docker-compose.yml, which runs Flower).
     :param llm_base_url: OpenAI-compatible server for the ``llm`` agent and evolver.
     :param llm_model: default model name.
     :param llm_api_key: API key; never logged, never in kwargs or rows.
     """
 
-    model_config = SettingsConfigDict(env_prefix="WRE_", extra="forbid")
+    # An empty variable is an unset one: `export WRE_X=` means the default, not a parse error.
+    model_config = SettingsConfigDict(env_prefix="WRE_", extra="forbid", env_ignore_empty=True)
 
     database_url: str = "sqlite:///wre.db"
     broker_url: str = "redis://127.0.0.1:6379/0"

@@ -59,6 +59,7 @@ def configure(database_url: str, broker_url: str) -> None:
 
     get_settings.cache_clear()
     store.cache_clear()
+    get_settings()  # the demo's URLs are checked now: a bad one is the command's one-line error
 
 
 @contextmanager

@@ -37,7 +37,6 @@ def test_production_policies_are_the_scheduler_s_without_margin() -> None:
         ("WRE_DEFAULT_TIME_LIMIT_SECONDS", "0", "must be within (0, 86400]"),
         ("WRE_PYTHON_SKILL_MODULES", "skills, my skills", "WRE_PYTHON_SKILL_MODULES=my skills is not valid"),
         ("WRE_LLM_BASE_URL", "127.0.0.1:11434/v1", "WRE_LLM_BASE_URL=127.0.0.1:11434/v1 is not valid: must be an http"),
-        ("WRE_LLM_MODEL", "", "WRE_LLM_MODEL= is not valid"),
         ("WRE_BROKER_URL", "http://127.0.0.1:6379", "WRE_BROKER_URL: not a broker URL"),
         ("WRE_RESULT_BACKEND", "redis", "WRE_RESULT_BACKEND: expected empty"),
         ("WRE_DATABASE_URL", "mysql://root@host/wre", "WRE_DATABASE_URL: mysql:// is not supported"),
@@ -71,8 +70,12 @@ def test_bounds_are_accepted_and_a_removed_setting_is_no_argument(monkeypatch: p
     for variable, value in (("WRE_REACT_MAX_ITER", "10"), ("WRE_AB_EVAL_SECONDS", "1"), ("WRE_SCREEN_MAX_CALLS", "90"),
                             ("WRE_RUN_SWEEP_SECONDS", "0"), ("WRE_DATABASE_URL", "postgres://u@host/wre")):
         monkeypatch.setenv(variable, value)
+    monkeypatch.setenv("WRE_REACT_FIDELITY", "")  # empty: unset, so the default
     settings = Settings()
     assert (settings.react_max_iter, settings.ab_eval_seconds, settings.screen_max_calls) == (10, 1.0, 90)
+    assert settings.react_fidelity == 0.90
+    with pytest.raises(SettingsError, match="WRE_LLM_MODEL= is not valid"):
+        Settings(llm_model="")
     monkeypatch.setenv("WRE_AB_ALPHA", "2")  # no setting any more: the environment's extras are not read
     Settings()
     with pytest.raises(SettingsError, match="WRE_AB_ALPHA is not a setting"):
