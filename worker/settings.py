@@ -42,21 +42,12 @@ PATTERNS = {
 SCREEN_CANDIDATES = 4
 SCREEN_GENERATIONS = 3
 MIN_REPLAY_INPUTS = 6
+# The floor of WRE_SCREEN_MAX_CALLS, 90 calls: each round replays the parent and four others on six inputs (a
+# later round: three new candidates and the previous round's survivor).
+SMALLEST_SCREENING = MIN_REPLAY_INPUTS * SCREEN_GENERATIONS * (SCREEN_CANDIDATES + 1)
 DAY = 24 * 3600.0
-# Settings whose value may hold a password, or is too long to be worth repeating: errors name them only.
+# Settings whose value may hold a password: errors name them, never repeat them.
 UNSHOWN = frozenset({"database_url", "broker_url", "result_backend", "llm_api_key"})
-
-
-def smallest_screening(candidates: int = SCREEN_CANDIDATES, generations: int = SCREEN_GENERATIONS) -> int:
-    """Agent calls of the smallest screening: each round replays the parent and its candidates on six inputs.
-
-    A later round has one fewer new candidate beside the kept survivor, and at least one (so two in all).
-    """
-    later = max(candidates, 2) + 1
-    return MIN_REPLAY_INPUTS * (candidates + 1 + (generations - 1) * later)
-
-
-SMALLEST_SCREENING = smallest_screening()
 
 
 class SettingsError(ValueError):
@@ -232,7 +223,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"{names}: queue name {name!r}: RabbitMQ reserves names that start with 'amq.'")
         # One queue for both would let evolution wait behind a backlog of runs, or the reverse.
         if self.skills_queue_name == self.maintenance_queue_name:
-            raise ValueError(f"{names}: the skills and maintenance queues must differ, both are {self.skills_queue_name!r}")
+            raise ValueError(f"{names}: the skills and maintenance queues must differ, both are {name!r}")
         return self
 
     @property

@@ -8,7 +8,7 @@ import pytest
 from db.models import POLICY_NAMES
 from scheduler.policies import POLICIES
 from worker.app import celery_config
-from worker.settings import AB_POLICIES, SMALLEST_SCREENING, Settings, SettingsError, smallest_screening
+from worker.settings import AB_POLICIES, SMALLEST_SCREENING, Settings, SettingsError
 
 
 def test_production_policies_are_the_scheduler_s_without_margin() -> None:
@@ -160,5 +160,3 @@ def test_the_smallest_screening_is_the_floor_of_the_cap() -> None:
     # Round 1: 4 candidates and the parent; rounds 2 and 3: 3 new ones, the kept survivor and the parent; 6 inputs
     # each: 6 x (5 + 5 + 5) = 90 calls.
     assert SMALLEST_SCREENING == 90 == Settings.model_fields["screen_max_calls"].metadata[0].ge
-    # Eight candidates: 6 x (9 + 9 + 9) = 162; one: later rounds replay it beside the kept survivor, 6 x (2 + 3 + 3).
-    assert (smallest_screening(8, 3), smallest_screening(1, 3), smallest_screening(1, 1)) == (162, 48, 12)
