@@ -239,15 +239,6 @@ def collect(memory: PatternMemory, baselines: dict[str, float]) -> list[SkillFig
     return list(figures.values())
 
 
-def screening_calls(memory: PatternMemory) -> tuple[int, int]:
-    """Agent calls spent on replays, and screenings, over the whole fleet (from the screening events)."""
-    with memory.transaction() as conn:
-        details = list(
-            conn.execute(select(EVENTS.c.details).where(EVENTS.c.event_type == SCREENING_EVENT)).scalars()
-        )
-    return sum(int(item.get("calls", 0)) for item in details), len(details)
-
-
 @dataclass
 class SeedFigures:
     """One seed's gate figures."""
@@ -319,7 +310,8 @@ def run_seed(args: argparse.Namespace, fleet: Fleet, seed: int, report: Report) 
         for process in list(found.processes):
             found.stop(process)
         skills = collect(memory, baselines)
-        calls, screenings = screening_calls(memory)
+    calls = sum(screening[1] for skill in skills for screening in skill.screenings)
+    screenings = sum(len(skill.screenings) for skill in skills)
     attempts = sum(run.attempts for skill in skills for run in skill.runs)
     report.line(
         f"{runs_total} runs ({attempts} attempts) in {elapsed:.0f} s: {runs_total / elapsed:.0f} runs/s"
