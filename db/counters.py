@@ -81,10 +81,11 @@ def add_counters(conn: Connection, deltas: Mapping[str, int]) -> None:
     if not names:
         return
     shard = random.randrange(NUM_SHARDS)
+    rows = [{"name": name, "shard": shard, "value": deltas[name]} for name in names]
     if conn.dialect.name == "postgresql":
-        conn.execute(_upsert(True), {"names": names, "shards": [shard] * len(names), "values": [deltas[n] for n in names]})
+        conn.execute(_upsert(True), {f"{key}s": [row[key] for row in rows] for key in ("name", "shard", "value")})
     else:
-        conn.execute(_upsert(False), [{"name": n, "shard": shard, "value": deltas[n]} for n in names])
+        conn.execute(_upsert(False), rows)
 
 
 def read_counters(conn: Connection, names: Iterable[str]) -> dict[str, int]:

@@ -156,7 +156,9 @@ class PatternMemory(Store):
         """Start a test of ``treatment_version`` against ``control_version``; returns the test id (see
         ``AbTests.schedule_ab_test``). ``policy``: the policy it is decided by; None: this store's."""
         chosen = policy or self.policy_name
-        return self.tests.schedule_ab_test(skill_name, control_version, treatment_version, sample_size_target, chosen)
+        return self.tests.schedule_ab_test(
+            skill_name, control_version, treatment_version, sample_size_target, chosen
+        )
 
     def check_ab_promotion(self, test_id: int, min_margin: float = 0.10) -> str | None:
         """The seed's call: ``'treatment'`` (promote), ``'control'`` (treatment lost) or None (keep going, or

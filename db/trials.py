@@ -328,18 +328,16 @@ def complete_trials(conn: Connection, outcomes: Mapping[str, tuple[bool, float]]
     pending = conn.execute(PENDING_TRIALS, {"run_ids": sorted(outcomes), "now": now}).all()
     if not pending:
         return
-    counted = sorted({trial.test_id for trial in pending if trial.counted})
+    counted = [trial for trial in pending if trial.counted]
     if counted:
-        running = conn.execute(LOCK_RUNNING_TESTS, {"test_ids": counted}).scalars().all()
-        per_test = {
-            test_id: [(t.arm, *outcomes[t.run_id]) for t in pending if t.counted and t.test_id == test_id]
+        running = conn.execute(LOCK_RUNNING_TESTS, {"test_ids": sorted({t.test_id for t in counted})}).scalars()
+        counts = [
+            count_parameters(test_id, [(t.arm, *outcomes[t.run_id]) for t in counted if t.test_id == test_id])
             for test_id in running
-        }
-        if per_test:
-            conn.execute(COUNT_UPDATE, [count_parameters(test_id, trials) for test_id, trials in per_test.items()])
-    done = [
-        {"trial_test_id": t.test_id, "trial_run_id": t.run_id, "now": now, "trial_success": success, "trial_fidelity": fidelity}
-        for t in pending
-        for success, fidelity in (outcomes[t.run_id],)
-    ]
+        ]
+        if counts:
+            conn.execute(COUNT_UPDATE, counts)
+    done = [{"trial_test_id": t.test_id, "trial_run_id": t.run_id, "now": now} for t in pending]
+    for row in done:
+        row["trial_success"], row["trial_fidelity"] = outcomes[row["trial_run_id"]]
     conn.execute(COMPLETE_TRIAL, done)

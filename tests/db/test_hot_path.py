@@ -126,6 +126,30 @@ def test_an_outcome_without_extras_and_the_sqlite_path_agree(tmp_path: Path, mem
     lite.dispose()
 
 
+def test_both_databases_count_a_routed_attempt_alike(tmp_path: Path, memory: PatternMemory) -> None:
+    """One definition of the write on both dialects: a routed first attempt completes its trial and counts in
+    its test once, a trial counted by hand goes through the same count update."""
+    url = f"sqlite:///{tmp_path / 'wre.db'}"
+    upgrade(url)
+    lite = PatternMemory(make_engine(url))
+    for store in (memory, lite):
+        control = store.register_skill("s", "content", default_agent="python")
+        treatment = store.store_variation("s", "other content", parent_version=control)
+        test_id = store.schedule_ab_test("s", control, treatment, policy="sequential")
+        store.assign_trial(test_id, "t1", "treatment", "run:t1", 60.0)
+        assert store.record_attempt(_outcome("t1", test_id, "treatment"), counters={"a": 1})
+        assert not store.record_attempt(_outcome("t1", test_id, "treatment"), counters={"a": 1})
+        store.record_ab_outcome(test_id, "control", False, 0.25)
+        test = store.get_ab_test(test_id)
+        assert test is not None
+        assert (test.treatment_trials, test.treatment_successes, test.treatment_fidelity_sum) == (1, 1, 1.0)
+        assert (test.control_trials, test.control_successes, test.control_fidelity_sum) == (1, 0, 0.25)
+        cohort = store.cohorts([test_id], grace_seconds=0)[test_id]
+        assert (cohort.pending, cohort.treatment.trials, cohort.control.trials) == (0, 1, 1)
+        assert store.get_counter("a") == 1
+    lite.dispose()
+
+
 def test_an_idle_connection_is_pinged_and_replaced_when_cut(
     fresh: tuple[PatternMemory, Calls], monkeypatch: pytest.MonkeyPatch
 ) -> None:
