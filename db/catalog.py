@@ -1,4 +1,4 @@
-"""Skills and their variations: what is registered, which content production runs and its lineage, the skill lock."""
+"""Skills and their variations: what is registered, which content production runs, its lineage; the skill lock."""
 
 from __future__ import annotations
 

@@ -136,14 +136,8 @@ class Lifecycle:
         promoted = archived = None
         if action == "promote":
             skill = self.catalog.lock_skill(conn, test.skill_name)
-            self.catalog.set_production(
-                conn,
-                test.skill_name,
-                test.treatment_version,
-                skill.production_variation_id,
-                "promotion",
-                test.test_id,
-            )
+            production = skill.production_variation_id
+            self.catalog.set_production(conn, test.skill_name, test.treatment_version, production, "promotion", test.test_id)
             promoted = test.treatment_version
             holdout = self._supersede_guard(conn, test)
             guard_id = self._start_guard(conn, test, verdict.guard_share, holdout or test.control_version)
