@@ -88,10 +88,10 @@ def write_attempts(conn: Connection, attempts: Sequence[Attempt]) -> list[bool]:
         for attempt in new:
             deltas.update(attempt.counters)
         add_counters(conn, deltas)
-        routed = {a.outcome["run_id"]: (a.outcome["success"], a.outcome["pattern_fidelity"]) for a in new if a.routed}
-        if routed:
+        firsts = [attempt.outcome for attempt in new if attempt.routed]
+        if firsts:
             # A trial's deadline is judged when its outcome is written, not when the attempt joined the queue.
-            complete_trials(conn, routed, utcnow())
+            complete_trials(conn, {o["run_id"]: (o["success"], o["pattern_fidelity"]) for o in firsts}, utcnow())
         events = [attempt.event for attempt in new if attempt.event is not None]
         if events:
             conn.execute(EVENT_INSERT, events)

@@ -136,8 +136,8 @@ class Lifecycle:
         promoted = archived = None
         if action == "promote":
             skill = self.catalog.lock_skill(conn, test.skill_name)
-            production = skill.production_variation_id
-            self.catalog.set_production(conn, test.skill_name, test.treatment_version, production, "promotion", test.test_id)
+            production, treatment = skill.production_variation_id, test.treatment_version
+            self.catalog.set_production(conn, test.skill_name, treatment, production, "promotion", test.test_id)
             promoted = test.treatment_version
             holdout = self._supersede_guard(conn, test)
             guard_id = self._start_guard(conn, test, verdict.guard_share, holdout or test.control_version)
