@@ -1,7 +1,8 @@
 """A/B tests: schedule one (under the skill's lock, against production), read them, count trials by hand,
-ask the policy, claim an evolution. What verdicts do to production lives in db/lifecycle.py.
+ask a policy, claim an evolution. What verdicts do to production lives in db/lifecycle.py.
 
-The statistics are not here: a promotion policy (a callable from the scheduler floor) is handed in.
+The statistics are not here: whoever builds the store hands the promotion policy in (db/memory.py), and the
+check of a treatment's content (the floor that parses skills).
 """
 
 from __future__ import annotations
@@ -11,23 +12,14 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, exc, select, update
+from sqlalchemy import Connection, exc, select
 
-from db.base import require_count, require_text
-from db.catalog import CatalogStore
-from db.models import (
-    ARMS,
-    EVENTS,
-    OPEN_TEST_STATUSES,
-    POLICY_NAMES,
-    SKILLS,
-    TEST_KINDS,
-    TESTS,
-    VARIATIONS,
-    utcnow,
-)
-from db.outcomes import OutcomeStore, _add_trial, _insert_event
+from db.catalog import Catalog
+from db.models import ARMS, EVENTS, OPEN_TEST_STATUSES, POLICY_NAMES, TESTS, VARIATIONS, utcnow
+from db.outcomes import insert_event
 from db.records import AbTestRecord, LearningEventRecord
+from db.store import Store, require_count, require_text
+from db.trials import COUNT_UPDATE, Trials, count_parameters
 
 
 class Verdict(Protocol):
@@ -74,10 +66,14 @@ class NoPolicyError(RuntimeError):
     """A decision was asked of a PatternMemory built without a promotion policy."""
 
 
-class AbTestStore(CatalogStore, OutcomeStore):
-    policy: PromotionPolicy | None = None
-    policy_name: str = "sequential"
-    variation_check: VariationCheck | None = None
+class AbTests:
+    def __init__(
+        self, store: Store, catalog: Catalog, trials: Trials, variation_check: VariationCheck | None = None
+    ) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.trials = trials
+        self.variation_check = variation_check
 
     def schedule_ab_test(
         self,
@@ -85,7 +81,7 @@ class AbTestStore(CatalogStore, OutcomeStore):
         control_version: str,
         treatment_version: str,
         sample_size_target: int = 20,
-        policy: str | None = None,
+        policy: str = "sequential",
     ) -> int:
         """Start a test of ``treatment_version`` against ``control_version``; returns the test id.
 
@@ -100,13 +96,12 @@ class AbTestStore(CatalogStore, OutcomeStore):
         require_count(sample_size_target, "sample_size_target", minimum=1)
         if control_version == treatment_version:
             raise ValueError("control and treatment must be different variations")
-        chosen = policy or self.policy_name
-        if chosen not in POLICY_NAMES:
-            raise ValueError(f"unknown promotion policy {chosen!r}; known: {', '.join(POLICY_NAMES)}")
+        if policy not in POLICY_NAMES:
+            raise ValueError(f"unknown promotion policy {policy!r}; known: {', '.join(POLICY_NAMES)}")
         try:
-            with self.transaction() as conn:
-                skill = self._lock_skill(conn, skill_name)
-                if self._paused_guard(conn, skill_name) is not None:
+            with self.store.transaction() as conn:
+                skill = self.catalog.lock_skill(conn, skill_name)
+                if self.paused_guard(conn, skill_name) is not None:
                     raise AbTestConflictError(
                         f"the guard of {skill_name!r} is paused on a health check: production is unconfirmed "
                         "until an operator stops it (`wre ab stop`)"
@@ -134,7 +129,7 @@ class AbTestStore(CatalogStore, OutcomeStore):
                         control_version=control_version,
                         treatment_version=treatment_version,
                         sample_size_target=sample_size_target,
-                        policy=chosen,
+                        policy=policy,
                         status="running",
                         kind="test",
                         treatment_share=0.5,
@@ -142,13 +137,13 @@ class AbTestStore(CatalogStore, OutcomeStore):
                     )
                     .returning(TESTS.c.test_id)
                 ).scalar_one()
-                self._mark(conn, treatment_version, "testing")
+                self.catalog.mark(conn, treatment_version, "testing")
                 return int(test_id)
         except exc.IntegrityError as error:
             raise AbTestConflictError(f"skill {skill_name!r} already has an open A/B test") from error
 
     def get_ab_test(self, test_id: int) -> AbTestRecord | None:
-        with self.transaction() as conn:
+        with self.store.transaction() as conn:
             row = conn.execute(select(TESTS).where(TESTS.c.test_id == test_id)).first()
         return AbTestRecord(**row._mapping) if row else None
 
@@ -161,7 +156,7 @@ class AbTestStore(CatalogStore, OutcomeStore):
     def running_routes(self, skill_name: str) -> tuple[AbTestRecord | None, AbTestRecord | None]:
         """The skill's running guard and running test (each None if there is none): what routes its runs."""
         query = select(TESTS).where(TESTS.c.skill_name == skill_name, TESTS.c.status == "running")
-        with self.transaction() as conn:
+        with self.store.transaction() as conn:
             records = [AbTestRecord(**row._mapping) for row in conn.execute(query)]
         guard = next((record for record in records if record.is_guard), None)
         test = next((record for record in records if not record.is_guard), None)
@@ -185,7 +180,7 @@ class AbTestStore(CatalogStore, OutcomeStore):
             query = query.where(TESTS.c.status == status)
         if skill_name is not None:
             query = query.where(TESTS.c.skill_name == skill_name)
-        with self.transaction() as conn:
+        with self.store.transaction() as conn:
             return [AbTestRecord(**row._mapping) for row in conn.execute(query)]
 
     def record_ab_outcome(
@@ -201,25 +196,19 @@ class AbTestStore(CatalogStore, OutcomeStore):
             fidelity = 1.0 if success else 0.0
         if not 0.0 <= fidelity <= 1.0:
             raise ValueError(f"fidelity must be within 0..1, got {fidelity}")
-        with self.transaction() as conn:
-            if _add_trial(conn, test_id, variant, success, fidelity) == 0:
+        with self.store.transaction() as conn:
+            if conn.execute(COUNT_UPDATE, count_parameters(test_id, [(variant, success, fidelity)])).rowcount == 0:
                 raise ValueError(f"A/B test {test_id} does not exist or is not running")
             # The verdicts read the ledger: a trial counted by hand is a completed unit of its own there.
-            self.add_manual_trial(conn, test_id, variant, success, fidelity)
+            self.trials.add_manual_trial(conn, test_id, variant, success, fidelity)
 
-    def check_ab_promotion(self, test_id: int, min_margin: float = 0.10) -> str | None:
-        """The seed's call: ``'treatment'`` (promote), ``'control'`` (treatment lost) or None (keep going, or
-        inconclusive), from the configured policy with ``min_margin`` as its margin; nothing is acted on."""
-        winner = self.ab_verdict(test_id, min_margin=min_margin)["winner"]
-        return winner if winner in ARMS else None
-
-    def ab_verdict(self, test_id: int, min_margin: float | None = None) -> dict[str, Any]:
-        """Ask the configured policy about one test, without acting; ``min_margin`` overrides its floor."""
+    def verdict(self, test_id: int, policy: PromotionPolicy, min_margin: float | None = None) -> dict[str, Any]:
+        """Ask ``policy`` about one test, without acting; ``min_margin`` overrides its floor."""
         test = self.get_ab_test(test_id)
         if test is None:
             raise ValueError(f"unknown A/B test {test_id}")
         overrides = {} if min_margin is None else {"min_margin": min_margin}
-        verdict = self._require_policy()(test, self.cohorts([test_id])[test_id], **overrides)
+        verdict = policy(test, self.trials.cohorts([test_id])[test_id], **overrides)
         return {
             **verdict.to_dict(),
             "test_id": test_id,
@@ -244,8 +233,8 @@ class AbTestStore(CatalogStore, OutcomeStore):
         meanwhile would spend the same budget (``spent`` is written when a screening ends) for a test the
         first one is about to start.
         """
-        with self.transaction() as conn:
-            self._lock_skill(conn, skill_name)
+        with self.store.transaction() as conn:
+            self.catalog.lock_skill(conn, skill_name)
             open_test = conn.execute(
                 select(TESTS.c.test_id).where(
                     TESTS.c.skill_name == skill_name,
@@ -253,7 +242,7 @@ class AbTestStore(CatalogStore, OutcomeStore):
                     TESTS.c.status.in_(OPEN_TEST_STATUSES),
                 )
             ).first()
-            if open_test is not None or self._paused_guard(conn, skill_name) is not None:
+            if open_test is not None or self.paused_guard(conn, skill_name) is not None:
                 return False
             since = utcnow() - timedelta(seconds=cooldown_seconds)
             latest = conn.execute(
@@ -284,79 +273,12 @@ class AbTestStore(CatalogStore, OutcomeStore):
                 and last.created_at >= utcnow() - timedelta(seconds=lease_seconds)
             ):
                 return False
-            _insert_event(conn, LearningEventRecord(skill_name=skill_name, event_type="evolution_started"))
+            insert_event(conn, LearningEventRecord(skill_name=skill_name, event_type="evolution_started"))
             return True
 
-    def _require_policy(self) -> PromotionPolicy:
-        if self.policy is None:
-            raise NoPolicyError("this PatternMemory has no promotion policy; build it with policy=...")
-        return self.policy
-
-    def _stop_running(
-        self, conn: Connection, skill_name: str, reason: str, kinds: tuple[str, ...] = TEST_KINDS
-    ) -> None:
-        """Stop the skill's open tests and guards of ``kinds``, if any. A test's treatment is archived; a guard's
-        treatment is production, so it stays as it is (the caller decides what production becomes)."""
-        running = conn.execute(
-            select(TESTS.c.test_id, TESTS.c.treatment_version, TESTS.c.kind)
-            .where(
-                TESTS.c.skill_name == skill_name,
-                TESTS.c.status.in_(OPEN_TEST_STATUSES),
-                TESTS.c.kind.in_(kinds),
-            )
-            .order_by(TESTS.c.test_id)
-            .with_for_update()
-        ).all()
-        for row in running:
-            self._stop(conn, skill_name, row.test_id, row.treatment_version, row.kind, reason)
-
-    def _stop(
-        self, conn: Connection, skill_name: str, test_id: int, treatment_version: str, kind: str, reason: str
-    ) -> None:
-        conn.execute(update(TESTS).where(TESTS.c.test_id == test_id).values(status="stopped", completed_at=utcnow()))
-        if kind == "test":
-            self._mark(conn, treatment_version, "archived")
-        _insert_event(
-            conn,
-            LearningEventRecord(
-                skill_name=skill_name,
-                event_type="ab_test_stopped",
-                variation_id=treatment_version,
-                description=reason,
-                details={"test_id": test_id, "kind": kind},
-            ),
-        )
-
-    def _paused_guard(self, conn: Connection, skill_name: str) -> int | None:
+    def paused_guard(self, conn: Connection, skill_name: str) -> int | None:
         return conn.execute(
             select(TESTS.c.test_id).where(
                 TESTS.c.skill_name == skill_name, TESTS.c.kind == "guard", TESTS.c.status == "paused"
             )
         ).scalar()
-
-    def _mark(self, conn: Connection, variation_id: str, status: str) -> None:
-        conn.execute(
-            update(VARIATIONS)
-            .where(VARIATIONS.c.variation_id == variation_id, ~VARIATIONS.c.promoted)
-            .values(test_status=status)
-        )
-
-    def _variation(self, conn: Connection, variation_id: str) -> Any:
-        row = conn.execute(select(VARIATIONS).where(VARIATIONS.c.variation_id == variation_id)).first()
-        if row is None:
-            raise ValueError(f"unknown variation {variation_id!r}")
-        return row
-
-    def _lock_skill(self, conn: Connection, skill_name: str) -> Any:
-        # One lock order everywhere: the skill's running test first, then the skill. The evaluator holds a
-        # test's lock when it promotes; taking them the other way round here could deadlock with it.
-        conn.execute(
-            select(TESTS.c.test_id)
-            .where(TESTS.c.skill_name == skill_name, TESTS.c.status.in_(OPEN_TEST_STATUSES))
-            .order_by(TESTS.c.test_id)  # a skill has two open rows at most; every locker takes them in id order
-            .with_for_update()
-        ).all()
-        row = conn.execute(select(SKILLS).where(SKILLS.c.name == skill_name).with_for_update()).first()
-        if row is None:
-            raise ValueError(f"unknown skill {skill_name!r}")
-        return row

@@ -1,4 +1,4 @@
-"""Skills and their variations: what is registered, which content production runs, rollback."""
+"""Skills and their variations: what is registered, which content production runs, its lineage; the skill lock."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, case, select, update
 
-from db.base import StoreBase, require_text
 from db.models import LINEAGE, OPEN_TEST_STATUSES, SKILLS, TESTS, VARIATION_STATUSES, VARIATIONS, utcnow
 from db.records import ProductionChangeRecord
+from db.store import Store, require_text
 
 VARIATION_ID_LENGTH = 16
 
@@ -49,7 +49,10 @@ class RegistrationResult:
     previous: str | None
 
 
-class CatalogStore(StoreBase):
+class Catalog:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
     def register_skill(
         self,
         name: str,
@@ -75,13 +78,13 @@ class CatalogStore(StoreBase):
         """Register several skills in one transaction: all of them, or (on any refusal) none."""
         for registration in registrations:
             registration.check()
-        with self.transaction() as conn:
+        with self.store.transaction() as conn:
             return [self._register(conn, registration, replace) for registration in registrations]
 
     def lineage(self, skill_name: str, conn: Connection | None = None) -> list[str]:
         """Production's variation id, then its parent, grandparent...: the contents production came from."""
         if conn is None:
-            with self.transaction() as own:
+            with self.store.transaction() as own:
                 return self.lineage(skill_name, own)
         current = conn.execute(
             select(SKILLS.c.production_variation_id).where(SKILLS.c.name == skill_name)
@@ -128,7 +131,7 @@ class CatalogStore(StoreBase):
         status = "baseline" if current is None else "promoted"
         self._insert_variation(conn, name, content, None, "registration", status, [])
         previous = current.production_variation_id if current else None
-        self._set_production(conn, name, variation_id, previous, "registration" if current is None else "replace")
+        self.set_production(conn, name, variation_id, previous, "registration" if current is None else "replace")
         return RegistrationResult(name, variation_id, "added" if current is None else "replaced", previous)
 
     def store_variation(
@@ -145,7 +148,7 @@ class CatalogStore(StoreBase):
         require_text(content, "variation content", max_length=1_000_000)
         if test_status not in VARIATION_STATUSES:
             raise ValueError(f"test_status must be one of {VARIATION_STATUSES}, got {test_status!r}")
-        with self.transaction() as conn:
+        with self.store.transaction() as conn:
             if conn.execute(select(SKILLS.c.name).where(SKILLS.c.name == skill_name)).first() is None:
                 raise ValueError(f"unknown skill {skill_name!r}")
             return self._insert_variation(
@@ -164,7 +167,7 @@ class CatalogStore(StoreBase):
     ) -> str:
         variation_id = variation_id_for(content)
         statement = (
-            self.upsert(VARIATIONS)
+            self.store.insert(VARIATIONS)
             .values(
                 variation_id=variation_id,
                 skill_name=skill_name,
@@ -181,7 +184,7 @@ class CatalogStore(StoreBase):
         conn.execute(statement)
         return variation_id
 
-    def _set_production(
+    def set_production(
         self,
         conn: Connection,
         skill_name: str,
@@ -221,23 +224,23 @@ class CatalogStore(StoreBase):
     def production_history(self, skill_name: str) -> list[ProductionChangeRecord]:
         """Every production version of a skill, oldest first, with why it became production."""
         query = select(LINEAGE).where(LINEAGE.c.skill_name == skill_name).order_by(LINEAGE.c.change_id)
-        with self.transaction() as conn:
+        with self.store.transaction() as conn:
             return [ProductionChangeRecord(**row._mapping) for row in conn.execute(query)]
 
     def get_skill(self, name: str) -> Row[Any] | None:
-        with self.transaction() as conn:
+        with self.store.transaction() as conn:
             return conn.execute(select(SKILLS).where(SKILLS.c.name == name)).first()
 
     def list_skills(self) -> list[Row[Any]]:
-        with self.transaction() as conn:
+        with self.store.transaction() as conn:
             return list(conn.execute(select(SKILLS).order_by(SKILLS.c.name)))
 
     def get_variation(self, variation_id: str) -> Row[Any] | None:
-        with self.transaction() as conn:
+        with self.store.transaction() as conn:
             return conn.execute(select(VARIATIONS).where(VARIATIONS.c.variation_id == variation_id)).first()
 
     def list_variations(self, skill_name: str) -> list[Row[Any]]:
-        with self.transaction() as conn:
+        with self.store.transaction() as conn:
             query = (
                 select(VARIATIONS)
                 .where(VARIATIONS.c.skill_name == skill_name)
@@ -252,8 +255,48 @@ class CatalogStore(StoreBase):
             .join(SKILLS, SKILLS.c.production_variation_id == VARIATIONS.c.variation_id)
             .where(SKILLS.c.name == skill_name)
         )
-        with self.transaction() as conn:
+        with self.store.transaction() as conn:
             row = conn.execute(query).first()
         if row is None:
             raise ValueError(f"unknown skill {skill_name!r}")
         return row.variation_id, row.variation_content
+
+    def variation(self, conn: Connection, variation_id: str) -> Any:
+        row = conn.execute(select(VARIATIONS).where(VARIATIONS.c.variation_id == variation_id)).first()
+        if row is None:
+            raise ValueError(f"unknown variation {variation_id!r}")
+        return row
+
+    def mark(self, conn: Connection, variation_id: str, status: str) -> None:
+        """Set a variation's test status, unless it is (or was) production."""
+        conn.execute(
+            update(VARIATIONS)
+            .where(VARIATIONS.c.variation_id == variation_id, ~VARIATIONS.c.promoted)
+            .values(test_status=status)
+        )
+
+    def retire(self, conn: Connection, variation_id: str) -> None:
+        """A version that left production for cause: archived, no longer marked promoted."""
+        conn.execute(
+            update(VARIATIONS)
+            .where(VARIATIONS.c.variation_id == variation_id)
+            .values(test_status="archived", promoted=False)
+        )
+
+    def lock_skill(self, conn: Connection, skill_name: str) -> Any:
+        """Lock the skill's row and return it; ValueError for an unknown skill.
+
+        One lock order everywhere: the skill's open tests first (in test id order), then the skill. The
+        evaluator holds a test's lock when it promotes; taking them the other way round here could deadlock
+        with it.
+        """
+        conn.execute(
+            select(TESTS.c.test_id)
+            .where(TESTS.c.skill_name == skill_name, TESTS.c.status.in_(OPEN_TEST_STATUSES))
+            .order_by(TESTS.c.test_id)  # a skill has two open rows at most; every locker takes them in id order
+            .with_for_update()
+        ).all()
+        row = conn.execute(select(SKILLS).where(SKILLS.c.name == skill_name).with_for_update()).first()
+        if row is None:
+            raise ValueError(f"unknown skill {skill_name!r}")
+        return row

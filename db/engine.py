@@ -1,4 +1,4 @@
-"""Engines and sessions: one engine per process and URL, a session (or connection) per call."""
+"""Engines: one per process and URL, shared by its threads; a connection per call."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
 POOL_SIZE = 10
@@ -94,10 +93,6 @@ def get_engine(url: str) -> Engine:
         if engine is None:
             engine = _engines[key] = make_engine(key)
         return engine
-
-
-def session_factory(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
 
 
 def _forget_parent_connections() -> None:

@@ -4,7 +4,7 @@ Every change is one transaction with its learning event and, where production ch
 statistics are not here: the injected policy reads a test and its ledger's complete prefix and says what to
 do (``Verdict.action``); this module applies it.
 
-Lock order everywhere: the skill's open test first, then the skill (see ``_lock_skill``).
+Lock order everywhere: the skill's open tests first, then the skill (see ``Catalog.lock_skill``).
 """
 
 from __future__ import annotations
@@ -14,10 +14,13 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, select, update
 
-from db.abtests import AbTestStore, PromotionPolicy, Verdict
-from db.models import OPEN_TEST_STATUSES, TESTS, VARIATIONS, utcnow
-from db.outcomes import _insert_event
+from db.abtests import PromotionPolicy, Verdict
+from db.catalog import Catalog
+from db.models import OPEN_TEST_STATUSES, TEST_KINDS, TESTS, utcnow
+from db.outcomes import insert_event
 from db.records import AbTestRecord, CohortRecord, Conclusion, LearningEventRecord, ProductionChangeRecord
+from db.store import Store
+from db.trials import Trials
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +50,13 @@ def _judge(policy: PromotionPolicy, test: AbTestRecord, cohort: CohortRecord) ->
     return verdict
 
 
-class LifecycleStore(AbTestStore):
-    def evaluate_running_tests(self) -> list[Conclusion]:
+class Lifecycle:
+    def __init__(self, store: Store, catalog: Catalog, trials: Trials) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.trials = trials
+
+    def evaluate_running_tests(self, policy: PromotionPolicy) -> list[Conclusion]:
         """Decide every running test and guard the policy can decide now, and apply each verdict.
 
         One unlocked read of the running tests and one of their ledgers; only skills with a verdict are then
@@ -57,14 +65,15 @@ class LifecycleStore(AbTestStore):
         locked (SKIP LOCKED), judged again on what the ledger says under the lock, and concluded. Queries per
         round do not grow with the number of undecided tests.
         """
-        policy = self._require_policy()
-        running = self.list_ab_tests(status="running")
-        cohorts = self.cohorts(test.test_id for test in running)
+        with self.store.transaction() as conn:
+            query = select(TESTS).where(TESTS.c.status == "running").order_by(TESTS.c.test_id)
+            running = [AbTestRecord(**row._mapping) for row in conn.execute(query)]
+        cohorts = self.trials.cohorts(test.test_id for test in running)
         decided = {test.skill_name for test in running if _judge(policy, test, cohorts[test.test_id])}
         if not decided:
             return []
         conclusions = []
-        with self.transaction() as conn:
+        with self.store.transaction() as conn:
             decided = self._claim_skills(conn, decided)
             rows = list(
                 conn.execute(
@@ -78,7 +87,7 @@ class LifecycleStore(AbTestStore):
             opened = self._open_tests_of(conn, decided)
             mine = {row.test_id for row in rows}
             locked = [row for row in rows if opened[row.skill_name] <= mine and row.status == "running"]
-            fresh = self.cohorts((row.test_id for row in locked), conn=conn)
+            fresh = self.trials.cohorts((row.test_id for row in locked), conn=conn)
             # A guard first: a rollback outranks a promotion decided in the same round (it stops the test).
             for row in sorted(locked, key=lambda row: (row.kind != "guard", row.test_id)):
                 test = AbTestRecord(**row._mapping)
@@ -126,33 +135,27 @@ class LifecycleStore(AbTestStore):
         )
         promoted = archived = None
         if action == "promote":
-            skill = self._lock_skill(conn, test.skill_name)
-            self._set_production(
-                conn,
-                test.skill_name,
-                test.treatment_version,
-                skill.production_variation_id,
-                "promotion",
-                test.test_id,
-            )
+            skill = self.catalog.lock_skill(conn, test.skill_name)
+            production, treatment = skill.production_variation_id, test.treatment_version
+            self.catalog.set_production(conn, test.skill_name, treatment, production, "promotion", test.test_id)
             promoted = test.treatment_version
             holdout = self._supersede_guard(conn, test)
             guard_id = self._start_guard(conn, test, verdict.guard_share, holdout or test.control_version)
             figures["guard_test_id"] = guard_id
             self._event(conn, test, "variation_promoted", f"A/B test {test.test_id} decided: treatment", figures)
         elif action in ("archive", "inconclusive"):
-            self._mark(conn, test.treatment_version, "archived")
+            self.catalog.mark(conn, test.treatment_version, "archived")
             archived = test.treatment_version
             self._event(conn, test, "variation_archived", f"A/B test {test.test_id} decided: {winner}", figures)
         elif action == "rollback":
-            skill = self._lock_skill(conn, test.skill_name)
+            skill = self.catalog.lock_skill(conn, test.skill_name)
             if skill.production_variation_id == test.treatment_version:
-                self._set_production(
+                self.catalog.set_production(
                     conn, test.skill_name, test.control_version, test.treatment_version, "guard_rollback", test.test_id
                 )
                 # The test beside the guard compared a candidate with the version just rolled back.
                 self._stop_running(conn, test.skill_name, f"guard {test.test_id} rolled production back", ("test",))
-            self._retire(conn, test.treatment_version)
+            self.catalog.retire(conn, test.treatment_version)
             archived = test.treatment_version
             description = f"guard {test.test_id} found a regression: rolled back to {test.control_version}"
             self._event(conn, test, "guard_rollback", f"{description} ({_reason(figures)})", figures)
@@ -205,7 +208,7 @@ class LifecycleStore(AbTestStore):
     def _event(
         self, conn: Connection, test: AbTestRecord, event_type: str, description: str, figures: dict[str, Any]
     ) -> None:
-        _insert_event(
+        insert_event(
             conn,
             LearningEventRecord(
                 skill_name=test.skill_name,
@@ -218,25 +221,52 @@ class LifecycleStore(AbTestStore):
             ),
         )
 
-    def _retire(self, conn: Connection, variation_id: str) -> None:
-        """A version that left production for cause: archived, no longer marked promoted."""
-        conn.execute(
-            update(VARIATIONS)
-            .where(VARIATIONS.c.variation_id == variation_id)
-            .values(test_status="archived", promoted=False)
+    def _stop_running(
+        self, conn: Connection, skill_name: str, reason: str, kinds: tuple[str, ...] = TEST_KINDS
+    ) -> None:
+        """Stop the skill's open tests and guards of ``kinds``, if any. A test's treatment is archived; a guard's
+        treatment is production, so it stays as it is (the caller decides what production becomes)."""
+        running = conn.execute(
+            select(TESTS.c.test_id, TESTS.c.treatment_version, TESTS.c.kind)
+            .where(
+                TESTS.c.skill_name == skill_name,
+                TESTS.c.status.in_(OPEN_TEST_STATUSES),
+                TESTS.c.kind.in_(kinds),
+            )
+            .order_by(TESTS.c.test_id)
+            .with_for_update()
+        ).all()
+        for row in running:
+            self._stop(conn, skill_name, row.test_id, row.treatment_version, row.kind, reason)
+
+    def _stop(
+        self, conn: Connection, skill_name: str, test_id: int, treatment_version: str, kind: str, reason: str
+    ) -> None:
+        conn.execute(update(TESTS).where(TESTS.c.test_id == test_id).values(status="stopped", completed_at=utcnow()))
+        if kind == "test":
+            self.catalog.mark(conn, treatment_version, "archived")
+        insert_event(
+            conn,
+            LearningEventRecord(
+                skill_name=skill_name,
+                event_type="ab_test_stopped",
+                variation_id=treatment_version,
+                description=reason,
+                details={"test_id": test_id, "kind": kind},
+            ),
         )
 
     def promote_variation(self, variation_id: str) -> None:
         """Make a variation its skill's production version by hand; the old one is kept for rollback."""
-        with self.transaction() as conn:
-            variation = self._variation(conn, variation_id)
-            skill = self._lock_skill(conn, variation.skill_name)
+        with self.store.transaction() as conn:
+            variation = self.catalog.variation(conn, variation_id)
+            skill = self.catalog.lock_skill(conn, variation.skill_name)
             if skill.production_variation_id == variation_id:
                 return
             # The open comparison was against the old production version: it no longer means anything.
             self._stop_running(conn, variation.skill_name, "production changed by hand")
-            self._set_production(conn, variation.skill_name, variation_id, skill.production_variation_id, "manual")
-            _insert_event(
+            self.catalog.set_production(conn, variation.skill_name, variation_id, skill.production_variation_id, "manual")
+            insert_event(
                 conn,
                 LearningEventRecord(
                     skill_name=variation.skill_name,
@@ -249,9 +279,9 @@ class LifecycleStore(AbTestStore):
 
     def archive_variation(self, variation_id: str) -> None:
         """Take a variation out of testing for good; production cannot be archived (roll back first)."""
-        with self.transaction() as conn:
-            variation = self._variation(conn, variation_id)
-            skill = self._lock_skill(conn, variation.skill_name)
+        with self.store.transaction() as conn:
+            variation = self.catalog.variation(conn, variation_id)
+            skill = self.catalog.lock_skill(conn, variation.skill_name)
             if skill.production_variation_id == variation_id:
                 raise ValueError(f"variation {variation_id} is production for {skill.name!r}; roll back first")
             active = conn.execute(
@@ -261,8 +291,8 @@ class LifecycleStore(AbTestStore):
             ).scalar()
             if active is not None:
                 self._stop_running(conn, variation.skill_name, "treatment archived", kinds=("test",))
-            self._mark(conn, variation_id, "archived")
-            _insert_event(
+            self.catalog.mark(conn, variation_id, "archived")
+            insert_event(
                 conn,
                 LearningEventRecord(
                     skill_name=variation.skill_name,
@@ -275,7 +305,7 @@ class LifecycleStore(AbTestStore):
     def stop_ab_test(self, test_id: int) -> None:
         """Stop an open test or guard without a verdict. A test's treatment is archived; stopping a guard
         leaves the promotion in place, unwatched."""
-        with self.transaction() as conn:
+        with self.store.transaction() as conn:
             row = conn.execute(select(TESTS).where(TESTS.c.test_id == test_id).with_for_update()).first()
             if row is None or row.status not in OPEN_TEST_STATUSES:
                 raise ValueError(f"A/B test {test_id} does not exist or is not open (running or paused)")
@@ -290,8 +320,8 @@ class LifecycleStore(AbTestStore):
         :param expected_current: the production version the operator saw; refused if production changed
             since (a beat promotion or another rollback), so nobody undoes a change they never saw.
         """
-        with self.transaction() as conn:
-            skill = self._lock_skill(conn, skill_name)
+        with self.store.transaction() as conn:
+            skill = self.catalog.lock_skill(conn, skill_name)
             current = skill.production_variation_id
             if current is None:
                 raise ValueError(f"skill {skill_name!r} has no production version")
@@ -300,7 +330,7 @@ class LifecycleStore(AbTestStore):
                     f"production of {skill_name!r} is now {current}, not {expected_current}: it changed since "
                     "you looked; check `wre skill history` and try again"
                 )
-            lineage = self.production_history(skill_name)
+            lineage = self.catalog.production_history(skill_name)
             earlier = [change.variation_id for change in lineage if change.variation_id != current]
             if to is None:
                 to = _default_target(lineage, current)
@@ -313,9 +343,9 @@ class LifecycleStore(AbTestStore):
                     f"{to} was never production of {skill_name!r}; earlier versions: {', '.join(earlier) or 'none'}"
                 )
             self._stop_running(conn, skill_name, "rollback")
-            self._set_production(conn, skill_name, to, current, "rollback")
-            self._retire(conn, current)
-            _insert_event(
+            self.catalog.set_production(conn, skill_name, to, current, "rollback")
+            self.catalog.retire(conn, current)
+            insert_event(
                 conn,
                 LearningEventRecord(
                     skill_name=skill_name,

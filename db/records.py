@@ -8,30 +8,6 @@ from typing import Any
 
 
 @dataclass(frozen=True)
-class SkillRecord:
-    name: str
-    description: str
-    default_agent: str
-    threshold: float | None
-    production_variation_id: str | None
-    previous_variation_id: str | None
-    created_at: datetime | None = None
-
-
-@dataclass(frozen=True)
-class VariationRecord:
-    variation_id: str
-    skill_name: str
-    parent_version: str | None
-    variation_content: str
-    created_by: str
-    test_status: str
-    promoted: bool
-    learned_from: list[Any]
-    created_at: datetime | None = None
-
-
-@dataclass(frozen=True)
 class OutcomeRecord:
     """One scored attempt, as the worker hands it to storage.
 

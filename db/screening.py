@@ -17,9 +17,9 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from db.base import StoreBase
-from db.counters import COUNTER_FLEET_RUNS, COUNTER_TABLE, CounterStore, skill_counter_name
+from db.counters import COUNTER_FLEET_RUNS, add_counters, checked_deltas, read_counters, skill_counter_name
 from db.models import EVENTS, OUTCOMES
+from db.store import Store
 
 SCREENING_EVENT = "candidates_screened"
 # Every skill's screening calls so far: reserved when a screening starts, settled to the calls it made with its
@@ -29,7 +29,7 @@ COUNTER_SCREENING_CALLS = "screening_calls"
 # The advisory lock that makes reading the fleet's budget and reserving from it one step (the evaluators' locks
 # use 0x77726501 and a skill's hash as a pair of keys; this single 64-bit key cannot meet those).
 RESERVATION_LOCK = 0x7772650200000001
-# A context too large to store whole was kept as a marked preview (db.base.bounded_context): not replayable.
+# A context too large to store whole was kept as a marked preview (db.outcomes.bounded_context): not replayable.
 TRUNCATED_MARKER = "_truncated"
 
 
@@ -57,7 +57,7 @@ class ReplayInput:
     failed: bool
 
 
-def replay_inputs(memory: StoreBase, skill_name: str, failures: int, passes: int) -> list[ReplayInput]:
+def replay_inputs(memory: Store, skill_name: str, failures: int, passes: int) -> list[ReplayInput]:
     """The inputs of the skill's most recent failed runs and first-attempt passes, failures first, newest first.
 
     :param memory: the store.
@@ -95,7 +95,7 @@ def screening_deltas(skill_name: str, calls: int) -> dict[str, int]:
     return {COUNTER_SCREENING_CALLS: calls, skill_counter_name("screening_calls", skill_name): calls}
 
 
-def screening_spent(memory: CounterStore, skill_name: str) -> tuple[int, int]:
+def screening_spent(memory: Store, skill_name: str) -> tuple[int, int]:
     """``(agent calls spent on screening, finished live runs)`` of the skill so far: what its budget compares.
 
     :param memory: the store.
@@ -103,20 +103,22 @@ def screening_spent(memory: CounterStore, skill_name: str) -> tuple[int, int]:
     """
     # Finished runs, as the fleet's: both counters are bumped by the statement that records a final attempt.
     spent, runs = skill_counter_name("screening_calls", skill_name), skill_counter_name("runs", skill_name)
-    figures = memory.get_counters([spent, runs])
+    with memory.transaction() as conn:
+        figures = read_counters(conn, [spent, runs])
     return figures[spent], figures[runs]
 
 
-def fleet_screening_spent(memory: CounterStore) -> tuple[int, int]:
+def fleet_screening_spent(memory: Store) -> tuple[int, int]:
     """``(agent calls spent on screening, finished live runs)`` of every skill so far, read from two counters.
 
     :param memory: the store.
     """
-    figures = memory.get_counters([COUNTER_SCREENING_CALLS, COUNTER_FLEET_RUNS])
+    with memory.transaction() as conn:
+        figures = read_counters(conn, [COUNTER_SCREENING_CALLS, COUNTER_FLEET_RUNS])
     return figures[COUNTER_SCREENING_CALLS], figures[COUNTER_FLEET_RUNS]
 
 
-def reserve_fleet_calls(memory: CounterStore, skill_name: str, reserve: Callable[[int, int], int]) -> None:
+def reserve_fleet_calls(memory: Store, skill_name: str, reserve: Callable[[int, int], int]) -> None:
     """Reserve screening calls from the fleet's budget: ``reserve(spent, runs)`` with no other reservation between
     its reading and its writing, and what it returns added to the fleet's and the skill's calls at once.
 
@@ -130,18 +132,12 @@ def reserve_fleet_calls(memory: CounterStore, skill_name: str, reserve: Callable
     with memory.transaction() as conn:
         if memory.is_postgres:  # SQLite's transactions take the write lock up front (db/engine.py)
             conn.execute(select(func.pg_advisory_xact_lock(RESERVATION_LOCK)))
-        query = (
-            select(COUNTER_TABLE.c.name, func.sum(COUNTER_TABLE.c.value))
-            .where(COUNTER_TABLE.c.name.in_([COUNTER_SCREENING_CALLS, COUNTER_FLEET_RUNS]))
-            .group_by(COUNTER_TABLE.c.name)
-        )
-        figures = {name: int(total) for name, total in conn.execute(query)}
-        calls = reserve(figures.get(COUNTER_SCREENING_CALLS, 0), figures.get(COUNTER_FLEET_RUNS, 0))
-        if calls:
-            memory.add_to_counters(screening_deltas(skill_name, calls), conn)
+        figures = read_counters(conn, [COUNTER_SCREENING_CALLS, COUNTER_FLEET_RUNS])
+        calls = reserve(figures[COUNTER_SCREENING_CALLS], figures[COUNTER_FLEET_RUNS])
+        add_counters(conn, checked_deltas(screening_deltas(skill_name, calls)))
 
 
-def last_screening(memory: StoreBase, skill_name: str) -> dict[str, Any] | None:
+def last_screening(memory: Store, skill_name: str) -> dict[str, Any] | None:
     """The details of the skill's latest screening event, or None if it was never screened.
 
     :param memory: the store.
@@ -158,7 +154,7 @@ def last_screening(memory: StoreBase, skill_name: str) -> dict[str, Any] | None:
     return details if isinstance(details, dict) else None
 
 
-def latest_screenings(memory: StoreBase, limit: int = 200) -> list[dict[str, Any]]:
+def latest_screenings(memory: Store, limit: int = 200) -> list[dict[str, Any]]:
     """The latest screening events of every skill, oldest first: skill, time, description and details.
 
     :param memory: the store.

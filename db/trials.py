@@ -9,10 +9,9 @@ or hung run cannot hold a test for ever. The arm a unit got is a database fact h
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import (
@@ -30,9 +29,9 @@ from sqlalchemy import (
     update,
 )
 
-from db.base import StoreBase, require_text
 from db.models import ARMS, TESTS, TRIALS, utcnow
 from db.records import ArmAggregate, CohortRecord
+from db.store import Store, require_text
 
 MAX_UNIT_KEY_CHARS = 300
 # Verdicts are taken at the horizon ``now - ASSIGNMENT_GRACE_SECONDS``: a trial's row is stamped by its worker
@@ -58,7 +57,10 @@ class Assignment:
     uncounted_while: int | None = None
 
 
-class TrialStore(StoreBase):
+class Trials:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
     def assign_trial(
         self,
         test_id: int,
@@ -109,13 +111,13 @@ class TrialStore(StoreBase):
         ]
         values = rows[0] if len(rows) == 1 else union_all(*rows)
         insert = (
-            self.upsert(TRIALS)
+            self.store.insert(TRIALS)
             .from_select(["test_id", "run_id", "unit_key", "arm", "assigned_at", "deadline", "counted"], values)
             .on_conflict_do_nothing(index_elements=["test_id", "run_id"])
             .returning(TRIALS.c.test_id, TRIALS.c.arm)
         )
         ids = [assignment.test_id for assignment in assignments]
-        with self.transaction() as conn:
+        with self.store.transaction() as conn:
             recorded = {int(test_id): str(arm) for test_id, arm in conn.execute(insert)}
             if len(recorded) < len(ids):
                 known = conn.execute(
@@ -162,7 +164,7 @@ class TrialStore(StoreBase):
             return {}
         horizon = (now or utcnow()) - timedelta(seconds=grace_seconds)
         if conn is None:
-            with self.transaction() as own:
+            with self.store.transaction() as own:
                 return self.cohorts(ids, horizon, own, grace_seconds=0.0)
         pending = _pending_query(ids, horizon)
         pending_rows = {row.test_id: row for row in conn.execute(pending)}
@@ -268,24 +270,74 @@ def _aggregate_query(test_ids: list[int], now: datetime) -> Any:
     ).group_by(per_unit.c.test_id, per_unit.c.arm)
 
 
-@lru_cache(maxsize=1)
-def complete_trial_update() -> Any:
-    """Complete a run's trials (a guard's and the test's beside it) with its first attempt's outcome, each if it
-    is still within its deadline.
-
-    A trial already past its deadline stays as it is: it was counted as a failure, maybe in a verdict
-    already, and an outcome arriving after that must not rewrite the evidence.
-    """
-    return (
-        update(TRIALS)
-        .where(
-            TRIALS.c.run_id == bindparam("trial_run_id"),
-            TRIALS.c.completed_at.is_(None),
-            TRIALS.c.deadline >= bindparam("trial_now"),
-        )
-        .values(
-            completed_at=bindparam("trial_now"),
-            success=bindparam("trial_success_flag", type_=Boolean),
-            fidelity=bindparam("trial_fidelity_value"),
-        )
+FIGURES = ("trials", "successes", "fidelity_sum")
+# Adds to a running test's counts: ``add_<arm>_<figure>`` per arm and figure, for the test ``count_test_id``.
+# The one count update: attempts' trials (complete_trials) and trials counted by hand (record_ab_outcome).
+COUNT_UPDATE = (
+    update(TESTS)
+    .where(TESTS.c.test_id == bindparam("count_test_id"), TESTS.c.status == "running")
+    .values({TESTS.c[f"{a}_{f}"]: TESTS.c[f"{a}_{f}"] + bindparam(f"add_{a}_{f}") for a in ARMS for f in FIGURES})
+)
+# The tests a write counts trials in, locked in test id order before their counts change: ascending id is the
+# order everyone else locks a skill's rows in (Catalog.lock_skill; a guard is always older than the test beside
+# it). Left to a plan, an update took them in the order of the status index, i.e. of where the rows lie on
+# disk, and met an evaluator's lock in the opposite order. (SQLite renders no FOR UPDATE: BEGIN IMMEDIATE has
+# serialized the writers already.)
+LOCK_RUNNING_TESTS = (
+    select(TESTS.c.test_id)
+    .where(TESTS.c.test_id.in_(bindparam("test_ids", expanding=True)), TESTS.c.status == "running")
+    .order_by(TESTS.c.test_id)
+    .with_for_update()
+)
+PENDING_TRIALS = select(TRIALS.c.test_id, TRIALS.c.run_id, TRIALS.c.arm, TRIALS.c.counted).where(
+    TRIALS.c.run_id.in_(bindparam("run_ids", expanding=True)),
+    TRIALS.c.completed_at.is_(None),
+    TRIALS.c.deadline >= bindparam("now"),
+)
+COMPLETE_TRIAL = (
+    update(TRIALS)
+    .where(
+        TRIALS.c.test_id == bindparam("trial_test_id"),
+        TRIALS.c.run_id == bindparam("trial_run_id"),
+        TRIALS.c.completed_at.is_(None),
     )
+    .values(completed_at=bindparam("now"), success=bindparam("trial_success"), fidelity=bindparam("trial_fidelity"))
+)
+
+
+def count_parameters(test_id: int, trials: list[tuple[str, bool, float]]) -> dict[str, Any]:
+    """The COUNT_UPDATE parameters that add ``trials`` (arm, success, fidelity) to test ``test_id``."""
+    figures: dict[str, Any] = {"count_test_id": test_id}
+    for arm in ARMS:
+        mine = [(success, fidelity) for trial_arm, success, fidelity in trials if trial_arm == arm]
+        figures[f"add_{arm}_trials"] = len(mine)
+        figures[f"add_{arm}_successes"] = sum(1 for success, _ in mine if success)
+        figures[f"add_{arm}_fidelity_sum"] = float(sum(fidelity for _, fidelity in mine))
+    return figures
+
+
+def complete_trials(conn: Connection, outcomes: Mapping[str, tuple[bool, float]], now: datetime) -> None:
+    """Complete runs' pending trials with their first attempts' (success, fidelity), keyed by run id, and add
+    them to the counts of the tests they count in; inside the caller's transaction.
+
+    A trial already past its deadline stays as it is: it was counted as a failure, maybe in a verdict already,
+    and an outcome arriving after that must not rewrite the evidence; nor does it add to any count. A run with
+    a guard and a test beside it counts in both where its trials are counted (the guard's on the test's
+    control coin only). A routed outcome whose run has no trial (one never assigned) counts nowhere.
+    """
+    pending = conn.execute(PENDING_TRIALS, {"run_ids": sorted(outcomes), "now": now}).all()
+    if not pending:
+        return
+    counted = [trial for trial in pending if trial.counted]
+    if counted:
+        running = conn.execute(LOCK_RUNNING_TESTS, {"test_ids": sorted({t.test_id for t in counted})}).scalars()
+        counts = [
+            count_parameters(test_id, [(t.arm, *outcomes[t.run_id]) for t in counted if t.test_id == test_id])
+            for test_id in running
+        ]
+        if counts:
+            conn.execute(COUNT_UPDATE, counts)
+    done = [{"trial_test_id": t.test_id, "trial_run_id": t.run_id, "now": now} for t in pending]
+    for row in done:
+        row["trial_success"], row["trial_fidelity"] = outcomes[row["trial_run_id"]]
+    conn.execute(COMPLETE_TRIAL, done)

@@ -11,13 +11,12 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from db.memory import AbTestRecord, CohortRecord, Conclusion, PatternMemory
+from db.memory import AbTestRecord, CohortRecord, Conclusion, PatternMemory, VariationCheck
 from db.records import ArmAggregate
 from scheduler.guard import guard_decide
 from scheduler.health import srm_check
 from scheduler.policies import decide_units
 from scheduler.units import ArmUnits
-from worker.runner import check_variation
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -97,13 +96,14 @@ class PromotionPolicy:
         return {"min_trials_per_arm": s.ab_min_trials_per_arm, "max_trials_per_arm": s.ab_max_trials_per_arm}
 
 
-def promotion_memory(settings: Settings) -> PatternMemory:
-    """A store that can decide tests with the configured policy and checks treatments before testing them."""
+def promotion_memory(settings: Settings, variation_check: VariationCheck | None = None) -> PatternMemory:
+    """A store that decides tests with the configured policy; one that schedules tests is handed the check of
+    a treatment's content by its builder (the worker's skill parser: this floor does not import it)."""
     return PatternMemory(
         settings.database_url,
         policy=PromotionPolicy(settings),
         policy_name=settings.ab_policy,
-        variation_check=check_variation,
+        variation_check=variation_check,
     )
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
 from typing import Any
 
-from db.dashboard import (
+from db.counters import (
     COUNTER_EVOLUTIONS,
     COUNTER_RETRIES,
     COUNTER_RUNS_RETRIED,

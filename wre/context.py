@@ -28,6 +28,7 @@ from sqlalchemy.engine import make_url
 
 from db.memory import PatternMemory
 from scheduler.evaluation import promotion_memory
+from worker.runner import check_variation
 from worker.settings import get_settings
 
 console = Console()
@@ -45,7 +46,7 @@ WIDEST = 100_000
 
 @lru_cache(maxsize=1)
 def store() -> PatternMemory:
-    return promotion_memory(get_settings())
+    return promotion_memory(get_settings(), variation_check=check_variation)
 
 
 def one_line(message: str) -> str:

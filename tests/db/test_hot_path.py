@@ -1,6 +1,6 @@
-"""The worker's hot path against real Postgres: an attempt is recorded by ONE statement (one round trip,
-atomic on its own), no ping on a busy connection, a ping (and a fresh connection) after an idle one was cut;
-counters exact on both dialects."""
+"""The worker's hot path against real Postgres: an attempt is recorded in ONE transaction of a few statements
+(as many for a batch of attempts as for one), no ping on a busy connection, a ping (and a fresh connection)
+after an idle one was cut; counters exact on both dialects."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def fresh(database_url: str, memory: PatternMemory) -> Iterator[tuple[PatternMem
     engine.dispose()
 
 
-def test_record_attempt_is_one_statement(fresh: tuple[PatternMemory, Calls]) -> None:
+def test_record_attempt_is_one_transaction(fresh: tuple[PatternMemory, Calls]) -> None:
     store, calls = fresh
     store.register_skill("s", "content", default_agent="python")
     event_ = LearningEventRecord(skill_name="s", event_type="react_execution", fidelity_before=1.0)
@@ -76,8 +76,8 @@ def test_record_attempt_is_one_statement(fresh: tuple[PatternMemory, Calls]) -> 
     calls.take()
     for i in range(20):
         assert store.record_attempt(_outcome(f"r{i}"), counters={"a": 1, "b": 2}, learning_event=event_)
-    # Outcome, both counters and the event in one autocommit statement; no ping on a busy pool.
-    assert calls.take() == Counter({"statements": 20})
+    # Outcome, both counters and the event: three statements, one commit; no ping on a busy pool.
+    assert calls.take() == Counter({"statements": 60, "commits": 20})
     assert store.get_counters(["a", "b"]) == {"a": 21, "b": 40}
     assert store.record_attempt(_outcome("r0"), counters={"a": 1}, learning_event=event_) is False
     assert store.get_counter("a") == 21
@@ -94,7 +94,8 @@ def test_trial_is_counted_in_the_same_transaction(fresh: tuple[PatternMemory, Ca
         store.assign_trial(test_id, run_id, arm, run_id, 60.0 if run_id != "late" else -1.0)
     calls.take()
     assert store.record_attempt(_outcome("t1", test_id, "treatment"), counters={"a": 1})
-    assert calls.take() == Counter({"statements": 1})
+    # Outcome, counters, the run's pending trials, the test locked, its counts, the trials completed.
+    assert calls.take() == Counter({"statements": 6, "commits": 1})
     # Past its trial's deadline an outcome is recorded but counts nowhere: the ledger counted it as a failure.
     assert store.record_attempt(_outcome("late", test_id, "control"), counters={"a": 1})
     failed = replace(_outcome("t2", test_id, "control"), success=False, pattern_fidelity=0.5)
@@ -122,6 +123,30 @@ def test_an_outcome_without_extras_and_the_sqlite_path_agree(tmp_path: Path, mem
         assert store.get_counters(["n", "zero"]) == {"n": 2, "zero": 0}
         assert [row["run_id"] for row in store.run_outcomes("y")] == ["y"]
         assert [e.event_type for e in store.get_evolution_history("s")] == ["react_execution"]
+    lite.dispose()
+
+
+def test_both_databases_count_a_routed_attempt_alike(tmp_path: Path, memory: PatternMemory) -> None:
+    """One definition of the write on both dialects: a routed first attempt completes its trial and counts in
+    its test once, a trial counted by hand goes through the same count update."""
+    url = f"sqlite:///{tmp_path / 'wre.db'}"
+    upgrade(url)
+    lite = PatternMemory(make_engine(url))
+    for store in (memory, lite):
+        control = store.register_skill("s", "content", default_agent="python")
+        treatment = store.store_variation("s", "other content", parent_version=control)
+        test_id = store.schedule_ab_test("s", control, treatment, policy="sequential")
+        store.assign_trial(test_id, "t1", "treatment", "run:t1", 60.0)
+        assert store.record_attempt(_outcome("t1", test_id, "treatment"), counters={"a": 1})
+        assert not store.record_attempt(_outcome("t1", test_id, "treatment"), counters={"a": 1})
+        store.record_ab_outcome(test_id, "control", False, 0.25)
+        test = store.get_ab_test(test_id)
+        assert test is not None
+        assert (test.treatment_trials, test.treatment_successes, test.treatment_fidelity_sum) == (1, 1, 1.0)
+        assert (test.control_trials, test.control_successes, test.control_fidelity_sum) == (1, 0, 0.25)
+        cohort = store.cohorts([test_id], grace_seconds=0)[test_id]
+        assert (cohort.pending, cohort.treatment.trials, cohort.control.trials) == (0, 1, 1)
+        assert store.get_counter("a") == 1
     lite.dispose()
 
 
@@ -221,7 +246,7 @@ def _record_in_threads(store: PatternMemory, outcomes: list[OutcomeRecord], even
         time.sleep(0.2)  # the first write is in flight, waiting on the lock
         for thread in threads[1:]:
             thread.start()
-        group = store._group_commit
+        group = store.outcomes.group_commit
         deadline = time.monotonic() + 10
         while len(group._queued) < len(outcomes) - 1 and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -232,10 +257,10 @@ def _record_in_threads(store: PatternMemory, outcomes: list[OutcomeRecord], even
     return answers
 
 
-def test_attempts_recorded_at_once_are_one_statement_and_count_exactly(fresh: tuple[PatternMemory, Calls]) -> None:
+def test_attempts_recorded_at_once_are_one_transaction_and_count_exactly(fresh: tuple[PatternMemory, Calls]) -> None:
     """Concurrent attempts of routed runs are grouped (db/group_commit.py): the one in flight, then every attempt
-    that queued behind it in one statement; outcomes, counters, test counts, trials and events exact; a
-    redelivery of each counts nothing."""
+    that queued behind it in one transaction of as many statements as one attempt takes; outcomes, counters,
+    test counts, trials and events exact; a redelivery of each counts nothing."""
     store, calls = fresh
     control = store.register_skill("s", "content", default_agent="python")
     treatment = store.store_variation("s", "other content", parent_version=control)
@@ -247,10 +272,11 @@ def test_attempts_recorded_at_once_are_one_statement_and_count_exactly(fresh: tu
         outcomes.append(replace(_outcome(f"g{i}", test_id, arm), success=i % 2 == 0, pattern_fidelity=i / 20))
     event_ = LearningEventRecord(skill_name="s", event_type="react_execution", fidelity_before=1.0)
     calls.take()
-    before = (store._group_commit.batches, store._group_commit.items)
+    group = store.outcomes.group_commit
+    before = (group.batches, group.items)
     assert _record_in_threads(store, outcomes, event_) == [True] * 12
-    assert (store._group_commit.batches - before[0], store._group_commit.items - before[1]) == (2, 12)
-    assert calls.take()["statements"] == 2
+    assert (group.batches - before[0], group.items - before[1]) == (2, 12)
+    assert calls.take() == Counter({"statements": 2 * 7, "commits": 2})
     test = store.get_ab_test(test_id)
     assert test is not None
     treated = [i for i in range(12) if i % 3 == 0]
@@ -286,9 +312,8 @@ def test_an_attempt_the_database_refuses_fails_alone(fresh: tuple[PatternMemory,
 
 
 def test_the_same_attempt_twice_in_one_batch_is_recorded_once(memory: PatternMemory) -> None:
-    from db.attempt_batch import write_attempts
+    from db.attempts import Attempt, write_attempts
     from db.models import utcnow
-    from db.outcomes import _attempt_row
 
     memory.register_skill("s", "content", default_agent="python")
 
@@ -299,36 +324,22 @@ def test_the_same_attempt_twice_in_one_batch_is_recorded_once(memory: PatternMem
                   "step_results", "input_context", "output", "execution_time_ms", "test_id", "arm", "final",
                   "token_usage", "request_digest", "result", "evolve_pending")}  # fmt: skip
         values["created_at"] = utcnow()
-        return _attempt_row(outcome, values, {"a": 1}, None)
+        return Attempt(values, {"a": 1})
 
-    with memory.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+    with memory.engine.begin() as conn:
         assert write_attempts(conn, [row("d1"), row("d1"), row("d2")]) == [True, False, True]
     assert memory.get_counter("a") == 2
     assert len(memory.run_outcomes("d1")) == 1
 
 
-def test_the_batch_statement_names_every_column_of_its_tables() -> None:
-    """The batch statement is a literal (no SQL is built from strings): a column added to a table must be added
-    to it too, or this fails."""
-    import re
-
-    from db.attempt_batch import BATCH_STATEMENT
+def test_the_write_carries_every_column_of_its_tables() -> None:
+    """An attempt's row and its event's are built from the records' fields: a column added to a table must be
+    added to its record too, or this fails (and the write would leave it at its default)."""
     from db.models import EVENTS, OUTCOMES
+    from db.outcomes import EVENT_COLUMNS, OUTCOME_FIELDS
 
-    sql = BATCH_STATEMENT.text
-
-    def listed(table: str) -> list[str]:
-        found = re.search(rf"INSERT INTO {table} \(([^)]*)\)", sql)
-        assert found is not None
-        return [name.strip() for name in found.group(1).split(",")]
-
-    assert listed("skill_outcomes") == [column.name for column in OUTCOMES.c if column.name != "id"]
-    assert listed("learning_events") == [column.name for column in EVENTS.c if column.name != "event_id"]
-    declared = re.search(r"AS attempt\((.*?)\)\n\)", sql, re.S)
-    assert declared is not None
-    names = [item.split()[0] for item in declared.group(1).replace("\n", " ").split(",") if item.strip()]
-    expected = ["ord", "counters", "routed", *listed("skill_outcomes"), *(f"event_{n}" for n in listed("learning_events"))]
-    assert names == expected
+    assert {column.name for column in OUTCOMES.c} - {"id"} == {*OUTCOME_FIELDS, "created_at"}
+    assert {column.name for column in EVENTS.c} - {"event_id"} == set(EVENT_COLUMNS)
 
 
 def test_which_batch_errors_are_written_again_one_attempt_at_a_time(memory: PatternMemory) -> None:
@@ -336,7 +347,7 @@ def test_which_batch_errors_are_written_again_one_attempt_at_a_time(memory: Patt
     attempt of the batch gets it at once, instead of one more failing connection each)."""
     import sqlalchemy.exc
 
-    from db.outcomes import one_attempt_may_be_why
+    from db.attempts import one_attempt_may_be_why
     from tests.processes import spare_port
 
     with pytest.raises(sqlalchemy.exc.DataError) as bad_data, memory.engine.connect() as conn:
@@ -357,6 +368,6 @@ def test_a_value_json_cannot_carry_fails_its_own_attempt_with_a_clear_error(memo
     with pytest.raises(ValueError, match="execution_time_ms must be a finite duration"):
         memory.record_attempt(replace(_outcome("nan-time"), execution_time_ms=float("nan")))
     odd_event = LearningEventRecord(skill_name="s", event_type="react_execution", fidelity_before=float("inf"))
-    with pytest.raises(ValueError, match="not JSON compliant"):
+    with pytest.raises(ValueError, match="must be a finite number"):
         memory.record_attempt(_outcome("inf-event"), learning_event=odd_event)
     assert memory.run_outcomes("nan-time") == [] and memory.run_outcomes("inf-event") == []
