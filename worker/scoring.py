@@ -28,9 +28,8 @@ from typing import Any, TypedDict, cast
 
 import jsonschema
 
-from worker.agents.isolation import ChildDied, ChildTimeout, call_in_child
+from worker.agents.isolation import ChildDied, ChildTimeout, call_in_child, describe_error, trim
 from worker.agents.python import load_entrypoint
-from worker.agents.timing import describe_error, trim
 from worker.skills import Skill, StepCheck
 
 MAX_DETAIL_CHARS = 300

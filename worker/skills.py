@@ -755,3 +755,19 @@ class _FrontMatter:
         elif kind == "python":
             self.python_reference(argument, arg_path)
         return cast(CheckKind, kind), argument
+
+
+@lru_cache(maxsize=512)
+def parse_variation(content: str) -> Skill:
+    """A variation's parsed content; cached because a variation's content never changes."""
+    return parse_skill(content, source="<variation>")
+
+
+def check_variation(skill_name: str, content: str) -> None:
+    """Refuse content that is not a skill named ``skill_name`` (a ValueError naming what is wrong).
+
+    Run before a variation enters a test: a treatment that cannot parse would fail every run routed to it.
+    """
+    parsed = parse_variation(content)
+    if parsed.name != skill_name:
+        raise ValueError(f"the variation is a skill named {parsed.name!r}, not {skill_name!r}")
