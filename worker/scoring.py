@@ -68,17 +68,6 @@ class Score:
     success: bool
     execution_success: bool
 
-    def to_dict(self) -> dict[str, Any]:
-        """The score as JSON-able data."""
-        return {
-            "step_results": [dict(result) for result in self.step_results],
-            "pattern_fidelity": self.pattern_fidelity,
-            "failed_at_step": self.failed_at_step,
-            "error": self.error,
-            "success": self.success,
-            "execution_success": self.execution_success,
-        }
-
 
 def score(skill: Skill, output: object, error: str | None, threshold: float) -> Score:
     """Score one attempt's output against the skill's declared steps.

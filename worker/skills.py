@@ -26,7 +26,6 @@ changed since the file was parsed).
 
 from __future__ import annotations
 
-import copy
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -128,11 +127,6 @@ class StepCheck:
     description: str
     kind: CheckKind
     argument: Any
-
-    @property
-    def expect(self) -> dict[str, Any]:
-        """The ``expect`` mapping as it appears in the file."""
-        return {self.kind: copy.deepcopy(self.argument)}
 
 
 @dataclass(frozen=True)
