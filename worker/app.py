@@ -143,10 +143,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_queues": task_queues(settings),
         "task_routes": {
             EXECUTE_TASK: {"queue": skills},
-            EVOLVE_TASK: {"queue": maintenance},
-            EVALUATE_TASK: {"queue": maintenance},
-            SWEEP_TASK: {"queue": maintenance},
-            OUTBOX_TASK: {"queue": maintenance},
+            **{task: {"queue": maintenance} for task in (EVOLVE_TASK, EVALUATE_TASK, SWEEP_TASK, OUTBOX_TASK)},
         },
         "beat_schedule": beat_schedule(settings),
         "timezone": "UTC",
@@ -159,27 +156,18 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 def beat_schedule(settings: Settings) -> dict[str, Any]:
-    # A round that waited longer than one period is stale: the next one supersedes it.
-    schedule = {
-        "evaluate-ab-tests": {
-            "task": EVALUATE_TASK,
-            "schedule": settings.ab_eval_seconds,
-            "options": {"expires": settings.ab_eval_seconds, "queue": settings.maintenance_queue_name},
-        }
-    }
-    # The evolution outbox (docs/RELIABILITY.md): triggers stored by failed runs, enqueued here.
-    schedule["sweep-evolution-outbox"] = {
-        "task": OUTBOX_TASK,
-        "schedule": settings.outbox_sweep_seconds,
-        "options": {"expires": settings.outbox_sweep_seconds, "queue": settings.maintenance_queue_name},
-    }
+    """The beat's entries; the evolution outbox holds triggers stored by failed runs (docs/RELIABILITY.md)."""
+    entries = [
+        ("evaluate-ab-tests", EVALUATE_TASK, settings.ab_eval_seconds),
+        ("sweep-evolution-outbox", OUTBOX_TASK, settings.outbox_sweep_seconds),
+    ]
     if settings.run_sweep_seconds > 0:
-        schedule["resend-overdue-runs"] = {
-            "task": SWEEP_TASK,
-            "schedule": settings.run_sweep_seconds,
-            "options": {"expires": settings.run_sweep_seconds, "queue": settings.maintenance_queue_name},
-        }
-    return schedule
+        entries.append(("resend-overdue-runs", SWEEP_TASK, settings.run_sweep_seconds))
+    # A round that waited longer than one period is stale: the next one supersedes it.
+    return {
+        name: {"task": task, "schedule": every, "options": {"expires": every, "queue": settings.maintenance_queue_name}}
+        for name, task, every in entries
+    }
 
 
 def check_store_at_start(**_: Any) -> None:

@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
 
@@ -103,7 +103,6 @@ class AttemptOutcome:
     decision: react.ReactDecision
     recorded: bool
     usage: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
     # Set when the attempt was answered from the store: the version its run was recorded on.
     version: Version | None = None
 
@@ -168,7 +167,7 @@ class SkillRunner:
         self._resolved: TTLCache[str, Any] = TTLCache(MAX_CACHED_SKILLS, window)
         self._skills: TTLCache[str, Any] = TTLCache(MAX_CACHED_SKILLS, window)
         # A variation never changes: kept once read.
-        self._variations: LRUCache[str, tuple[str, str]] = LRUCache(MAX_CACHED_VARIATIONS)
+        self._variations: LRUCache[str, str] = LRUCache(MAX_CACHED_VARIATIONS)
         self._lock = threading.Lock()  # cachetools' caches are not thread-safe; worker threads share a runner
 
     # 1. validate
@@ -226,8 +225,7 @@ class SkillRunner:
             chosen = _served(guard, test, {assignment.test_id: assignment.arm for assignment in plan})
             assert chosen is not None  # a plan always serves its last assignment
             variation_id = _version_of(*chosen)
-            content = production_content if variation_id == production_id else self._content(variation_id)
-            skill = parse_variation(content)
+            skill = parse_variation(production_content) if variation_id == production_id else self._skill(variation_id)
             time_limit = skill.time_limit or self.settings.default_time_limit_seconds
             recorded = self.memory.assign_trials(
                 run_id,
@@ -241,7 +239,7 @@ class SkillRunner:
                 if _version_of(record, arm) != variation_id:
                     # The ledger is the fact: a run assigned before keeps the arm it was given then.
                     variation_id = _version_of(record, arm)
-                    skill = parse_variation(self._content(variation_id))
+                    skill = self._skill(variation_id)
                 return Version(variation_id, skill, record.test_id, arm)
             # The test is no longer running: read production and the running test afresh.
             self._forget(request.skill_name)
@@ -290,8 +288,7 @@ class SkillRunner:
     ) -> tuple[Version, react.ReactState]:
         """The version of a recorded run and its state before ``attempt``, from its recorded attempts."""
         first = rows[0]
-        _, content = self._variation(first["variation_id"])
-        version = Version(first["variation_id"], parse_variation(content), first["test_id"], first["arm"])
+        version = Version(first["variation_id"], self._skill(first["variation_id"]), first["test_id"], first["arm"])
         start = self.start_state(request, version)
         summaries = tuple(_summary(row["attempt"], _stored_score(row)) for row in rows if row["attempt"] < attempt)
         # A budget lowered since the run started still lets the recorded attempts stand.
@@ -396,7 +393,7 @@ class SkillRunner:
         # The final attempt's exact output (types kept); the bounded text preview only for older rows.
         output = stored["result"] if stored["result"] is not None else _from_text(stored["output"])
         version = Version(
-            stored["variation_id"], parse_variation(self._content(stored["variation_id"])), stored["test_id"], stored["arm"]
+            stored["variation_id"], self._skill(stored["variation_id"]), stored["test_id"], stored["arm"]
         )
         return AttemptOutcome(
             scored, output, stored["execution_time_ms"], decision, False, stored["token_usage"], version=version
@@ -439,19 +436,16 @@ class SkillRunner:
         """The skill's row (default agent), cached like the production view; an unknown skill is not cached."""
         return self._cached(self._skills, skill_name, self.memory.get_skill)
 
-    def _content(self, variation_id: str) -> str:
-        return self._variation(variation_id)[1]
+    def _skill(self, variation_id: str) -> Skill:
+        """A variation's parsed content."""
 
-    def _variation(self, variation_id: str) -> tuple[str, str]:
-        """(skill name, content) of a variation."""
-
-        def load(key: str) -> tuple[str, str]:
+        def load(key: str) -> str:
             row = self.memory.get_variation(key)
             if row is None:
                 raise InvalidRunError(f"variation {key!r} does not exist")
-            return str(row.skill_name), str(row.variation_content)
+            return str(row.variation_content)
 
-        return self._cached(self._variations, variation_id, load)  # type: ignore[no-any-return]
+        return parse_variation(self._cached(self._variations, variation_id, load))
 
     def _cached(self, cache: Cache[str, Any], key: str, load: Callable[[str], Any]) -> Any:
         """``cache[key]``, loaded (outside the lock: a store read) when missing; None is not kept."""

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -64,18 +64,7 @@ ENTRYPOINT_PATTERN = re.compile(
 CheckKind = Literal["key", "regex", "json_schema", "equals", "python"]
 CHECK_KINDS: tuple[str, ...] = get_args(CheckKind)
 STEP_FIELDS = ("id", "description", "expect")
-KNOWN_FIELDS = (
-    "name",
-    "description",
-    "agent",
-    "threshold",
-    "time_limit",
-    "entrypoint",
-    "evolver",
-    "steps",
-    "params",
-    "input",
-)
+KNOWN_FIELDS = ("name", "description", "agent", "threshold", "time_limit", "entrypoint", "evolver", "steps", "params", "input")
 PARAMS_FIELD = "params"
 PARAM_NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 PARAM_FIELDS = ("value", "choices", "min", "max")
@@ -459,25 +448,18 @@ def _text(value: object) -> str:
     return value or ""
 
 
-def _number(value: object) -> float | None:
-    # bool is an int to Python, but `threshold: yes` is a mistake, not 1.0.
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-        raise ValueError(f"expected a number, got {value!r}")
-    return None if value is None else float(value)
+def _number(within: Callable[[float], bool], expected: str) -> Callable[[object], float | None]:
+    def check(value: object) -> float | None:
+        if value is None:
+            return None
+        # bool is an int to Python, but `threshold: yes` is a mistake, not 1.0.
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"expected a number, got {value!r}")
+        if not within(value):
+            raise ValueError(f"expected {expected}, got {value:g}")
+        return float(value)
 
-
-def _fidelity(value: object) -> float | None:
-    number = _number(value)
-    if number is not None and not 0.0 <= number <= 1.0:
-        raise ValueError(f"expected a fidelity between 0 and 1, got {number:g}")
-    return number
-
-
-def _seconds(value: object) -> float | None:
-    number = _number(value)
-    if number is not None and number <= 0:
-        raise ValueError(f"expected a positive number of seconds, got {number:g}")
-    return number
+    return check
 
 
 def _evolver(value: object) -> str:
@@ -609,8 +591,8 @@ class _FrontMatterModel(BaseModel):
     agent: Annotated[str, BeforeValidator(_identifier)]
     entrypoint: Annotated[str | None, BeforeValidator(_reference)] = None
     description: Annotated[str, BeforeValidator(_text)] = ""
-    threshold: Annotated[float | None, BeforeValidator(_fidelity)] = None
-    time_limit: Annotated[float | None, BeforeValidator(_seconds)] = None
+    threshold: Annotated[float | None, BeforeValidator(_number(lambda x: 0 <= x <= 1, "a fidelity between 0 and 1"))] = None
+    time_limit: Annotated[float | None, BeforeValidator(_number(lambda x: x > 0, "a positive number of seconds"))] = None
     evolver: Annotated[str, BeforeValidator(_evolver)] = DEFAULT_EVOLVER
     steps: Annotated[list[_Step], BeforeValidator(_steps)]
     params: Annotated[dict[str, _Param] | None, BeforeValidator(lambda raw: raw if raw is None else _params(raw))] = None

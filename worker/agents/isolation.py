@@ -83,14 +83,6 @@ def describe_error(exc: BaseException) -> str:
     return trim(f"{type(exc).__name__}: {message}" if message else type(exc).__name__)
 
 
-class _Outcome:
-    """What the agent's thread hands back."""
-
-    def __init__(self) -> None:
-        self.output: object = None
-        self.exception: BaseException | None = None
-
-
 def run_attempt(
     agent: Agent, skill: Skill, context: dict[str, Any], attempt: AttemptInfo, time_limit: float
 ) -> AgentResult:
@@ -123,13 +115,13 @@ def run_attempt(
         except BaseException as exc:  # the skill's exception, re-raised from the child
             return _failed(exc, (time.perf_counter() - started) * 1000.0)
         return _finished(outcome_value, (time.perf_counter() - started) * 1000.0)
-    outcome = _Outcome()
+    answer: list[tuple[bool, Any]] = []  # (finished, its output or exception), from the agent's thread
 
     def target() -> None:
         try:
-            outcome.output = agent.run(skill, context, attempt)
+            answer.append((True, agent.run(skill, context, attempt)))
         except BaseException as exc:  # everything the agent raises is reported, SystemExit too
-            outcome.exception = exc
+            answer.append((False, exc))
 
     # Agents that do not run the skill's own code (an LLM call, bounded by its HTTP deadline within the time
     # limit; the simulation) run in a thread: Celery's soft time limits are signals that thread pools (and
@@ -143,9 +135,8 @@ def run_attempt(
     elapsed_ms = (time.perf_counter() - started) * 1000.0
     if thread.is_alive():
         return AgentResult(None, f"timed out after {time_limit:g}s", elapsed_ms)
-    if outcome.exception is not None:
-        return _failed(outcome.exception, elapsed_ms)
-    return _finished(outcome.output, elapsed_ms)
+    finished, value = answer[0]
+    return _finished(value, elapsed_ms) if finished else _failed(value, elapsed_ms)
 
 
 def _failed(exception: BaseException, elapsed_ms: float) -> AgentResult:
