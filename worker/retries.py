@@ -36,10 +36,22 @@ from celery import Task
 from celery.exceptions import Reject, Retry
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
-from worker.agents.base import AgentInfrastructureError
 from worker.messages import MessageError
 
 log = logging.getLogger(__name__)
+
+
+class InfrastructureError(Exception):
+    """A failure that is an outage's, not the skill's (an agent raises its subclass for an LLM server's 429,
+    5xx or timeout): retried without spending a ReAct iteration.
+
+    :param retry_after: seconds the server asked us to wait (``Retry-After``), or None for the usual backoff.
+    """
+
+    def __init__(self, *args: object, retry_after: float | None = None) -> None:
+        super().__init__(*args)
+        self.retry_after = retry_after
+
 
 #: The failures that are nobody's fault but an outage's: retried, never recorded as an attempt's error.
 INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
@@ -49,7 +61,7 @@ INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
     sqlalchemy.exc.TimeoutError,
     redis.exceptions.ConnectionError,
     kombu.exceptions.OperationalError,
-    AgentInfrastructureError,
+    InfrastructureError,
 )
 #: What a publish raises when the broker is away or refuses the message (not a bug of ours: those propagate).
 PUBLISH_ERRORS: tuple[type[BaseException], ...] = (
