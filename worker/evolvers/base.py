@@ -16,6 +16,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from worker.agents.isolation import trim
 from worker.skills import (
     PARAMS_FIELD,
     PYTHON_AGENT,
@@ -28,7 +29,6 @@ from worker.skills import (
 )
 
 MAX_FAILURE_OUTPUT_CHARS = 2000
-ELLIPSIS = "…"
 # Front-matter keys an evolver may change; everything else must stay as the parent has it.
 EVOLVABLE_FIELDS = frozenset({"simulation", PARAMS_FIELD})
 SIMULATED = "simulated"
@@ -62,7 +62,7 @@ class Failure:
     def __post_init__(self) -> None:
         # Trimmed here so that no caller can hand an evolver (or an LLM prompt) a megabyte of output.
         if len(self.output) > MAX_FAILURE_OUTPUT_CHARS:
-            object.__setattr__(self, "output", self.output[: MAX_FAILURE_OUTPUT_CHARS - 1] + ELLIPSIS)
+            object.__setattr__(self, "output", trim(self.output, MAX_FAILURE_OUTPUT_CHARS))
 
 
 class Evolver(Protocol):

@@ -14,6 +14,7 @@ import json
 import re
 from collections import Counter
 
+from worker.agents.isolation import trim
 from worker.skills import PYTHON_AGENT, Skill, StepCheck, parse_skill
 
 from .base import EvolutionRefused, Failure, tuned_params, validate_proposal
@@ -25,15 +26,12 @@ HINTS_SECTION = re.compile(
 )
 MAX_HINT_STEPS = 3
 MAX_QUOTE_CHARS = 160
-ELLIPSIS = "…"
 
 
 def _quote(text: str) -> str:
     """Text as an inline-code quote: one line, trimmed, no backticks to break out of the quote."""
     flat = " ".join(text.split()).replace("`", "'")
-    if len(flat) > MAX_QUOTE_CHARS:
-        flat = flat[: MAX_QUOTE_CHARS - 1] + ELLIPSIS
-    return f"`{flat}`"
+    return f"`{trim(flat, MAX_QUOTE_CHARS)}`"
 
 
 def describe_check(step: StepCheck) -> str:
