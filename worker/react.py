@@ -146,7 +146,6 @@ def start(
     :param max_iterations: attempts wanted (clamped to 1..10).
     :param threshold: the fidelity needed (clamped to 0..1).
     :param react_mode: False gives the run a single attempt.
-    :param variation_id: the variation the run executes.
     :param arm: the A/B arm, if a test chose the version.
     :param test_id: the A/B test, if any.
     :raises ReactStateError: a figure that is not a number (or a NaN threshold).
@@ -169,7 +168,6 @@ def start(
 def next_step(state: ReactState, latest: AttemptSummary, *, fatal: bool = False) -> ReactDecision:
     """Decide what follows the attempt just made.
 
-    :param state: the state the attempt ran with.
     :param latest: the attempt's summary; its number must be ``state.attempt``.
     :param fatal: the attempt failed in a way no retry or variation can fix (the agent's setup): finish now,
         without evolving. Ignored for a successful attempt.

@@ -59,7 +59,6 @@ class InvalidRunError(ValueError):
 class RunRequest:
     """A validated request to run a skill.
 
-    :param skill_name: a registered skill.
     :param agent: the agent's name (the skill's default when the producer gave none).
     :param input_context: a JSON object under the size limit.
     :param force: run the production version even while an A/B test runs (no routing, no trial).
@@ -155,7 +154,6 @@ def choose_arm(test_id: int, assignment_key: str, treatment_share: float = 0.5) 
 class SkillRunner:
     """Runs the steps of a skill run against one store with one set of settings.
 
-    :param memory: the store.
     :param settings: wre's settings (limits, thresholds, ReAct figures).
     """
 

@@ -72,7 +72,6 @@ class Score:
 def score(skill: Skill, output: object, error: str | None, threshold: float) -> Score:
     """Score one attempt's output against the skill's declared steps.
 
-    :param skill: the variation that ran.
     :param output: the agent's output (ignored when ``error`` is set).
     :param error: the agent's error, or None if it finished.
     :param threshold: the fidelity a successful attempt needs, within 0..1.
@@ -120,7 +119,6 @@ def score_within(skill: Skill, output: object, error: str | None, threshold: flo
 def run_check(step: StepCheck, output: object) -> StepResult:
     """One step's verdict on an output; never raises.
 
-    :param step: the declared step.
     :param output: the agent's output.
     """
     try:

@@ -126,7 +126,6 @@ class Param:
     value and both bounds are integers).
 
     :param name: the keyword the entrypoint receives.
-    :param value: the current value.
     :param choices: the values allowed, or None for a range.
     :param minimum: the range's lower bound (None with choices).
     :param maximum: the range's upper bound (None with choices).
@@ -265,18 +264,13 @@ def render_skill(front_matter: Mapping[str, Any], instructions: str) -> str:
 
 
 def is_module_allowed(module: str, allowed: Sequence[str]) -> bool:
-    """Whether ``module`` equals an allowed name or is a submodule of one (``skills`` covers ``skills.x``).
-
-    :param module: a dotted module name.
-    :param allowed: the allow-list.
-    """
+    """Whether ``module`` equals an allowed name or is a submodule of one (``skills`` covers ``skills.x``)."""
     return any(module == name or module.startswith(f"{name}.") for name in allowed if name)
 
 
 def check_entrypoint(reference: object, allowed: Sequence[str] | None = None) -> tuple[str, str]:
     """Validate a ``module:function`` reference against the allow-list, without importing anything.
 
-    :param reference: the reference as written.
     :param allowed: the allow-list; None means ``get_settings().python_skill_modules``.
     :returns: ``(module, function)``.
     :raises EntrypointError: the reference is not of the form ``module:function``.
@@ -321,7 +315,6 @@ def parse_skill(
 ) -> Skill:
     """Parse and validate a skill file's text.
 
-    :param text: the full file text.
     :param source: the name errors report (a path, or ``<string>``).
     :param allowed_modules: the python allow-list; None means ``get_settings().python_skill_modules``.
     :raises SkillFileError: anything malformed, with its line and field.

@@ -75,10 +75,7 @@ def trim(text: str, limit: int = MAX_ERROR_CHARS) -> str:
 
 
 def describe_error(exc: BaseException) -> str:
-    """An exception as an attempt's error: ``TypeName: message``, trimmed.
-
-    :param exc: the exception.
-    """
+    """An exception as an attempt's error: ``TypeName: message``, trimmed."""
     message = str(exc)
     return trim(f"{type(exc).__name__}: {message}" if message else type(exc).__name__)
 
@@ -90,9 +87,6 @@ def run_attempt(
 
     An :class:`AgentConfigurationError` is an error too, and marks the result ``fatal`` (end the run now).
 
-    :param agent: the agent.
-    :param skill: the variation to run.
-    :param context: the input context.
     :param attempt: which run and attempt.
     :param time_limit: seconds the agent may take (> 0).
     :raises AgentInfrastructureError: re-raised from the agent: not the skill's fault, retry the task.

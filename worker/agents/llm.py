@@ -80,7 +80,6 @@ def llm_options(skill: Skill, settings: Settings) -> LlmOptions:
     """The skill's model and sampling: ``WRE_LLM_MODEL`` unless its ``llm:`` block overrides it.
 
     :param skill: the variation (its ``extra['llm']``, if any, is checked).
-    :param settings: the default model.
     :raises LlmOverrideError: the block is not a mapping, names an unknown or secret field, or a value is
         out of range (model: a non-empty string; temperature: 0..2; max_tokens: a positive integer;
         timeout: a positive number of seconds).
@@ -126,10 +125,7 @@ def llm_options(skill: Skill, settings: Settings) -> LlmOptions:
 
 
 def needs_json(skill: Skill) -> bool:
-    """Whether the skill's checks read a JSON value (a ``key`` or ``json_schema`` step).
-
-    :param skill: the variation.
-    """
+    """Whether the skill's checks read a JSON value (a ``key`` or ``json_schema`` step)."""
     return any(step.kind in JSON_CHECK_KINDS for step in skill.steps)
 
 
@@ -198,7 +194,6 @@ def _describe(step: StepCheck) -> str:
 def system_message(skill: Skill, json_mode: bool) -> str:
     """The variation's instructions and the steps its answer is checked against.
 
-    :param skill: the variation.
     :param json_mode: whether the answer must be a JSON object.
     """
     lines = [skill.instructions or f"Perform the skill {skill.name!r}.", ""]
@@ -240,7 +235,6 @@ def feedback(skill: Skill, previous: Mapping[str, Any]) -> str:
 def build_messages(skill: Skill, context: Mapping[str, Any], json_mode: bool) -> list[dict[str, str]]:
     """The chat messages of one attempt.
 
-    :param skill: the variation.
     :param context: the attempt's context; the ReAct keys become feedback, not part of the input's JSON.
     :param json_mode: whether the answer must be a JSON object.
     """
@@ -260,7 +254,6 @@ def time_budget(skill: Skill, settings: Settings, options: LlmOptions) -> float:
     """Seconds the attempt's requests may take: within the time limit, with a margin so ours fires first.
 
     :param skill: the variation (its ``time_limit``; ``WRE_DEFAULT_TIME_LIMIT_SECONDS`` when None).
-    :param settings: the default time limit.
     :param options: the skill's ``llm.timeout``, if any.
     """
     limit = skill.time_limit or settings.default_time_limit_seconds

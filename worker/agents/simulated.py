@@ -67,7 +67,6 @@ def _probability(value: object, where: str) -> float:
 def simulation_spec(skill: Skill) -> SimulationSpec:
     """Read and check a skill's ``simulation:`` declaration.
 
-    :param skill: the variation.
     :raises SimulationSpecError: no declaration, both or neither probability form, a probability out of range,
         per-step figures that do not match the steps, or a step that is not a ``key`` check.
     """
@@ -131,12 +130,7 @@ def _evolution(raw: object) -> dict[str, float] | None:
 
 
 def attempt_seed(variation_id: str, run_id: str, attempt: int) -> int:
-    """The RNG seed of one attempt: a hash of (variation id, run id, attempt), stable across processes.
-
-    :param variation_id: the variation run.
-    :param run_id: the run.
-    :param attempt: the attempt number.
-    """
+    """The RNG seed of one attempt: a hash of (variation id, run id, attempt), stable across processes."""
     digest = hashlib.sha256(f"{variation_id}\x1f{run_id}\x1f{attempt}".encode()).digest()
     return int.from_bytes(digest[:SEED_BYTES], "big")
 
@@ -144,7 +138,6 @@ def attempt_seed(variation_id: str, run_id: str, attempt: int) -> int:
 def simulate_passes(spec: SimulationSpec, step_ids: list[str], rng: random.Random) -> list[bool]:
     """Draw which steps pass.
 
-    :param spec: the declared quality.
     :param step_ids: the skill's steps, in order.
     :param rng: the attempt's seeded generator.
     """

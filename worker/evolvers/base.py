@@ -46,7 +46,6 @@ class EvolutionRefused(ValueError):
 class Failure:
     """One recent failed run an evolver learns from.
 
-    :param run_id: the run.
     :param pattern_fidelity: its final attempt's fidelity.
     :param failed_at_step: the first step its final attempt failed, or None.
     :param error: the agent's error, or None.
@@ -153,8 +152,6 @@ def _without(front_matter: dict[str, Any], keys: frozenset[str]) -> dict[str, An
 def validate_proposal(parent: Skill, content: object) -> Skill:
     """Check a proposal against its parent: it parses, differs, and keeps everything but what may evolve.
 
-    :param parent: the skill the proposal evolves.
-    :param content: the proposed content.
     :returns: the proposal, parsed.
     :raises EvolutionRefused: empty, unchanged, malformed, another skill, or changed checks or settings.
     """

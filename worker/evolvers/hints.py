@@ -35,10 +35,7 @@ def _quote(text: str) -> str:
 
 
 def describe_check(step: StepCheck) -> str:
-    """What a step's check requires, in words.
-
-    :param step: the declared step.
-    """
+    """What a step's check requires, in words."""
     argument = step.argument
     if step.kind == "key":
         return f"the output must be a JSON object with a non-empty {_quote(str(argument))}"
@@ -96,7 +93,6 @@ class HintsEvolver:
     def propose(self, skill: Skill, failures: list[Failure], seed: str, candidate: int = 0) -> str:
         """Propose the parent with fresh hints (a python skill with params: and one parameter moved).
 
-        :param skill: the parent.
         :param failures: recent failed runs, newest first (at least one).
         :param seed: draws a python skill's parameter change; hints themselves are deterministic.
         :param candidate: which candidate (a python skill's draw); the hints are the same for every one.

@@ -61,7 +61,6 @@ def candidate_temperature(skill_temperature: float | None, candidate: int) -> fl
 def evolution_prompt(skill: Skill, failures: list[Failure], candidate: int = 0) -> str:
     """The user message: the current content, the checks, and the failures.
 
-    :param skill: the parent.
     :param failures: recent failed runs, newest first.
     :param candidate: which candidate is asked for; after the first, the model is asked for another angle.
     """
@@ -107,7 +106,6 @@ def _unfenced(text: str) -> str:
 def proposed_instructions(parent: Skill, reply: str) -> str:
     """The new instructions in a model's reply.
 
-    :param parent: the skill being evolved.
     :param reply: the model's text: instructions, or a whole skill file (then its steps must be the parent's).
     :raises EvolutionRefused: the reply is empty, or a skill file that is malformed or changes the steps.
     """
