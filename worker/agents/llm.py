@@ -33,6 +33,7 @@ from worker.settings import Settings, get_settings
 from worker.skills import Skill, StepCheck
 
 from .base import AgentConfigurationError, AgentReply, AttemptInfo
+from .isolation import trim
 from .llm_client import chat_completion
 
 LLM_FIELD = "llm"
@@ -48,6 +49,7 @@ MAX_TIME_LIMIT_MARGIN_SECONDS = 1.0
 FENCE = "```"
 JSON_INSTRUCTION = "Answer with one JSON object and nothing else: no prose, no Markdown fence."
 NO_RESULT = object()
+MAX_QUOTE_CHARS = 160
 
 
 class LlmOverrideError(AgentConfigurationError, ValueError):
@@ -184,11 +186,26 @@ def parse_json_output(text: str) -> object:
     return text if found is NO_RESULT else found
 
 
-def _describe(step: StepCheck) -> str:
-    # Imported here: worker.evolvers imports worker.agents, so a module-level import would be a cycle.
-    from worker.evolvers.hints import describe_check
+def quote(text: str) -> str:
+    """Text as an inline-code quote: one line, trimmed, no backticks to break out of the quote."""
+    flat = " ".join(text.split()).replace("`", "'")
+    return f"`{trim(flat, MAX_QUOTE_CHARS)}`"
 
-    return describe_check(step)
+
+def describe_check(step: StepCheck) -> str:
+    """What a step's check requires, in words."""
+    argument = step.argument
+    if step.kind == "key":
+        return f"the output must be a JSON object with a non-empty {quote(str(argument))}"
+    if step.kind == "regex":
+        return f"the output must match the regular expression {quote(str(argument))}"
+    if step.kind == "json_schema":
+        return (
+            f"the output must validate against the JSON Schema {quote(json.dumps(argument, sort_keys=True))}"
+        )
+    if step.kind == "equals":
+        return f"the output must equal {quote(json.dumps(argument))}"
+    return f"the custom check {quote(str(argument))} must accept the output"
 
 
 def system_message(skill: Skill, json_mode: bool) -> str:
@@ -201,7 +218,7 @@ def system_message(skill: Skill, json_mode: bool) -> str:
         lines += ["## How your answer is checked", ""]
         for step in skill.steps:
             about = f" ({step.description})" if step.description else ""
-            lines.append(f"- Step `{step.id}`{about}: {_describe(step)}.")
+            lines.append(f"- Step `{step.id}`{about}: {describe_check(step)}.")
         lines.append("")
     lines.append("The user message is the input, as JSON.")
     if json_mode:
@@ -223,7 +240,7 @@ def feedback(skill: Skill, previous: Mapping[str, Any]) -> str:
     step = next((step for step in skill.steps if step.id == failed), None)
     if step is not None:
         about = f" ({step.description})" if step.description else ""
-        lines.append(f"- it failed at step `{step.id}`{about}: {_describe(step)}")
+        lines.append(f"- it failed at step `{step.id}`{about}: {describe_check(step)}")
     elif failed:
         lines.append(f"- it failed at step `{failed}`")
     error = previous.get("error")

@@ -21,13 +21,12 @@ from collections import Counter
 
 from worker.agents.base import AgentConfigurationError, AgentInfrastructureError
 from worker.agents.isolation import trim
-from worker.agents.llm import llm_options
+from worker.agents.llm import describe_check, llm_options
 from worker.agents.llm_client import LlmResponseError, chat_completion
 from worker.settings import get_settings
 from worker.skills import FRONT_MATTER_DELIMITER, PYTHON_AGENT, Skill, SkillFileError, parse_skill
 
 from .base import EvolutionRefused, Failure, candidate_rng, tuned_params, validate_proposal
-from .hints import describe_check
 
 # Enough examples to show a pattern, few enough to keep the prompt small for a local model.
 MAX_PROMPT_FAILURES = 8
