@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -27,11 +26,13 @@ from kombu.transport.redis import PRIORITY_STEPS
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from bench.tasks import BENCH_METADATA
 from db.memory import PatternMemory
 from db.migrate import upgrade
 from tests.conftest import create_database, drop_database
 from tests.processes import Process, broker_app, service_env, start_beat, start_worker
 from worker.app import SKILLS_QUEUE
+from worker.client import EXECUTE_TASK, enqueue_skill
 from worker.registry import register_skill
 from worker.skills import Skill, parse_skill
 
@@ -43,6 +44,8 @@ UNACKED_KEY = "unacked"
 DRAIN_POLL_SECONDS = 0.02
 RESULT_CHUNK = 1000
 CONTROL_TIMEOUT_SECONDS = 10.0
+DRAIN_TIMEOUT_SECONDS = 600.0
+INSTANT_SKILL = "bench_instant"
 
 
 def python_skill(name: str, entrypoint: str) -> str:
@@ -74,7 +77,8 @@ def register(memory: PatternMemory, text_: str) -> Skill:
     return skill
 
 
-def base_parser(description: str) -> argparse.ArgumentParser:
+def base_parser(description: str, warmup: int | None = None) -> argparse.ArgumentParser:
+    """The options every benchmark takes; with ``warmup``, those of a benchmark on one worker too."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "--broker-url",
@@ -82,6 +86,10 @@ def base_parser(description: str) -> argparse.ArgumentParser:
         help="Redis URL whose DB number the benchmark owns (flushed before and after)",
     )
     parser.add_argument("--keep-logs", action="store_true", help="keep the worker/beat logs")
+    if warmup is not None:
+        parser.add_argument("--pool", default="threads", help="the worker's pool (default threads)")
+        parser.add_argument("--concurrency", type=int, default=4, help="the worker's concurrency (default 4)")
+        parser.add_argument("--warmup", type=int, default=warmup, help=f"untimed runs of each kind first ({warmup})")
     return parser
 
 
@@ -105,6 +113,13 @@ class Services:
         }
         values.update(overrides)
         return service_env(self.database_url, self.broker_url, **values)
+
+    def python_skill(self, name: str, entrypoint: str) -> PatternMemory:
+        """Register a python skill (bench.entrypoints) and the reference task's table; returns the store."""
+        memory = PatternMemory(self.database_url)
+        BENCH_METADATA.create_all(memory.engine)
+        register(memory, python_skill(name, entrypoint))
+        return memory
 
     def worker(self, concurrency: int, pool: str = "threads", **overrides: str) -> Process:
         process = start_worker(
@@ -211,6 +226,30 @@ def timed_drain(
     return ids, finished - started
 
 
+def send_one(found: Services, task: str, skill: str, i: int, producer: Any = None) -> str:
+    """One run of ``task`` with wre's kwargs (every kind the same size); wre's through its own producer."""
+    if task == EXECUTE_TASK:
+        return str(enqueue_skill(skill, {"i": i}, app=found.app).id)
+    kwargs = {"skill_name": skill, "input_context": {"i": i}}
+    return str(found.app.send_task(task, kwargs=kwargs, queue=SKILLS_QUEUE, producer=producer).id)
+
+
+def send_runs(found: Services, task: str, skill: str, runs: int) -> list[str]:
+    with found.app.producer_or_acquire() as producer:
+        return [send_one(found, task, skill, i, producer) for i in range(runs)]
+
+
+def drain(
+    found: Services, workers: Sequence[Process], task: str, skill: str, runs: int
+) -> tuple[list[str], float]:
+    """``timed_drain`` of ``runs`` of ``task``; raises unless every one succeeded (wre's runs: passed too)."""
+    ids, seconds = timed_drain(found, workers, lambda: send_runs(found, task, skill, runs), DRAIN_TIMEOUT_SECONDS)
+    states = result_states(found, ids)
+    if states.get("wre_success" if task == EXECUTE_TASK else "SUCCESS") != len(ids):
+        raise RuntimeError(f"not every run of {task} succeeded: {states}")
+    return ids, seconds
+
+
 def result_states(services_: Services, task_ids: Sequence[str]) -> dict[str, int]:
     """How many of ``task_ids`` have each state in the result backend (plus wre's ``success`` flag)."""
     backend: Any = services_.app.backend
@@ -247,7 +286,3 @@ class Report:
         passed = sum(ok for _, ok in self.bars)
         print(f"== {passed}/{len(self.bars)} bars pass; took {time.monotonic() - started:.0f} s", flush=True)
         return 0 if passed == len(self.bars) else 1
-
-
-def median(values: Sequence[float]) -> float:
-    return float(statistics.median(values)) if values else float("nan")

@@ -53,10 +53,8 @@ def _arms(index: int) -> tuple[int, int]:
     return 30, 30 + index % 4  # equal or nearly: undecided at 50 trials per arm
 
 
-def _copy(
-    conn: psycopg.Connection[Any], table: str, columns: tuple[str, ...], rows: Iterator[tuple[Any, ...]]
-) -> None:
-    with conn.cursor() as cursor, cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+def _copy(conn: psycopg.Connection[Any], table: str, columns: str, rows: Iterator[tuple[Any, ...]]) -> None:
+    with conn.cursor() as cursor, cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
         for row in rows:
             copy.write_row(row)
 
@@ -64,130 +62,52 @@ def _copy(
 def load(url: str, tests: int, outcomes_per_test: int) -> None:
     """Bulk-load skills, variations, running tests and outcomes with COPY (one transaction)."""
     dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    ids = range(1, tests + 1)
     with psycopg.connect(dsn) as conn:
         _copy(
             conn,
             "skills",
-            (
-                "name",
-                "description",
-                "default_agent",
-                "threshold",
-                "production_variation_id",
-                "created_at",
-                "updated_at",
-            ),
-            ((f"s{i:05d}", "", "python", None, f"c{i:05d}", "now", "now") for i in range(1, tests + 1)),
+            "name, description, default_agent, threshold, production_variation_id, created_at, updated_at",
+            ((f"s{i:05d}", "", "python", None, f"c{i:05d}", "now", "now") for i in ids),
         )
         _copy(
             conn,
             "skill_variations",
-            (
-                "variation_id",
-                "skill_name",
-                "parent_version",
-                "variation_content",
-                "created_at",
-                "created_by",
-                "test_status",
-                "promoted",
-                "learned_from",
-            ),
+            "variation_id, skill_name, parent_version, variation_content, created_at, created_by, test_status, "
+            "promoted, learned_from",
             (
                 row
-                for i in range(1, tests + 1)
+                for i in ids
                 for row in (
-                    (
-                        f"c{i:05d}",
-                        f"s{i:05d}",
-                        None,
-                        f"control {i}",
-                        "now",
-                        "registration",
-                        "baseline",
-                        True,
-                        "[]",
-                    ),
-                    (
-                        f"t{i:05d}",
-                        f"s{i:05d}",
-                        f"c{i:05d}",
-                        f"treatment {i}",
-                        "now",
-                        "evolver:hints",
-                        "testing",
-                        False,
-                        "[]",
-                    ),
+                    (f"c{i:05d}", f"s{i:05d}", None, f"control {i}", "now", "registration", "baseline", True, "[]"),
+                    (f"t{i:05d}", f"s{i:05d}", f"c{i:05d}", f"treatment {i}", "now", "evolver:hints", "testing", False, "[]"),
                 )
             ),
         )
         _copy(
             conn,
             "ab_test_assignments",
+            "test_id, skill_name, control_version, treatment_version, sample_size_target, control_trials, "
+            "control_successes, treatment_trials, treatment_successes, control_fidelity_sum, "
+            "treatment_fidelity_sum, status, policy, started_at",
             (
-                "test_id",
-                "skill_name",
-                "control_version",
-                "treatment_version",
-                "sample_size_target",
-                "control_trials",
-                "control_successes",
-                "treatment_trials",
-                "treatment_successes",
-                "control_fidelity_sum",
-                "treatment_fidelity_sum",
-                "status",
-                "policy",
-                "started_at",
-            ),
-            (
-                (
-                    i,
-                    f"s{i:05d}",
-                    f"c{i:05d}",
-                    f"t{i:05d}",
-                    20,
-                    TRIALS_PER_ARM,
-                    control,
-                    TRIALS_PER_ARM,
-                    treatment,
-                    float(control),
-                    float(treatment),
-                    "running",
-                    "sequential",
-                    "now",
-                )
-                for i in range(1, tests + 1)
+                (i, f"s{i:05d}", f"c{i:05d}", f"t{i:05d}", 20, TRIALS_PER_ARM, control, TRIALS_PER_ARM, treatment,
+                 float(control), float(treatment), "running", "sequential", "now")
+                for i in ids
                 for control, treatment in [_arms(i)]
             ),
         )
         _copy(
             conn,
             "skill_outcomes",
-            (
-                "run_id",
-                "attempt",
-                "final",
-                "skill_name",
-                "variation_id",
-                "agent",
-                "test_id",
-                "arm",
-                "success",
-                "execution_success",
-                "pattern_fidelity",
-                "step_results",
-                "input_context",
-                "execution_time_ms",
-                "created_at",
-            ),
+            "run_id, attempt, final, skill_name, variation_id, agent, test_id, arm, success, execution_success, "
+            "pattern_fidelity, step_results, input_context, execution_time_ms, created_at",
             _outcomes(tests, outcomes_per_test),
         )
         _copy(
             conn,
             "ab_trials",
-            ("test_id", "run_id", "unit_key", "arm", "assigned_at", "deadline", "completed_at", "success", "fidelity"),
+            "test_id, run_id, unit_key, arm, assigned_at, deadline, completed_at, success, fidelity",
             _trials(tests),
         )
         conn.execute("SELECT setval('ab_test_assignments_test_id_seq', %s)", (tests,))
@@ -213,23 +133,8 @@ def _outcomes(tests: int, per_test: int) -> Iterator[tuple[Any, ...]]:
         for j in range(per_test):
             arm = "control" if j % 2 == 0 else "treatment"
             passed = j // 2 < (control if arm == "control" else treatment)
-            yield (
-                f"r{i}-{j}",
-                1,
-                True,
-                f"s{i:05d}",
-                f"{arm[0]}{i:05d}",
-                "python",
-                i,
-                arm,
-                passed,
-                True,
-                1.0 if passed else 0.5,
-                "[]",
-                "{}",
-                1.0,
-                "now",
-            )
+            yield (f"r{i}-{j}", 1, True, f"s{i:05d}", f"{arm[0]}{i:05d}", "python", i, arm, passed, True,
+                   1.0 if passed else 0.5, "[]", "{}", 1.0, "now")
 
 
 @dataclass

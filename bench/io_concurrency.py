@@ -18,21 +18,17 @@ from __future__ import annotations
 
 import sys
 import time
-from functools import partial
 
-from bench.common import Report, base_parser, python_skill, register, result_states, services, timed_drain
+from bench.common import Report, base_parser, drain, services
 from bench.entrypoints import LLM_LATENCY_SECONDS
 from bench.tasks import SLEEP_TASK
-from db.memory import PatternMemory
-from worker.app import SKILLS_QUEUE
-from worker.client import EXECUTE_TASK, enqueue_skill
+from worker.client import EXECUTE_TASK
 
 SKILL = "bench_waits_100ms"
 THREADS = 32
 IDEAL_PER_WORKER = THREADS / LLM_LATENCY_SECONDS  # 320 runs/s
 BAR_SHARE_OF_IDEAL = 0.85
 BAR_SHARE_OF_BARE_SCALING = 0.95
-DRAIN_TIMEOUT = 600.0
 LABELS = {SLEEP_TASK: "bare Celery 100 ms", EXECUTE_TASK: "wre.execute_skill"}
 
 
@@ -52,8 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     ideal = args.threads / LLM_LATENCY_SECONDS
     report = Report(f"io_concurrency: a 100 ms agent on workers of {args.threads} threads")
     with services(args.broker_url, "wre_bench_io", args.keep_logs) as found:
-        memory = PatternMemory(found.database_url)
-        register(memory, python_skill(SKILL, "waits_100ms"))
+        found.python_skill(SKILL, "waits_100ms")
         first = found.worker(args.threads, "threads")
         second = found.worker(args.threads, "threads")
         report.line(
@@ -62,18 +57,8 @@ def main(argv: list[str] | None = None) -> int:
             f"bare/wre on one worker, then on two"
         )
 
-        def enqueue(task: str, runs: int) -> list[str]:
-            if task == EXECUTE_TASK:
-                return [enqueue_skill(SKILL, {"i": i}, app=found.app).id for i in range(runs)]
-            with found.app.producer_or_acquire() as producer:
-                kwargs = {"skill_name": SKILL, "input_context": {}}
-                return [
-                    found.app.send_task(task, kwargs=kwargs, queue=SKILLS_QUEUE, producer=producer).id
-                    for _ in range(runs)
-                ]
-
         for task in (SLEEP_TASK, EXECUTE_TASK):  # warm-up: every thread, connection and cache
-            timed_drain(found, [first, second], partial(enqueue, task, 4 * args.threads), DRAIN_TIMEOUT)
+            drain(found, [first, second], task, SKILL, 4 * args.threads)
         # (task, workers) -> [(runs, seconds)]
         rounds: dict[tuple[str, int], list[tuple[int, float]]] = {}
         report.line(
@@ -85,11 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                 for task in (SLEEP_TASK, EXECUTE_TASK):
                     number += 1
                     runs = max(1, round(ideal * len(workers) * args.seconds))
-                    ids, seconds = timed_drain(found, workers, partial(enqueue, task, runs), DRAIN_TIMEOUT)
-                    states = result_states(found, ids)
-                    wanted = "wre_success" if task == EXECUTE_TASK else "SUCCESS"
-                    if states.get(wanted) != len(ids):
-                        raise RuntimeError(f"round {number}: not every run succeeded: {states}")
+                    ids, seconds = drain(found, workers, task, SKILL, runs)
                     rounds.setdefault((task, len(workers)), []).append((len(ids), seconds))
                     per_second = len(ids) / seconds
                     report.line(

@@ -33,18 +33,13 @@ from functools import partial
 
 import redis
 
-from bench.common import Report, Services, base_parser, python_skill, register, services, timed_drain
-from bench.tasks import BENCH_METADATA, NOOP_TASK, REFERENCE_TASK
-from db.memory import PatternMemory
-from worker.app import SKILLS_QUEUE
-from worker.client import EXECUTE_TASK, enqueue_skill
+from bench.common import DRAIN_TIMEOUT_SECONDS, INSTANT_SKILL, Report, base_parser, drain, send_one, services
+from bench.tasks import NOOP_TASK, REFERENCE_TASK
+from worker.client import EXECUTE_TASK
 
-SKILL = "bench_instant"
 BAR_RATIO = 1.3
 LOAD_SHARE = 0.5  # of the measured capacity
 CAPACITY_RUNS = 2000
-WARMUP_RUNS = 200
-DRAIN_TIMEOUT_SECONDS = 600.0
 RESULT_CHANNELS = "celery-task-meta-*"
 FINISHED_STATES = ("SUCCESS", "FAILURE")
 # A round waits this long past its last send for the stragglers' results.
@@ -90,22 +85,6 @@ class ResultListener:
         self._pubsub.close()
 
 
-def _sender(found: Services, task: str) -> Callable[[int], str]:
-    """One send of ``task`` (the same kwargs for both kinds); returns the task id."""
-    if task == EXECUTE_TASK:
-        return lambda i: str(enqueue_skill(SKILL, {"i": i}, app=found.app).id)
-
-    def send(i: int) -> str:
-        kwargs = {"skill_name": SKILL, "input_context": {"i": i}}
-        return str(found.app.send_task(task, kwargs=kwargs, queue=SKILLS_QUEUE).id)
-
-    return send
-
-
-def _send_many(send: Callable[[int], str], runs: int) -> list[str]:
-    return [send(i) for i in range(runs)]
-
-
 def paced_round(send: Callable[[int], str], runs: int, rate: float) -> tuple[dict[str, float], list[float]]:
     """Send ``runs`` at ``rate`` per second on a fixed schedule; the send time of each task id, and how long
     each send call took (ms)."""
@@ -129,31 +108,26 @@ def percentile(values: list[float], share: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = base_parser("Enqueue-to-result latency of wre.execute_skill against a bare Celery no-op.")
+    parser = base_parser("Enqueue-to-result latency of wre.execute_skill against a bare Celery no-op.", 200)
     parser.add_argument("--runs", type=int, default=2000, help="runs per round (default 2000)")
     parser.add_argument("--alternations", type=int, default=4, help="bare/wre round pairs (default 4)")
-    parser.add_argument("--pool", default="threads", help="the worker's pool (default threads)")
-    parser.add_argument("--concurrency", type=int, default=4, help="the worker's concurrency (default 4)")
     parser.add_argument(
         "--capacity-runs", type=int, default=CAPACITY_RUNS, help="runs of each kind drained to measure capacity"
     )
     parser.add_argument("--rate", type=float, default=0.0, help="send rate per second (default: half the capacity)")
-    parser.add_argument("--warmup", type=int, default=WARMUP_RUNS, help="untimed runs of each kind first (200)")
     args = parser.parse_args(argv)
     begun = time.monotonic()
     report = Report(f"latency: send → result stored, wre.execute_skill vs bare Celery (-P {args.pool} -c {args.concurrency})")
     with services(args.broker_url, "wre_bench_latency", args.keep_logs) as found:
-        memory = PatternMemory(found.database_url)
-        BENCH_METADATA.create_all(memory.engine)
-        register(memory, python_skill(SKILL, "instant"))
+        found.python_skill(INSTANT_SKILL, "instant")
         worker = found.worker(args.concurrency, args.pool)
         kinds = (NOOP_TASK, EXECUTE_TASK, REFERENCE_TASK)
         listener = ResultListener(found.redis)
         try:
             capacity: dict[str, float] = {}
             for task in kinds:
-                send = _sender(found, task)
-                timed_drain(found, [worker], partial(_send_many, send, args.warmup), DRAIN_TIMEOUT_SECONDS)
+                send = partial(send_one, found, task, INSTANT_SKILL)
+                drain(found, [worker], task, INSTANT_SKILL, args.warmup)
                 sent, _ = paced_round(send, args.capacity_runs, math.inf)
                 listener.wait_for(list(sent), DRAIN_TIMEOUT_SECONDS)
                 seconds = max(listener.stored[task_id] for task_id in sent) - min(sent.values())
@@ -175,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(args.alternations):
                 for task in kinds:
                     number += 1
-                    sent, calls = paced_round(_sender(found, task), args.runs, rate)
+                    sent, calls = paced_round(partial(send_one, found, task, INSTANT_SKILL), args.runs, rate)
                     send_calls[task].extend(calls)
                     listener.wait_for(list(sent), RESULT_WAIT_SECONDS)
                     failed = [task_id for task_id in sent if listener.states[task_id] != "SUCCESS"]

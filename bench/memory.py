@@ -16,25 +16,12 @@ from __future__ import annotations
 import os
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
-from bench.common import (
-    Report,
-    Services,
-    base_parser,
-    python_skill,
-    register,
-    result_states,
-    services,
-    timed_drain,
-)
-from db.memory import PatternMemory
-from worker.client import enqueue_skill
+from bench.common import INSTANT_SKILL, Report, base_parser, drain, services
+from worker.client import EXECUTE_TASK
 
-SKILL = "bench_instant"
 BAR_DRIFT = 0.05
-DRAIN_TIMEOUT_SECONDS = 600.0
 PROC = Path("/proc")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 
@@ -86,25 +73,17 @@ def sample(pid: int) -> tuple[int, int, int]:
     return rss_kib(pid), sum(pss_kib(member) for member in tree), len(tree)
 
 
-def _enqueue(found: Services, runs: int) -> list[str]:
-    return [str(enqueue_skill(SKILL, {"i": i}, app=found.app).id) for i in range(runs)]
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = base_parser("Worker memory over 20,000 runs of wre.execute_skill.")
+    parser = base_parser("Worker memory over 20,000 runs of wre.execute_skill.", 2000)
     parser.add_argument("--runs", type=int, default=20_000, help="runs after the warm-up (default 20000)")
     parser.add_argument("--chunk", type=int, default=2000, help="runs per drain (default 2000)")
-    parser.add_argument("--warmup", type=int, default=2000, help="runs before the first sample (default 2000)")
-    parser.add_argument("--pool", default="threads", help="the worker's pool (default threads)")
-    parser.add_argument("--concurrency", type=int, default=4, help="the worker's concurrency (default 4)")
     args = parser.parse_args(argv)
     begun = time.monotonic()
     report = Report(f"memory: worker RSS over {args.runs} runs (-P {args.pool} -c {args.concurrency})")
     with services(args.broker_url, "wre_bench_memory", args.keep_logs) as found:
-        memory = PatternMemory(found.database_url)
-        register(memory, python_skill(SKILL, "instant"))
+        found.python_skill(INSTANT_SKILL, "instant")
         worker = found.worker(args.concurrency, args.pool)
-        timed_drain(found, [worker], partial(_enqueue, found, args.warmup), DRAIN_TIMEOUT_SECONDS)
+        drain(found, [worker], EXECUTE_TASK, INSTANT_SKILL, args.warmup)
         main_rss, tree_rss, members = sample(worker.pid)
         warm = tree_rss
         report.line(f"{'runs':>7} {'main RSS':>9} {'tree PSS':>9} {'processes':>9} {'runs/s':>7}")
@@ -112,10 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         done = 0
         while done < args.runs:
             runs = min(args.chunk, args.runs - done)
-            ids, seconds = timed_drain(found, [worker], partial(_enqueue, found, runs), DRAIN_TIMEOUT_SECONDS)
-            states = result_states(found, ids)
-            if states.get("wre_success") != len(ids):
-                raise RuntimeError(f"not every run succeeded: {states}")
+            _, seconds = drain(found, [worker], EXECUTE_TASK, INSTANT_SKILL, runs)
             done += runs
             main_rss, tree_rss, members = sample(worker.pid)
             report.line(

@@ -4,7 +4,7 @@ Each row simulates the mechanism of issue 11 next to the naive counting it repla
 
 - **mechanism**: every run is written to the ledger when it is routed (unit, arm, time, deadline); at
   every look (the beat, once a second) the verdict reads the complete prefix
-  (``scheduler.cohorts.complete_prefix``: the trials assigned before the oldest one still pending, a
+  (``bench.cohorts.complete_prefix``: the trials assigned before the oldest one still pending, a
   trial past its deadline a failure), aggregated per unit (``scheduler.units.ArmUnits``) and decided
   by ``scheduler.policies.decide_units`` with the futility stop; after every promotion the guard
   (``scheduler.guard.guard_decide``) watches the new production version against a 10% holdout and may
@@ -20,17 +20,20 @@ itself (``complete_prefix`` + ``decide_units`` at every look), which must reach 
 
 from __future__ import annotations
 
+import argparse
 import math
-from collections.abc import Callable
+import sys
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
 from bench import promotion_quality as pq
+from bench.cohorts import Trial, complete_prefix
 from scheduler import guard as guards
 from scheduler import policies
-from scheduler.cohorts import Trial, complete_prefix
 from scheduler.units import ArmUnits
 
 IntArray = NDArray[np.int64]
@@ -217,19 +220,20 @@ def paths_in_order(to_treatment: BoolArray, success: BoolArray, order: IntArray 
     if order is not None:
         to_treatment = np.take_along_axis(to_treatment, order, axis=1)
         success = np.take_along_axis(success, order, axis=1)
-    treatment_trials = np.cumsum(to_treatment, axis=1, dtype=np.int64)
-    steps = to_treatment.shape[1]
-    return pq.Paths(
-        control_successes=np.cumsum(success & ~to_treatment, axis=1, dtype=np.int64),
-        control_trials=np.arange(1, steps + 1, dtype=np.int64)[None, :] - treatment_trials,
-        treatment_successes=np.cumsum(success & to_treatment, axis=1, dtype=np.int64),
-        treatment_trials=treatment_trials,
-    )
+    return pq.paths(to_treatment, success)
 
 
 def kinds_of(paths: pq.Paths, policy: policies.SequentialPolicy) -> IntArray:
     promote, archive, close = pq.sequential_verdicts(paths, policy)
     return np.where(promote, 0, np.where(archive, 1, np.where(close, 2, UNKNOWN))).astype(np.int64)
+
+
+def first_kind(kinds: IntArray) -> tuple[IntArray, IntArray]:
+    """Per replicate: the first verdict (-1 if none) and the index of the step it came at (0 if none)."""
+    decided = kinds != UNKNOWN
+    step = np.argmax(decided, axis=1)
+    kind = np.where(decided.any(axis=1), kinds[np.arange(kinds.shape[0]), step], UNKNOWN)
+    return kind.astype(np.int64), step
 
 
 def first_at_looks(kinds: IntArray, known: FloatArray, looks: FloatArray) -> tuple[IntArray, IntArray]:
@@ -250,20 +254,6 @@ def first_at_looks(kinds: IntArray, known: FloatArray, looks: FloatArray) -> tup
         if hits.size:
             kind[row], length[row] = verdicts[hits[0]], seen[hits[0]]
     return kind, length
-
-
-@dataclass(frozen=True)
-class Row:
-    """One line of the report: what each way of counting did with the same simulated runs."""
-
-    name: str
-    bar: float | None  # max share promoted (per side where the row says so)
-    figures: dict[str, float]
-
-    def verdict(self) -> str:
-        if self.bar is None:
-            return ""
-        return "PASS" if self.figures["mechanism promoted"] <= self.bar else "FAIL"
 
 
 # --- rows -------------------------------------------------------------------------------------------
@@ -314,7 +304,6 @@ def delay_row(
                 success[row],
                 done[row],
                 deadline[row],
-                None,
                 looks,
                 policy,
                 (int(kind[row]), int(length[row])),
@@ -334,27 +323,18 @@ def replay_cohorts(
     success: BoolArray,
     done: FloatArray,
     deadline: FloatArray,
-    unit_of: IntArray | None,
     looks: FloatArray,
     policy: policies.SequentialPolicy,
     expected: tuple[int, int],
 ) -> None:
     """Walk the pure mechanism (complete_prefix + decide_units at every look) and demand the twin's verdict."""
     names = {"treatment": 0, "control": 1, "inconclusive": 2}
-    units = unit_of if unit_of is not None else np.arange(assigned.size)
     params = dict(policy.params)
-    # Each run's ledger row while pending and once its outcome is recorded; a look picks one of the two.
+    # Each run (its own unit) as the ledger holds it while pending and once its outcome is recorded; a look
+    # picks one of the two.
+    arms = np.where(to_treatment, "treatment", "control")
     rows = [
-        tuple(
-            Trial(
-                f"u{units[i]}",
-                "treatment" if to_treatment[i] else "control",
-                float(assigned[i]),
-                float(deadline[i]),
-                outcome,
-            )
-            for outcome in (None, bool(success[i]))
-        )
+        tuple(Trial(f"u{i}", arms[i], float(assigned[i]), float(deadline[i]), outcome) for outcome in (None, bool(success[i])))
         for i in range(assigned.size)
     ]
     for look in looks:
@@ -387,12 +367,7 @@ def clustered_row(
         rows = np.arange(size)[:, None]
         to_treatment = user_arm[rows, who]
         success = rng.random((size, runs)) < user_rate[rows, who]
-        naive_kinds = kinds_of(paths_in_order(to_treatment, success), naive)
-        first = np.where(
-            (naive_kinds != UNKNOWN).any(axis=1),
-            naive_kinds[np.arange(size), np.argmax(naive_kinds != UNKNOWN, axis=1)],
-            UNKNOWN,
-        )
+        first, _ = first_kind(kinds_of(paths_in_order(to_treatment, success), naive))
         counts["naive treatment"] += int(np.sum(first == 0))
         counts["naive control"] += int(np.sum(first == 1))
         kind = walk_units(who, to_treatment, success, users, policy)
@@ -494,11 +469,8 @@ def guard_walk(
     np_ = np.arange(1, horizon + 1, dtype=np.int64)[None, :] - nh
     sh = np.cumsum(success & to_holdout, axis=1, dtype=np.int64)
     sp = np.cumsum(success & ~to_holdout, axis=1, dtype=np.int64)
-    kinds = guard_verdicts((sp, np_), (sh, nh), policy)
-    decided = kinds != UNKNOWN
-    step = np.argmax(decided, axis=1)
-    kind = np.where(decided.any(axis=1), kinds[np.arange(replicates), step], UNKNOWN)
-    return kind.astype(np.int64), np.where(decided.any(axis=1), step + 1, horizon).astype(np.int64)
+    kind, step = first_kind(guard_verdicts((sp, np_), (sh, nh), policy))
+    return kind, np.where(kind != UNKNOWN, step + 1, horizon).astype(np.int64)
 
 
 def guard_row(rng: np.random.Generator, replicates: int, base: float, change: float) -> dict[str, float]:
@@ -540,10 +512,7 @@ def novelty_row(
         success = rng.random((size, runs)) < rate
         paths = paths_in_order(to_treatment, success)
         for name, chosen in (("naive promoted", naive), ("mechanism promoted", policy)):
-            kinds = kinds_of(paths, chosen)
-            decided = kinds != UNKNOWN
-            step = np.argmax(decided, axis=1)
-            kind = kinds[np.arange(size), step]
+            kind, step = first_kind(kinds_of(paths, chosen))
             totals[name] += int(np.sum(kind == 0))
             if chosen is policy:
                 winners = np.flatnonzero(kind == 0)
@@ -596,13 +565,7 @@ def drift_row(rng: np.random.Generator, replicates: int, amplitude: float, perio
 
 #: The candidates evolution proposes, as (true lift, share), from a control at 0.70: most are no
 #: better, some worse, a few better. An assumption for the cost row only (figures, no bar).
-CANDIDATE_LIFTS: tuple[tuple[float, float], ...] = (
-    (-0.10, 0.2),
-    (-0.05, 0.2),
-    (0.0, 0.3),
-    (0.05, 0.2),
-    (0.10, 0.1),
-)
+CANDIDATE_LIFTS: tuple[tuple[float, float], ...] = ((-0.10, 0.2), (-0.05, 0.2), (0.0, 0.3), (0.05, 0.2), (0.10, 0.1))
 COST_CONTROL_RATE = 0.70
 
 
@@ -732,11 +695,7 @@ def report(rng: np.random.Generator, replicates: int, replay: int) -> bool:
             f"{row['naive promoted']:.2%} / {row['naive archived']:.2%}",
             worst <= 0.02,
         )
-    for early, late, novelty_runs, bar in (
-        (0.85, 0.55, 150, 0.02),
-        (0.95, 0.25, 300, 0.02),
-        (0.80, 0.60, 400, None),
-    ):
+    for early, late, novelty_runs, bar in ((0.85, 0.55, 150, 0.02), (0.95, 0.25, 300, 0.02), (0.80, 0.60, 400, None)):
         row = novelty_row(rng, replicates, early, late, novelty_runs, 0.70)
         check(
             f"novelty: 0.70 vs {early:.2f} for {novelty_runs} runs, then {late:.2f}",
@@ -753,15 +712,7 @@ def report(rng: np.random.Generator, replicates: int, replay: int) -> bool:
         f"promoted {row['naive promoted']:.2%}",
         row["mechanism promoted"] <= 0.02,
     )
-    for base, change in (
-        (0.70, -0.10),
-        (0.50, -0.10),
-        (0.70, -0.05),
-        (0.70, 0.0),
-        (0.50, 0.0),
-        (0.90, 0.0),
-        (0.70, 0.05),
-    ):
+    for base, change in ((0.70, -0.10), (0.50, -0.10), (0.70, -0.05), (0.70, 0.0), (0.50, 0.0), (0.90, 0.0), (0.70, 0.05)):
         row = guard_row(rng, replicates, base, change)
         if change <= -0.10:
             bar, passed = "rolled back >= 80%", row["rolled back"] >= 0.80
@@ -776,11 +727,10 @@ def report(rng: np.random.Generator, replicates: int, replay: int) -> bool:
             "(no guard)",
             passed,
         )
-    misses = []
-    for control, treatment in ((0.70, 0.80), (0.90, 0.97), (0.95, 0.99), (0.05, 0.10)):
-        misses.append(
-            f"{control:.2f}->{treatment:.2f}: {coverage_row(rng, replicates, control, treatment):.2%}"
-        )
+    misses = [
+        f"{control:.2f}->{treatment:.2f}: {coverage_row(rng, replicates, control, treatment):.2%}"
+        for control, treatment in ((0.70, 0.80), (0.90, 0.97), (0.95, 0.99), (0.05, 0.10))
+    ]
     print(
         f"confidence sequence (normal approximation), tests whose interval ever excludes the true lift "
         f"(nominal {policy.alpha:.0%}): " + ", ".join(misses)
@@ -808,3 +758,24 @@ def report(rng: np.random.Generator, replicates: int, replay: int) -> bool:
         on["promoted +0.00"] <= off["promoted +0.00"],
     )
     return ok
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--replicates", type=int, default=DEFAULT_REPLICATES, help="replicates per row")
+    parser.add_argument("--seed", type=int, default=pq.DEFAULT_SEED, help="random seed")
+    parser.add_argument(
+        "--replay", type=int, default=DEFAULT_REPLAY, help="replicates of the delay and clustered rows replayed"
+    )
+    args = parser.parse_args(argv)
+    if args.replicates < 1 or args.replay < 0:
+        parser.error("--replicates must be >= 1, --replay >= 0")
+    started = time.perf_counter()
+    ok = report(np.random.default_rng(args.seed), args.replicates, args.replay)
+    verdict = "PASS on every bar" if ok else "FAIL on at least one bar"
+    print(f"\nmechanisms at wre's defaults: {verdict} ({time.perf_counter() - started:.0f} s)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,10 +3,9 @@
 Each replicate routes trials to the arms at random (probability 1/2 each), draws each trial's success
 from its arm's rate, and asks the policy after every trial until it returns a verdict; at the latest
 that is "inconclusive", when both arms reach ``max_trials_per_arm`` (earlier when the futility stop
-rules out a lift of ``min_detectable_lift``). The rows where the premises break (outcome delay,
-clustered keys, novelty, drift) and the guard after a promotion follow, from
-``bench.promotion_mechanisms``. Both policies see the same
-simulated trials (common random numbers), so their figures compare like for like.
+rules out a lift of ``min_detectable_lift``). Both policies see the same simulated trials (common random
+numbers), so their figures compare like for like. The rows where the premises break (outcome delay,
+clustered keys, novelty, drift) and the guard are ``bench.promotion_mechanisms``, built on this module.
 
 The per-trial statistic is evaluated with numpy over whole batches of replicates by a twin of
 ``scheduler.policies`` (pure Python, too slow for millions of states). The twin cannot drift
@@ -14,8 +13,7 @@ unnoticed: before the run, its log e-values are compared with the policy's on sa
 some replicates of every row are replayed through ``decide()`` itself, trial by trial; any
 difference stops the benchmark.
 
-Usage: ``python -m bench.promotion_quality [--replicates N] [--seed S] [--replay K] [--mixing-sd T] [--bars-only]
-[--mechanism-replicates M]``
+Usage: ``python -m bench.promotion_quality [--replicates N] [--seed S] [--replay K] [--mixing-sd T] [--bars-only]``
 """
 
 from __future__ import annotations
@@ -131,12 +129,16 @@ def simulate(scenario: Scenario, replicates: int, rng: np.random.Generator) -> P
     steps = steps_for(scenario.max_trials_per_arm)
     to_treatment = rng.random((replicates, steps)) < 0.5
     rate = np.where(to_treatment, scenario.treatment_rate, scenario.control_rate)
-    success = rng.random((replicates, steps)) < rate
+    return paths(to_treatment, rng.random((replicates, steps)) < rate)
+
+
+def paths(to_treatment: BoolArray, success: BoolArray) -> Paths:
+    """Cumulative counts of single-trial runs, in the order of their columns."""
     treatment_trials = np.cumsum(to_treatment, axis=1, dtype=np.int64)
-    control_trials = np.arange(1, steps + 1, dtype=np.int64)[None, :] - treatment_trials
+    steps = to_treatment.shape[1]
     return Paths(
         control_successes=np.cumsum(success & ~to_treatment, axis=1, dtype=np.int64),
-        control_trials=control_trials,
+        control_trials=np.arange(1, steps + 1, dtype=np.int64)[None, :] - treatment_trials,
         treatment_successes=np.cumsum(success & to_treatment, axis=1, dtype=np.int64),
         treatment_trials=treatment_trials,
     )
@@ -279,14 +281,8 @@ def first_verdicts(p: Paths, policy: Policy) -> Ends:
 def check_twin(rng: np.random.Generator, mixing_sd: float) -> int:
     """Compare the twin's evidence with RandomizationEvidence on random and extreme states."""
     states: list[tuple[int, int, int, int]] = [
-        (0, 0, 0, 0),
-        (0, 20, 20, 20),
-        (20, 20, 0, 20),
-        (20, 20, 20, 20),
-        (0, 20, 0, 20),
-        (1, 1000, 999, 1000),
-        (500, 1000, 500, 1000),
-        (5, 20, 400, 500),
+        (0, 0, 0, 0), (0, 20, 20, 20), (20, 20, 0, 20), (20, 20, 20, 20), (0, 20, 0, 20), (1, 1000, 999, 1000),
+        (500, 1000, 500, 1000), (5, 20, 400, 500),
     ]
     for _ in range(TWIN_SAMPLES):
         control_trials, treatment_trials = (int(n) for n in rng.integers(0, 1200, size=2))
@@ -422,28 +418,14 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--replicates", type=int, default=DEFAULT_REPLICATES, help="replicates per row")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed")
+    parser.add_argument("--replay", type=int, default=DEFAULT_REPLAY, help="replicates per row and policy replayed through decide()")
     parser.add_argument(
-        "--replay",
-        type=int,
-        default=DEFAULT_REPLAY,
-        help="replicates per row and policy replayed through decide() as a drift check",
-    )
-    parser.add_argument(
-        "--mixing-sd",
-        type=float,
-        default=policies.MIXING_SD,
-        help="the sequential policy's mixing sd (to reproduce the tuning sweep in docs/STATISTICS.md)",
+        "--mixing-sd", type=float, default=policies.MIXING_SD, help="the sequential policy's mixing sd (docs/STATISTICS.md's sweep)"
     )
     parser.add_argument("--bars-only", action="store_true", help="only the rows that carry a bar")
-    parser.add_argument(
-        "--mechanism-replicates",
-        type=int,
-        default=2000,
-        help="replicates per mechanism row (delay, clustered keys, novelty, drift, guard, cost); 0 skips them",
-    )
     args = parser.parse_args(argv)
-    if args.replicates < 1 or args.replay < 0 or args.mechanism_replicates < 0:
-        parser.error("--replicates must be >= 1, --replay and --mechanism-replicates >= 0")
+    if args.replicates < 1 or args.replay < 0:
+        parser.error("--replicates must be >= 1, --replay >= 0")
     if not 0.0 < args.mixing_sd <= 1.0:
         parser.error("--mixing-sd must be in (0, 1]")
     return args
@@ -509,14 +491,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(f"  {per_arm} trials per arm: {figures}")
     print()
-    if args.mechanism_replicates:
-        # Imported here: the mechanism rows build on this module's twin (no import cycle at load).
-        from bench import promotion_mechanisms as mechanisms
-
-        all_pass &= mechanisms.report(
-            rng, args.mechanism_replicates, min(args.replay, mechanisms.DEFAULT_REPLAY)
-        )
-        print()
     elapsed = time.perf_counter() - started
     which = "at its defaults" if args.mixing_sd == policies.MIXING_SD else f"with mixing sd {args.mixing_sd}"
     verdict = "PASS on every bar" if all_pass else "FAIL on at least one bar"

@@ -104,10 +104,8 @@ class Run:
     first_id: int
     started_at: Any = None
     first_fidelity: float = 0.0
-    first_success: bool = False
     final_fidelity: float = 0.0
     attempts: int = 0
-    variation: str = ""
 
 
 @dataclass
@@ -158,17 +156,8 @@ def collect(memory: PatternMemory, baselines: dict[str, float]) -> list[SkillFig
     figures = {name: SkillFigures(name, p) for name, p in baselines.items()}
     runs: dict[str, Run] = {}
     skill_of: dict[str, str] = {}
-    query = select(
-        OUTCOMES.c.id,
-        OUTCOMES.c.run_id,
-        OUTCOMES.c.attempt,
-        OUTCOMES.c.skill_name,
-        OUTCOMES.c.variation_id,
-        OUTCOMES.c.success,
-        OUTCOMES.c.pattern_fidelity,
-        OUTCOMES.c.final,
-        OUTCOMES.c.created_at,
-    ).order_by(OUTCOMES.c.id)
+    columns = ("id", "run_id", "attempt", "skill_name", "pattern_fidelity", "final", "created_at")
+    query = select(*(OUTCOMES.c[name] for name in columns)).order_by(OUTCOMES.c.id)
     with memory.transaction() as conn:
         for row in conn.execute(query):
             run = runs.get(row.run_id)
@@ -176,8 +165,7 @@ def collect(memory: PatternMemory, baselines: dict[str, float]) -> list[SkillFig
                 run = runs[row.run_id] = Run(first_id=row.id, started_at=row.created_at)
                 skill_of[row.run_id] = row.skill_name
             if row.attempt == 1:
-                run.first_fidelity, run.first_success = row.pattern_fidelity, row.success
-                run.variation = row.variation_id
+                run.first_fidelity = row.pattern_fidelity
             run.attempts = max(run.attempts, row.attempt)
             if row.final:
                 run.final_fidelity = row.pattern_fidelity
@@ -237,15 +225,6 @@ def collect(memory: PatternMemory, baselines: dict[str, float]) -> list[SkillFig
     for name, skill in figures.items():
         skill.final_production = quality[memory.get_production(name)[0]]
     return list(figures.values())
-
-
-def screening_calls(memory: PatternMemory) -> tuple[int, int]:
-    """Agent calls spent on replays, and screenings, over the whole fleet (from the screening events)."""
-    with memory.transaction() as conn:
-        details = list(
-            conn.execute(select(EVENTS.c.details).where(EVENTS.c.event_type == SCREENING_EVENT)).scalars()
-        )
-    return sum(int(item.get("calls", 0)) for item in details), len(details)
 
 
 @dataclass
@@ -319,7 +298,8 @@ def run_seed(args: argparse.Namespace, fleet: Fleet, seed: int, report: Report) 
         for process in list(found.processes):
             found.stop(process)
         skills = collect(memory, baselines)
-        calls, screenings = screening_calls(memory)
+    calls = sum(screening[1] for skill in skills for screening in skill.screenings)
+    screenings = sum(len(skill.screenings) for skill in skills)
     attempts = sum(run.attempts for skill in skills for run in skill.runs)
     report.line(
         f"{runs_total} runs ({attempts} attempts) in {elapsed:.0f} s: {runs_total / elapsed:.0f} runs/s"

@@ -66,32 +66,16 @@ def _on_statement(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         _count("autocommit_statements")
 
 
-def _on_commit(*_args: Any) -> None:
-    _count("commits")
-
-
-def _on_rollback(*_args: Any) -> None:
-    _count("rollbacks")
-
-
-def _on_checkout(*_args: Any) -> None:
-    # Each checkout of an engine with pool_pre_ping pings the server first (one more round trip).
-    _count("checkouts")
-
-
-def _on_connect(*_args: Any) -> None:
-    _count("connects")
-
-
 COUNT_DB_ENV = "WRE_BENCH_COUNT_DB"
 
 if os.environ.get(COUNT_DB_ENV) == "1":
     # Class-level listeners: every engine and pool of the process, whoever created it.
     event.listen(Engine, "before_cursor_execute", _on_statement)
-    event.listen(Engine, "commit", _on_commit)
-    event.listen(Engine, "rollback", _on_rollback)
-    event.listen(Pool, "checkout", _on_checkout)
-    event.listen(Pool, "connect", _on_connect)
+    event.listen(Engine, "commit", lambda *_: _count("commits"))
+    event.listen(Engine, "rollback", lambda *_: _count("rollbacks"))
+    # Each checkout of an engine with pool_pre_ping pings the server first (one more round trip).
+    event.listen(Pool, "checkout", lambda *_: _count("checkouts"))
+    event.listen(Pool, "connect", lambda *_: _count("connects"))
 
 
 @lru_cache(maxsize=1)

@@ -22,42 +22,29 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bench.common import (
+    DRAIN_TIMEOUT_SECONDS,
+    INSTANT_SKILL,
     Report,
     Services,
     base_parser,
-    python_skill,
-    register,
-    result_states,
+    drain,
+    send_runs,
     services,
     timed_drain,
 )
-from bench.tasks import BENCH_METADATA, COUNT_DB_ENV, DB_COUNTS_TASK, NOOP_TASK, REFERENCE_TASK
-from db.memory import PatternMemory
+from bench.tasks import COUNT_DB_ENV, DB_COUNTS_TASK, NOOP_TASK, REFERENCE_TASK
 from worker.app import SKILLS_QUEUE
-from worker.client import EXECUTE_TASK, enqueue_skill
+from worker.client import EXECUTE_TASK
 
-SKILL = "bench_instant"
 BAR_RATIO = 0.65
 # The production view (and the skill row) is re-read every WRE_PRODUCTION_CACHE_SECONDS per worker thread:
 # a cost per second, not per attempt. Allowed on top of the attempt's one transaction: 5%.
 BAR_TRANSACTIONS = 1.05
-WARMUP_RUNS = 200
 STATS_SETTLE_SECONDS = 11.0  # Postgres 15 flushes an idle backend's statistics within 10 s
-DRAIN_TIMEOUT_SECONDS = 600.0
-DB_COUNT_NAMES = (
-    "statements",
-    "writes",
-    "reads",
-    "autocommit_statements",
-    "commits",
-    "rollbacks",
-    "checkouts",
-    "connects",
-)
+DB_COUNT_NAMES = ("statements", "writes", "reads", "autocommit_statements", "commits", "rollbacks", "checkouts", "connects")
 
 
 @dataclass
@@ -74,45 +61,16 @@ class Kind:
         return self.runs / self.seconds if self.seconds else 0.0
 
 
-def _enqueuer(services_: Services, kind: Kind, runs: int) -> Callable[[], list[str]]:
-    """Sends ``runs`` messages of ``kind``, all with wre's kwargs (so every message has the same size)."""
-
-    def enqueue() -> list[str]:
-        if kind.task == EXECUTE_TASK:
-            return [enqueue_skill(SKILL, {"i": i}, app=services_.app).id for i in range(runs)]
-        with services_.app.producer_or_acquire() as producer:
-            return [
-                services_.app.send_task(
-                    kind.task,
-                    kwargs={"skill_name": SKILL, "input_context": {"i": i}},
-                    queue=SKILLS_QUEUE,
-                    producer=producer,
-                ).id
-                for i in range(runs)
-            ]
-
-    return enqueue
-
-
 def _worker_db_counts(services_: Services, reset: bool = False) -> dict[str, int]:
     result = services_.app.send_task(DB_COUNTS_TASK, kwargs={"reset": reset}, queue=SKILLS_QUEUE)
     return dict(result.get(timeout=30))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = base_parser(
-        "Throughput of wre.execute_skill against a bare Celery task, alternating on one worker."
-    )
+    parser = base_parser("Throughput of wre.execute_skill against a bare Celery task, alternating on one worker.", 200)
     parser.add_argument("--runs", type=int, default=10_000, help="runs of each kind in total (default 10000)")
     parser.add_argument("--rounds", type=int, default=10, help="rounds per kind, alternating (default 10)")
-    parser.add_argument("--pool", default="threads", help="the worker's pool (default threads)")
-    parser.add_argument("--concurrency", type=int, default=4, help="the worker's concurrency (default 4)")
-    parser.add_argument(
-        "--count-runs", type=int, default=1000, help="wre runs of the server's transaction count"
-    )
-    parser.add_argument(
-        "--warmup", type=int, default=WARMUP_RUNS, help="untimed runs of each kind first (200)"
-    )
+    parser.add_argument("--count-runs", type=int, default=1000, help="wre runs of the server's transaction count")
     parser.add_argument(
         "--settle-seconds",
         type=float,
@@ -134,9 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     a, b, c = kinds
     with services(args.broker_url, "wre_bench_throughput", args.keep_logs) as found:
-        memory = PatternMemory(found.database_url)
-        BENCH_METADATA.create_all(memory.engine)
-        register(memory, python_skill(SKILL, "instant"))
+        found.python_skill(INSTANT_SKILL, "instant")
         worker = found.worker(args.concurrency, args.pool, **events)
         report.line(
             f"worker: 1 process, pool {args.pool}, concurrency {args.concurrency}, wre's Celery config "
@@ -144,17 +100,11 @@ def main(argv: list[str] | None = None) -> int:
             f"kind in {args.rounds} alternating rounds of {per_round}"
         )
         for kind in kinds:  # warm-up: imports, connection pool, production cache
-            timed_drain(found, [worker], _enqueuer(found, kind, args.warmup), DRAIN_TIMEOUT_SECONDS)
+            drain(found, [worker], kind.task, INSTANT_SKILL, args.warmup)
         report.line(f"{'round':>5}  {'kind':<34} {'runs':>6} {'seconds':>8} {'runs/s':>8}")
         for number in range(1, args.rounds + 1):
             for kind in kinds:
-                enqueue = _enqueuer(found, kind, per_round)
-                ids, seconds = timed_drain(found, [worker], enqueue, DRAIN_TIMEOUT_SECONDS)
-                states = result_states(found, ids)
-                if states.get("SUCCESS", 0) != len(ids) or (
-                    kind is b and states.get("wre_success") != len(ids)
-                ):
-                    raise RuntimeError(f"round {number} of ({kind.key}) did not all succeed: {states}")
+                ids, seconds = drain(found, [worker], kind.task, INSTANT_SKILL, per_round)
                 kind.seconds += seconds
                 kind.runs += len(ids)
                 kind.rounds.append(len(ids) / seconds)
@@ -177,13 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         # The counts, over an untimed batch through a worker that counts (its listeners cost every statement).
         counting = found.worker(args.concurrency, args.pool, **events, **{COUNT_DB_ENV: "1"})
-        timed_drain(found, [counting], _enqueuer(found, b, args.warmup), DRAIN_TIMEOUT_SECONDS)
+        drain(found, [counting], EXECUTE_TASK, INSTANT_SKILL, args.warmup)
         worker_before = _worker_db_counts(found)
         server_before: list[int] = []
-        send_batch = _enqueuer(found, b, args.count_runs)
 
         def enqueue_then_read_server() -> list[str]:
-            ids = send_batch()
+            ids = send_runs(found, EXECUTE_TASK, INSTANT_SKILL, args.count_runs)
             # Postgres publishes a backend's statistics late: wait, so that "before" has the producer's rows.
             time.sleep(args.settle_seconds)
             server_before.append(found.xact_count())

@@ -54,8 +54,8 @@ def arm_units(arm: ArmAggregate) -> ArmUnits:
 class PromotionPolicy:
     """``policy(test, cohort, **overrides) -> Judgement``: health, then the test's policy or the guard.
 
-    :param settings: supplies alpha, the per-arm minimum and maximum, the margin floor, the futility lift,
-        the SRM threshold and the guard's figures.
+    :param settings: supplies the per-arm minimum and maximum and the guard's sizes; the error rates are the
+        scheduler's constants (policies.ALPHA, guard.GUARD_ALPHA, health.SRM_P_VALUE).
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -63,9 +63,7 @@ class PromotionPolicy:
 
     def __call__(self, test: AbTestRecord, cohort: CohortRecord, **overrides: Any) -> Judgement:
         s = self.settings
-        srm = srm_check(
-            cohort.control.assigned_units, cohort.treatment.assigned_units, test.treatment_share, s.ab_srm_p_value
-        )
+        srm = srm_check(cohort.control.assigned_units, cohort.treatment.assigned_units, test.treatment_share)
         health = {"srm": srm.to_dict(), "cohort": cohort.to_dict()}
         if srm.mismatch:
             reason = (
@@ -80,7 +78,6 @@ class PromotionPolicy:
                 production=treatment,
                 holdout=control,
                 holdout_share=1.0 - test.treatment_share,
-                alpha=s.guard_alpha,
                 min_units=s.guard_min_units,
                 guard_units=s.guard_units,
             )
@@ -97,13 +94,7 @@ class PromotionPolicy:
         if policy == "margin":
             # The seed's rule keeps its own figures: per-arm target and a 10-point margin.
             return {"sample_size_target": sample_size_target, "max_trials_per_arm": s.ab_max_trials_per_arm}
-        return {
-            "alpha": s.ab_alpha,
-            "min_trials_per_arm": s.ab_min_trials_per_arm,
-            "max_trials_per_arm": s.ab_max_trials_per_arm,
-            "min_margin": s.ab_min_margin,
-            "min_detectable_lift": s.ab_min_detectable_lift,
-        }
+        return {"min_trials_per_arm": s.ab_min_trials_per_arm, "max_trials_per_arm": s.ab_max_trials_per_arm}
 
 
 def promotion_memory(settings: Settings) -> PatternMemory:

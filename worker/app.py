@@ -30,7 +30,7 @@ from worker.messages import (
     DeadLetterQueue,
 )
 from worker.retries import RESULT_BACKEND_RETRY_OPTIONS
-from worker.settings import Settings, get_settings
+from worker.settings import Settings, SettingsError, get_settings
 
 # Redis redelivers an unacked message after the visibility timeout (WRE_VISIBILITY_TIMEOUT_SECONDS, default
 # 3600). It must exceed any countdown wre uses and any attempt's time limit, or a message would be delivered
@@ -40,6 +40,9 @@ from worker.settings import Settings, get_settings
 # four times per visibility timeout when that is shorter; one sweep is one ZRANGE on the unacked index.
 MAX_RESTORE_INTERVAL_SECONDS = 10.0
 RESULT_EXPIRES_SECONDS = 24 * 3600
+# Period of the beat task that enqueues the evolutions failed runs stored (the outbox): the longest an
+# evolution waits when its run could not enqueue it.
+OUTBOX_SWEEP_SECONDS = 10.0
 TASK_MODULES = ["worker.tasks", "worker.sweep", "scheduler.tasks"]
 EXECUTE_TASK = "wre.execute_skill"
 EVOLVE_TASK = "wre.evolve_skill"
@@ -159,7 +162,7 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
     """The beat's entries; the evolution outbox holds triggers stored by failed runs (docs/RELIABILITY.md)."""
     entries = [
         ("evaluate-ab-tests", EVALUATE_TASK, settings.ab_eval_seconds),
-        ("sweep-evolution-outbox", OUTBOX_TASK, settings.outbox_sweep_seconds),
+        ("sweep-evolution-outbox", OUTBOX_TASK, OUTBOX_SWEEP_SECONDS),
     ]
     if settings.run_sweep_seconds > 0:
         entries.append(("resend-overdue-runs", SWEEP_TASK, settings.run_sweep_seconds))
@@ -194,10 +197,16 @@ def create_app(settings: Settings | None = None) -> Celery:
     return celery
 
 
-app = create_app()
+try:
+    _settings = get_settings()
+except SettingsError as error:
+    # The worker, beat, Flower and every producer (worker/client.py) import this module first: a bad setting
+    # stops them here, in one line and with a non-zero exit, not as a traceback from Celery's app loader.
+    raise SystemExit(f"wre: cannot start: {error}") from None
+app = create_app(_settings)
 # This process's queue names (the settings it was started with); another app's are in its conf.task_routes.
-SKILLS_QUEUE = get_settings().skills_queue_name
-MAINTENANCE_QUEUE = get_settings().maintenance_queue_name
+SKILLS_QUEUE = _settings.skills_queue_name
+MAINTENANCE_QUEUE = _settings.maintenance_queue_name
 # The process's app is wre's, in every thread: signatures that Celery builds without an explicit app (a
 # retry's, for one) would otherwise fall back to a default app with a default broker when the worker runs
 # embedded in another program's thread.

@@ -16,6 +16,8 @@ from worker.settings import Settings
 from worker.skills import parse_variation
 
 log = logging.getLogger(__name__)
+# Recent failed runs the evolver learns from.
+FAILURE_WINDOW = 20
 
 
 def evolve_skill(memory: PatternMemory, settings: Settings, skill_name: str) -> dict[str, Any]:
@@ -50,7 +52,7 @@ def _evolve_claimed(memory: PatternMemory, settings: Settings, skill_name: str) 
             error=row["error"],
             output=row["output"] or "",
         )
-        for row in memory.recent_failures(skill_name, settings.evolve_failure_window)
+        for row in memory.recent_failures(skill_name, FAILURE_WINDOW)
     ]
     try:
         evolver = get_evolver(parent.evolver)

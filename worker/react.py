@@ -141,7 +141,8 @@ def start(
 ) -> ReactState:
     """The state of a run's first attempt.
 
-    Out-of-range figures are clamped, as the settings clamp them: 50 iterations means 10, 1.2 means 1.0.
+    Out-of-range figures are clamped (the seed's arguments; the settings refuse them): 50 iterations means 10,
+    1.2 means 1.0.
 
     :param max_iterations: attempts wanted (clamped to 1..10).
     :param threshold: the fidelity needed (clamped to 0..1).

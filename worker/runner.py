@@ -46,6 +46,9 @@ from worker.skills import parse_variation as parse_variation
 MAX_OUTPUT_RESULT_CHARS = 20_000
 MAX_CACHED_VARIATIONS = 1024
 MAX_CACHED_SKILLS = 4096
+# A trial's deadline is its first attempt's time limit plus this; a trial still without an outcome then counts
+# as a failure of its arm.
+TRIAL_SLACK_SECONDS = 30.0
 
 
 class InvalidRunError(ValueError):
@@ -228,7 +231,7 @@ class SkillRunner:
             recorded = self.memory.assign_trials(
                 run_id,
                 unit_key_for(run_id, request.assignment_key),
-                time_limit + self.settings.ab_trial_slack_seconds,
+                time_limit + TRIAL_SLACK_SECONDS,
                 plan,
             )
             served = _served(guard, test, recorded)

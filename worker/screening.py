@@ -1,13 +1,13 @@
 """Screening: an evolution's candidates are replayed on recorded inputs before any of them gets live traffic.
 
-An evolution searches in ``WRE_SCREEN_GENERATIONS`` rounds. Each round asks the evolver for
-``WRE_EVOLVE_CANDIDATES`` candidates, replays each of them and the parent on inputs of the skill's recent
+An evolution searches in ``SCREEN_GENERATIONS`` rounds. Each round asks the evolver for
+``SCREEN_CANDIDATES`` candidates, replays each of them and the parent on inputs of the skill's recent
 failed runs and a few recent passes (the passes catch regressions), scores every replay with the skill's own
 checks, and keeps the best by successive halving. A later round proposes from the previous round's survivor
 when that survivor scored above the parent (from the parent again otherwise) and keeps it among its
 candidates. The last round's survivor enters the live A/B test only if it beats the parent on that round's
 inputs by a one-sided exact sign test (inputs where it scored higher against inputs where it scored lower,
-ties dropped) at ``WRE_SCREEN_ALPHA``. A screening that chose nothing keeps its last survivor (when it scored
+ties dropped) at :data:`SCREEN_ALPHA`. A screening that chose nothing keeps its last survivor (when it scored
 above the parent) in its event, and the next screening of the same production starts from it. Screening is a
 filter, as offline minibatch evaluation is: the live test stays the only thing that promotes, and keeps its
 error guarantee whatever screening let through.
@@ -50,7 +50,13 @@ from worker.agents import AgentResult, AttemptInfo, get_agent, run_attempt
 from worker.evolvers import EvolutionRefused, Evolver, Failure, validate_proposal
 from worker.evolvers.base import evolution_blocker
 from worker.scoring import score
-from worker.settings import MIN_REPLAY_INPUTS, Settings
+from worker.settings import (
+    MIN_REPLAY_INPUTS,
+    SCREEN_CANDIDATES,
+    SCREEN_GENERATIONS,
+    SMALLEST_SCREENING,
+    Settings,
+)
 from worker.skills import Skill
 
 log = logging.getLogger(__name__)
@@ -63,6 +69,12 @@ TOKEN_KEYS = ("prompt_tokens", "completion_tokens")
 # find anything must not take every other skill's share. bench/loop_model.py, held-out fleet: 13 of 14
 # triples of seeds met the gate with this cap, 9 of 14 with none, 5 of 14 with the skill's own budget.
 SKILL_CAP_SHARES = 2
+# The replay set: inputs of this many recent failed runs, and of a few recent passing ones (to catch regressions).
+SCREEN_FAILURES = 20
+SCREEN_PASSES = 5
+# The sign test's level: a candidate enters the live test only if it beats its parent on the replay set at this
+# level (a filter; the live test keeps the error guarantee).
+SCREEN_ALPHA = 0.2
 
 
 def sign_test_p_value(wins: int, losses: int) -> float:
@@ -212,7 +224,7 @@ def _reserve(memory: PatternMemory, settings: Settings, skill_name: str) -> Scre
 
     def reserve(fleet_spent: int, fleet_runs: int) -> int:
         budget = _budget(settings, spent, runs, fleet_spent, fleet_runs)
-        reserved = budget.calls if budget.calls >= settings.smallest_screening else 0
+        reserved = budget.calls if budget.calls >= SMALLEST_SCREENING else 0
         found.append(replace(budget, reserved=reserved))
         return reserved
 
@@ -241,12 +253,12 @@ def screening_wait(
     if settings.screen_budget_share == 0:
         return "screening is off (WRE_SCREEN_BUDGET_SHARE=0): no skill is evolved"
     budget = budget or screening_budget(memory, settings, parent.name)
-    if budget.calls < settings.smallest_screening:
+    if budget.calls < SMALLEST_SCREENING:
         return (
             f"screening budget: {max(budget.calls, 0)} calls available, the smallest screening takes "
-            f"{settings.smallest_screening}: {budget.describe(settings)}; waiting for more live runs"
+            f"{SMALLEST_SCREENING}: {budget.describe(settings)}; waiting for more live runs"
         )
-    found = len(replay_inputs(memory, parent.name, settings.screen_failures, settings.screen_passes))
+    found = len(replay_inputs(memory, parent.name, SCREEN_FAILURES, SCREEN_PASSES))
     if found < MIN_REPLAY_INPUTS:
         return f"only {found} recorded input(s) of {parent.name!r} to replay; waiting for {MIN_REPLAY_INPUTS}"
     return None
@@ -288,7 +300,7 @@ def screen_candidates(
             evolver,
             failures,
             seed,
-            _interleaved(replay_inputs(memory, parent.name, settings.screen_failures, settings.screen_passes)),
+            _interleaved(replay_inputs(memory, parent.name, SCREEN_FAILURES, SCREEN_PASSES)),
             budget.calls,
             parent.threshold if parent.threshold is not None else settings.react_fidelity,
             meter,
@@ -304,14 +316,14 @@ def screen_candidates(
         scores = last.scores()
         # The last survivor is the only one tested, on every input it and the parent were replayed on.
         best = next(item for item in scores if item.variation_id == last.survivor)
-        chosen = best if best.wins > best.losses and best.p_value <= settings.screen_alpha else None
+        chosen = best if best.wins > best.losses and best.p_value <= SCREEN_ALPHA else None
         replayed_inputs = list({item.run_id: item for done in rounds for item in done.inputs}.values())
         failed_inputs = sum(item.failed for item in replayed_inputs)
         verdict = (
             f"{chosen.variation_id} beat its parent ({chosen.wins} wins, {chosen.losses} losses, p={chosen.p_value:.3f})"
             if chosen
             else f"none beat the parent (best {best.variation_id}: {best.wins} wins, {best.losses} losses, "
-            f"p={best.p_value:.3f} > {settings.screen_alpha:g})"
+            f"p={best.p_value:.3f} > {SCREEN_ALPHA:g})"
         )
         screened = len({variation_id for done in rounds for variation_id, _ in done.candidates})
         description = (
@@ -332,7 +344,7 @@ def screen_candidates(
             # Where the next screening of this production starts, when this one chose nothing.
             "resume": {"variation_id": kept[0], "content": kept[1].content} if kept and not chosen else None,
             "chosen": chosen.variation_id if chosen else None,
-            "alpha": settings.screen_alpha,
+            "alpha": SCREEN_ALPHA,
             "refused": refusals,
         }
         memory.record_learning_event(
@@ -437,9 +449,9 @@ class _Search:
         base_id, base = start or (production_id, parent)
         kept = start
         offset = calls = 0
-        for generation in range(settings.screen_generations):
+        for generation in range(SCREEN_GENERATIONS):
             round_seed = self.seed if generation == 0 else f"{self.seed}\x1fround {generation + 1}"
-            count = max(1, settings.evolve_candidates - (kept is not None))
+            count = max(1, SCREEN_CANDIDATES - (kept is not None))
             seen = {variation_id for done in rounds for variation_id, _ in done.candidates}
             try:
                 proposed, refused = _propose(self.memory, base, self.evolver, self.failures, round_seed, count, seen)
@@ -465,7 +477,7 @@ class _Search:
                     base_id,
                     round_inputs,
                     replay_ids(round_seed, round_inputs),
-                    (self.budget - calls) // (settings.screen_generations - generation),
+                    (self.budget - calls) // (SCREEN_GENERATIONS - generation),
                     self.threshold,
                     self.meter,
                 )

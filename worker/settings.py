@@ -1,97 +1,92 @@
 """Every setting wre reads, in one place (environment variables with the prefix ``WRE_``).
 
-Out-of-range ReAct figures are clamped rather than refused: an operator who sets ``WRE_REACT_MAX_ITER=50``
-gets the documented ceiling (10), not a worker that will not start.
+Each has a range, checked when a process first reads its settings: the worker, beat and Flower when Celery
+imports ``worker.app``, a producer when it imports ``worker.client``, the ``wre`` command before any
+command runs. A value out of range is refused in one line naming the variable, never clamped: an operator
+who typed ``WRE_REACT_MAX_ITER=50`` learns it at start, not from a worker quietly running 10. What an
+operator never needs to change is a named constant in the module that uses it, not a setting.
 """
 
 from __future__ import annotations
 
 import json
 from functools import lru_cache
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-DEFAULT_DATABASE_URL = "sqlite:///wre.db"
-DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 REACT_MAX_ITER_BOUNDS = (1, 10)
-# The promotion policies scheduler/policies.py implements (worker/ cannot import it; a test keeps them equal).
-AB_POLICIES = ("sequential", "margin")
-DEFAULT_MAX_CONTEXT_BYTES = 256 * 1024
-DEFAULT_VISIBILITY_TIMEOUT_SECONDS = 3600.0
-DATABASE_BACKENDS = ("postgresql", "sqlite")
+# The promotion policies a test may be scheduled with in production. scheduler/policies.py also has the
+# seed's ``margin`` rule, kept for comparison (bench, ``decide(policy="margin")``): it promotes equal arms
+# most of the time, so it is no choice for WRE_AB_POLICY. worker/ cannot import scheduler/; a test keeps
+# these among its policies.
+AB_POLICIES = ("sequential",)
+# SQLAlchemy drivers wre installs; a bare postgres:// or postgresql:// URL is run through psycopg 3 (db/engine.py).
+DATABASE_DRIVERS = ("postgres", "postgresql", "postgresql+psycopg", "sqlite", "sqlite+pysqlite")
+BROKER_SCHEMES = ("redis", "rediss", "sentinel", "amqp", "amqps", "pyamqp", "memory")
 # Queue names (and the prefix) as RabbitMQ and Redis both take them; RabbitMQ reserves "amq.".
 QUEUE_NAME_PATTERN = r"^[A-Za-z0-9_.:-]{0,100}$"
-# Fewer replay inputs than this cannot show a difference: six wins out of six is p = 1/64 one-sided.
+MODULE_NAME_PATTERN = r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$"
+HTTP_URL_PATTERN = r"^https?://[^/\s]+"
+# What each pattern asks for, in words.
+PATTERNS = {
+    QUEUE_NAME_PATTERN: "at most 100 letters, digits and _.:-",
+    MODULE_NAME_PATTERN: "module names, comma-separated (skills, acme.skills)",
+    HTTP_URL_PATTERN: "an http(s) URL (http://host:port/v1)",
+}
+# The shape of a screening (worker/screening.py): candidates a first round proposes, rounds of search, and the
+# fewest replay inputs that can show a difference (six wins out of six is p = 1/64 one-sided).
+SCREEN_CANDIDATES = 4
+SCREEN_GENERATIONS = 3
 MIN_REPLAY_INPUTS = 6
+# The floor of WRE_SCREEN_MAX_CALLS, 90 calls: each round replays the parent and four others on six inputs (a
+# later round: three new candidates and the previous round's survivor).
+SMALLEST_SCREENING = MIN_REPLAY_INPUTS * SCREEN_GENERATIONS * (SCREEN_CANDIDATES + 1)
+DAY = 24 * 3600.0
+# Settings whose value may hold a password: errors name them, never repeat them.
+UNSHOWN = frozenset({"database_url", "broker_url", "result_backend", "llm_api_key"})
 
 
-def smallest_screening(candidates: int, generations: int) -> int:
-    """Agent calls of the smallest screening: each round replays the parent and its candidates on six inputs.
-
-    A later round has one fewer new candidate beside the kept survivor, and at least one (so two in all).
-    """
-    later = max(candidates, 2) + 1
-    return MIN_REPLAY_INPUTS * (candidates + 1 + (generations - 1) * later)
+class SettingsError(ValueError):
+    """Settings a process cannot start with; the message is one line naming each variable at fault."""
 
 
 class Settings(BaseSettings):
-    """wre's configuration.
+    """wre's configuration; docs list each setting with its range.
 
-    :param database_url: SQLAlchemy URL of the store (Postgres in production, a SQLite file embedded).
+    :param database_url: SQLAlchemy URL of the store: ``postgresql://`` (or ``postgres://``) in production,
+        ``sqlite:///path.db`` embedded.
     :param broker_url: Celery broker URL: ``redis://`` or ``amqp://`` (RabbitMQ); docs/OPERATIONS.md compares them.
     :param result_backend: Celery result backend; empty means the broker's Redis, or ``rpc://`` (results sent
         back to their producer) on RabbitMQ; ``disabled`` for none.
     :param react_mode: 1 retries low-fidelity attempts (ReAct), 0 gives every run one attempt.
-    :param react_max_iter: attempts per run, clamped to 1..10.
-    :param react_fidelity: default fidelity threshold of a skill, clamped to 0..1.
-    :param react_backoff_seconds: countdown before a ReAct retry.
-    :param ab_policy: promotion policy, ``sequential`` (default) or ``margin`` (the seed's rule).
+    :param react_max_iter: attempts per run.
+    :param react_fidelity: default fidelity threshold of a skill.
+    :param ab_policy: promotion policy of new tests (``sequential``).
     :param ab_eval_seconds: period of the beat task that decides running A/B tests.
-    :param ab_alpha: the sequential test's error budget for a wrong promotion.
     :param ab_min_trials_per_arm: no verdict before each arm has this many trials.
     :param ab_max_trials_per_arm: a test still undecided here closes as inconclusive.
-    :param ab_min_margin: a floor on the observed lift for promotion.
-    :param ab_min_detectable_lift: the futility stop: a test closes as inconclusive once the evidence rules
-        out a lift of at least this much (0: never).
-    :param ab_srm_p_value: a test whose arms' unit counts depart from the routing share with an anytime-valid
-        p-value below this is paused (sample-ratio mismatch) and never promoted; the chance of pausing a
-        healthy test at any look over its life.
-    :param ab_trial_slack_seconds: a trial's deadline is its first attempt's time limit plus this; a trial
-        still without an outcome then counts as a failure of its arm.
     :param guard_holdout_share: after a promotion, the share of units kept on the last confirmed production version
         while the guard watches the new one (0: no guard).
-    :param guard_alpha: the guard's error budget for a wrong rollback.
     :param guard_units: the guard period, in units; a guard that found no regression by then confirms.
     :param guard_min_units: no guard verdict before the holdout has this many units.
     :param python_skill_modules: modules (and their submodules) a python skill may name as entrypoint or check.
     :param max_context_bytes: largest JSON input context a run accepts.
-    :param visibility_timeout_seconds: how long Redis waits for a delivered message's ack before it hands the
-        message to another worker. This is how the runs of a worker that died without acking (SIGKILL, OOM,
-        a lost node) come back: after this long, plus at most one restore sweep. It must exceed the longest
-        a healthy worker can hold a message unacked: the longest attempt (a skill's ``time_limit``, else
-        ``default_time_limit_seconds``) and the longest countdown wre schedules (the infrastructure backoff,
-        up to 30 s; an LLM server's Retry-After, capped at 300 s; ``react_backoff_seconds``), because a
-        message held longer is delivered a second time while the first delivery still runs. A duplicate
-        records nothing twice, but it costs an attempt.
+    :param visibility_timeout_seconds: Redis hands a message unacked this long to another worker: how a dead
+        worker's runs come back. It must exceed the longest attempt and the longest countdown wre schedules
+        (infrastructure backoff up to 30 s, an LLM server's Retry-After up to 300 s), or a message still running
+        is delivered twice (which records nothing twice, but costs an attempt).
     :param default_time_limit_seconds: an attempt's time limit when the skill declares none.
     :param production_cache_seconds: how long a worker trusts its view of a skill's production version and
         running test; a promotion reaches every worker within this (0: read on every run).
     :param evolve_cooldown_seconds: least time between two evolutions of one skill.
-    :param evolve_failure_window: how many recent failed runs the evolver learns from.
-    :param outbox_sweep_seconds: period of the beat task that enqueues the evolutions failed runs stored
-        (the outbox): the longest an evolution waits when its run could not enqueue it.
     :param run_sweep_seconds: period of the beat task that re-sends overdue runs (0: no sweep).
-    :param run_overdue_seconds: a run with no final outcome and no news (no send, no outcome row) for this long
-        is overdue: the sweep re-sends it and ``wre runs stuck`` lists it. Unset: twice the visibility timeout,
-        so that a killed worker's runs come back through the broker first. It must exceed the longest a run
-        waits in the queue, or a run still queued is sent twice (which records nothing twice, but costs an
-        attempt).
-    :param run_max_resends: re-sends of one run before the sweep gives up on it (``wre runs stuck`` still
-        lists it).
+    :param run_overdue_seconds: a run with no final outcome and no news for this long is overdue: the sweep
+        re-sends it, ``wre runs stuck`` lists it. Unset: twice the visibility timeout (the broker redelivers
+        first). It must exceed the longest a run waits in the queue, or a queued run is sent twice.
     :param run_request_retention_seconds: the sweep deletes the producer's record of a run this long after it
         closed (the record holds the run's input; its outcomes stay). 0: kept for ever.
     :param queue_prefix: prepended to both queue names (``{prefix}skills``, ``{prefix}maintenance``), so that
@@ -100,146 +95,106 @@ class Settings(BaseSettings):
     :param maintenance_queue: the evolution and beat queue's name; when set it replaces ``{prefix}maintenance``.
     :param queue_type: RabbitMQ only: ``classic`` or ``quorum`` (replicated; declared with
         ``x-queue-type``). An existing queue keeps the type it was declared with.
-    :param evolve_candidates: candidates a round of screening proposes (a later round: one fewer beside the
-        previous survivor, at least one); 1 with one round skips the choice, not the screen.
-    :param screen_failures: recent failed runs whose inputs make the replay set.
-    :param screen_passes: recent passing runs whose inputs join the failed ones in the replay set (to catch
-        regressions).
     :param screen_max_calls: agent calls one screening may spend (the parent's replays included); the replay
-        set is cut to fit. It must pay for the smallest screening (:func:`smallest_screening`: 90 calls at
-        the defaults).
-    :param screen_generations: rounds of search in one screening: each later round proposes its candidates
-        from the previous round's survivor (when it beat the parent on its replays) and keeps that survivor
-        among them; the calls are split between the rounds.
+        set is cut to fit. At least the smallest screening (:data:`SMALLEST_SCREENING`, 90 calls).
     :param screen_budget_share: screening calls stay within this share of live runs; an evolution that would
         exceed it waits for more live traffic.
-    :param screen_budget_scope: whose live runs pay: ``fleet`` (default) the share of every skill's live runs,
-        less every skill's screening calls, so a failing skill can spend what skills that need no screening
-        leave (one skill at most twice its own share plus one screening); ``skill`` its own runs only.
-    :param screen_alpha: the one-sided sign test's level: a candidate enters the live test only if it beats
-        its parent on the replay set at this level (a filter; the live test keeps the error guarantee).
-    :param task_events: Celery task events (sent, received, started, succeeded, ...) and the ``STARTED`` state in
-        the result backend, for Flower and ``celery events``. Off by default: they cost a broker publish per task
-        state and a result-backend write per task, and nothing in wre reads them. Flower turns events on in the
-        workers it sees by itself (its ``enable_events`` option, on by default, every few seconds); set this to
-        1 to have them from a worker's first task (docker-compose.yml does, since it runs Flower).
+    :param screen_budget_scope: whose live runs pay: ``fleet`` every skill's, less every skill's screening calls
+        (one skill at most twice its own share plus one screening), or ``skill`` its own.
+    :param task_events: Celery task events and the ``STARTED`` state, for Flower and ``celery events``. Off: they
+        cost a publish per task state and a result write per task, and wre reads none. Flower turns them on
+        in the workers it sees; 1 has them from a worker's first task (docker-compose.yml, which runs Flower).
     :param llm_base_url: OpenAI-compatible server for the ``llm`` agent and evolver.
     :param llm_model: default model name.
     :param llm_api_key: API key; never logged, never in kwargs or rows.
     """
 
-    model_config = SettingsConfigDict(env_prefix="WRE_", extra="ignore")
+    # An empty variable is an unset one: `export WRE_X=` means the default, not a parse error.
+    model_config = SettingsConfigDict(env_prefix="WRE_", extra="forbid", env_ignore_empty=True)
 
-    database_url: str = DEFAULT_DATABASE_URL
-    broker_url: str = DEFAULT_BROKER_URL
+    database_url: str = "sqlite:///wre.db"
+    broker_url: str = "redis://127.0.0.1:6379/0"
     result_backend: str = ""
     react_mode: bool = True
-    react_max_iter: int = 3
-    react_fidelity: float = 0.90
-    react_backoff_seconds: float = 0.0
-    ab_policy: str = "sequential"
-    ab_eval_seconds: float = 5.0
-    ab_alpha: float = 0.05
-    ab_min_trials_per_arm: int = 20
-    ab_max_trials_per_arm: int = 1000
-    ab_min_margin: float = 0.0
-    ab_min_detectable_lift: float = 0.05
-    ab_srm_p_value: float = 0.001
-    ab_trial_slack_seconds: float = 30.0
-    guard_holdout_share: float = 0.10
-    guard_alpha: float = 0.01
-    guard_units: int = 5000
-    guard_min_units: int = 20
+    react_max_iter: int = Field(3, ge=REACT_MAX_ITER_BOUNDS[0], le=REACT_MAX_ITER_BOUNDS[1])
+    react_fidelity: float = Field(0.90, ge=0.0, le=1.0)
+    ab_policy: Literal["sequential"] = "sequential"
+    # At least a second: beat sends one round per period, and a period of 0 floods the maintenance queue.
+    ab_eval_seconds: float = Field(5.0, ge=1.0, le=3600.0)
+    ab_min_trials_per_arm: int = Field(20, ge=1, le=100_000)
+    ab_max_trials_per_arm: int = Field(1000, ge=1, le=10_000_000)
+    guard_holdout_share: float = Field(0.10, ge=0.0, le=0.5)
+    guard_units: int = Field(5000, ge=1, le=10_000_000)
+    guard_min_units: int = Field(20, ge=1, le=1_000_000)
     # NoDecode: the environment's plain comma list reaches the validator below undecoded.
-    python_skill_modules: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["skills"])
-    max_context_bytes: int = DEFAULT_MAX_CONTEXT_BYTES
-    visibility_timeout_seconds: float = DEFAULT_VISIBILITY_TIMEOUT_SECONDS
-    default_time_limit_seconds: float = 60.0
-    production_cache_seconds: float = 2.0
-    evolve_cooldown_seconds: float = 30.0
-    evolve_failure_window: int = 20
-    outbox_sweep_seconds: float = 10.0
-    run_sweep_seconds: float = Field(default=60.0, ge=0)
-    run_overdue_seconds: float | None = Field(default=None, gt=0)
-    run_max_resends: int = Field(default=3, ge=0)
-    run_request_retention_seconds: float = Field(default=7 * 24 * 3600.0, ge=0)
-    queue_prefix: Annotated[str, Field(pattern=QUEUE_NAME_PATTERN)] = ""
-    skills_queue: Annotated[str, Field(pattern=QUEUE_NAME_PATTERN)] = ""
-    maintenance_queue: Annotated[str, Field(pattern=QUEUE_NAME_PATTERN)] = ""
+    python_skill_modules: Annotated[list[Annotated[str, Field(pattern=MODULE_NAME_PATTERN)]], NoDecode] = Field(
+        default_factory=lambda: ["skills"]
+    )
+    max_context_bytes: int = Field(256 * 1024, ge=1024, le=64 * 1024 * 1024)
+    visibility_timeout_seconds: float = Field(3600.0, ge=1.0, le=7 * DAY)
+    default_time_limit_seconds: float = Field(60.0, gt=0.0, le=DAY)
+    production_cache_seconds: float = Field(2.0, ge=0.0, le=3600.0)
+    evolve_cooldown_seconds: float = Field(30.0, ge=0.0, le=7 * DAY)
+    run_sweep_seconds: float = Field(60.0, ge=0.0, le=DAY)
+    run_overdue_seconds: float | None = Field(None, ge=1.0, le=30 * DAY)
+    run_request_retention_seconds: float = Field(7 * DAY, ge=0.0, le=366 * DAY)
+    queue_prefix: str = Field("", pattern=QUEUE_NAME_PATTERN)
+    skills_queue: str = Field("", pattern=QUEUE_NAME_PATTERN)
+    maintenance_queue: str = Field("", pattern=QUEUE_NAME_PATTERN)
     queue_type: Literal["classic", "quorum"] = "classic"
-    evolve_candidates: int = Field(default=4, ge=1, le=16)
-    screen_failures: int = Field(default=20, ge=1, le=1000)
-    screen_passes: int = Field(default=5, ge=0, le=1000)
-    screen_max_calls: int = Field(default=100, ge=2, le=10_000)
-    screen_generations: int = Field(default=3, ge=1, le=8)
-    screen_budget_share: float = Field(default=0.2, ge=0.0, le=10.0)
+    screen_max_calls: int = Field(100, ge=SMALLEST_SCREENING, le=10_000)
+    screen_budget_share: float = Field(0.2, ge=0.0, le=10.0)
     screen_budget_scope: Literal["fleet", "skill"] = "fleet"
-    screen_alpha: float = Field(default=0.2, gt=0.0, lt=1.0)
     task_events: bool = False
-    llm_base_url: str = "http://127.0.0.1:11434/v1"
-    llm_model: str = "llama3.1"
+    llm_base_url: str = Field("http://127.0.0.1:11434/v1", pattern=HTTP_URL_PATTERN)
+    llm_model: str = Field("llama3.1", min_length=1)
     llm_api_key: SecretStr = SecretStr("")
+
+    def __init__(self, **values: Any) -> None:
+        """Read the environment (``values`` take precedence).
+
+        :raises SettingsError: a setting out of range or unusable, in one line naming each variable at fault.
+        """
+        try:
+            super().__init__(**values)
+        except ValidationError as error:
+            raise SettingsError(describe(error)) from None
 
     @field_validator("database_url", mode="after")
     @classmethod
     def _supported_database(cls, value: str) -> str:
         # Refused here, in one line, rather than as a driver's ImportError at the first query.
         try:
-            backend = make_url(value).get_backend_name()
+            driver = make_url(value).drivername
         except ArgumentError:
+            raise ValueError("not a database URL; expected postgresql://user@host/db or sqlite:///path.db") from None
+        if driver not in DATABASE_DRIVERS:
             raise ValueError(
-                "not a database URL; expected postgresql://user@host/db or sqlite:///path.db"
-            ) from None
-        if backend not in DATABASE_BACKENDS:
-            raise ValueError(
-                f"{backend}:// is not supported; wre stores in {' or '.join(DATABASE_BACKENDS)} "
+                f"{driver}:// is not supported; wre stores in Postgres through psycopg 3 or in SQLite "
                 "(postgresql://user@host/db, sqlite:///path.db)"
             )
         return value
 
-    @field_validator("ab_policy", mode="after")
+    @field_validator("broker_url", mode="after")
     @classmethod
-    def _known_policy(cls, value: str) -> str:
-        # A test scheduled with a policy the evaluator refuses would never be decided.
-        if value not in AB_POLICIES:
-            raise ValueError(f"WRE_AB_POLICY must be one of {', '.join(AB_POLICIES)}, got {value!r}")
+    def _supported_broker(cls, value: str) -> str:
+        if value.split("://", 1)[0] not in BROKER_SCHEMES or "://" not in value:
+            raise ValueError("not a broker URL wre runs on; expected redis://host:6379/0 or amqp://user@host//")
         return value
 
-    @model_validator(mode="after")
-    def _usable_queues(self) -> Settings:
-        for name in (self.skills_queue_name, self.maintenance_queue_name):
-            if name.startswith("amq."):
-                raise ValueError(f"queue name {name!r}: RabbitMQ reserves names that start with 'amq.'")
-        # One queue for both would let evolution wait behind a backlog of runs, or the reverse.
-        if self.skills_queue_name == self.maintenance_queue_name:
-            raise ValueError(f"the skills and maintenance queues must differ, both are {self.skills_queue_name!r}")
-        return self
-
-    @model_validator(mode="after")
-    def _screening_fits(self) -> Settings:
-        # A screening that its own cap cannot pay for would never run: evolution would wait for ever.
-        if self.screen_max_calls < self.smallest_screening:
-            raise ValueError(
-                f"WRE_SCREEN_MAX_CALLS={self.screen_max_calls} cannot pay for one screening: "
-                f"{self.screen_generations} round(s) of {self.evolve_candidates} candidate(s) and the parent, "
-                f"{MIN_REPLAY_INPUTS} inputs each, take {self.smallest_screening} calls"
-            )
-        return self
-
-    @property
-    def smallest_screening(self) -> int:
-        return smallest_screening(self.evolve_candidates, self.screen_generations)
-
-    @field_validator("react_max_iter", mode="after")
+    @field_validator("result_backend", mode="after")
     @classmethod
-    def _clamp_iterations(cls, value: int) -> int:
-        low, high = REACT_MAX_ITER_BOUNDS
-        return max(low, min(high, value))
+    def _backend_url(cls, value: str) -> str:
+        if value not in ("", "disabled") and "://" not in value:
+            raise ValueError("expected empty (the default), disabled, or a Celery backend URL such as redis://host/1")
+        return value
 
-    @field_validator("react_fidelity", mode="after")
+    @field_validator("run_sweep_seconds", mode="after")
     @classmethod
-    def _clamp_fidelity(cls, value: float) -> float:
-        return max(0.0, min(1.0, value))
+    def _sweep_period(cls, value: float) -> float:
+        if 0 < value < 1:  # a period of a few milliseconds would flood the maintenance queue
+            raise ValueError("is out of range: must be 0 (no sweep) or within [1, 86400]")
+        return value
 
     @field_validator("python_skill_modules", mode="before")
     @classmethod
@@ -250,6 +205,26 @@ class Settings(BaseSettings):
                 return json.loads(value)
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        pairs = (
+            ("ab_min_trials_per_arm", "ab_max_trials_per_arm"),
+            ("guard_min_units", "guard_units"),
+        )
+        for low, high in pairs:
+            if getattr(self, low) > getattr(self, high):
+                raise ValueError(
+                    f"{env_name(low)}={getattr(self, low)} exceeds {env_name(high)}={getattr(self, high)}"
+                )
+        names = "WRE_QUEUE_PREFIX, WRE_SKILLS_QUEUE, WRE_MAINTENANCE_QUEUE"
+        for name in (self.skills_queue_name, self.maintenance_queue_name):
+            if name.startswith("amq."):
+                raise ValueError(f"{names}: queue name {name!r}: RabbitMQ reserves names that start with 'amq.'")
+        # One queue for both would let evolution wait behind a backlog of runs, or the reverse.
+        if self.skills_queue_name == self.maintenance_queue_name:
+            raise ValueError(f"{names}: the skills and maintenance queues must differ, both are {name!r}")
+        return self
 
     @property
     def effective_run_overdue_seconds(self) -> float:
@@ -280,7 +255,57 @@ class Settings(BaseSettings):
         return self.broker_url
 
 
+def env_name(field: str) -> str:
+    return f"WRE_{field.upper()}"
+
+
+def _number(value: Any) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _interval(field: str) -> str:
+    """A field's range as ``[1, 10]`` or ``(0, 86400]``, read from its constraints."""
+    bounds: dict[str, Any] = {}
+    for constraint in Settings.model_fields[field].metadata:
+        for key in ("gt", "ge", "lt", "le"):
+            if getattr(constraint, key, None) is not None:
+                bounds[key] = getattr(constraint, key)
+    low = f"[{_number(bounds['ge'])}" if "ge" in bounds else f"({_number(bounds['gt'])}"
+    high = f"{_number(bounds['le'])}]" if "le" in bounds else f"{_number(bounds['lt'])})"
+    return f"{low}, {high}"
+
+
+def describe(error: ValidationError) -> str:
+    """One line naming every variable at fault, e.g. ``WRE_AB_EVAL_SECONDS=0 is out of range: must be within
+    [1, 3600]``; a value that may hold a password is not repeated."""
+    parts = []
+    for item in error.errors(include_url=False):
+        field = str(item["loc"][0]) if item["loc"] else ""
+        message = item["msg"].removeprefix("Value error, ")
+        if not field:  # a check across settings: its message names them
+            parts.append(message)
+            continue
+        name = env_name(field)
+        if field in UNSHOWN:
+            parts.append(f"{name}: {message}")
+            continue
+        shown = f"{name}={item['input']}" if isinstance(item["input"], str | int | float) else name
+        if item["type"] in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+            parts.append(f"{shown} is out of range: must be within {_interval(field)}")
+        elif item["type"] == "literal_error":
+            parts.append(f"{shown} is out of range: must be {item['ctx']['expected']}")
+        elif item["type"] == "string_pattern_mismatch":
+            parts.append(f"{shown} is not valid: must be {PATTERNS[item['ctx']['pattern']]}")
+        elif item["type"] == "extra_forbidden":
+            parts.append(f"{name} is not a setting")
+        elif item["type"] == "value_error" and message.startswith("is "):
+            parts.append(f"{shown} {message}")
+        else:
+            parts.append(f"{shown} is not valid: {message}")
+    return "; ".join(parts)
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process's settings, read once from the environment."""
+    """The process's settings, read once from the environment (:class:`SettingsError` if one is refused)."""
     return Settings()

@@ -3,7 +3,7 @@
 Beat runs ``wre.resend_overdue_runs`` every ``WRE_RUN_SWEEP_SECONDS`` on the maintenance queue. One round:
 close the open runs that have a final outcome (one UPDATE), then for each overdue run (db/run_requests.py)
 either close it (its result is stored: bad input is refused without an outcome row), give up on it (after
-``WRE_RUN_MAX_RESENDS``; ``wre runs stuck`` still lists it), or send its message again under the same run id.
+``MAX_RESENDS``; ``wre runs stuck`` still lists it), or send its message again under the same run id.
 A re-sent run that was not lost after all records nothing twice: outcomes are keyed by (run id, attempt).
 Last, it deletes up to ``MAX_PRUNED_PER_ROUND`` records of runs closed more than
 ``WRE_RUN_REQUEST_RETENTION_SECONDS`` ago.
@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 # Runs re-sent per round at most: a broker that lost thousands is better served over a few rounds.
 MAX_RESENDS_PER_ROUND = 500
+# Re-sends of one run before the sweep gives up on it (`wre runs stuck` still lists it).
+MAX_RESENDS = 3
 # Closed runs' records deleted per round at most: a backlog (retention just switched on) goes over many
 # rounds of short deletes rather than one long one.
 MAX_PRUNED_PER_ROUND = 10_000
@@ -44,7 +46,7 @@ def sweep(celery: Celery, settings: Settings) -> dict[str, Any]:
     for run in overdue_runs(engine, idle_since, limit=MAX_RESENDS_PER_ROUND):
         if _has_result(celery, run.run_id):
             settled.append(run.run_id)
-        elif run.resends >= settings.run_max_resends:
+        elif run.resends >= MAX_RESENDS:
             given_up.append(run.run_id)
         else:
             _resend(celery, run)

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 # verdict. Celery renders the return value with saferepr on every task; rendering the whole result (its
 # step results and ReAct metadata) cost more CPU than scoring the attempt. The stored result is whole.
 RESULT_REPR_CHARS = 200
+# A ReAct retry runs at once: its feedback is ready, and waiting would only hold the message unacked longer.
+REACT_BACKOFF_SECONDS = 0.0
 
 
 @lru_cache(maxsize=1)
@@ -67,7 +69,7 @@ def execute_skill(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
             outcome = runner.attempt(request, version, state, run_id)
         decision = outcome.decision
         if decision.action == "retry" and decision.next_state is not None:
-            return retries.NextAttempt(decision.next_state.attempt, runner.settings.react_backoff_seconds)
+            return retries.NextAttempt(decision.next_state.attempt, REACT_BACKOFF_SECONDS)
         if decision.evolve and outcome.recorded:
             enqueue_evolution(request.skill_name)
         return runner.result(request, version, run_id, outcome)

@@ -10,8 +10,7 @@ from rich.console import Group
 
 from db.memory import AbTestRecord
 from db.models import TEST_STATUSES
-from scheduler.policies import make_policy
-from worker.settings import get_settings
+from worker.settings import AB_POLICIES, get_settings
 from worker.skills import parse_skill
 from wre.context import console, print_json, record_panel, show, store, table, user_errors
 
@@ -112,12 +111,16 @@ def start(
     treatment: str = typer.Argument(
         ..., metavar="FILE_OR_VARIATION_ID", help="A skill file (stored as a variation) or a variation id."
     ),
-    policy: str | None = typer.Option(None, metavar="POLICY", help="sequential or margin (default: WRE_AB_POLICY)."),
+    policy: str | None = typer.Option(None, metavar="POLICY", help="sequential (default: WRE_AB_POLICY)."),
 ) -> None:
     """Start an A/B test of a hand-written skill file, or of a stored variation, against production."""
     memory = store()
     chosen = policy or get_settings().ab_policy
-    make_policy(chosen)  # an unknown policy is refused here, not left for the evaluator to choke on
+    if chosen not in AB_POLICIES:  # refused here, before anything is written
+        raise ValueError(
+            f"unknown policy {chosen!r}: tests run with {', '.join(AB_POLICIES)} (the seed's margin rule is kept "
+            "for comparison only)"
+        )
     production, _ = memory.get_production(skill)
     path = Path(treatment)
     if path.is_file():

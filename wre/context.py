@@ -16,7 +16,6 @@ from typing import Any, NoReturn, TypeVar
 import alembic.util.exc
 import celery.exceptions
 import kombu.exceptions
-import pydantic
 import redis.exceptions
 import sqlalchemy.exc
 import typer
@@ -67,24 +66,20 @@ def redacted(url: str) -> str:
         return "<unparsable URL>"
 
 
-def settings_error(error: pydantic.ValidationError) -> str:
-    """The first refused setting, as its environment variable."""
-    first = error.errors()[0]
-    name = "WRE_" + "_".join(str(part) for part in first["loc"]).upper()
-    return f"{name}: {first['msg'].removeprefix('Value error, ')}"
-
-
 def user_errors(function: F) -> F:
-    """Turn every error a command can meet into one line on stderr and exit 1 (never a traceback)."""
+    """Turn every error a command can meet into one line on stderr and exit 1 (never a traceback).
+
+    The settings are checked first, whether the command reads them or not: a bad one is refused at start
+    (one line naming the variable), not by the first command that happens to need it.
+    """
 
     @wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            get_settings()
             return function(*args, **kwargs)
         except (SystemExit, KeyboardInterrupt, typer.Exit, typer.Abort):
             raise
-        except pydantic.ValidationError as error:
-            fail(f"bad setting {settings_error(error)}")
         except (ValueError, OSError, alembic.util.exc.CommandError) as error:
             fail(str(error))
         except sqlalchemy.exc.OperationalError as error:

@@ -34,7 +34,6 @@ DEMO_ENV = {
     "WRE_AB_EVAL_SECONDS": "1",
     "WRE_EVOLVE_COOLDOWN_SECONDS": "2",
     "WRE_PRODUCTION_CACHE_SECONDS": "0.5",
-    "WRE_REACT_BACKOFF_SECONDS": "0",
     # A demo's few hundred runs would pay for a screening only near its end at the default share (0.2).
     "WRE_SCREEN_BUDGET_SHARE": "1",
 }
@@ -60,6 +59,7 @@ def configure(database_url: str, broker_url: str) -> None:
 
     get_settings.cache_clear()
     store.cache_clear()
+    get_settings()  # the demo's URLs are checked now: a bad one is the command's one-line error
 
 
 @contextmanager

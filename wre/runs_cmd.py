@@ -26,7 +26,7 @@ def stuck(
     as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of a table."),
 ) -> None:
     """Runs with no final outcome and no send or outcome row for a while, oldest first. The run sweep re-sends
-    them (up to WRE_RUN_MAX_RESENDS times); those still listed after that need a look."""
+    them (up to 3 times); those still listed after that need a look."""
     settings = get_settings()
     seconds = older_than or settings.effective_run_overdue_seconds
     runs = overdue_runs(get_engine(settings.database_url), utcnow() - timedelta(seconds=seconds))

@@ -1,7 +1,7 @@
 """The trial ledger on real Postgres: assignment, completion, deadlines, the complete prefix, units.
 
 The SQL of ``PatternMemory.cohorts`` is checked against the pure reference rule
-(``scheduler.cohorts.complete_prefix``) on random ledgers, so the store and the simulations agree.
+(``bench.cohorts.complete_prefix``) on random ledgers, so the store and the simulations agree.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bench.cohorts import Trial, complete_prefix
 from db.memory import OutcomeRecord, PatternMemory
 from db.models import TRIALS
 from db.trials import ASSIGNMENT_GRACE_SECONDS, unit_key_for
-from scheduler.cohorts import Trial, complete_prefix
 from tests.conftest import truncate_all
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)

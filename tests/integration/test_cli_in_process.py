@@ -96,6 +96,7 @@ CASES: list[tuple[list[str], str]] = [
     (["ab", "start", "nope", "feedfeedfeedfeed"], "unknown skill"),
     (["ab", "start", "summarize_ticket", "feedfeedfeedfeed"], "neither a skill file nor a known variation id"),
     (["ab", "start", "summarize_ticket", "feedfeedfeedfeed", "--policy", "foo"], "foo"),
+    (["ab", "start", "summarize_ticket", "@CHANGED", "--policy", "margin"], "margin rule is kept for comparison only"),
     (["ab", "stop", "7"], "not open"),
     (["ab", "rollback", "nope"], "unknown skill"),
     (["run", "nope"], "unknown skill 'nope'"),
@@ -145,6 +146,10 @@ def test_bad_input_is_one_line_and_changes_nothing(
         ("WRE_DATABASE_URL", "notaurl", "WRE_DATABASE_URL: not a database URL"),
         ("WRE_DATABASE_URL", "mysql://root@127.0.0.1/wre", "mysql:// is not supported"),
         ("WRE_AB_POLICY", "foo", "WRE_AB_POLICY"),
+        ("WRE_AB_POLICY", "margin", "WRE_AB_POLICY=margin is out of range: must be 'sequential'"),
+        ("WRE_AB_EVAL_SECONDS", "0", "WRE_AB_EVAL_SECONDS=0 is out of range: must be within [1, 3600]"),
+        ("WRE_SCREEN_MAX_CALLS", "10", "WRE_SCREEN_MAX_CALLS=10 is out of range: must be within [90, 10000]"),
+        ("WRE_REACT_MAX_ITER", "50", "WRE_REACT_MAX_ITER=50 is out of range: must be within [1, 10]"),
         ("WRE_DATABASE_URL", "postgresql://postgres@127.0.0.1:1/none", "cannot reach the database"),
     ],
 )

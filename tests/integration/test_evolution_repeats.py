@@ -1,7 +1,7 @@
 """Evolving the same production version again, after its first proposal lost, tests a NEW proposal.
 
 Found by bench/self_improvement.py: the evolver's seed was (production, number of recent failures), and that
-number stops changing at WRE_EVOLVE_FAILURE_WINDOW, so every later evolution proposed the archived variation
+number stops changing at worker.evolution.FAILURE_WINDOW, so every later evolution proposed the archived variation
 again and was refused as known: the skill could never improve after its first losing variation.
 """
 
@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
+
 from db.memory import OutcomeRecord, PatternMemory
+from worker import evolution, screening
 from worker.evolution import evolve_skill
 from worker.settings import Settings
 
@@ -47,12 +50,14 @@ def _failed_run(memory: PatternMemory, variation_id: str) -> None:
     )
 
 
-def test_each_evolution_of_one_production_version_proposes_something_new(memory: PatternMemory) -> None:
+def test_each_evolution_of_one_production_version_proposes_something_new(
+    memory: PatternMemory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Proposals far better than the parent, a screening budget that allows them, a lenient filter: this test
     # is about the seed, screening has its own tests.
-    settings = Settings(
-        evolve_cooldown_seconds=0, evolve_failure_window=3, screen_budget_share=10, screen_alpha=0.5
-    )
+    settings = Settings(evolve_cooldown_seconds=0, screen_budget_share=10)
+    monkeypatch.setattr(evolution, "FAILURE_WINDOW", 3)
+    monkeypatch.setattr(screening, "SCREEN_ALPHA", 0.5)
     production = memory.register_skill("sim", SKILL, default_agent="simulated")
     proposed = []
     for _ in range(3):

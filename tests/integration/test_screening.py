@@ -24,7 +24,7 @@ from worker.evolution import evolve_skill
 from worker.evolvers import EvolutionRefused, Failure
 from worker.evolvers.simulated import SimulatedEvolver
 from worker.screening import SKILL_CAP_SHARES, screen_candidates, screening_budget, screening_wait
-from worker.settings import Settings
+from worker.settings import SCREEN_CANDIDATES, SCREEN_GENERATIONS, SMALLEST_SCREENING, Settings
 from worker.skills import Skill, parse_skill
 from wre.report import build_report
 
@@ -95,8 +95,11 @@ def _screenings(memory: PatternMemory, skill: str) -> list[dict[str, Any]]:
     return [e.details for e in memory.get_evolution_history(skill) if e.event_type == SCREENING_EVENT]
 
 
-def test_a_better_candidate_enters_the_test_and_replays_write_no_runs(memory: PatternMemory) -> None:
-    settings = Settings(evolve_cooldown_seconds=0, screen_generations=1)  # one round: the halving alone
+def test_a_better_candidate_enters_the_test_and_replays_write_no_runs(
+    memory: PatternMemory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings(evolve_cooldown_seconds=0)
+    monkeypatch.setattr(screening, "SCREEN_GENERATIONS", 1)  # one round: the halving alone
     production = memory.register_skill("sim", simulated_skill(0.3, 0.6), default_agent="simulated")
     _runs(memory, "sim", production, 400, success=False)
     _runs(memory, "sim", production, 100, success=True)
@@ -110,7 +113,7 @@ def test_a_better_candidate_enters_the_test_and_replays_write_no_runs(memory: Pa
     assert details["chosen"] == result["variation_id"]
     # Up to WRE_EVOLVE_CANDIDATES distinct draws (two may round to the same declared probability).
     screened = len(details["candidates"])
-    assert 2 <= screened <= settings.evolve_candidates
+    assert 2 <= screened <= SCREEN_CANDIDATES
     inputs = details["inputs"]["failed"] + details["inputs"]["passed"]
     assert inputs * 2 <= details["calls"] <= settings.screen_max_calls
     # Successive halving: the survivor, the chosen one, was replayed on every input, the others on fewer.
@@ -118,7 +121,7 @@ def test_a_better_candidate_enters_the_test_and_replays_write_no_runs(memory: Pa
     assert replays[-1] == inputs == details["parent"]["replays"] and replays[0] < inputs
     assert details["inputs"]["passed"] >= 1  # passes join the replay set, to catch regressions
     chosen = next(c for c in details["candidates"] if c["variation_id"] == result["variation_id"])
-    assert chosen["fidelity"] > details["parent"]["fidelity"] and chosen["p_value"] <= settings.screen_alpha
+    assert chosen["fidelity"] > details["parent"]["fidelity"] and chosen["p_value"] <= screening.SCREEN_ALPHA
     assert screening_spent(memory, "sim") == (details["calls"], 500)
     assert [item["survivor"] for item in details["rounds"]] == [result["variation_id"]]
 
@@ -135,7 +138,7 @@ def test_later_rounds_search_from_the_survivor_and_keep_it(memory: PatternMemory
     # Every draw adds about 0.3 to its parent's pass probability: one round can reach about 0.6 from 0.3,
     # three rounds that each start from the previous survivor reach 0.9 and more.
     settings = Settings(evolve_cooldown_seconds=0)
-    assert settings.screen_generations == 3
+    assert SCREEN_GENERATIONS == 3
     production = memory.register_skill("sim", simulated_skill(0.3, 0.3), default_agent="simulated")
     _runs(memory, "sim", production, 400, success=False)
     _runs(memory, "sim", production, 100, success=True)
@@ -143,7 +146,7 @@ def test_later_rounds_search_from_the_survivor_and_keep_it(memory: PatternMemory
     assert result["status"] == "testing", result
     (details,) = _screenings(memory, "sim")
     rounds = details["rounds"]
-    assert len(rounds) == settings.screen_generations
+    assert len(rounds) == SCREEN_GENERATIONS
     assert rounds[0]["from"] == production
     chained = 0
     for before, after in zip(rounds, rounds[1:], strict=False):
@@ -179,7 +182,7 @@ def test_worse_candidates_get_no_live_traffic(memory: PatternMemory) -> None:
     (details,) = _screenings(memory, "sim")
     assert details["chosen"] is None and details["calls"] > 0
     # No survivor scored above production: every round searched from production again.
-    assert [item["from"] for item in details["rounds"]] == [production] * settings.screen_generations
+    assert [item["from"] for item in details["rounds"]] == [production] * SCREEN_GENERATIONS
 
 
 def test_a_share_of_zero_turns_screening_off_and_says_so(memory: PatternMemory) -> None:
@@ -207,7 +210,7 @@ def test_the_fleet_pays_for_failing_skills_up_to_each_ones_cap(memory: PatternMe
     # One replay call per live run (share 1.0), 100 per screening, 90 for the smallest; one skill at most
     # twice its own share plus one screening.
     settings = Settings(evolve_cooldown_seconds=0, screen_budget_share=1.0)
-    assert (settings.screen_budget_scope, settings.screen_max_calls, settings.smallest_screening) == ("fleet", 100, 90)
+    assert (settings.screen_budget_scope, settings.screen_max_calls, SMALLEST_SCREENING) == ("fleet", 100, 90)
     assert SKILL_CAP_SHARES == 2
     sim = memory.register_skill("sim", simulated_skill(0.3, 0.6), default_agent="simulated")
     other = memory.register_skill("other", simulated_skill(0.3, 0.6).replace("name: sim", "name: other"),
@@ -349,10 +352,13 @@ def test_a_screening_whose_event_is_not_written_counts_its_calls(
     assert screening_spent(memory, "sim") == (agent.made, 500)  # the skill's own, towards its cap
 
 
-def test_a_screening_that_chose_nothing_is_resumed_by_the_next(memory: PatternMemory) -> None:
+def test_a_screening_that_chose_nothing_is_resumed_by_the_next(
+    memory: PatternMemory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # At a level no replay set can reach, nothing is chosen; the last survivor, ahead of production, is kept.
     # Every draw adds about 0.15: three rounds reach about 0.75, three more from there 0.9 and beyond.
-    strict = Settings(evolve_cooldown_seconds=0, screen_alpha=1e-9)
+    strict = Settings(evolve_cooldown_seconds=0)
+    monkeypatch.setattr(screening, "SCREEN_ALPHA", 1e-9)
     production = memory.register_skill("sim", simulated_skill(0.3, 0.15), default_agent="simulated")
     _runs(memory, "sim", production, 500, success=False)
     refused = evolve_skill(memory, strict, "sim")
@@ -366,6 +372,7 @@ def test_a_screening_that_chose_nothing_is_resumed_by_the_next(memory: PatternMe
     assert found is not None and 0.5 < found < 0.85
     # The next screening of the same production starts from it, as a later round would.
     _runs(memory, "sim", production, 500, success=False)
+    monkeypatch.undo()  # the usual level again
     result = evolve_skill(memory, Settings(evolve_cooldown_seconds=0), "sim")
     assert result["status"] == "testing", result
     second = _screenings(memory, "sim")[-1]
@@ -375,8 +382,11 @@ def test_a_screening_that_chose_nothing_is_resumed_by_the_next(memory: PatternMe
     assert _declared(memory, result["variation_id"]) > found + 0.1
 
 
-def test_a_kept_survivor_of_another_production_is_not_resumed(memory: PatternMemory) -> None:
-    strict = Settings(evolve_cooldown_seconds=0, screen_alpha=1e-9)
+def test_a_kept_survivor_of_another_production_is_not_resumed(
+    memory: PatternMemory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    strict = Settings(evolve_cooldown_seconds=0)
+    monkeypatch.setattr(screening, "SCREEN_ALPHA", 1e-9)
     production = memory.register_skill("sim", simulated_skill(0.3, 0.3), default_agent="simulated")
     _runs(memory, "sim", production, 500, success=False)
     assert evolve_skill(memory, strict, "sim")["status"] == "refused"
@@ -404,10 +414,13 @@ class _FirstRoundOnly:
         return SimulatedEvolver().propose(skill, failures, seed, candidate)
 
 
-def test_a_resumed_survivor_with_nothing_new_starts_again_from_production(memory: PatternMemory) -> None:
+def test_a_resumed_survivor_with_nothing_new_starts_again_from_production(
+    memory: PatternMemory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # An evolver that proposes nothing from a candidate: resuming from the kept survivor has nothing to replay.
     # The screening starts from production again, and its own event replaces the resume (else it would stick).
-    strict = Settings(evolve_cooldown_seconds=0, screen_alpha=1e-9)
+    strict = Settings(evolve_cooldown_seconds=0)
+    monkeypatch.setattr(screening, "SCREEN_ALPHA", 1e-9)
     content = simulated_skill(0.3, 0.3)
     production = memory.register_skill("sim", content, default_agent="simulated")
     _runs(memory, "sim", production, 500, success=False)
@@ -423,8 +436,11 @@ def test_a_resumed_survivor_with_nothing_new_starts_again_from_production(memory
     assert second["refused"][0].startswith(f"resuming {kept}: no new candidate to screen")
 
 
-def test_a_kept_survivor_tested_since_is_not_resumed(memory: PatternMemory) -> None:
-    strict = Settings(evolve_cooldown_seconds=0, screen_alpha=1e-9)
+def test_a_kept_survivor_tested_since_is_not_resumed(
+    memory: PatternMemory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    strict = Settings(evolve_cooldown_seconds=0)
+    monkeypatch.setattr(screening, "SCREEN_ALPHA", 1e-9)
     production = memory.register_skill("sim", simulated_skill(0.3, 0.3), default_agent="simulated")
     _runs(memory, "sim", production, 500, success=False)
     assert evolve_skill(memory, strict, "sim")["status"] == "refused"

@@ -36,7 +36,7 @@ from worker.client import enqueue_skill
 from worker.evolution import evolve_skill
 from worker.registry import register_skill_text
 from worker.runner import Orchestrator
-from worker.settings import Settings
+from worker.settings import Settings, SettingsError
 
 RESULT_TIMEOUT = 60
 TEN_MB = 10 * 1024 * 1024
@@ -149,15 +149,17 @@ def test_output_and_errors_postgres_cannot_store_are_recorded(
     assert "bad \ufffd byte, lone \ufffd half" in rows[runs[2].id].error
 
 
-def test_react_max_iter_1000_is_clamped_to_10(
+def test_react_max_iter_1000_is_refused_as_a_setting_and_clamped_as_an_argument(
     skills: PatternMemory, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("WRE_REACT_MAX_ITER", "1000")
-    settings = Settings(database_url=database_url)
-    assert settings.react_max_iter == 10
+    with pytest.raises(SettingsError, match=r"WRE_REACT_MAX_ITER=1000 is out of range: must be within \[1, 10\]"):
+        Settings(database_url=database_url)
+    monkeypatch.delenv("WRE_REACT_MAX_ITER")
     register_skill_text(skills, python_skill("hopeless", "always_fails"))
-    result = Orchestrator(skills, settings, evolve=False).execute_skill_with_reasoning(
-        "hopeless", None, {}, max_iterations=settings.react_max_iter
+    # The seed's argument keeps its clamp: a caller's max_iterations=1000 runs the ceiling, 10.
+    result = Orchestrator(skills, Settings(database_url=database_url), evolve=False).execute_skill_with_reasoning(
+        "hopeless", None, {}, max_iterations=1000
     )
     assert result["_react_metadata"]["iterations"] == result["_react_metadata"]["max_iterations"] == 10
     assert len(skills.run_outcomes(str(result["execution_id"]))) == 10

@@ -62,7 +62,7 @@ def test_beat_enqueues_an_evolution_nobody_enqueued(
 ) -> None:
     _failed_run(memory, "run-outbox-2")
     app = broker_app(database_url, broker_url)
-    env = service_env(database_url, broker_url, WRE_OUTBOX_SWEEP_SECONDS="1", WRE_AB_EVAL_SECONDS="60")
+    env = service_env(database_url, broker_url, WRE_AB_EVAL_SECONDS="60")
     worker = start_worker(app, env, tmp_path, concurrency=2)
     beat = start_beat(env, tmp_path)
     with running(beat, worker):

@@ -326,7 +326,10 @@ def test_transport_failures_are_infrastructure_or_configuration() -> None:
         AgentInfrastructureError, match="cannot reach the LLM server at http://127.0.0.1:1/v1"
     ):
         chat_completion(refused, messages, model="m", deadline=deadline)
-    schemeless = Settings(llm_base_url="127.0.0.1:11434/v1")
+    # Refused when a process starts; the client still says so if handed one anyway.
+    with pytest.raises(ValueError, match="WRE_LLM_BASE_URL=127.0.0.1:11434/v1 is not valid"):
+        Settings(llm_base_url="127.0.0.1:11434/v1")
+    schemeless = Settings.model_construct(llm_base_url="127.0.0.1:11434/v1")
     with pytest.raises(AgentConfigurationError, match="not an http\\(s\\) URL"):
         chat_completion(schemeless, messages, model="m", deadline=deadline)
     with pytest.raises(AgentInfrastructureError, match="no time left"):

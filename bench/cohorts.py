@@ -1,6 +1,8 @@
 """The complete-prefix rule: which trials of a test a verdict may read, so outcome delay cannot bias it.
 
-Pure (stdlib only); the reference the ledger's SQL must agree with (docs/STATISTICS.md, "Delay").
+A pure reference model (stdlib only): the store's ledger SQL (``PatternMemory.cohorts``) is tested against it
+(tests/db/test_trials.py), and bench.promotion_mechanisms replays its simulations through it
+(docs/STATISTICS.md, "Delay"). No production code imports it.
 
 A trial counts from the moment its run is routed into the test (``assigned_at``), not from the moment
 its outcome is recorded. If the policy read every recorded outcome, outcomes that arrive fast (often
@@ -92,16 +94,6 @@ class Cohort:
     pending: int
     expired: int
     excluded: int
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "control": self.control.to_dict(),
-            "treatment": self.treatment.to_dict(),
-            "cutoff": self.cutoff,
-            "pending": self.pending,
-            "expired": self.expired,
-            "excluded": self.excluded,
-        }
 
 
 def complete_prefix(trials: Iterable[Trial], now: float, grace: float = 0.0) -> Cohort:

@@ -1,4 +1,4 @@
-"""scheduler.cohorts: the complete-prefix rule the ledger's SQL must agree with."""
+"""bench.cohorts: the complete-prefix rule the ledger's SQL must agree with (pure: no services)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler.cohorts import Trial, complete_prefix
+from bench.cohorts import Trial, complete_prefix
 from scheduler.units import ArmUnits
 
 
