@@ -3,28 +3,34 @@
 JSON only, late acks with redelivery when a worker dies, one prefetched message per process (skill runs are
 long), task events only when asked for (``WRE_TASK_EVENTS``; Flower turns them on itself), two queues named
 by settings (``skills`` for runs and ``maintenance`` for evolution and the beat task, both behind
-``WRE_QUEUE_PREFIX``). Every message is checked before Celery
-unpacks it (worker/envelope.py). The scheduler's tasks are included by module name and the beat entry names
-its task as data: worker/ never imports scheduler/.
+``WRE_QUEUE_PREFIX``). Every message is checked before Celery unpacks it (worker/messages.py). The
+scheduler's tasks are included by module name and the beat entry names its task as data: worker/ never
+imports scheduler/.
+
+Two things only the app needs live here too: the check that a worker's or beat's store is ready when it
+starts, and kombu's Redis transport with the worker's exit on a broker restart worked around.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
+import redis.exceptions
 from celery import Celery
 from celery.signals import beat_init, worker_init
 from kombu import Exchange, Queue  # type: ignore[attr-defined]
 from kombu.transport import TRANSPORT_ALIASES
+from kombu.transport import redis as kombu_redis
 
-from worker.envelope import (
+from worker.messages import (
     DEAD_LETTER_QUEUE_KEY,
     ENVELOPE_ALLOWANCE_BYTES,
     MAX_BODY_BYTES_KEY,
     DeadLetterQueue,
 )
+from worker.retries import RESULT_BACKEND_RETRY_OPTIONS
 from worker.settings import Settings, SettingsError, get_settings
-from worker.startup import check_store_at_start
 
 # Redis redelivers an unacked message after the visibility timeout (WRE_VISIBILITY_TIMEOUT_SECONDS, default
 # 3600). It must exceed any countdown wre uses and any attempt's time limit, or a message would be delivered
@@ -37,23 +43,46 @@ RESULT_EXPIRES_SECONDS = 24 * 3600
 # Period of the beat task that enqueues the evolutions failed runs stored (the outbox): the longest an
 # evolution waits when its run could not enqueue it.
 OUTBOX_SWEEP_SECONDS = 10.0
-# A result that cannot be stored while Redis is away is retried with backoff (10 ms doubling to 10 s, jittered:
-# about a minute in all) instead of turning a run that succeeded into a FAILURE result (docs/RELIABILITY.md).
-RESULT_STORE_RETRIES = 20
 TASK_MODULES = ["worker.tasks", "worker.sweep", "scheduler.tasks"]
 EXECUTE_TASK = "wre.execute_skill"
 EVOLVE_TASK = "wre.evolve_skill"
 EVALUATE_TASK = "wre.evaluate_ab_tests"
 SWEEP_TASK = "wre.resend_overdue_runs"
 OUTBOX_TASK = "wre.sweep_evolution_outbox"
-# Every task checks its messages before Celery's request code unpacks them (worker/envelope.py).
-TASK_CLASS = "worker.envelope:CheckedTask"
+# Every task checks its messages before Celery's request code unpacks them (worker/messages.py).
+TASK_CLASS = "worker.messages:CheckedTask"
 DATABASE_URL_KEY = "wre_database_url"
-# kombu's Redis transport with the exit on a broker restart worked around (worker/redis_transport.py), under
-# the schemes' own names: URLs stay redis://, so Flower and Celery's banner read them as Redis.
-REDIS_TRANSPORT = "worker.redis_transport:Transport"
+# A worker or beat whose store is missing or not migrated exits with this status (see check_store_at_start).
+EXIT_STORE_NOT_READY = 3
+
+
+class Channel(kombu_redis.Channel):  # type: ignore[misc]
+    """kombu's Redis channel, raising a connection error once its connection is collected.
+
+    When the broker connection drops, Celery's consumer first *collects* the connection (kombu closes its
+    channels, then detaches the transport: ``transport.client = None``) and then closes it again. When the first
+    channel close was cut short by the connection error (a worker with gossip on is reading from Redis's
+    pub/sub at that instant), the second one goes on to put the unacked messages back; that needs a new Redis
+    client, whose parameters come from ``transport.client``, now None: an ``AttributeError`` that Celery does
+    not treat as a connection error, and the worker exits ("Unrecoverable error"). A connection error instead is
+    ignored while kombu closes, the consumer reconnects, and the unacked messages stay in Redis's ``unacked``
+    set, from which the next restore sweep returns them after the visibility timeout (docs/RELIABILITY.md).
+    """
+
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        if self.connection.client is None:
+            raise redis.exceptions.ConnectionError("the broker connection is closed (kombu collected it)")
+        return super()._connparams(asynchronous=asynchronous)
+
+
+class Transport(kombu_redis.Transport):  # type: ignore[misc]
+    Channel = Channel
+
+
+# The transport above under the schemes' own names: URLs stay redis://, so Flower and Celery's banner read
+# them as Redis.
 for _scheme in ("redis", "rediss"):
-    TRANSPORT_ALIASES[_scheme] = REDIS_TRANSPORT
+    TRANSPORT_ALIASES[_scheme] = "worker.app:Transport"
 
 
 def is_amqp(broker_url: str) -> bool:
@@ -98,8 +127,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_expires": RESULT_EXPIRES_SECONDS,
         # Off: an extended result keeps the run's kwargs (its whole input context) in the backend for a day.
         "result_extended": False,
-        "result_backend_always_retry": True,
-        "result_backend_max_retries": RESULT_STORE_RETRIES,
+        **RESULT_BACKEND_RETRY_OPTIONS,
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
@@ -118,10 +146,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_queues": task_queues(settings),
         "task_routes": {
             EXECUTE_TASK: {"queue": skills},
-            EVOLVE_TASK: {"queue": maintenance},
-            EVALUATE_TASK: {"queue": maintenance},
-            SWEEP_TASK: {"queue": maintenance},
-            OUTBOX_TASK: {"queue": maintenance},
+            **{task: {"queue": maintenance} for task in (EVOLVE_TASK, EVALUATE_TASK, SWEEP_TASK, OUTBOX_TASK)},
         },
         "beat_schedule": beat_schedule(settings),
         "timezone": "UTC",
@@ -134,27 +159,35 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 def beat_schedule(settings: Settings) -> dict[str, Any]:
-    # A round that waited longer than one period is stale: the next one supersedes it.
-    schedule = {
-        "evaluate-ab-tests": {
-            "task": EVALUATE_TASK,
-            "schedule": settings.ab_eval_seconds,
-            "options": {"expires": settings.ab_eval_seconds, "queue": settings.maintenance_queue_name},
-        }
-    }
-    # The evolution outbox (docs/RELIABILITY.md): triggers stored by failed runs, enqueued here.
-    schedule["sweep-evolution-outbox"] = {
-        "task": OUTBOX_TASK,
-        "schedule": OUTBOX_SWEEP_SECONDS,
-        "options": {"expires": OUTBOX_SWEEP_SECONDS, "queue": settings.maintenance_queue_name},
-    }
+    """The beat's entries; the evolution outbox holds triggers stored by failed runs (docs/RELIABILITY.md)."""
+    entries = [
+        ("evaluate-ab-tests", EVALUATE_TASK, settings.ab_eval_seconds),
+        ("sweep-evolution-outbox", OUTBOX_TASK, OUTBOX_SWEEP_SECONDS),
+    ]
     if settings.run_sweep_seconds > 0:
-        schedule["resend-overdue-runs"] = {
-            "task": SWEEP_TASK,
-            "schedule": settings.run_sweep_seconds,
-            "options": {"expires": settings.run_sweep_seconds, "queue": settings.maintenance_queue_name},
-        }
-    return schedule
+        entries.append(("resend-overdue-runs", SWEEP_TASK, settings.run_sweep_seconds))
+    # A round that waited longer than one period is stale: the next one supersedes it.
+    return {
+        name: {"task": task, "schedule": every, "options": {"expires": every, "queue": settings.maintenance_queue_name}}
+        for name, task, every in entries
+    }
+
+
+def check_store_at_start(**_: Any) -> None:
+    """Celery's ``worker_init`` / ``beat_init`` receiver: exit with one line if the store cannot serve.
+
+    A wrong database name or a missing migration is not an outage: waiting does not fix it, and a worker that
+    retried its runs forever against it would look busy while doing nothing. A server that does not answer is
+    an outage and is ridden out (worker/retries.py).
+    """
+    # Imported here: Alembic takes most of a second to import, and every producer imports the app.
+    from db.migrate import StoreNotReady, check_ready
+
+    try:
+        check_ready(get_settings().database_url)
+    except StoreNotReady as error:
+        print(f"wre: cannot start: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_STORE_NOT_READY) from None
 
 
 def create_app(settings: Settings | None = None) -> Celery:
@@ -178,6 +211,6 @@ MAINTENANCE_QUEUE = _settings.maintenance_queue_name
 # retry's, for one) would otherwise fall back to a default app with a default broker when the worker runs
 # embedded in another program's thread.
 app.set_default()
-# A worker or beat whose database is missing or not migrated exits with one line (worker/startup.py).
+# A worker or beat whose database is missing or not migrated exits with one line.
 worker_init.connect(check_store_at_start, weak=False)
 beat_init.connect(check_store_at_start, weak=False)

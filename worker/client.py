@@ -74,7 +74,6 @@ def enqueue_skill(
     The request is checked first (:func:`run_request`): bad input raises
     :class:`worker.runner.InvalidRunError` (a ValueError) here and nothing is queued.
 
-    :param skill_name: a registered skill.
     :param input_context: a JSON object (the worker refuses anything else, and anything over the size limit).
     :param agent: the agent to use; the skill's default when None.
     :param assignment_key: what the A/B arm is derived from (e.g. a user id, so one user always sees one

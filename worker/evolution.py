@@ -11,9 +11,9 @@ from typing import Any
 from db.catalog import variation_id_for
 from db.memory import AbTestConflictError, PatternMemory
 from worker.evolvers import EvolutionRefused, Failure, get_evolver
-from worker.runner import parse_variation
 from worker.screening import screen_candidates, screening_wait
 from worker.settings import Settings
+from worker.skills import parse_variation
 
 log = logging.getLogger(__name__)
 # Recent failed runs the evolver learns from.

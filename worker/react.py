@@ -9,8 +9,8 @@ A run makes up to ``max_iterations`` attempts. After each attempt :func:`next_st
   failure (the agent's setup is broken: a refused API key, an unknown model) finishes the run the same way at
   once, without evolving: neither another attempt nor a new variation can fix a setup.
 
-The state travels in the retry task's kwargs, so it is JSON (:meth:`ReactState.to_dict`) and is checked when
-it comes back (:meth:`ReactState.from_dict`): kwargs are input like any other.
+The state never travels in a message: a worker rebuilds it from the attempts the store recorded
+(worker/runner.py), so these rules need not distrust it; they only refuse a state that breaks them.
 """
 
 from __future__ import annotations
@@ -25,43 +25,17 @@ from worker.settings import REACT_MAX_ITER_BOUNDS
 Action = Literal["finish_success", "retry", "finish_exhausted"]
 RETRY_FLAG = "_react_retry"
 PREVIOUS_ATTEMPT = "_previous_attempt"
-STATE_FIELDS = ("attempt", "max_iterations", "threshold", "attempts", "arm", "variation_id", "test_id")
-SUMMARY_FIELDS = ("attempt", "pattern_fidelity", "success", "failed_at_step", "error")
 
 
 class ReactStateError(ValueError):
-    """A ReAct state or attempt summary that is malformed or inconsistent."""
+    """A ReAct state or attempt summary that breaks the rules."""
 
 
 def _integer(value: object, name: str) -> int:
-    # bool is an int to Python; `"attempt": true` in kwargs is garbage, not 1.
+    # bool is an int to Python; `True` iterations is a mistake, not 1.
     if isinstance(value, bool) or not isinstance(value, int):
         raise ReactStateError(f"{name} must be an integer, got {value!r}")
     return value
-
-
-def _fraction(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-        raise ReactStateError(f"{name} must be a number between 0 and 1, got {value!r}")
-    return float(value)
-
-
-def _optional_str(value: object, name: str) -> str | None:
-    if value is not None and not isinstance(value, str):
-        raise ReactStateError(f"{name} must be a string or null, got {value!r}")
-    return value
-
-
-def _fields(data: object, expected: tuple[str, ...], what: str) -> Mapping[str, Any]:
-    if not isinstance(data, Mapping):
-        raise ReactStateError(f"{what} must be a JSON object, got {type(data).__name__}")
-    missing = [name for name in expected if name not in data]
-    unknown = [str(name) for name in data if name not in expected]
-    if missing or unknown:
-        raise ReactStateError(
-            f"{what}: missing fields {missing}, unknown fields {unknown} (expected {list(expected)})"
-        )
-    return data
 
 
 @dataclass(frozen=True)
@@ -82,13 +56,8 @@ class AttemptSummary:
     error: str | None
 
     def __post_init__(self) -> None:
-        if _integer(self.attempt, "attempt") < 1:
-            raise ReactStateError(f"attempt must be at least 1, got {self.attempt}")
-        _fraction(self.pattern_fidelity, "pattern_fidelity")
-        if not isinstance(self.success, bool):
-            raise ReactStateError(f"success must be true or false, got {self.success!r}")
-        _optional_str(self.failed_at_step, "failed_at_step")
-        _optional_str(self.error, "error")
+        if _integer(self.attempt, "attempt") < 1 or not 0.0 <= self.pattern_fidelity <= 1.0:
+            raise ReactStateError(f"not an attempt summary: {self}")
 
     def to_dict(self) -> dict[str, Any]:
         """The summary as JSON-able data (the shape of ``_react_metadata.all_attempts`` items)."""
@@ -100,22 +69,6 @@ class AttemptSummary:
             "failed_at_step": self.failed_at_step,
             "error": self.error,
         }
-
-    @classmethod
-    def from_dict(cls, data: object) -> AttemptSummary:
-        """Read a summary written by :meth:`to_dict`.
-
-        :param data: the decoded JSON.
-        :raises ReactStateError: missing, unknown or ill-typed fields.
-        """
-        if isinstance(data, Mapping) and "fidelity" in data:
-            # The seed's name, written beside pattern_fidelity by to_dict: it must say the same.
-            alias = data["fidelity"]
-            data = {name: value for name, value in data.items() if name != "fidelity"}
-            if alias != data.get("pattern_fidelity"):
-                raise ReactStateError("attempt summary: fidelity and pattern_fidelity differ")
-        fields = _fields(data, SUMMARY_FIELDS, "attempt summary")
-        return cls(**{name: fields[name] for name in SUMMARY_FIELDS})
 
     def previous_attempt(self) -> dict[str, Any]:
         """What the next attempt is told about this one: ``{fidelity, failed_at_step, error}``."""
@@ -149,11 +102,6 @@ class ReactState:
             raise ReactStateError(f"max_iterations must be within {low}..{high}, got {self.max_iterations}")
         if not 1 <= _integer(self.attempt, "attempt") <= self.max_iterations:
             raise ReactStateError(f"attempt must be within 1..{self.max_iterations}, got {self.attempt}")
-        _fraction(self.threshold, "threshold")
-        if not isinstance(self.attempts, tuple) or not all(
-            isinstance(a, AttemptSummary) for a in self.attempts
-        ):
-            raise ReactStateError("attempts must be a tuple of AttemptSummary")
         if [summary.attempt for summary in self.attempts] != list(range(1, self.attempt)):
             raise ReactStateError(
                 f"attempt {self.attempt} must follow attempts 1..{self.attempt - 1}, "
@@ -161,44 +109,6 @@ class ReactState:
             )
         if any(summary.success for summary in self.attempts):
             raise ReactStateError("a run does not go on after a successful attempt")
-        if not isinstance(self.variation_id, str) or not self.variation_id:
-            raise ReactStateError(f"variation_id must be a non-empty string, got {self.variation_id!r}")
-        _optional_str(self.arm, "arm")
-        if self.test_id is not None:
-            _integer(self.test_id, "test_id")
-
-    def to_dict(self) -> dict[str, Any]:
-        """The state as JSON-able data, for the retry task's kwargs."""
-        return {
-            "attempt": self.attempt,
-            "max_iterations": self.max_iterations,
-            "threshold": self.threshold,
-            "attempts": [summary.to_dict() for summary in self.attempts],
-            "arm": self.arm,
-            "variation_id": self.variation_id,
-            "test_id": self.test_id,
-        }
-
-    @classmethod
-    def from_dict(cls, data: object) -> ReactState:
-        """Read a state written by :meth:`to_dict` (it comes back through task kwargs: trust nothing).
-
-        :param data: the decoded JSON.
-        :raises ReactStateError: missing, unknown, ill-typed or inconsistent fields.
-        """
-        fields = _fields(data, STATE_FIELDS, "react state")
-        attempts = fields["attempts"]
-        if not isinstance(attempts, list):
-            raise ReactStateError(f"attempts must be a list, got {type(attempts).__name__}")
-        return cls(
-            attempt=fields["attempt"],
-            max_iterations=fields["max_iterations"],
-            threshold=fields["threshold"],
-            attempts=tuple(AttemptSummary.from_dict(item) for item in attempts),
-            variation_id=fields["variation_id"],
-            arm=fields["arm"],
-            test_id=fields["test_id"],
-        )
 
 
 @dataclass(frozen=True)
@@ -237,7 +147,6 @@ def start(
     :param max_iterations: attempts wanted (clamped to 1..10).
     :param threshold: the fidelity needed (clamped to 0..1).
     :param react_mode: False gives the run a single attempt.
-    :param variation_id: the variation the run executes.
     :param arm: the A/B arm, if a test chose the version.
     :param test_id: the A/B test, if any.
     :raises ReactStateError: a figure that is not a number (or a NaN threshold).
@@ -260,7 +169,6 @@ def start(
 def next_step(state: ReactState, latest: AttemptSummary, *, fatal: bool = False) -> ReactDecision:
     """Decide what follows the attempt just made.
 
-    :param state: the state the attempt ran with.
     :param latest: the attempt's summary; its number must be ``state.attempt``.
     :param fatal: the attempt failed in a way no retry or variation can fix (the agent's setup): finish now,
         without evolving. Ignored for a successful attempt.

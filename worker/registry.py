@@ -17,7 +17,8 @@ from worker.agents import get_agent
 from worker.settings import Settings, get_settings
 from worker.skills import Skill, load_skill_file, parse_skill
 
-# The parts of a skill file a changed file is compared on, in the order they are named.
+# The parts of a skill file a changed file is compared on (``instructions`` is the Markdown body), in the
+# order they are named.
 COMPARED_PARTS = (
     "description", "agent", "threshold", "time_limit", "entrypoint", "evolver", "steps", "input_schema",
     "extra", "instructions",
@@ -31,11 +32,6 @@ class Registered:
     skill: Skill
     result: RegistrationResult
     source: str
-
-
-def differences(old: Skill, new: Skill) -> list[str]:
-    """The parts of the skill file that differ (``instructions`` is the Markdown body)."""
-    return [part for part in COMPARED_PARTS if getattr(old, part) != getattr(new, part)]
 
 
 def register_skills(
@@ -75,7 +71,10 @@ def _refuse_changed(memory: PatternMemory, skill: Skill, source: str) -> None:
     if memory.get_skill(skill.name) is None or skill.variation_id in memory.lineage(skill.name):
         return
     production, content = memory.get_production(skill.name)
-    changed = differences(parse_skill(content, source="<production>"), skill) or ["front matter formatting"]
+    old = parse_skill(content, source="<production>")
+    changed = [part for part in COMPARED_PARTS if getattr(old, part) != getattr(skill, part)] or [
+        "front matter formatting"
+    ]
     promoted = memory.get_variation(production)
     evolved = promoted is not None and promoted.created_by != "registration"
     what = f"an evolved version ({production}) that " if evolved else f"{production}, which "
@@ -109,17 +108,14 @@ def register_skill(
     return register_skills(memory, [(skill, skill.name)], replace=replace, settings=settings)[0].result.variation_id
 
 
-def load_skill_files(paths: Sequence[str | Path], settings: Settings | None = None) -> list[tuple[Skill, str]]:
-    """Parse every file first; a malformed one raises with its path, line and field."""
-    allowed = (settings or get_settings()).python_skill_modules
-    return [(load_skill_file(path, allowed_modules=allowed), str(path)) for path in paths]
-
-
 def register_skill_files(
     memory: PatternMemory, paths: Sequence[str | Path], replace: bool = False, settings: Settings | None = None
 ) -> list[Registered]:
-    """Parse and register several skill files, all or none."""
-    return register_skills(memory, load_skill_files(paths, settings), replace=replace, settings=settings)
+    """Parse every file first (a malformed one raises with its path, line and field), then register them all
+    or none."""
+    allowed = (settings or get_settings()).python_skill_modules
+    parsed = [(load_skill_file(path, allowed_modules=allowed), str(path)) for path in paths]
+    return register_skills(memory, parsed, replace=replace, settings=settings)
 
 
 def register_skill_file(

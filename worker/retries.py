@@ -1,17 +1,22 @@
-"""The one retry layer around a run's steps (as Dramatiq keeps its retries in one middleware).
+"""Every retry rule of wre, in one place (as Dramatiq keeps its retries in one middleware).
 
 The run steps (worker/runner.py) never retry anything themselves. They either return the run's result, ask
-for the next ReAct attempt (:class:`NextAttempt`), or raise. This layer turns that into deliveries:
+for the next ReAct attempt (:class:`NextAttempt`), or raise. :func:`around` turns that into deliveries:
 
 - **ReAct retry**: the next attempt is published with the producer's kwargs unchanged and the attempt number
-  in a header (worker/messages.py); the worker rebuilds its state from the store, never from the message.
+  in a header (:class:`Bookkeeping`); the worker rebuilds its state from the store, never from the message.
 - **Infrastructure errors** (database, broker, an LLM server's 429/5xx): the same attempt again, after a
-  jittered exponential backoff (or the server's Retry-After), up to :data:`MAX_INFRA_RETRIES` times. The count
-  travels in a header; a forged count can only shorten the run's own outage budget.
+  jittered exponential backoff (or the server's Retry-After), up to :data:`MAX_INFRA_RETRIES` times. They
+  spend no ReAct iteration. The count travels in a header; a forged count can only shorten the run's own
+  outage budget.
 - **A retry that cannot be published** (the broker refused or is away): the delivery is rejected *with*
   requeue, so the broker hands it out again (Celery's own ``Task.retry`` rejects without requeue and the run
-  is lost). The redelivered attempt is answered from the store (runs are idempotent), and its retry is
-  published again.
+  is lost: that is why ``wre.execute_skill`` does not use Celery's ``autoretry_for``). The redelivered attempt
+  is answered from the store (runs are idempotent), and its retry is published again.
+
+The evolve task and the result backend use Celery's own retry options, configured from the constants here
+(:data:`EVOLVE_RETRY_OPTIONS`, :data:`RESULT_BACKEND_RETRY_OPTIONS`): a lost evolution is swept from the
+outbox, and a result store has no run to requeue.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import amqp.exceptions
 import kombu.exceptions
@@ -29,12 +34,26 @@ import redis.exceptions
 import sqlalchemy.exc
 from celery import Task
 from celery.exceptions import Reject, Retry
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
-from worker.agents import AgentInfrastructureError
-from worker.messages import MAX_INFRA_RETRIES, Bookkeeping
+from worker.messages import MessageError
 
 log = logging.getLogger(__name__)
 
+
+class InfrastructureError(Exception):
+    """A failure that is an outage's, not the skill's (an agent raises its subclass for an LLM server's 429,
+    5xx or timeout): retried without spending a ReAct iteration.
+
+    :param retry_after: seconds the server asked us to wait (``Retry-After``), or None for the usual backoff.
+    """
+
+    def __init__(self, *args: object, retry_after: float | None = None) -> None:
+        super().__init__(*args)
+        self.retry_after = retry_after
+
+
+#: The failures that are nobody's fault but an outage's: retried, never recorded as an attempt's error.
 INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
     sqlalchemy.exc.OperationalError,
     sqlalchemy.exc.InterfaceError,
@@ -42,32 +61,83 @@ INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
     sqlalchemy.exc.TimeoutError,
     redis.exceptions.ConnectionError,
     kombu.exceptions.OperationalError,
-    AgentInfrastructureError,
+    InfrastructureError,
 )
-# What a publish raises when the broker is away or refuses the message (not a bug of ours: those propagate).
+#: What a publish raises when the broker is away or refuses the message (not a bug of ours: those propagate).
 PUBLISH_ERRORS: tuple[type[BaseException], ...] = (
     kombu.exceptions.KombuError,
     amqp.exceptions.AMQPError,
     redis.exceptions.RedisError,
     OSError,
 )
-# A broker that takes deliveries but refuses publishes would otherwise hand the requeued delivery straight
-# back, and the worker would spin on it: a short pause before each requeue keeps that loop slow.
-REQUEUE_PAUSE_SECONDS = 1.0
-INFRA_BACKOFF_BASE_SECONDS = 0.5
-INFRA_BACKOFF_MAX_SECONDS = 30.0
-# Retries of one delivery spread over [half, full] of the exponential step, so that the runs an outage
-# interrupted together do not all come back in the same instant ("equal jitter").
-INFRA_BACKOFF_JITTER = 0.5
 
-__all__ = [
-    "INFRASTRUCTURE_ERRORS",
-    "MAX_INFRA_RETRIES",
-    "NextAttempt",
-    "around",
-    "infrastructure_backoff",
-    "publish_retry",
-]
+#: Infrastructure retries of one attempt before the run fails: with the backoff below, about 10 minutes.
+MAX_INFRA_RETRIES = 30
+#: The first infrastructure retry waits about this long; each next one twice as long ...
+INFRA_BACKOFF_BASE_SECONDS = 0.5
+#: ... up to this.
+INFRA_BACKOFF_MAX_SECONDS = 30.0
+#: Retries of one delivery spread over [half, full] of the exponential step, so that the runs an outage
+#: interrupted together do not all come back in the same instant ("equal jitter").
+INFRA_BACKOFF_JITTER = 0.5
+#: A broker that takes deliveries but refuses publishes would otherwise hand the requeued delivery straight
+#: back, and the worker would spin on it: a short pause before each requeue keeps that loop slow.
+REQUEUE_PAUSE_SECONDS = 1.0
+
+#: The header that carries a delivery's ReAct attempt number (1 on a producer's message, which has none).
+ATTEMPT_HEADER = "wre_attempt"
+#: The header that carries the infrastructure retries this attempt has spent.
+INFRA_RETRIES_HEADER = "wre_infra_retries"
+#: The highest attempt a header may name: the ceiling of ``WRE_REACT_MAX_ITER``.
+MAX_ATTEMPT = 10
+
+#: ``wre.evolve_skill`` on an outage: Celery's own backoff (1 s doubling to 30 s, full jitter). A retry it
+#: cannot publish is lost, and the evolution outbox's sweep enqueues the skill again.
+EVOLVE_RETRY_OPTIONS: dict[str, Any] = {
+    "autoretry_for": INFRASTRUCTURE_ERRORS,
+    "max_retries": MAX_INFRA_RETRIES,
+    "retry_backoff": 1,
+    "retry_backoff_max": int(INFRA_BACKOFF_MAX_SECONDS),
+    "retry_jitter": True,
+}
+#: A result that cannot be stored while Redis is away is retried by Celery's backend (10 ms doubling to 10 s,
+#: jittered: about a minute in all) instead of turning a run that succeeded into a FAILURE result.
+RESULT_BACKEND_RETRY_OPTIONS: dict[str, Any] = {
+    "result_backend_always_retry": True,
+    "result_backend_max_retries": 20,
+}
+
+
+class Bookkeeping(BaseModel):
+    """The retry layer's headers: which attempt this delivery runs, and the outage retries already spent.
+
+    Headers can be forged too, so the attempt number is checked against the store before it is believed
+    (``SkillRunner.resume``), and the retry count only ever shortens a run's own outage budget.
+    """
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True)
+
+    attempt: Annotated[StrictInt, Field(ge=1, le=MAX_ATTEMPT, alias=ATTEMPT_HEADER)] = 1
+    infra_retries: Annotated[StrictInt, Field(ge=0, le=MAX_INFRA_RETRIES, alias=INFRA_RETRIES_HEADER)] = 0
+
+    def headers(self) -> dict[str, int]:
+        return {ATTEMPT_HEADER: self.attempt, INFRA_RETRIES_HEADER: self.infra_retries}
+
+
+def parse_bookkeeping(headers: object) -> Bookkeeping:
+    """The retry headers of a delivery (absent on a producer's first message: attempt 1, no retries spent).
+
+    :raises MessageError: a header out of its range, in one line.
+    """
+    known = {}
+    if isinstance(headers, dict):
+        known = {key: headers[key] for key in (ATTEMPT_HEADER, INFRA_RETRIES_HEADER) if key in headers}
+    try:
+        return Bookkeeping.model_validate(known)
+    except ValidationError as error:
+        header = str(error.errors()[0]["loc"][0])
+        low, high = (1, MAX_ATTEMPT) if header == ATTEMPT_HEADER else (0, MAX_INFRA_RETRIES)
+        raise MessageError(f"{header} must be an integer within {low}..{high}, got {known[header]!r:.80}") from None
 
 
 @dataclass(frozen=True)

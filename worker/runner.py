@@ -1,7 +1,10 @@
 """The steps of one skill run, shared by the Celery task and the in-process API (one implementation).
 
 validate → resolve the version (sticky A/B arm) → run the agent → score → decide (worker/react.py) → record
-(one transaction). The drivers (worker/tasks.py, worker/orchestrator.py) only loop and hand over.
+(one transaction). Two drivers only loop and hand over: the Celery task (worker/tasks.py, one attempt per
+delivery) and :class:`Orchestrator` at the end of this module, the in-process API with the seed's names (used
+by the embedded demo and by tests; its defaults are ``WRE_REACT_MAX_ITER``, ``WRE_REACT_FIDELITY`` and
+``WRE_REACT_MODE``, as the seed defines them).
 """
 
 from __future__ import annotations
@@ -10,10 +13,13 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from functools import cached_property, lru_cache
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
+
+from cachetools import Cache, LRUCache, TTLCache
 
 from db.counters import (
     COUNTER_EVOLUTIONS,
@@ -27,13 +33,15 @@ from db.records import AbTestRecord
 from db.trials import Assignment, unit_key_for
 from worker import react
 from worker.agents import AttemptInfo, get_agent, run_attempt
+from worker.evolution import evolve_skill
 from worker.messages import MessageError, parse_run_kwargs
 from worker.scoring import Score, score_within
-from worker.settings import Settings
-from worker.skills import Skill, input_error, parse_skill
+from worker.settings import Settings, get_settings
+from worker.skills import Skill, input_error, parse_variation
 
 MAX_OUTPUT_RESULT_CHARS = 20_000
 MAX_CACHED_VARIATIONS = 1024
+MAX_CACHED_SKILLS = 4096
 # A trial's deadline is its first attempt's time limit plus this; a trial still without an outcome then counts
 # as a failure of its arm.
 TRIAL_SLACK_SECONDS = 30.0
@@ -50,7 +58,6 @@ class InvalidRunError(ValueError):
 class RunRequest:
     """A validated request to run a skill.
 
-    :param skill_name: a registered skill.
     :param agent: the agent's name (the skill's default when the producer gave none).
     :param input_context: a JSON object under the size limit.
     :param force: run the production version even while an A/B test runs (no routing, no trial).
@@ -94,7 +101,6 @@ class AttemptOutcome:
     decision: react.ReactDecision
     recorded: bool
     usage: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
     # Set when the attempt was answered from the store: the version its run was recorded on.
     version: Version | None = None
 
@@ -144,36 +150,22 @@ def choose_arm(test_id: int, assignment_key: str, treatment_share: float = 0.5) 
     return "treatment" if draw < treatment_share else "control"
 
 
-@lru_cache(maxsize=512)
-def parse_variation(content: str) -> Skill:
-    """A variation's parsed content; cached because a variation's content never changes."""
-    return parse_skill(content, source="<variation>")
-
-
-def check_variation(skill_name: str, content: str) -> None:
-    """Refuse content that is not a skill named ``skill_name`` (a ValueError naming what is wrong).
-
-    Run before a variation enters a test: a treatment that cannot parse would fail every run routed to it.
-    """
-    parsed = parse_variation(content)
-    if parsed.name != skill_name:
-        raise ValueError(f"the variation is a skill named {parsed.name!r}, not {skill_name!r}")
-
-
 class SkillRunner:
     """Runs the steps of a skill run against one store with one set of settings.
 
-    :param memory: the store.
     :param settings: wre's settings (limits, thresholds, ReAct figures).
     """
 
     def __init__(self, memory: PatternMemory, settings: Settings) -> None:
         self.memory = memory
         self.settings = settings
-        self._resolved: dict[str, tuple[float, Any]] = {}
-        self._skills: dict[str, tuple[float, Any]] = {}
-        self._variations: dict[str, tuple[str, str]] = {}
-        self._lock = threading.Lock()
+        # Within the cache window the hot path reads nothing; a promotion reaches every worker after it.
+        window = settings.production_cache_seconds
+        self._resolved: TTLCache[str, Any] = TTLCache(MAX_CACHED_SKILLS, window)
+        self._skills: TTLCache[str, Any] = TTLCache(MAX_CACHED_SKILLS, window)
+        # A variation never changes: kept once read.
+        self._variations: LRUCache[str, str] = LRUCache(MAX_CACHED_VARIATIONS)
+        self._lock = threading.Lock()  # cachetools' caches are not thread-safe; worker threads share a runner
 
     # 1. validate
     def validate(self, kwargs: Mapping[str, Any]) -> RunRequest:
@@ -230,8 +222,7 @@ class SkillRunner:
             chosen = _served(guard, test, {assignment.test_id: assignment.arm for assignment in plan})
             assert chosen is not None  # a plan always serves its last assignment
             variation_id = _version_of(*chosen)
-            content = production_content if variation_id == production_id else self._content(variation_id)
-            skill = parse_variation(content)
+            skill = parse_variation(production_content) if variation_id == production_id else self._skill(variation_id)
             time_limit = skill.time_limit or self.settings.default_time_limit_seconds
             recorded = self.memory.assign_trials(
                 run_id,
@@ -245,7 +236,7 @@ class SkillRunner:
                 if _version_of(record, arm) != variation_id:
                     # The ledger is the fact: a run assigned before keeps the arm it was given then.
                     variation_id = _version_of(record, arm)
-                    skill = parse_variation(self._content(variation_id))
+                    skill = self._skill(variation_id)
                 return Version(variation_id, skill, record.test_id, arm)
             # The test is no longer running: read production and the running test afresh.
             self._forget(request.skill_name)
@@ -294,8 +285,7 @@ class SkillRunner:
     ) -> tuple[Version, react.ReactState]:
         """The version of a recorded run and its state before ``attempt``, from its recorded attempts."""
         first = rows[0]
-        _, content = self._variation(first["variation_id"])
-        version = Version(first["variation_id"], parse_variation(content), first["test_id"], first["arm"])
+        version = Version(first["variation_id"], self._skill(first["variation_id"]), first["test_id"], first["arm"])
         start = self.start_state(request, version)
         summaries = tuple(_summary(row["attempt"], _stored_score(row)) for row in rows if row["attempt"] < attempt)
         # A budget lowered since the run started still lets the recorded attempts stand.
@@ -400,7 +390,7 @@ class SkillRunner:
         # The final attempt's exact output (types kept); the bounded text preview only for older rows.
         output = stored["result"] if stored["result"] is not None else _from_text(stored["output"])
         version = Version(
-            stored["variation_id"], parse_variation(self._content(stored["variation_id"])), stored["test_id"], stored["arm"]
+            stored["variation_id"], self._skill(stored["variation_id"]), stored["test_id"], stored["arm"]
         )
         return AttemptOutcome(
             scored, output, stored["execution_time_ms"], decision, False, stored["token_usage"], version=version
@@ -430,17 +420,10 @@ class SkillRunner:
         }
 
     def _production_and_test(self, skill_name: str) -> tuple[str, str, Any]:
-        now = time.monotonic()
-        with self._lock:
-            cached = self._resolved.get(skill_name)
-        # Within the cache window the hot path reads nothing; a promotion reaches every worker after it.
-        if cached is not None and now - cached[0] < self.settings.production_cache_seconds:
-            return cached[1]  # type: ignore[no-any-return]
-        production_id, content = self.memory.get_production(skill_name)
-        resolved = (production_id, content, self.memory.running_routes(skill_name))
-        with self._lock:
-            self._resolved[skill_name] = (now, resolved)
-        return resolved
+        def load(name: str) -> tuple[str, str, Any]:
+            return (*self.memory.get_production(name), self.memory.running_routes(name))
+
+        return self._cached(self._resolved, skill_name, load)  # type: ignore[no-any-return]
 
     def _forget(self, skill_name: str) -> None:
         with self._lock:
@@ -448,35 +431,29 @@ class SkillRunner:
 
     def _skill_row(self, skill_name: str) -> Any:
         """The skill's row (default agent), cached like the production view; an unknown skill is not cached."""
-        now = time.monotonic()
-        with self._lock:
-            cached = self._skills.get(skill_name)
-        if cached is not None and now - cached[0] < self.settings.production_cache_seconds:
-            return cached[1]
-        row = self.memory.get_skill(skill_name)
-        if row is not None:
-            with self._lock:
-                self._skills[skill_name] = (now, row)
-        return row
+        return self._cached(self._skills, skill_name, self.memory.get_skill)
 
-    def _content(self, variation_id: str) -> str:
-        return self._variation(variation_id)[1]
+    def _skill(self, variation_id: str) -> Skill:
+        """A variation's parsed content."""
 
-    def _variation(self, variation_id: str) -> tuple[str, str]:
-        """(skill name, content) of a variation; kept once read, since a variation never changes."""
+        def load(key: str) -> str:
+            row = self.memory.get_variation(key)
+            if row is None:
+                raise InvalidRunError(f"variation {key!r} does not exist")
+            return str(row.variation_content)
+
+        return parse_variation(self._cached(self._variations, variation_id, load))
+
+    def _cached(self, cache: Cache[str, Any], key: str, load: Callable[[str], Any]) -> Any:
+        """``cache[key]``, loaded (outside the lock: a store read) when missing; None is not kept."""
         with self._lock:
-            known = self._variations.get(variation_id)
-        if known is not None:
-            return known
-        row = self.memory.get_variation(variation_id)
-        if row is None:
-            raise InvalidRunError(f"variation {variation_id!r} does not exist")
-        known = (str(row.skill_name), str(row.variation_content))
-        with self._lock:
-            self._variations[variation_id] = known
-            while len(self._variations) > MAX_CACHED_VARIATIONS:
-                self._variations.pop(next(iter(self._variations)))
-        return known
+            value = cache.get(key)
+        if value is None:
+            value = load(key)
+            if value is not None:
+                with self._lock:
+                    cache[key] = value
+        return value
 
 
 def _check_same_request(request: RunRequest, run_id: str, rows: list[dict[str, Any]]) -> None:
@@ -554,3 +531,72 @@ def _json_safe(output: object) -> object:
     except (TypeError, ValueError):
         return str(output)[:MAX_OUTPUT_RESULT_CHARS]
     return output if len(text) <= MAX_OUTPUT_RESULT_CHARS else text[:MAX_OUTPUT_RESULT_CHARS]
+
+
+class Orchestrator:
+    """Runs skills in this process against a store.
+
+    :param memory: the store (a PatternMemory on WRE_DATABASE_URL when None).
+    :param settings: wre's settings (read from the environment when None).
+    :param evolve: run the evolver in-process when a run ends below threshold.
+    """
+
+    def __init__(
+        self, memory: PatternMemory | None = None, settings: Settings | None = None, evolve: bool = True
+    ) -> None:
+        self.settings = settings or get_settings()
+        self.memory = memory or PatternMemory(self.settings.database_url)
+        self.runner = SkillRunner(self.memory, self.settings)
+        self.evolve = evolve
+
+    def execute_skill(
+        self, skill_name: str, agent: str | None, input_context: dict[str, Any], force: bool = False
+    ) -> dict[str, Any]:
+        """The default entry point: with ReAct when ``WRE_REACT_MODE`` is on (the default), else one attempt."""
+        if self.settings.react_mode:
+            return self.execute_skill_with_reasoning(skill_name, agent, input_context, force=force)
+        return self._run(skill_name, agent, input_context, force, max_iterations=1, threshold=None)
+
+    def execute_skill_with_reasoning(
+        self,
+        skill_name: str,
+        agent: str | None,
+        input_context: dict[str, Any],
+        max_iterations: int | None = None,
+        fidelity_threshold: float | None = None,
+        force: bool = False,
+    ) -> dict[str, Any]:
+        """Up to ``max_iterations`` attempts (clamped to 1..10), each told what the previous one failed.
+
+        :param max_iterations: None means ``WRE_REACT_MAX_ITER`` (3).
+        :param fidelity_threshold: the fidelity that ends the run early; None means ``WRE_REACT_FIDELITY``
+            (0.90), as the seed defines it. Pass a skill's own threshold to judge as the Celery task does.
+        """
+        if max_iterations is None:
+            max_iterations = self.settings.react_max_iter
+        if fidelity_threshold is None:
+            fidelity_threshold = self.settings.react_fidelity
+        return self._run(skill_name, agent, input_context, force, max_iterations, fidelity_threshold)
+
+    def _run(
+        self,
+        skill_name: str,
+        agent: str | None,
+        input_context: dict[str, Any],
+        force: bool,
+        max_iterations: int,
+        threshold: float | None,
+    ) -> dict[str, Any]:
+        run_id = uuid.uuid4().hex
+        request = self.runner.validate(
+            {"skill_name": skill_name, "agent": agent, "input_context": input_context, "force": force}
+        )
+        version = self.runner.resolve(request, run_id)
+        state = self.runner.start_state(request, version, max_iterations, threshold, react_mode=True)
+        outcome = self.runner.attempt(request, version, state, run_id)
+        while outcome.decision.action == "retry" and outcome.decision.next_state is not None:
+            state = outcome.decision.next_state
+            outcome = self.runner.attempt(request, version, state, run_id)
+        if outcome.decision.evolve and self.evolve:
+            evolve_skill(self.memory, self.settings, skill_name)
+        return self.runner.result(request, version, run_id, outcome)

@@ -28,9 +28,8 @@ from typing import Any, TypedDict, cast
 
 import jsonschema
 
-from worker.agents.isolation import ChildDied, ChildTimeout, call_in_child
+from worker.agents.isolation import ChildDied, ChildTimeout, call_in_child, describe_error, trim
 from worker.agents.python import load_entrypoint
-from worker.agents.timing import describe_error, trim
 from worker.skills import Skill, StepCheck
 
 MAX_DETAIL_CHARS = 300
@@ -69,22 +68,10 @@ class Score:
     success: bool
     execution_success: bool
 
-    def to_dict(self) -> dict[str, Any]:
-        """The score as JSON-able data."""
-        return {
-            "step_results": [dict(result) for result in self.step_results],
-            "pattern_fidelity": self.pattern_fidelity,
-            "failed_at_step": self.failed_at_step,
-            "error": self.error,
-            "success": self.success,
-            "execution_success": self.execution_success,
-        }
-
 
 def score(skill: Skill, output: object, error: str | None, threshold: float) -> Score:
     """Score one attempt's output against the skill's declared steps.
 
-    :param skill: the variation that ran.
     :param output: the agent's output (ignored when ``error`` is set).
     :param error: the agent's error, or None if it finished.
     :param threshold: the fidelity a successful attempt needs, within 0..1.
@@ -132,7 +119,6 @@ def score_within(skill: Skill, output: object, error: str | None, threshold: flo
 def run_check(step: StepCheck, output: object) -> StepResult:
     """One step's verdict on an output; never raises.
 
-    :param step: the declared step.
     :param output: the agent's output.
     """
     try:

@@ -26,17 +26,17 @@ changed since the file was parsed).
 
 from __future__ import annotations
 
-import copy
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, NoReturn, cast, get_args
+from typing import Annotated, Any, Literal, NamedTuple, NoReturn, cast, get_args
 
 import jsonschema
 import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, ValidationInfo, model_validator
 
 from db.catalog import variation_id_for
 from worker.settings import get_settings
@@ -64,18 +64,7 @@ ENTRYPOINT_PATTERN = re.compile(
 CheckKind = Literal["key", "regex", "json_schema", "equals", "python"]
 CHECK_KINDS: tuple[str, ...] = get_args(CheckKind)
 STEP_FIELDS = ("id", "description", "expect")
-KNOWN_FIELDS = (
-    "name",
-    "description",
-    "agent",
-    "threshold",
-    "time_limit",
-    "entrypoint",
-    "evolver",
-    "steps",
-    "params",
-    "input",
-)
+KNOWN_FIELDS = ("name", "description", "agent", "threshold", "time_limit", "entrypoint", "evolver", "steps", "params", "input")
 PARAMS_FIELD = "params"
 PARAM_NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 PARAM_FIELDS = ("value", "choices", "min", "max")
@@ -128,11 +117,6 @@ class StepCheck:
     kind: CheckKind
     argument: Any
 
-    @property
-    def expect(self) -> dict[str, Any]:
-        """The ``expect`` mapping as it appears in the file."""
-        return {self.kind: copy.deepcopy(self.argument)}
-
 
 @dataclass(frozen=True)
 class Param:
@@ -142,7 +126,6 @@ class Param:
     value and both bounds are integers).
 
     :param name: the keyword the entrypoint receives.
-    :param value: the current value.
     :param choices: the values allowed, or None for a range.
     :param minimum: the range's lower bound (None with choices).
     :param maximum: the range's upper bound (None with choices).
@@ -281,18 +264,13 @@ def render_skill(front_matter: Mapping[str, Any], instructions: str) -> str:
 
 
 def is_module_allowed(module: str, allowed: Sequence[str]) -> bool:
-    """Whether ``module`` equals an allowed name or is a submodule of one (``skills`` covers ``skills.x``).
-
-    :param module: a dotted module name.
-    :param allowed: the allow-list.
-    """
+    """Whether ``module`` equals an allowed name or is a submodule of one (``skills`` covers ``skills.x``)."""
     return any(module == name or module.startswith(f"{name}.") for name in allowed if name)
 
 
 def check_entrypoint(reference: object, allowed: Sequence[str] | None = None) -> tuple[str, str]:
     """Validate a ``module:function`` reference against the allow-list, without importing anything.
 
-    :param reference: the reference as written.
     :param allowed: the allow-list; None means ``get_settings().python_skill_modules``.
     :returns: ``(module, function)``.
     :raises EntrypointError: the reference is not of the form ``module:function``.
@@ -337,7 +315,6 @@ def parse_skill(
 ) -> Skill:
     """Parse and validate a skill file's text.
 
-    :param text: the full file text.
     :param source: the name errors report (a path, or ``<string>``).
     :param allowed_modules: the python allow-list; None means ``get_settings().python_skill_modules``.
     :raises SkillFileError: anything malformed, with its line and field.
@@ -432,6 +409,204 @@ def _field_name(path: FieldPath) -> str:
     return text
 
 
+# -- the front matter's shape, as pydantic models. Each rule says in its message what was expected; the
+# -- translation below adds the file, the line (from the YAML nodes) and the field path.
+
+
+class _Problem(ValueError):
+    """A rule's refusal: the message, and where it is below the field being validated (``at_key``: the key)."""
+
+    def __init__(self, message: str, *below: str | int, at_key: bool = False) -> None:
+        super().__init__(message)
+        self.below = below
+        self.at_key = at_key
+
+
+def _allowed(info: ValidationInfo) -> Sequence[str] | None:
+    return cast("Sequence[str] | None", (info.context or {}).get("allowed_modules"))
+
+
+def _identifier(value: object) -> str:
+    if not isinstance(value, str) or len(value) > MAX_NAME_CHARS or not NAME_PATTERN.fullmatch(value):
+        raise ValueError(
+            f"expected lower-case letters, digits, '_', '.', '-' (starting with a letter or digit, "
+            f"at most {MAX_NAME_CHARS} characters), got {value!r}"
+        )
+    return value
+
+
+def _text(value: object) -> str:
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    return value or ""
+
+
+def _number(within: Callable[[float], bool], expected: str) -> Callable[[object], float | None]:
+    def check(value: object) -> float | None:
+        if value is None:
+            return None
+        # bool is an int to Python, but `threshold: yes` is a mistake, not 1.0.
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"expected a number, got {value!r}")
+        if not within(value):
+            raise ValueError(f"expected {expected}, got {value:g}")
+        return float(value)
+
+    return check
+
+
+def _evolver(value: object) -> str:
+    if value not in EVOLVER_CHOICES:
+        raise ValueError(f"unknown evolver {value!r} (expected one of {', '.join(EVOLVER_CHOICES)})")
+    return str(value)
+
+
+def _reference(value: object, info: ValidationInfo) -> str | None:
+    if value is not None:
+        check_entrypoint(value, _allowed(info))  # an EntrypointError is a ValueError: pydantic reports it
+    return cast("str | None", value)
+
+
+def _json_schema(schema: object) -> dict[str, Any]:
+    """A JSON Schema, checked as a schema now rather than at the first run that uses it."""
+    if not isinstance(schema, dict):
+        raise ValueError(f"expected a JSON Schema (a mapping), got {schema!r}")
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        where = "/".join(str(part) for part in exc.path)
+        raise _Problem(f"invalid JSON Schema{f' at {where}' if where else ''}: {exc.message}", *exc.path) from None
+    return schema
+
+
+def _step_id(value: object) -> str:
+    # YAML reads `id: 1` as an int; ids are names, so say so rather than silently converting.
+    if not isinstance(value, str) or not STEP_ID_PATTERN.fullmatch(value) or len(value) > MAX_STEP_ID_CHARS:
+        shown = value[: MAX_STEP_ID_CHARS + 10] if isinstance(value, str) else repr(value)
+        raise ValueError(
+            f"expected a name of letters, digits, '_', '.', '-' of at most {MAX_STEP_ID_CHARS} characters, got {shown}"
+        )
+    return value
+
+
+def _expect(raw: object, info: ValidationInfo) -> tuple[str, Any]:
+    expected = f"expected one of {', '.join(CHECK_KINDS)}"
+    if not isinstance(raw, dict) or len(raw) != 1:
+        raise ValueError(f"expected a mapping with exactly one check ({expected}), got {raw!r}")
+    ((kind, argument),) = raw.items()
+    if kind not in CHECK_KINDS:
+        raise ValueError(f"unknown check {kind!r} ({expected})")
+    try:
+        if kind == "key" and (not isinstance(argument, str) or not argument):
+            raise ValueError(f"expected a non-empty key name, got {argument!r}")
+        if kind == "regex":
+            if not isinstance(argument, str):
+                raise ValueError(f"expected a pattern string, got {argument!r}")
+            try:
+                re.compile(argument)
+            except re.error as exc:
+                raise ValueError(f"pattern does not compile: {exc}") from None
+        if kind == "json_schema":
+            _json_schema(argument)
+        if kind == "python":
+            check_entrypoint(argument, _allowed(info))
+    except ValueError as exc:  # said at the check's argument
+        raise _Problem(str(exc), kind) from None
+    return kind, argument
+
+
+def _steps(raw: object) -> object:
+    if not isinstance(raw, list) or not raw:
+        raise ValueError("expected a non-empty list of {id, description, expect}")
+    return raw
+
+
+def _params(raw: object) -> object:
+    if not isinstance(raw, dict) or not raw:
+        raise ValueError("expected a mapping of name: {value, choices} or {value, min, max}")
+    for name in raw:
+        if not PARAM_NAME_PATTERN.fullmatch(name):
+            raise _Problem(
+                f"a parameter name must be a Python identifier not starting with '_', got {name!r}", name, at_key=True
+            )
+    return raw
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, dict | list):
+        raise ValueError(f"expected a number, string, true/false or null, got {value!r}")
+    return value
+
+
+class _Step(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: Annotated[str, BeforeValidator(_step_id)]
+    description: Annotated[str, BeforeValidator(_text)] = ""
+    expect: Annotated[tuple[str, Any], BeforeValidator(_expect)]
+
+
+class _Param(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    value: Annotated[Any, BeforeValidator(_plain)]
+    choices: Any = None
+    min: Any = None
+    max: Any = None
+
+    def build(self, name: str) -> Param:
+        value = self.value
+        if "choices" in self.model_fields_set:
+            if self.model_fields_set & {"min", "max"}:
+                raise _Problem("declare either choices or min/max, not both")
+            choices = self.choices
+            if not isinstance(choices, list) or len(choices) < 2 or any(isinstance(c, dict | list) for c in choices):
+                raise _Problem(f"expected a list of at least two plain values, got {choices!r}", "choices")
+            if value not in choices:
+                raise _Problem(f"{value!r} is not one of the choices {choices!r}", "value")
+            return Param(name, value, choices=tuple(choices))
+        for key, bound in (("min", self.min), ("max", self.max)):
+            if isinstance(bound, bool) or not isinstance(bound, int | float):
+                raise _Problem(f"expected a number (or declare choices), got {bound!r}", key)
+        if not float(self.min) < float(self.max):
+            raise _Problem(f"min must be below max, got {self.min!r}..{self.max!r}")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not self.min <= value <= self.max:
+            raise _Problem(f"expected a number within {self.min!r}..{self.max!r}, got {value!r}", "value")
+        return Param(name, value, minimum=self.min, maximum=self.max)
+
+
+class _FrontMatterModel(BaseModel):
+    """The known fields of a front matter (the others are kept as the skill's ``extra``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: Annotated[str, BeforeValidator(_identifier)]
+    agent: Annotated[str, BeforeValidator(_identifier)]
+    entrypoint: Annotated[str | None, BeforeValidator(_reference)] = None
+    description: Annotated[str, BeforeValidator(_text)] = ""
+    threshold: Annotated[float | None, BeforeValidator(_number(lambda x: 0 <= x <= 1, "a fidelity between 0 and 1"))] = None
+    time_limit: Annotated[float | None, BeforeValidator(_number(lambda x: x > 0, "a positive number of seconds"))] = None
+    evolver: Annotated[str, BeforeValidator(_evolver)] = DEFAULT_EVOLVER
+    steps: Annotated[list[_Step], BeforeValidator(_steps)]
+    params: Annotated[dict[str, _Param] | None, BeforeValidator(lambda raw: raw if raw is None else _params(raw))] = None
+    input: Annotated[dict[str, Any] | None, BeforeValidator(lambda raw: raw if raw is None else _json_schema(raw))] = None
+
+    @model_validator(mode="after")
+    def _across_fields(self) -> _FrontMatterModel:
+        if self.entrypoint is None and self.agent == PYTHON_AGENT:
+            raise _Problem("the python agent needs an entrypoint 'module:function'", "entrypoint")
+        seen: dict[str, int] = {}
+        for index, step in enumerate(self.steps):
+            if step.id in seen:
+                raise _Problem(f"duplicate step id {step.id!r} (also steps[{seen[step.id]}])", "steps", index, "id")
+            seen[step.id] = index
+        return self
+
+
+# What a misshapen mapping should have been, by the field it sits in.
+_SHAPES = {"steps": STEP_FIELDS, PARAMS_FIELD: PARAM_FIELDS}
+
+
 class _FrontMatter:
     """Validates a front-matter mapping, reporting errors at the YAML node they are about."""
 
@@ -443,34 +618,23 @@ class _FrontMatter:
         self.first_line = first_line
         self.allowed_modules = allowed_modules
 
-    # -- locating
-
-    def _node(self, path: FieldPath, *, at_key: bool) -> yaml.Node | None:
-        """The deepest node along ``path`` (the key node of the last step if ``at_key``)."""
+    def line(self, path: FieldPath, *, at_key: bool = False) -> int:
+        """The file line of the deepest node along ``path`` (the key node of the last step if ``at_key``)."""
         node = self.root
         for depth, part in enumerate(path):
-            last = depth == len(path) - 1
             if isinstance(node, yaml.MappingNode) and isinstance(part, str):
                 match = next((pair for pair in node.value if pair[0].value == part), None)
                 if match is None:
-                    return node
-                node = match[0] if (last and at_key) else match[1]
+                    break
+                node = match[0] if (at_key and depth == len(path) - 1) else match[1]
             elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
                 node = node.value[part]
             else:
-                return node
-        return node
-
-    def line(self, path: FieldPath, *, at_key: bool = False) -> int:
-        node = self._node(path, at_key=at_key)
-        if node is None:
-            return 1
-        return self.first_line + node.start_mark.line
+                break
+        return 1 if node is None else self.first_line + node.start_mark.line
 
     def fail(self, path: FieldPath, message: str, *, at_key: bool = False) -> NoReturn:
         raise SkillFileError(self.source, self.line(path, at_key=at_key), _field_name(path), message)
-
-    # -- checks of the whole front matter
 
     def check_duplicate_keys(self, node: yaml.Node | None, path: FieldPath, seen: set[int]) -> None:
         # PyYAML silently keeps the last of two equal keys; the author almost certainly meant something else.
@@ -483,10 +647,7 @@ class _FrontMatter:
                 key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
                 if key is not None and key in keys:
                     raise SkillFileError(
-                        self.source,
-                        self.first_line + key_node.start_mark.line,
-                        _field_name((*path, key)),
-                        "duplicate key",
+                        self.source, self.first_line + key_node.start_mark.line, _field_name((*path, key)), "duplicate key"
                     )
                 if key is not None:
                     keys.add(key)
@@ -508,22 +669,15 @@ class _FrontMatter:
                 return
             checked.add(id(value))
             inner = (*ancestors, id(value))
-            if isinstance(value, list):
-                for index, item in enumerate(value):
-                    self.check_json_like(item, (*path, index), inner, checked)
-                return
-            for key, item in value.items():
-                if not isinstance(key, str):
+            items = enumerate(value) if isinstance(value, list) else value.items()
+            for key, item in items:
+                if isinstance(value, dict) and not isinstance(key, str):
                     self.fail(path, f"keys must be strings, got {key!r}")
                 self.check_json_like(item, (*path, key), inner, checked)
         elif isinstance(value, float) and not math.isfinite(value):
             self.fail(path, f"{value} is not a finite number")
         elif value is not None and not isinstance(value, str | int | float | bool):
-            self.fail(
-                path, f"a {type(value).__name__} value is not supported here; quote it to make it a string"
-            )
-
-    # -- fields
+            self.fail(path, f"a {type(value).__name__} value is not supported here; quote it to make it a string")
 
     def build(self, data: Any, instructions: str, content: str) -> Skill:
         if data is None:
@@ -532,226 +686,61 @@ class _FrontMatter:
             self.fail((), f"front matter must be a mapping of fields, got a {type(data).__name__}")
         self.check_duplicate_keys(self.root, (), set())
         self.check_json_like(data, ())
-        name = self.identifier(data, "name")
-        agent = self.identifier(data, "agent")
-        entrypoint = self.entrypoint(data, agent)
-        extra = {key: value for key, value in data.items() if key not in KNOWN_FIELDS}
+        try:
+            model = _FrontMatterModel.model_validate(data, context={"allowed_modules": self.allowed_modules})
+            params = {name: self._param(name, spec) for name, spec in (model.params or {}).items()}
+        except ValidationError as error:
+            self.refuse(error)
         return Skill(
-            name=name,
-            description=self.optional_str(data, "description") or "",
-            agent=agent,
-            threshold=self.threshold(data),
-            time_limit=self.time_limit(data),
-            entrypoint=entrypoint,
-            evolver=self.evolver(data),
-            steps=self.steps(data),
+            name=model.name,
+            description=model.description,
+            agent=model.agent,
+            threshold=model.threshold,
+            time_limit=model.time_limit,
+            entrypoint=model.entrypoint,
+            evolver=model.evolver,
+            steps=tuple(StepCheck(s.id, s.description, cast(CheckKind, s.expect[0]), s.expect[1]) for s in model.steps),
             instructions=instructions,
-            extra=extra,
+            extra={key: value for key, value in data.items() if key not in KNOWN_FIELDS},
             content=content,
-            params=self.params(data),
-            input_schema=self.input_schema(data),
+            params=params,
+            input_schema=data.get("input"),
         )
 
-    def input_schema(self, data: dict[str, Any]) -> dict[str, Any] | None:
-        """``input:``, a JSON Schema of the run's input context; checked as a schema now, not at the first run."""
-        if "input" not in data:
-            return None
-        schema = data["input"]
-        if not isinstance(schema, dict):
-            self.fail(("input",), f"expected a JSON Schema (a mapping), got {schema!r}")
+    def _param(self, name: str, spec: _Param) -> Param:
         try:
-            jsonschema.validators.validator_for(schema).check_schema(schema)
-        except jsonschema.SchemaError as exc:
-            where = "/".join(str(part) for part in exc.path)
-            self.fail(("input", *exc.path), f"invalid JSON Schema{f' at {where}' if where else ''}: {exc.message}")
-        return schema
+            return spec.build(name)
+        except _Problem as problem:
+            self.fail((PARAMS_FIELD, name, *problem.below), str(problem))
 
-    def identifier(self, data: dict[str, Any], key: str) -> str:
-        if key not in data:
-            self.fail((key,), "missing required field")
-        value = data[key]
-        if not isinstance(value, str) or len(value) > MAX_NAME_CHARS or not NAME_PATTERN.fullmatch(value):
-            self.fail(
-                (key,),
-                f"expected lower-case letters, digits, '_', '.', '-' (starting with a letter or digit, "
-                f"at most {MAX_NAME_CHARS} characters), got {value!r}",
-            )
-        return value
+    def refuse(self, error: ValidationError) -> NoReturn:
+        """The first of pydantic's errors, as a :class:`SkillFileError` at its field's line."""
+        first = error.errors(include_url=False)[0]
+        path: FieldPath = tuple(first["loc"])
+        problem = first.get("ctx", {}).get("error")
+        if isinstance(problem, _Problem):
+            self.fail((*path, *problem.below), str(problem), at_key=problem.at_key)
+        shape = ", ".join(_SHAPES.get(str(path[0]), ())) if path else ""
+        if first["type"] == "missing":
+            self.fail(path, "missing required field")
+        if first["type"] == "extra_forbidden":
+            self.fail(path, f"unknown field (expected {shape})", at_key=True)
+        if isinstance(problem, ValueError):
+            self.fail(path, str(problem))
+        self.fail(path, f"expected a mapping with {shape}, got {first['input']!r}" if shape else first["msg"])
 
-    def optional_str(self, data: dict[str, Any], key: str) -> str | None:
-        value = data.get(key)
-        if value is not None and not isinstance(value, str):
-            self.fail((key,), f"expected a string, got {value!r}")
-        return value
 
-    def number(self, data: dict[str, Any], key: str) -> float | None:
-        value = data.get(key)
-        if value is None:
-            return None
-        # bool is an int to Python, but `threshold: yes` is a mistake, not 1.0.
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.fail((key,), f"expected a number, got {value!r}")
-        return float(value)
+@lru_cache(maxsize=512)
+def parse_variation(content: str) -> Skill:
+    """A variation's parsed content; cached because a variation's content never changes."""
+    return parse_skill(content, source="<variation>")
 
-    def threshold(self, data: dict[str, Any]) -> float | None:
-        value = self.number(data, "threshold")
-        if value is not None and not 0.0 <= value <= 1.0:
-            self.fail(("threshold",), f"expected a fidelity between 0 and 1, got {value:g}")
-        return value
 
-    def time_limit(self, data: dict[str, Any]) -> float | None:
-        value = self.number(data, "time_limit")
-        if value is not None and value <= 0:
-            self.fail(("time_limit",), f"expected a positive number of seconds, got {value:g}")
-        return value
+def check_variation(skill_name: str, content: str) -> None:
+    """Refuse content that is not a skill named ``skill_name`` (a ValueError naming what is wrong).
 
-    def evolver(self, data: dict[str, Any]) -> str:
-        value = data.get("evolver", DEFAULT_EVOLVER)
-        if value not in EVOLVER_CHOICES:
-            self.fail(
-                ("evolver",), f"unknown evolver {value!r} (expected one of {', '.join(EVOLVER_CHOICES)})"
-            )
-        return str(value)
-
-    def entrypoint(self, data: dict[str, Any], agent: str) -> str | None:
-        value = data.get("entrypoint")
-        if value is None:
-            if agent == PYTHON_AGENT:
-                self.fail(("entrypoint",), "the python agent needs an entrypoint 'module:function'")
-            return None
-        self.python_reference(value, ("entrypoint",))
-        return str(value)
-
-    def python_reference(self, value: object, path: FieldPath) -> None:
-        try:
-            check_entrypoint(value, self.allowed_modules)
-        except EntrypointError as exc:
-            self.fail(path, str(exc))
-
-    def params(self, data: dict[str, Any]) -> dict[str, Param]:
-        raw = data.get(PARAMS_FIELD)
-        if raw is None:
-            return {}
-        if not isinstance(raw, dict) or not raw:
-            self.fail((PARAMS_FIELD,), "expected a mapping of name: {value, choices} or {value, min, max}")
-        return {name: self.param(name, spec) for name, spec in raw.items()}
-
-    def param(self, name: str, spec: Any) -> Param:
-        path: FieldPath = (PARAMS_FIELD, name)
-        if not PARAM_NAME_PATTERN.fullmatch(name):
-            self.fail(
-                path,
-                f"a parameter name must be a Python identifier not starting with '_', got {name!r}",
-                at_key=True,
-            )
-        if not isinstance(spec, dict) or "value" not in spec:
-            self.fail(path, "expected {value, choices: [...]} or {value, min, max}")
-        unknown = sorted(set(spec) - set(PARAM_FIELDS))
-        if unknown:
-            self.fail((*path, unknown[0]), f"unknown field (expected {', '.join(PARAM_FIELDS)})", at_key=True)
-        value = spec["value"]
-        if isinstance(value, dict | list):
-            self.fail((*path, "value"), f"expected a number, string, true/false or null, got {value!r}")
-        if "choices" in spec:
-            if "min" in spec or "max" in spec:
-                self.fail(path, "declare either choices or min/max, not both")
-            choices = spec["choices"]
-            if (
-                not isinstance(choices, list)
-                or len(choices) < 2
-                or any(isinstance(c, dict | list) for c in choices)
-            ):
-                self.fail(
-                    (*path, "choices"), f"expected a list of at least two plain values, got {choices!r}"
-                )
-            if value not in choices:
-                self.fail((*path, "value"), f"{value!r} is not one of the choices {choices!r}")
-            return Param(name, value, choices=tuple(choices))
-        bounds: list[int | float] = []
-        for key in ("min", "max"):
-            bound = spec.get(key)
-            if isinstance(bound, bool) or not isinstance(bound, int | float):
-                self.fail((*path, key), f"expected a number (or declare choices), got {bound!r}")
-            bounds.append(bound)
-        low, high = float(bounds[0]), float(bounds[1])
-        if not low < high:
-            self.fail(path, f"min must be below max, got {bounds[0]!r}..{bounds[1]!r}")
-        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-            self.fail(
-                (*path, "value"), f"expected a number within {bounds[0]!r}..{bounds[1]!r}, got {value!r}"
-            )
-        return Param(name, value, minimum=bounds[0], maximum=bounds[1])
-
-    def steps(self, data: dict[str, Any]) -> tuple[StepCheck, ...]:
-        if "steps" not in data:
-            self.fail(("steps",), "missing required field (a non-empty list of {id, description, expect})")
-        raw_steps = data["steps"]
-        if not isinstance(raw_steps, list) or not raw_steps:
-            self.fail(("steps",), "expected a non-empty list of {id, description, expect}")
-        steps: list[StepCheck] = []
-        seen: dict[str, int] = {}
-        for index, raw in enumerate(raw_steps):
-            step = self.step(raw, ("steps", index))
-            if step.id in seen:
-                self.fail(
-                    ("steps", index, "id"), f"duplicate step id {step.id!r} (also steps[{seen[step.id]}])"
-                )
-            seen[step.id] = index
-            steps.append(step)
-        return tuple(steps)
-
-    def step(self, raw: Any, path: FieldPath) -> StepCheck:
-        if not isinstance(raw, dict):
-            self.fail(path, f"expected a mapping with {', '.join(STEP_FIELDS)}, got {raw!r}")
-        for key in raw:
-            if key not in STEP_FIELDS:
-                self.fail((*path, key), f"unknown field (expected {', '.join(STEP_FIELDS)})", at_key=True)
-        if "id" not in raw:
-            self.fail((*path, "id"), "missing required field")
-        step_id = raw["id"]
-        # YAML reads `id: 1` as an int; ids are names, so say so rather than silently converting.
-        if not isinstance(step_id, str) or not STEP_ID_PATTERN.fullmatch(step_id) or len(step_id) > MAX_STEP_ID_CHARS:
-            self.fail(
-                (*path, "id"),
-                f"expected a name of letters, digits, '_', '.', '-' of at most {MAX_STEP_ID_CHARS} characters, "
-                f"got {step_id[:MAX_STEP_ID_CHARS + 10] if isinstance(step_id, str) else step_id!r}",
-            )
-        description = raw.get("description")
-        if description is not None and not isinstance(description, str):
-            self.fail((*path, "description"), f"expected a string, got {description!r}")
-        if "expect" not in raw:
-            self.fail(
-                (*path, "expect"), f"missing required field (a mapping with one of {', '.join(CHECK_KINDS)})"
-            )
-        kind, argument = self.expect(raw["expect"], (*path, "expect"))
-        return StepCheck(id=step_id, description=description or "", kind=kind, argument=argument)
-
-    def expect(self, raw: Any, path: FieldPath) -> tuple[CheckKind, Any]:
-        expected = f"expected one of {', '.join(CHECK_KINDS)}"
-        if not isinstance(raw, dict) or len(raw) != 1:
-            self.fail(path, f"expected a mapping with exactly one check ({expected}), got {raw!r}")
-        ((kind, argument),) = raw.items()
-        if kind not in CHECK_KINDS:
-            self.fail(path, f"unknown check {kind!r} ({expected})")
-        arg_path = (*path, kind)
-        if kind == "key":
-            if not isinstance(argument, str) or not argument:
-                self.fail(arg_path, f"expected a non-empty key name, got {argument!r}")
-        elif kind == "regex":
-            if not isinstance(argument, str):
-                self.fail(arg_path, f"expected a pattern string, got {argument!r}")
-            try:
-                re.compile(argument)
-            except re.error as exc:
-                self.fail(arg_path, f"pattern does not compile: {exc}")
-        elif kind == "json_schema":
-            if not isinstance(argument, dict):
-                self.fail(arg_path, f"expected a JSON Schema (a mapping), got {argument!r}")
-            try:
-                jsonschema.validators.validator_for(argument).check_schema(argument)
-            except jsonschema.SchemaError as exc:
-                where = "/".join(str(part) for part in exc.path)
-                self.fail(arg_path, f"invalid JSON Schema{f' at {where}' if where else ''}: {exc.message}")
-        elif kind == "python":
-            self.python_reference(argument, arg_path)
-        return cast(CheckKind, kind), argument
+    Run before a variation enters a test: a treatment that cannot parse would fail every run routed to it.
+    """
+    parsed = parse_variation(content)
+    if parsed.name != skill_name:
+        raise ValueError(f"the variation is a skill named {parsed.name!r}, not {skill_name!r}")

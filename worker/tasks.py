@@ -16,9 +16,10 @@ from db.memory import PatternMemory
 from worker import retries
 from worker.app import MAINTENANCE_QUEUE, app
 from worker.evolution import evolve_skill as evolve
-from worker.messages import MessageError, check_run_id, parse_bookkeeping
-from worker.runner import InvalidRunError, SkillRunner, check_variation
+from worker.messages import MessageError, check_run_id
+from worker.runner import InvalidRunError, SkillRunner
 from worker.settings import get_settings
+from worker.skills import check_variation
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def execute_skill(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     try:
         # Checked before any agent runs: an id that cannot be stored would otherwise fail after the work.
         run_id = check_run_id(self.request.id)
-        bookkeeping = parse_bookkeeping(self.request.headers)
+        bookkeeping = retries.parse_bookkeeping(self.request.headers)
     except MessageError as error:
         raise InvalidRunError(str(error)) from None
     # A redelivery, or a retry after an outage, may find its attempt recorded already: read the store first.
@@ -85,11 +86,8 @@ def enqueue_evolution(skill_name: str) -> None:
         log.warning("evolution of %s not enqueued now (%s); the outbox sweep will", skill_name, error)
 
 
-@app.task(bind=True, name="wre.evolve_skill", max_retries=retries.MAX_INFRA_RETRIES)
-def evolve_skill_task(self: Task, skill_name: str) -> dict[str, Any]:
+@app.task(name="wre.evolve_skill", **retries.EVOLVE_RETRY_OPTIONS)
+def evolve_skill_task(skill_name: str) -> dict[str, Any]:
     """Propose a variation of ``skill_name`` from its recent failures and start its A/B test."""
     runner = get_runner()
-    try:
-        return evolve(runner.memory, runner.settings, skill_name)
-    except retries.INFRASTRUCTURE_ERRORS as error:
-        raise self.retry(exc=error, countdown=retries.infrastructure_backoff(self.request.retries)) from error
+    return evolve(runner.memory, runner.settings, skill_name)

@@ -28,8 +28,8 @@ from sqlalchemy.engine import make_url
 
 from db.memory import PatternMemory
 from scheduler.evaluation import promotion_memory
-from worker.runner import check_variation
 from worker.settings import get_settings
+from worker.skills import check_variation
 
 console = Console()
 err_console = Console(stderr=True)

@@ -13,9 +13,9 @@ from rich.text import Text
 from db.screening import SCREENING_EVENT, screened
 from worker.evolvers.base import evolution_blocker
 from worker.registry import register_skill_files
-from worker.runner import parse_variation
 from worker.screening import screening_budget, screening_wait
 from worker.settings import get_settings
+from worker.skills import parse_variation
 from wre.context import console, print_json, show, store, table, user_errors
 
 SCREENINGS_SHOWN = 5

@@ -8,8 +8,8 @@ from rich.console import Console
 from db.memory import AbTestConflictError, PatternMemory
 from scheduler.evaluation import PromotionPolicy, run_evaluation_round
 from tests.ledger import fill_ledger
-from worker.runner import check_variation
 from worker.settings import Settings
+from worker.skills import check_variation
 from wre.dashboard import build_dashboard, dashboard_data
 from wre.exporter import StoreCollector
 

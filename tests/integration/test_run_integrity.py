@@ -14,8 +14,9 @@ from scheduler.evaluation import PromotionPolicy, run_evaluation_round
 from tests.integration.skills_for_tests import python_skill
 from tests.ledger import fill_ledger
 from worker.registry import register_skill_text
-from worker.runner import InvalidRunError, SkillRunner, check_variation, choose_arm
+from worker.runner import InvalidRunError, SkillRunner, choose_arm
 from worker.settings import Settings
+from worker.skills import check_variation
 
 
 @pytest.fixture

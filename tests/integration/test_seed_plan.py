@@ -10,9 +10,8 @@ import pytest
 
 from db.memory import PatternMemory
 from tests.integration.skills_for_tests import python_skill
-from worker.orchestrator import Orchestrator
 from worker.registry import register_skill_text
-from worker.runner import choose_arm
+from worker.runner import Orchestrator, choose_arm
 from worker.settings import get_settings
 from wre.context import store
 

@@ -34,8 +34,8 @@ from tests.reliability.servers import PrivateRedis
 from worker import evolvers
 from worker.client import enqueue_skill
 from worker.evolution import evolve_skill
-from worker.orchestrator import Orchestrator
 from worker.registry import register_skill_text
+from worker.runner import Orchestrator
 from worker.settings import Settings, SettingsError
 
 RESULT_TIMEOUT = 60

@@ -120,7 +120,7 @@ def test_redis_restart_under_load(
         database_url, broker.url(), WRE_VISIBILITY_TIMEOUT_SECONDS=str(VISIBILITY_TIMEOUT_SECONDS)
     )
     # Gossip on, as production runs it: its pub/sub channel is what made the worker exit on a restart before
-    # worker/redis_transport.py (3 of 16 restarts with beat running, 0 of 16 after).
+    # worker/app.py (3 of 16 restarts with beat running, 0 of 16 after).
     worker = start_worker(app, env, tmp_path, concurrency=2, pool="prefork", gossip=True)
     pid = worker.pid
     producer = Producer(app)
@@ -151,7 +151,7 @@ def test_redis_restart_under_load(
         worker_exited = worker.popen.poll() is not None
         earlier_log = ""
         # Celery 5.7 / kombu 5.7 made the worker exit here (AttributeError 'hostname', an "Unrecoverable
-        # error"); worker/redis_transport.py turns it into a connection error the consumer recovers from.
+        # error"); worker/app.py turns it into a connection error the consumer recovers from.
         assert not worker_exited and KNOWN_CRASH not in worker.log(), worker.log()[-3000:]
         producer.halt.set()
         producer.join(timeout=10)

@@ -2,8 +2,7 @@
 
 What is already covered elsewhere, and not repeated here:
 - tests/unit/test_react.py::test_any_run_obeys_the_rules — for any sequence of attempt results: iterations
-  <= max, exit on the first success, at most one evolution per run, and only when exhausted;
-  ::test_from_dict_raises_only_value_errors — any JSON as ReAct state is refused with a ValueError.
+  <= max, exit on the first success, at most one evolution per run, and only when exhausted.
 - tests/unit/test_skills.py — every malformed file names its line and field (examples, not properties).
 This module adds: the parser on arbitrary text, on arbitrary front matter and on mutations of a valid file;
 the ReAct rules with fatal failures and redelivered attempts; the policies on impossible counts.
@@ -11,7 +10,6 @@ the ReAct rules with fatal failures and redelivered attempts; the policies on im
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
@@ -21,7 +19,7 @@ from hypothesis import strategies as st
 
 from db.catalog import variation_id_for
 from scheduler.policies import decide
-from worker.react import AttemptSummary, ReactState, next_step, start
+from worker.react import AttemptSummary, next_step, start
 from worker.skills import KNOWN_FIELDS, Skill, SkillFileError, parse_skill
 
 VALID = """\
@@ -159,7 +157,7 @@ def test_a_run_evolves_at_most_once_even_when_attempts_are_delivered_twice(
         attempts += 1
         if decision.next_state is None:
             break
-        state = ReactState.from_dict(json.loads(json.dumps(decision.next_state.to_dict())))
+        state = decision.next_state
     assert decision.next_state is None, "ten results always finish a run"
     assert evolutions <= 1
     assert attempts <= state.max_iterations

@@ -12,8 +12,8 @@ from db.memory import PatternMemory
 from tests.integration.skills_for_tests import python_skill
 from tests.processes import Process
 from tests.reliability.checks import row_counts
-from worker.messages import ATTEMPT_HEADER, INFRA_RETRIES_HEADER
 from worker.registry import register_skill_text
+from worker.retries import ATTEMPT_HEADER, INFRA_RETRIES_HEADER
 
 RESULT_TIMEOUT = 60
 

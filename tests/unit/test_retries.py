@@ -8,8 +8,15 @@ import pytest
 from celery.exceptions import Reject
 
 from worker.app import create_app
-from worker.messages import ATTEMPT_HEADER, Bookkeeping, MessageError, parse_bookkeeping, parse_run_kwargs
-from worker.retries import INFRA_BACKOFF_MAX_SECONDS, infrastructure_backoff, publish_retry
+from worker.messages import MessageError, parse_run_kwargs
+from worker.retries import (
+    ATTEMPT_HEADER,
+    INFRA_BACKOFF_MAX_SECONDS,
+    Bookkeeping,
+    infrastructure_backoff,
+    parse_bookkeeping,
+    publish_retry,
+)
 from worker.settings import Settings
 
 # Nothing listens here: a publish is refused (connection refused), as when the broker is away.

@@ -140,7 +140,7 @@ def test_rabbitmq_queues_dead_letter_and_may_be_quorum() -> None:
     assert all(not q.queue_arguments for q in redis_config["task_queues"])
     from kombu.transport import resolve_transport
 
-    from worker.redis_transport import Transport
+    from worker.app import Transport
 
     assert resolve_transport("redis") is Transport  # the restart workaround, under the scheme's own name
     amqp = Settings(broker_url="amqp://127.0.0.1:5672//", queue_type="quorum")

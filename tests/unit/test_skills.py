@@ -89,7 +89,6 @@ def test_valid_file_fields() -> None:
     ]
     assert skill.steps[0].description == "the first step"
     assert skill.steps[1].description == ""
-    assert skill.steps[0].expect == {"key": "answer"}
     assert skill.instructions == "Do the thing."
     assert skill.extra == {"simulation": {"pass_probability": 0.5}}
     assert skill.content == VALID

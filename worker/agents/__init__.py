@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .base import Agent, AgentConfigurationError, AgentInfrastructureError, AgentReply, AttemptInfo
+from .isolation import AgentResult, run_attempt
 from .llm import LlmAgent, LlmOverrideError
 from .python import EntrypointError, ForbiddenEntrypointError, PythonAgent, load_entrypoint
 from .simulated import SimulatedAgent, SimulationSpecError
-from .timing import AgentResult, run_attempt
 
 _FACTORIES: dict[str, Callable[[], Agent]] = {
     LlmAgent.name: LlmAgent,

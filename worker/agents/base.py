@@ -8,22 +8,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from worker.retries import InfrastructureError
 from worker.skills import Skill
 
 
-class AgentInfrastructureError(Exception):
+class AgentInfrastructureError(InfrastructureError):
     """Raised by an agent when the failure is not the skill's (e.g. an LLM server's 429, 5xx or timeout).
 
-    :func:`worker.agents.run_attempt` re-raises it instead of recording an attempt error, so that the caller
-    retries through Celery without spending a ReAct iteration.
-
-    :param args: the message, as for any exception.
-    :param retry_after: seconds the server asked us to wait (``Retry-After``), or None for the usual backoff.
+    :func:`worker.agents.run_attempt` re-raises it instead of recording an attempt error, so that the retry
+    layer (worker/retries.py) retries the attempt without spending a ReAct iteration.
     """
-
-    def __init__(self, *args: object, retry_after: float | None = None) -> None:
-        super().__init__(*args)
-        self.retry_after = retry_after
 
 
 class AgentConfigurationError(Exception):

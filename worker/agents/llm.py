@@ -33,6 +33,7 @@ from worker.settings import Settings, get_settings
 from worker.skills import Skill, StepCheck
 
 from .base import AgentConfigurationError, AgentReply, AttemptInfo
+from .isolation import trim
 from .llm_client import chat_completion
 
 LLM_FIELD = "llm"
@@ -48,6 +49,7 @@ MAX_TIME_LIMIT_MARGIN_SECONDS = 1.0
 FENCE = "```"
 JSON_INSTRUCTION = "Answer with one JSON object and nothing else: no prose, no Markdown fence."
 NO_RESULT = object()
+MAX_QUOTE_CHARS = 160
 
 
 class LlmOverrideError(AgentConfigurationError, ValueError):
@@ -80,7 +82,6 @@ def llm_options(skill: Skill, settings: Settings) -> LlmOptions:
     """The skill's model and sampling: ``WRE_LLM_MODEL`` unless its ``llm:`` block overrides it.
 
     :param skill: the variation (its ``extra['llm']``, if any, is checked).
-    :param settings: the default model.
     :raises LlmOverrideError: the block is not a mapping, names an unknown or secret field, or a value is
         out of range (model: a non-empty string; temperature: 0..2; max_tokens: a positive integer;
         timeout: a positive number of seconds).
@@ -126,10 +127,7 @@ def llm_options(skill: Skill, settings: Settings) -> LlmOptions:
 
 
 def needs_json(skill: Skill) -> bool:
-    """Whether the skill's checks read a JSON value (a ``key`` or ``json_schema`` step).
-
-    :param skill: the variation.
-    """
+    """Whether the skill's checks read a JSON value (a ``key`` or ``json_schema`` step)."""
     return any(step.kind in JSON_CHECK_KINDS for step in skill.steps)
 
 
@@ -188,17 +186,31 @@ def parse_json_output(text: str) -> object:
     return text if found is NO_RESULT else found
 
 
-def _describe(step: StepCheck) -> str:
-    # Imported here: worker.evolvers imports worker.agents, so a module-level import would be a cycle.
-    from worker.evolvers.hints import describe_check
+def quote(text: str) -> str:
+    """Text as an inline-code quote: one line, trimmed, no backticks to break out of the quote."""
+    flat = " ".join(text.split()).replace("`", "'")
+    return f"`{trim(flat, MAX_QUOTE_CHARS)}`"
 
-    return describe_check(step)
+
+def describe_check(step: StepCheck) -> str:
+    """What a step's check requires, in words."""
+    argument = step.argument
+    if step.kind == "key":
+        return f"the output must be a JSON object with a non-empty {quote(str(argument))}"
+    if step.kind == "regex":
+        return f"the output must match the regular expression {quote(str(argument))}"
+    if step.kind == "json_schema":
+        return (
+            f"the output must validate against the JSON Schema {quote(json.dumps(argument, sort_keys=True))}"
+        )
+    if step.kind == "equals":
+        return f"the output must equal {quote(json.dumps(argument))}"
+    return f"the custom check {quote(str(argument))} must accept the output"
 
 
 def system_message(skill: Skill, json_mode: bool) -> str:
     """The variation's instructions and the steps its answer is checked against.
 
-    :param skill: the variation.
     :param json_mode: whether the answer must be a JSON object.
     """
     lines = [skill.instructions or f"Perform the skill {skill.name!r}.", ""]
@@ -206,7 +218,7 @@ def system_message(skill: Skill, json_mode: bool) -> str:
         lines += ["## How your answer is checked", ""]
         for step in skill.steps:
             about = f" ({step.description})" if step.description else ""
-            lines.append(f"- Step `{step.id}`{about}: {_describe(step)}.")
+            lines.append(f"- Step `{step.id}`{about}: {describe_check(step)}.")
         lines.append("")
     lines.append("The user message is the input, as JSON.")
     if json_mode:
@@ -228,7 +240,7 @@ def feedback(skill: Skill, previous: Mapping[str, Any]) -> str:
     step = next((step for step in skill.steps if step.id == failed), None)
     if step is not None:
         about = f" ({step.description})" if step.description else ""
-        lines.append(f"- it failed at step `{step.id}`{about}: {_describe(step)}")
+        lines.append(f"- it failed at step `{step.id}`{about}: {describe_check(step)}")
     elif failed:
         lines.append(f"- it failed at step `{failed}`")
     error = previous.get("error")
@@ -240,7 +252,6 @@ def feedback(skill: Skill, previous: Mapping[str, Any]) -> str:
 def build_messages(skill: Skill, context: Mapping[str, Any], json_mode: bool) -> list[dict[str, str]]:
     """The chat messages of one attempt.
 
-    :param skill: the variation.
     :param context: the attempt's context; the ReAct keys become feedback, not part of the input's JSON.
     :param json_mode: whether the answer must be a JSON object.
     """
@@ -260,7 +271,6 @@ def time_budget(skill: Skill, settings: Settings, options: LlmOptions) -> float:
     """Seconds the attempt's requests may take: within the time limit, with a margin so ours fires first.
 
     :param skill: the variation (its ``time_limit``; ``WRE_DEFAULT_TIME_LIMIT_SECONDS`` when None).
-    :param settings: the default time limit.
     :param options: the skill's ``llm.timeout``, if any.
     """
     limit = skill.time_limit or settings.default_time_limit_seconds

@@ -29,6 +29,7 @@ import httpx
 from worker.settings import Settings
 
 from .base import AgentConfigurationError, AgentInfrastructureError
+from .isolation import trim
 
 CHAT_PATH = "/chat/completions"
 JSON_RESPONSE_FORMAT = {"type": "json_object"}
@@ -149,10 +150,7 @@ def _server_message(response: httpx.Response) -> str:
         message = error.get("message") if isinstance(error, dict) else error
         message = message or body.get("message") or body.get("detail")
     text = str(message) if message else response.text
-    text = " ".join(text.split())
-    if len(text) > MAX_SERVER_MESSAGE_CHARS:
-        text = text[: MAX_SERVER_MESSAGE_CHARS - 1] + "…"
-    return text or "(no message)"
+    return trim(" ".join(text.split()), MAX_SERVER_MESSAGE_CHARS) or "(no message)"
 
 
 def _raise_for_status(response: httpx.Response, url: str, model: str) -> None:

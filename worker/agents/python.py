@@ -61,7 +61,7 @@ class PythonAgent:
     """
 
     name = "python"
-    # The skill's own code: run in a child process that is killed at the time limit (worker/agents/timing.py).
+    # The skill's own code: run in a child process that is killed at the time limit (worker/agents/isolation.py).
     isolated = True
 
     def prepare(self, skill: Skill) -> None:

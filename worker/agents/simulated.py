@@ -21,10 +21,11 @@ attempt always has the same outcome, and a retry is a fresh draw.
 from __future__ import annotations
 
 import hashlib
-import math
 import random
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, with_config
+from typing_extensions import TypedDict  # pydantic reads typing's only from Python 3.12
 
 from worker.skills import Skill
 
@@ -39,8 +40,26 @@ class SimulationSpecError(ValueError):
     """A skill's ``simulation:`` declaration is missing or malformed, or its steps cannot be simulated."""
 
 
-@dataclass(frozen=True)
-class SimulationSpec:
+Probability = Annotated[float, Strict(), Field(ge=0.0, le=1.0)]
+Shift = Annotated[float, Strict(), Field(ge=-1.0, le=1.0)]
+# What each field must be, in the words of the refusal.
+RULES = {
+    "pass_probability": "a probability between 0 and 1",
+    "pass_probabilities": "a probability between 0 and 1",
+    "generation": "a non-negative integer",
+    "evolution": "{mean_shift: M, spread: S}",
+    "mean_shift": "a number within -1..1",
+    "spread": "a number within 0..1",
+}
+
+
+@with_config(ConfigDict(extra="forbid"))
+class Evolution(TypedDict):
+    mean_shift: Shift
+    spread: Annotated[Shift, Field(ge=0.0)]
+
+
+class SimulationSpec(BaseModel):
     """A variation's declared quality.
 
     :param pass_probability: chance that an attempt passes every step (None when per-step).
@@ -50,32 +69,24 @@ class SimulationSpec:
         None): lets a demo or a benchmark declare how good evolution is, instead of hiding it in code.
     """
 
-    pass_probability: float | None
-    pass_probabilities: dict[str, float] | None
-    generation: int = 0
-    evolution: dict[str, float] | None = None
+    model_config = ConfigDict(frozen=True)
 
-
-def _probability(value: object, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-        raise SimulationSpecError(f"{where} must be a probability between 0 and 1, got {value!r}")
-    if math.isnan(value):
-        raise SimulationSpecError(f"{where} must be a probability between 0 and 1, got {value!r}")
-    return float(value)
+    pass_probability: Probability | None = None
+    pass_probabilities: dict[str, Probability] | None = None
+    generation: Annotated[int, Strict(), Field(ge=0)] = 0
+    evolution: Evolution | None = None
 
 
 def simulation_spec(skill: Skill) -> SimulationSpec:
     """Read and check a skill's ``simulation:`` declaration.
 
-    :param skill: the variation.
-    :raises SimulationSpecError: no declaration, both or neither probability form, a probability out of range,
+    :raises SimulationSpecError: no declaration, both or neither probability form, a figure out of range,
         per-step figures that do not match the steps, or a step that is not a ``key`` check.
     """
     for step in skill.steps:
         if step.kind != "key":
             raise SimulationSpecError(
-                f"skill {skill.name!r}: the simulated agent needs 'key' checks, "
-                f"step {step.id!r} is {step.kind!r}"
+                f"skill {skill.name!r}: the simulated agent needs 'key' checks, step {step.id!r} is {step.kind!r}"
             )
     keys = [step.argument for step in skill.steps]
     if len(set(keys)) != len(keys):
@@ -86,57 +97,32 @@ def simulation_spec(skill: Skill) -> SimulationSpec:
             f"skill {skill.name!r}: the simulated agent needs 'simulation: {{pass_probability: P}}' "
             f"in the front matter, got {raw!r}"
         )
-    generation = raw.get("generation", 0)
-    if isinstance(generation, bool) or not isinstance(generation, int) or generation < 0:
-        raise SimulationSpecError(f"simulation.generation must be a non-negative integer, got {generation!r}")
-    evolution = _evolution(raw.get("evolution"))
-    has_single, has_per_step = "pass_probability" in raw, "pass_probabilities" in raw
-    if has_single == has_per_step:
+    if ("pass_probability" in raw) == ("pass_probabilities" in raw):
         raise SimulationSpecError(
             f"skill {skill.name!r}: declare exactly one of simulation.pass_probability "
             "and simulation.pass_probabilities"
         )
-    if has_single:
-        return SimulationSpec(
-            _probability(raw["pass_probability"], "simulation.pass_probability"), None, generation, evolution
-        )
-    per_step = raw["pass_probabilities"]
     step_ids = [step.id for step in skill.steps]
-    if not isinstance(per_step, dict) or sorted(per_step) != sorted(step_ids):
+    per_step = raw.get("pass_probabilities")
+    if per_step is not None and (not isinstance(per_step, dict) or sorted(per_step) != sorted(step_ids)):
         raise SimulationSpecError(
             f"simulation.pass_probabilities must give every step exactly once ({', '.join(step_ids)}), "
             f"got {per_step!r}"
         )
-    probabilities = {
-        step_id: _probability(per_step[step_id], f"simulation.pass_probabilities.{step_id}")
-        for step_id in step_ids
-    }
-    return SimulationSpec(None, probabilities, generation, evolution)
-
-
-def _evolution(raw: object) -> dict[str, float] | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, dict) or set(raw) != {"mean_shift", "spread"}:
-        raise SimulationSpecError(f"simulation.evolution must be {{mean_shift: M, spread: S}}, got {raw!r}")
-    figures = {}
-    for key in ("mean_shift", "spread"):
-        value = raw[key]
-        if isinstance(value, bool) or not isinstance(value, int | float) or not -1.0 <= value <= 1.0:
-            raise SimulationSpecError(f"simulation.evolution.{key} must be a number within -1..1, got {value!r}")
-        figures[key] = float(value)
-    if figures["spread"] < 0:
-        raise SimulationSpecError("simulation.evolution.spread must not be negative")
-    return figures
+    declared = {key: raw[key] for key in SimulationSpec.model_fields if key in raw}
+    if per_step is not None:
+        declared["pass_probabilities"] = {step_id: per_step[step_id] for step_id in step_ids}  # in step order
+    try:
+        return SimulationSpec.model_validate(declared)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        rule = next((RULES[str(part)] for part in reversed(first["loc"]) if str(part) in RULES), first["msg"])
+        raise SimulationSpecError(f"simulation.{where} must be {rule}, got {first['input']!r}") from None
 
 
 def attempt_seed(variation_id: str, run_id: str, attempt: int) -> int:
-    """The RNG seed of one attempt: a hash of (variation id, run id, attempt), stable across processes.
-
-    :param variation_id: the variation run.
-    :param run_id: the run.
-    :param attempt: the attempt number.
-    """
+    """The RNG seed of one attempt: a hash of (variation id, run id, attempt), stable across processes."""
     digest = hashlib.sha256(f"{variation_id}\x1f{run_id}\x1f{attempt}".encode()).digest()
     return int.from_bytes(digest[:SEED_BYTES], "big")
 
@@ -144,7 +130,6 @@ def attempt_seed(variation_id: str, run_id: str, attempt: int) -> int:
 def simulate_passes(spec: SimulationSpec, step_ids: list[str], rng: random.Random) -> list[bool]:
     """Draw which steps pass.
 
-    :param spec: the declared quality.
     :param step_ids: the skill's steps, in order.
     :param rng: the attempt's seeded generator.
     """

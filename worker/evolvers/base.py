@@ -16,6 +16,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from worker.agents.isolation import trim
 from worker.skills import (
     PARAMS_FIELD,
     PYTHON_AGENT,
@@ -28,7 +29,6 @@ from worker.skills import (
 )
 
 MAX_FAILURE_OUTPUT_CHARS = 2000
-ELLIPSIS = "…"
 # Front-matter keys an evolver may change; everything else must stay as the parent has it.
 EVOLVABLE_FIELDS = frozenset({"simulation", PARAMS_FIELD})
 SIMULATED = "simulated"
@@ -46,7 +46,6 @@ class EvolutionRefused(ValueError):
 class Failure:
     """One recent failed run an evolver learns from.
 
-    :param run_id: the run.
     :param pattern_fidelity: its final attempt's fidelity.
     :param failed_at_step: the first step its final attempt failed, or None.
     :param error: the agent's error, or None.
@@ -62,7 +61,7 @@ class Failure:
     def __post_init__(self) -> None:
         # Trimmed here so that no caller can hand an evolver (or an LLM prompt) a megabyte of output.
         if len(self.output) > MAX_FAILURE_OUTPUT_CHARS:
-            object.__setattr__(self, "output", self.output[: MAX_FAILURE_OUTPUT_CHARS - 1] + ELLIPSIS)
+            object.__setattr__(self, "output", trim(self.output, MAX_FAILURE_OUTPUT_CHARS))
 
 
 class Evolver(Protocol):
@@ -153,8 +152,6 @@ def _without(front_matter: dict[str, Any], keys: frozenset[str]) -> dict[str, An
 def validate_proposal(parent: Skill, content: object) -> Skill:
     """Check a proposal against its parent: it parses, differs, and keeps everything but what may evolve.
 
-    :param parent: the skill the proposal evolves.
-    :param content: the proposed content.
     :returns: the proposal, parsed.
     :raises EvolutionRefused: empty, unchanged, malformed, another skill, or changed checks or settings.
     """

@@ -10,11 +10,11 @@ moves one parameter, a seeded draw per candidate (the hints stay, as a record of
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 
-from worker.skills import PYTHON_AGENT, Skill, StepCheck, parse_skill
+from worker.agents.llm import describe_check, quote
+from worker.skills import PYTHON_AGENT, Skill, parse_skill
 
 from .base import EvolutionRefused, Failure, tuned_params, validate_proposal
 
@@ -24,35 +24,6 @@ HINTS_SECTION = re.compile(
     rf"^{re.escape(HINTS_HEADING)}[ \t]*$.*?(?=^#{{1,2}} |\Z)", re.MULTILINE | re.DOTALL
 )
 MAX_HINT_STEPS = 3
-MAX_QUOTE_CHARS = 160
-ELLIPSIS = "…"
-
-
-def _quote(text: str) -> str:
-    """Text as an inline-code quote: one line, trimmed, no backticks to break out of the quote."""
-    flat = " ".join(text.split()).replace("`", "'")
-    if len(flat) > MAX_QUOTE_CHARS:
-        flat = flat[: MAX_QUOTE_CHARS - 1] + ELLIPSIS
-    return f"`{flat}`"
-
-
-def describe_check(step: StepCheck) -> str:
-    """What a step's check requires, in words.
-
-    :param step: the declared step.
-    """
-    argument = step.argument
-    if step.kind == "key":
-        return f"the output must be a JSON object with a non-empty {_quote(str(argument))}"
-    if step.kind == "regex":
-        return f"the output must match the regular expression {_quote(str(argument))}"
-    if step.kind == "json_schema":
-        return (
-            f"the output must validate against the JSON Schema {_quote(json.dumps(argument, sort_keys=True))}"
-        )
-    if step.kind == "equals":
-        return f"the output must equal {_quote(json.dumps(argument))}"
-    return f"the custom check {_quote(str(argument))} must accept the output"
 
 
 def hints_section(skill: Skill, failures: list[Failure]) -> str:
@@ -75,18 +46,18 @@ def hints_section(skill: Skill, failures: list[Failure]) -> str:
         line = f"- Step `{step_id}` failed first in {len(at_step)} of {len(failures)} runs: {describe_check(step)}."
         if errors:
             error, count = errors.most_common(1)[0]
-            line += f" Most common error ({count}x): {_quote(error)}."
+            line += f" Most common error ({count}x): {quote(error)}."
         else:
             example = next((failure.output for failure in at_step if failure.output), "")
             line += " The agent finished, but its output did not pass the check"
-            line += f", e.g. {_quote(example)}." if example else "."
+            line += f", e.g. {quote(example)}." if example else "."
         lines.append(line)
     unplaced = Counter(
         failure.error for failure in failures if failure.failed_at_step not in steps and failure.error
     )
     if unplaced:
         error, count = unplaced.most_common(1)[0]
-        lines.append(f"- Runs failed before any step could be checked ({count}x): {_quote(error)}.")
+        lines.append(f"- Runs failed before any step could be checked ({count}x): {quote(error)}.")
     return "\n".join(lines)
 
 
@@ -98,7 +69,6 @@ class HintsEvolver:
     def propose(self, skill: Skill, failures: list[Failure], seed: str, candidate: int = 0) -> str:
         """Propose the parent with fresh hints (a python skill with params: and one parameter moved).
 
-        :param skill: the parent.
         :param failures: recent failed runs, newest first (at least one).
         :param seed: draws a python skill's parameter change; hints themselves are deterministic.
         :param candidate: which candidate (a python skill's draw); the hints are the same for every one.

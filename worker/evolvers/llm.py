@@ -20,18 +20,17 @@ import time
 from collections import Counter
 
 from worker.agents.base import AgentConfigurationError, AgentInfrastructureError
-from worker.agents.llm import llm_options
+from worker.agents.isolation import trim
+from worker.agents.llm import describe_check, llm_options
 from worker.agents.llm_client import LlmResponseError, chat_completion
 from worker.settings import get_settings
 from worker.skills import FRONT_MATTER_DELIMITER, PYTHON_AGENT, Skill, SkillFileError, parse_skill
 
 from .base import EvolutionRefused, Failure, candidate_rng, tuned_params, validate_proposal
-from .hints import describe_check
 
 # Enough examples to show a pattern, few enough to keep the prompt small for a local model.
 MAX_PROMPT_FAILURES = 8
 MAX_PROMPT_OUTPUT_CHARS = 600
-ELLIPSIS = "…"
 FENCE = "```"
 # The first candidate samples at the skill's own temperature (or this ladder's first); the others climb it.
 CANDIDATE_TEMPERATURES = (0.2, 0.7, 1.0, 1.2)
@@ -45,11 +44,6 @@ Rewrite the instructions so that the next runs pass every check: be specific abo
 the keys it must have and the values they take. Keep what already works.
 Reply with the new instructions only, in Markdown: no front matter, no explanation, no code fence around the \
 whole reply. The checks are fixed; do not try to change them."""
-
-
-def _trimmed(text: str) -> str:
-    flat = text.strip()
-    return flat if len(flat) <= MAX_PROMPT_OUTPUT_CHARS else flat[: MAX_PROMPT_OUTPUT_CHARS - 1] + ELLIPSIS
 
 
 def candidate_temperature(skill_temperature: float | None, candidate: int) -> float:
@@ -66,7 +60,6 @@ def candidate_temperature(skill_temperature: float | None, candidate: int) -> fl
 def evolution_prompt(skill: Skill, failures: list[Failure], candidate: int = 0) -> str:
     """The user message: the current content, the checks, and the failures.
 
-    :param skill: the parent.
     :param failures: recent failed runs, newest first.
     :param candidate: which candidate is asked for; after the first, the model is asked for another angle.
     """
@@ -86,9 +79,9 @@ def evolution_prompt(skill: Skill, failures: list[Failure], candidate: int = 0) 
             f"failed at step {failure.failed_at_step or '(none)'}",
         ]
         if failure.error:
-            lines.append(f"Error: {_trimmed(failure.error)}")
+            lines.append(f"Error: {trim(failure.error.strip(), MAX_PROMPT_OUTPUT_CHARS)}")
         if failure.output:
-            lines += ["Output:", FENCE, _trimmed(failure.output), FENCE]
+            lines += ["Output:", FENCE, trim(failure.output.strip(), MAX_PROMPT_OUTPUT_CHARS), FENCE]
     if candidate:
         lines += [
             "",
@@ -112,7 +105,6 @@ def _unfenced(text: str) -> str:
 def proposed_instructions(parent: Skill, reply: str) -> str:
     """The new instructions in a model's reply.
 
-    :param parent: the skill being evolved.
     :param reply: the model's text: instructions, or a whole skill file (then its steps must be the parent's).
     :raises EvolutionRefused: the reply is empty, or a skill file that is malformed or changes the steps.
     """
