@@ -18,15 +18,19 @@ commit writes that batch again one attempt at a time (``one_attempt_may_be_why``
 
 Each statement is an object built once and executed with new parameters: a statement that is reused keeps its
 cache key, so the hot path neither rebuilds nor re-analyses it (that was about half the CPU of recording).
+
+The threads of one process that record at the same moment share that transaction (the group commit, below).
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Sequence
+import logging
+import threading
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import sqlalchemy.exc
 from sqlalchemy import Connection
@@ -115,3 +119,161 @@ def one_attempt_may_be_why(error: Exception) -> bool:
             return True
         return not (error.connection_invalidated or isinstance(error, CONNECTION_ERRORS))
     return not isinstance(error, CONNECTION_ERRORS)
+
+
+# ---- Group commit --------------------------------------------------------------------------------
+# What the threads of one process write at the same moment goes to the store as one transaction.
+#
+# Why: on a worker of many threads (I/O-bound skills: ``-P threads -c 32``), each attempt's own round trip to
+# Postgres cost the worker about a third of its runs per second, bare Celery included (a bare task with one write
+# transaction fell from ~190 to ~92-128 runs/s on this project's bench machine). The statement itself is cheap; what
+# costs is that every pool thread gives up the GIL and fights to take it back around its round trip, and Celery's
+# consumer thread, which feeds the pool, loses that fight. With the writes of concurrent threads grouped, a bare
+# task with the same write kept bare Celery's rate (docs/BENCHMARKS.md, *I/O-bound concurrency*).
+#
+# How (leader and followers, no thread of its own):
+#
+# - a thread that writes while no write is in flight leads at once: a batch of one, no added wait at low load;
+# - threads that arrive while a write is in flight queue; when it ends, the first of them leads and writes
+#   everything queued by then (up to ``max_batch``) as one batch;
+# - every thread returns only after the batch holding its item committed, with its own result or its own error:
+#   the durability of each write is what it was without grouping.
+#
+# A batch that fails for a reason one item may be (``alone(error)``: bad data, a deadlock) is written again one item
+# at a time, so that a bad item fails alone and every other item gets its own answer (the writes must be
+# idempotent, as the worker's are: keyed by run and attempt); any other failure (the database is away) is every
+# item's answer at once, without a write per item.
+
+log = logging.getLogger(__name__)
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class _Entry(Generic[Item, Result]):
+    """One thread's item, and what the leader that wrote it found."""
+
+    __slots__ = ("item", "woken", "leads", "answered", "result", "error")
+
+    def __init__(self, item: Item) -> None:
+        self.item = item
+        self.woken = threading.Event()
+        self.leads = False
+        self.answered = False
+        self.result: Result | None = None
+        self.error: BaseException | None = None
+
+    def answer(self, result: Result | None = None, error: BaseException | None = None) -> None:
+        self.result, self.error, self.answered = result, error, True
+
+
+def _every_error(_error: Exception) -> bool:
+    return True
+
+
+class GroupCommit(Generic[Item, Result]):
+    """Groups the items that threads submit at once into batches for ``write``.
+
+    :param write: writes a batch (a sequence of items) and returns one result per item, in order.
+    :param max_batch: the most items one batch carries; the rest wait for the next batch.
+    :param alone: whether a batch's error may be one item's doing (then each item is written alone).
+    """
+
+    def __init__(
+        self,
+        write: Callable[[Sequence[Item]], Sequence[Result]],
+        max_batch: int,
+        alone: Callable[[Exception], bool] = _every_error,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        self._write = write
+        self._max_batch = max_batch
+        self._alone = alone
+        self._lock = threading.Lock()
+        self._queued: deque[_Entry[Item, Result]] = deque()
+        self._writing = False
+        # Observed, for the benches and tests: how many batches, how many items in them.
+        self.batches = 0
+        self.items = 0
+
+    def submit(self, item: Item) -> Result:
+        """Write ``item`` (grouped with whatever other threads submit meanwhile); its result, or its error."""
+        entry: _Entry[Item, Result] = _Entry(item)
+        with self._lock:
+            self._queued.append(entry)
+            leads = not self._writing
+            self._writing = True
+        if not leads:
+            try:
+                entry.woken.wait()
+            except BaseException:
+                # Interrupted while queued (a gevent timeout, a signal): leave without stranding the queue.
+                self._withdraw(entry)
+                raise
+            # Woken either because a batch carried this item, or to lead: it heads the queue.
+            leads = entry.leads
+        if leads:
+            self._lead()
+        if not entry.answered:
+            raise RuntimeError("the group commit never answered an item")  # a bug of ours, not a lost write
+        if entry.error is not None:
+            raise entry.error
+        return entry.result  # type: ignore[return-value]  # answered without an error: its result
+
+    def _withdraw(self, entry: _Entry[Item, Result]) -> None:
+        """Take an interrupted thread's item out of the queue; if it was just handed the lead, pass the lead on."""
+        with self._lock:
+            if entry not in self._queued:
+                return  # already in a batch being written: that batch answers it (nobody reads the answer)
+            self._queued.remove(entry)
+            if entry.leads:
+                self._hand_over()
+
+    def _hand_over(self) -> None:
+        """With the lock held, after a batch: the next in line leads, or nobody is writing."""
+        if self._queued:
+            following = self._queued[0]
+            following.leads = True
+            following.woken.set()
+        else:
+            self._writing = False
+
+    def _lead(self) -> None:
+        """Write the queue's head (this thread's own item is its first), then hand over to the next in line."""
+        with self._lock:
+            batch = [self._queued.popleft() for _ in range(min(self._max_batch, len(self._queued)))]
+        try:
+            self._write_batch(batch)
+        except BaseException as error:
+            # Interrupted (a process shutting down): whoever waits on this batch must not wait forever.
+            for entry in batch:
+                if not entry.answered:
+                    entry.answer(error=error)
+            raise
+        finally:
+            with self._lock:
+                self.batches += 1
+                self.items += len(batch)
+                self._hand_over()
+            for entry in batch:
+                entry.woken.set()
+
+    def _write_batch(self, batch: list[_Entry[Item, Result]]) -> None:
+        try:
+            results = self._write([entry.item for entry in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"a batch of {len(batch)} items was written with {len(results)} results")
+        except Exception as error:
+            if len(batch) > 1 and self._alone(error):
+                # The cause's first line only: a database error's text carries the statement and its parameters.
+                cause = str(getattr(error, "orig", None) or error).splitlines()[0][:200]
+                log.warning("a batch of %d writes failed (%s: %s); writing each alone", len(batch), type(error).__name__, cause)
+                for entry in batch:
+                    self._write_batch([entry])
+                return
+            for entry in batch:
+                entry.answer(error=error)
+            return
+        for entry, result in zip(batch, results, strict=True):
+            entry.answer(result)

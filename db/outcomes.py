@@ -19,9 +19,8 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select, update
 
-from db.attempts import MAX_BATCH_ATTEMPTS, Attempt, one_attempt_may_be_why, write_attempts
+from db.attempts import MAX_BATCH_ATTEMPTS, Attempt, GroupCommit, one_attempt_may_be_why, write_attempts
 from db.counters import add_counters, checked_deltas, skill_counter_deltas
-from db.group_commit import GroupCommit
 from db.models import EVENTS, OUTCOMES, utcnow
 from db.records import LearningEventRecord, OutcomeRecord
 from db.store import Store, require_count, require_text

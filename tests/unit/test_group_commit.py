@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from db.group_commit import GroupCommit
+from db.attempts import GroupCommit
 
 
 class Writes:
