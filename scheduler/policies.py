@@ -56,7 +56,7 @@ MIN_TRIALS_PER_ARM: Final = 20
 #: Both arms at this many trials without a verdict: close the test as inconclusive.
 MAX_TRIALS_PER_ARM: Final = 1000
 #: Both arms at this many times ``max_trials_per_arm`` in trials (runs) without a verdict: close as
-#: inconclusive even if the units are fewer than ``max_trials_per_arm``. With assignment keys the units are a fixed population (users):
+#: inconclusive even if the units are fewer. With assignment keys the units are a fixed population (users):
 #: once each has many runs, more runs add almost no information about the lift, and a test that
 #: could never reach its maximum in units would hold the skill's only test slot for ever.
 MAX_RUNS_FACTOR: Final = 3
@@ -417,18 +417,8 @@ class Parametrised:
 class SequentialPolicy(Parametrised):
     """Always-valid sequential test on units; see the module docstring and docs/STATISTICS.md.
 
-    Args:
-        alpha: family-wise error level in (0, 1); each one-sided test runs at alpha / 2.
-        min_trials_per_arm: no verdict before both arms have this many units (>= 1).
-        max_trials_per_arm: both arms at this many units without a verdict: "inconclusive"
-            (>= min_trials_per_arm).
-        min_margin: a promotion also needs an observed lift of at least this much, in [0, 1).
-        mixing_sd: sd of the half-normal mixing distribution over the lift, in (0, 1].
-        min_detectable_lift: the futility stop closes the test once a lift of this much is ruled
-            out, in [0, 1); 0 turns it off.
-        futility_alpha: level of the futility stop, in (0, 1).
-        max_runs_factor: both arms at ``max_runs_factor * max_trials_per_arm`` trials (runs) without
-            a verdict: "inconclusive", whatever their units (an int >= 1).
+    Each field defaults to the module's constant of the same name in capitals, which says what it means;
+    ``__post_init__`` gives its range. The per-arm minimum and maximum count units.
     """
 
     alpha: float = ALPHA
@@ -556,12 +546,6 @@ class MarginPolicy(Parametrised):
     undecided test keeps going until ``max_trials_per_arm`` on both arms and then closes as
     "inconclusive" (the same horizon as the sequential policy, so the two compare like for like).
     It reads the arms' trials, not their units: it has no error control to protect anyway.
-
-    Args:
-        sample_size_target: trials each arm needs before the rule looks at the lift (>= 1).
-        min_margin: promote at lift >= min_margin, archive at lift <= -min_margin; in (0, 1].
-        max_trials_per_arm: both arms at this many trials undecided: "inconclusive"
-            (>= sample_size_target).
     """
 
     sample_size_target: int = SAMPLE_SIZE_TARGET
