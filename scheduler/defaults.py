@@ -12,13 +12,5 @@ from scheduler.evaluation import PromotionPolicy
 from worker.settings import get_settings
 
 
-class ConfiguredPolicy(PromotionPolicy):
-    """The policy at wre's settings, named as ``WRE_AB_POLICY`` names it (what new tests are scheduled with)."""
-
-    @property
-    def name(self) -> str:
-        return self.settings.ab_policy
-
-
-def configured_policy() -> ConfiguredPolicy:
-    return ConfiguredPolicy(get_settings())
+def configured_policy() -> PromotionPolicy:
+    return PromotionPolicy(get_settings())

@@ -8,7 +8,7 @@ promotion policy (a test) or the guard (after a promotion) and says what to do. 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from db.memory import AbTestRecord, CohortRecord, Conclusion, PatternMemory, VariationCheck
@@ -40,14 +40,7 @@ class Judgement:
 
 
 def arm_units(arm: ArmAggregate) -> ArmUnits:
-    return ArmUnits(
-        units=arm.units,
-        trials=arm.trials,
-        successes=arm.successes,
-        sum_trials_sq=arm.sum_trials_sq,
-        sum_successes_sq=arm.sum_successes_sq,
-        sum_cross=arm.sum_cross,
-    )
+    return ArmUnits(**{f.name: getattr(arm, f.name) for f in fields(ArmUnits)})
 
 
 class PromotionPolicy:
@@ -59,6 +52,11 @@ class PromotionPolicy:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+
+    @property
+    def name(self) -> str:
+        """The policy new tests are scheduled with, as ``WRE_AB_POLICY`` names it."""
+        return self.settings.ab_policy
 
     def __call__(self, test: AbTestRecord, cohort: CohortRecord, **overrides: Any) -> Judgement:
         s = self.settings
@@ -82,18 +80,15 @@ class PromotionPolicy:
             )
             action, winner = GUARD_ACTIONS.get(guard.verdict or "", (None, None))
             return Judgement(action, winner, 0.0, {**guard.to_dict(), **health})
-        params = self.parameters(test.policy, test.sample_size_target)
-        params.update(overrides)
-        decision = decide_units(control, treatment, policy=test.policy, **params)
+        params: dict[str, Any] = {"max_trials_per_arm": s.ab_max_trials_per_arm}
+        if test.policy == "margin":
+            # The seed's rule keeps its own figures: per-arm target and a 10-point margin.
+            params["sample_size_target"] = test.sample_size_target
+        else:
+            params["min_trials_per_arm"] = s.ab_min_trials_per_arm
+        decision = decide_units(control, treatment, policy=test.policy, **{**params, **overrides})
         action = TEST_ACTIONS.get(decision.winner or "")
         return Judgement(action, decision.winner, s.guard_holdout_share, {**decision.to_dict(), **health})
-
-    def parameters(self, policy: str, sample_size_target: int) -> dict[str, Any]:
-        s = self.settings
-        if policy == "margin":
-            # The seed's rule keeps its own figures: per-arm target and a 10-point margin.
-            return {"sample_size_target": sample_size_target, "max_trials_per_arm": s.ab_max_trials_per_arm}
-        return {"min_trials_per_arm": s.ab_min_trials_per_arm, "max_trials_per_arm": s.ab_max_trials_per_arm}
 
 
 def promotion_memory(settings: Settings, variation_check: VariationCheck | None = None) -> PatternMemory:
@@ -111,7 +106,5 @@ def run_evaluation_round(memory: PatternMemory) -> list[Conclusion]:
     """Decide what can be decided now; log and return each conclusion."""
     conclusions = memory.evaluate_running_tests()
     for conclusion in conclusions:
-        log.info(
-            "A/B %s %s of %s: %s", "test", conclusion.test_id, conclusion.skill_name, conclusion.action
-        )
+        log.info("A/B test %s of %s: %s", conclusion.test_id, conclusion.skill_name, conclusion.action)
     return conclusions

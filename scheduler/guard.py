@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, ClassVar, Final, Literal, TypeAlias
 
 from scheduler.health import srm_check
-from scheduler.policies import one_sided_log_evidence
-from scheduler.units import ArmUnits, as_count
+from scheduler.policies import Parametrised, one_sided_log_evidence
+from scheduler.units import ArmUnits, as_count, as_real, check_arms, null_variance, set_checked
 
 GuardWinner: TypeAlias = Literal["rollback", "confirm"] | None
 GuardStop: TypeAlias = Literal["regression", "clean", "period"] | None
@@ -67,19 +67,8 @@ GUARD_MIXING_SD: Final = 0.10
 _FLOOR_PRIOR: Final = 0.5
 
 
-def _real(name: str, value: object, low: float, high: float, *, low_open: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    number = float(value)
-    inside = (low < number if low_open else low <= number) and number < high
-    if not (math.isfinite(number) and inside):
-        bracket = "(" if low_open else "["
-        raise ValueError(f"{name} must be in {bracket}{low}, {high}), got {number!r}")
-    return number
-
-
 @dataclass(frozen=True)
-class GuardPolicy:
+class GuardPolicy(Parametrised):
     """The guard's parameters, checked on construction (see ``guard_decide``)."""
 
     holdout_share: float = HOLDOUT_SHARE
@@ -91,48 +80,21 @@ class GuardPolicy:
     confirm_alpha: float = GUARD_CONFIRM_ALPHA
     mixing_sd: float = GUARD_MIXING_SD
 
-    PARAMS: ClassVar[tuple[str, ...]] = (
-        "holdout_share",
-        "alpha",
-        "guard_units",
-        "min_confirm_units",
-        "min_units",
-        "max_regression",
-        "confirm_alpha",
-        "mixing_sd",
-    )
+    NAME: ClassVar[str] = "the guard"
 
     def __post_init__(self) -> None:
-        checked: dict[str, float | int] = {
-            "holdout_share": _real("holdout_share", self.holdout_share, 0.0, 1.0),
-            "alpha": _real("alpha", self.alpha, 0.0, 1.0),
-            "max_regression": _real("max_regression", self.max_regression, 0.0, 1.0, low_open=False),
-            "confirm_alpha": _real("confirm_alpha", self.confirm_alpha, 0.0, 1.0),
-            "mixing_sd": _real("mixing_sd", self.mixing_sd, 0.0, 1.0 + 1e-12),
-        }
-        min_confirm_units = as_count("min_confirm_units", self.min_confirm_units)
-        min_arm = as_count("min_units", self.min_units)
-        if min_arm < 1:
-            raise ValueError(f"min_units must be >= 1, got {min_arm}")
-        guard_units = as_count("guard_units", self.guard_units)
-        if guard_units < min_arm:
-            raise ValueError(f"guard_units ({guard_units}) must be >= min_units ({min_arm})")
-        checked.update(min_confirm_units=min_confirm_units, guard_units=guard_units, min_units=min_arm)
-        for name, value in checked.items():
-            object.__setattr__(self, name, value)
-
-    @classmethod
-    def from_params(cls, holdout_share: float, params: Mapping[str, Any]) -> GuardPolicy:
-        unknown = sorted(set(params) - set(cls.PARAMS))
-        if unknown:
-            raise ValueError(
-                f"unknown guard parameter(s): {', '.join(unknown)}; allowed: {', '.join(cls.PARAMS)}"
-            )
-        return replace(cls(), holdout_share=holdout_share, **params)
-
-    @property
-    def params(self) -> dict[str, float | int]:
-        return {name: getattr(self, name) for name in self.PARAMS}
+        min_units = as_count("min_units", self.min_units, minimum=1)
+        set_checked(
+            self,
+            holdout_share=as_real("holdout_share", self.holdout_share, 0.0, 1.0),
+            alpha=as_real("alpha", self.alpha, 0.0, 1.0),
+            max_regression=as_real("max_regression", self.max_regression, 0.0, 1.0, low_open=False),
+            confirm_alpha=as_real("confirm_alpha", self.confirm_alpha, 0.0, 1.0),
+            mixing_sd=as_real("mixing_sd", self.mixing_sd, 0.0, 1.0, high_open=False),
+            min_confirm_units=as_count("min_confirm_units", self.min_confirm_units),
+            guard_units=as_count("guard_units", self.guard_units, minimum=min_units),
+            min_units=min_units,
+        )
 
     @property
     def threshold(self) -> float:
@@ -150,20 +112,16 @@ class GuardVerdict:
     Attributes:
         verdict: ``"rollback"`` (production is worse than the holdout), ``"confirm"`` (the period
             ended clean, or a regression of ``max_regression`` is ruled out), or None (keep guarding).
-        reason: one line for people.
         stop: ``"regression"``, ``"clean"`` (early confirm), ``"period"`` (confirm at the end), None.
-        production_units, holdout_units: the arms' units; production_trials, holdout_trials.
         production_rate, holdout_rate: ratio-of-sums success rates (None without trials).
-        difference: production_rate - holdout_rate: the honest estimate of what the promotion changed
-            (None while an arm has no trials).
-        standard_error: sqrt of the unpooled variance of ``difference`` (None without information).
-        evidence_regression: log e-value for "production is worse" (0 without information).
-        threshold: log(1 / alpha).
+        difference: production_rate - holdout_rate: the honest estimate of what the promotion changed.
+        standard_error: sqrt of the variance of ``difference`` (None without information).
+        evidence_regression: log e-value for "production is worse" (0 without information);
+            threshold: log(1 / alpha).
         evidence_clean: log likelihood ratio of "no regression" against "regression of
-            max_regression" (None without information or with max_regression 0).
-        confirm_threshold: log(1 / confirm_alpha).
+            max_regression" (None without information or with max_regression 0);
+            confirm_threshold: log(1 / confirm_alpha).
         srm_p_value, srm_mismatch: the sample-ratio check of the units against the holdout share.
-        params: the guard's parameters, defaults included.
     """
 
     verdict: GuardWinner
@@ -190,29 +148,21 @@ class GuardVerdict:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able values (stored in Postgres JSON columns)."""
-        figures = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "params"}
-        figures["params"] = dict(self.params)
-        return figures
+        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "params": dict(self.params)}
 
 
 def _variance(production: ArmUnits, holdout: ArmUnits) -> float | None:
     """Variance of production_rate - holdout_rate under "no difference", over units; None without trials.
 
-    Each arm's units deviate from the *pooled* rate (the variance the null implies, as a score test
-    does: an arm's own rate would make a lucky holdout look precise exactly when it looks good, which
-    measurably doubled the false rollbacks of a 10% holdout), divided by the arm's trials squared, so
-    the unequal split enters as 1 / m_prod + 1 / m_hold and nothing else. Floored by the binomial
-    variance at a smoothed pooled rate, so that arms without any spread yet (all successes, all
-    failures) cannot claim infinite precision.
+    Deviations from the *pooled* rate (units.null_variance): an arm's own rate would make a lucky holdout
+    look precise exactly when it looks good, which measurably doubled the false rollbacks of a 10% holdout.
+    Floored by the binomial variance at a smoothed pooled rate, so that arms without any spread yet (all
+    successes, all failures) cannot claim infinite precision.
     """
-    if not (production.trials and holdout.trials):
+    delta = null_variance(production, holdout)
+    if delta is None:
         return None
     both = production + holdout
-    pooled = both.successes / both.trials
-    delta = (
-        production.squared_deviations(pooled) / production.trials**2
-        + holdout.squared_deviations(pooled) / holdout.trials**2
-    )
     smoothed = (both.successes + _FLOOR_PRIOR) / (both.trials + 2 * _FLOOR_PRIOR)
     floor = smoothed * (1.0 - smoothed) * (1.0 / production.trials + 1.0 / holdout.trials)
     return max(delta, floor)
@@ -227,26 +177,19 @@ def guard_decide(
         production: units served by the promoted version since the promotion.
         holdout: units served by the holdout version (the last confirmed production version) since then.
         holdout_share: the routing share of the holdout (for the sample-ratio check), in (0, 1).
-        **params: ``alpha`` (GUARD_ALPHA), ``guard_units`` (GUARD_UNITS), ``min_confirm_units``
-            (GUARD_MIN_CONFIRM_UNITS, units before a confirm), ``min_units``
-            (GUARD_MIN_UNITS, units on each arm before any verdict), ``max_regression``
-            (GUARD_MAX_REGRESSION; 0 turns the early confirm off), ``confirm_alpha``
-            (GUARD_CONFIRM_ALPHA), ``mixing_sd`` (GUARD_MIXING_SD).
+        **params: the other fields of GuardPolicy (defaults: the GUARD_* constants); ``max_regression`` 0
+            turns the early confirm off.
 
     Raises:
         ValueError: an arm that is not an ArmUnits, an unknown parameter, or one out of range.
     """
-    for name, arm in (("production", production), ("holdout", holdout)):
-        if not isinstance(arm, ArmUnits):
-            raise ValueError(f"{name} must be an ArmUnits, got {type(arm).__name__}")
-    policy = GuardPolicy.from_params(holdout_share, params)
+    check_arms(production=production, holdout=holdout)
+    policy = GuardPolicy.from_params({**params, "holdout_share": holdout_share})
     # The holdout plays the treatment role of srm_check: its expected share is holdout_share.
     srm = srm_check(production.units, holdout.units, policy.holdout_share)
     variance = _variance(production, holdout)
-    difference = None
-    standard_error = None
+    difference = standard_error = clean = None
     regression = 0.0
-    clean = None
     if production.rate is not None and holdout.rate is not None:
         difference = production.rate - holdout.rate
     if difference is not None and variance is not None:

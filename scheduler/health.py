@@ -21,7 +21,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Final
 
-from scheduler.units import as_count
+from scheduler.units import as_count, as_real
 
 #: The chance of pausing a healthy test at any look over its whole life (GrowthBook's chi-square default).
 SRM_P_VALUE: Final = 0.001
@@ -61,15 +61,6 @@ class SrmCheck:
         return asdict(self)
 
 
-def _share(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    number = float(value)
-    if not 0.0 < number < 1.0:
-        raise ValueError(f"{name} must be in (0, 1), got {number!r}")
-    return number
-
-
 def srm_check(
     control_units: int,
     treatment_units: int,
@@ -83,8 +74,8 @@ def srm_check(
     """
     control = as_count("control_units", control_units)
     treatment = as_count("treatment_units", treatment_units)
-    share = _share("treatment_share", treatment_share)
-    threshold = _share("p_threshold", p_threshold)
+    share = as_real("treatment_share", treatment_share, 0.0, 1.0)
+    threshold = as_real("p_threshold", p_threshold, 0.0, 1.0)
     total = control + treatment
     if not total:
         return SrmCheck(control, treatment, share, 1.0, 1.0, False, 0.0, 1.0, threshold)

@@ -30,12 +30,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from fractions import Fraction
 from types import MappingProxyType
 from typing import Any, ClassVar, Final, Literal, Self, TypeAlias
 
-from scheduler.units import ArmUnits, as_count
+from scheduler.units import ArmUnits, as_count, as_real, check_arms, null_variance, set_checked
 
 Winner: TypeAlias = Literal["treatment", "control", "inconclusive"] | None
 Stop: TypeAlias = Literal["evidence", "futility", "maximum"] | None
@@ -56,7 +56,7 @@ MIN_TRIALS_PER_ARM: Final = 20
 #: Both arms at this many trials without a verdict: close the test as inconclusive.
 MAX_TRIALS_PER_ARM: Final = 1000
 #: Both arms at this many times ``max_trials_per_arm`` in trials (runs) without a verdict: close as
-#: inconclusive even if the units are fewer than ``max_trials_per_arm``. With assignment keys the units are a fixed population (users):
+#: inconclusive even if the units are fewer. With assignment keys the units are a fixed population (users):
 #: once each has many runs, more runs add almost no information about the lift, and a test that
 #: could never reach its maximum in units would hold the skill's only test slot for ever.
 MAX_RUNS_FACTOR: Final = 3
@@ -89,46 +89,12 @@ _ERFCX_SERIES_FROM: Final = 20.0
 _BISECTION_STEPS: Final = 200
 
 
-# --- input checks -------------------------------------------------------------------------------
-
-
-_as_count = as_count
-
-
-def _as_int_param(name: str, value: object, minimum: int) -> int:
-    number = _as_count(name, value)
-    if number < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {number}")
-    return number
-
-
-def _as_real(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    number = float(value)
-    if not math.isfinite(number):
-        raise ValueError(f"{name} must be finite, got {number!r}")
-    return number
-
-
-def _exact(value: float) -> Fraction:
-    # Margins are read as the decimal they print as, so a lift of exactly 0.1 (17/20 - 15/20)
-    # meets a 0.1 margin instead of losing to binary rounding.
-    return Fraction(repr(value))
-
-
 # --- the data -----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Counts:
     """Successes and trials of the two arms of a test, checked on construction.
-
-    Args:
-        control_successes: successful trials of the production version (control arm).
-        control_trials: trials of the control arm.
-        treatment_successes: successful trials of the candidate variation (treatment arm).
-        treatment_trials: trials of the treatment arm.
 
     Raises:
         ValueError: a count that is not an int (bools and floats included), is negative, or
@@ -142,67 +108,37 @@ class Counts:
 
     def __post_init__(self) -> None:
         for name in ("control_successes", "control_trials", "treatment_successes", "treatment_trials"):
-            object.__setattr__(self, name, _as_count(name, getattr(self, name)))
+            object.__setattr__(self, name, as_count(name, getattr(self, name)))
         for arm in ("control", "treatment"):
             successes, trials = getattr(self, f"{arm}_successes"), getattr(self, f"{arm}_trials")
             if successes > trials:
                 raise ValueError(f"{arm}_successes ({successes}) exceeds {arm}_trials ({trials})")
 
-    @property
-    def trials(self) -> int:
-        return self.control_trials + self.treatment_trials
-
-    @property
-    def successes(self) -> int:
-        return self.control_successes + self.treatment_successes
-
-    @property
-    def control_rate(self) -> float | None:
-        return self.control_successes / self.control_trials if self.control_trials else None
-
-    @property
-    def treatment_rate(self) -> float | None:
-        return self.treatment_successes / self.treatment_trials if self.treatment_trials else None
-
-    @property
-    def exact_lift(self) -> Fraction | None:
-        """Treatment rate minus control rate as an exact fraction; None while an arm is empty."""
-        if not (self.control_trials and self.treatment_trials):
-            return None
-        return Fraction(self.treatment_successes, self.treatment_trials) - Fraction(
-            self.control_successes, self.control_trials
+    def arms(self) -> tuple[ArmUnits, ArmUnits]:
+        """Control and treatment, every run its own unit."""
+        return (
+            ArmUnits.from_counts(self.control_successes, self.control_trials),
+            ArmUnits.from_counts(self.treatment_successes, self.treatment_trials),
         )
-
-    @property
-    def lift(self) -> float | None:
-        exact = self.exact_lift
-        return None if exact is None else float(exact)
-
-    def reached(self, trials_per_arm: int) -> bool:
-        return min(self.control_trials, self.treatment_trials) >= trials_per_arm
 
 
 @dataclass(frozen=True)
 class Decision:
     """What a policy decided about a test, and the figures behind it.
 
-    ``winner`` is ``"treatment"`` (promote), ``"control"`` (archive the treatment),
-    ``"inconclusive"`` (maximum reached without a verdict) or ``None`` (keep going).
     Figures that do not exist yet (a rate of an empty arm, an interval before any information)
     are ``None``, never NaN. ``to_dict()`` gives the JSON-able form stored with the test.
 
     Attributes:
-        winner: the verdict, or None to keep the test running.
-        policy: the policy's name.
+        winner: ``"treatment"`` (promote), ``"control"`` (archive the treatment), ``"inconclusive"``
+            (closed without a verdict) or None (keep going).
         reason: one line for people: why this verdict, with the deciding figures.
-        control_successes, control_trials, treatment_successes, treatment_trials: the input.
-        control_rate, treatment_rate: observed success rates (None for an empty arm).
         lift: treatment_rate - control_rate (None while an arm is empty).
         statistic: ``sequential``: the larger of the two one-sided log e-values;
             ``margin``: the lift.
         threshold: the value ``statistic`` must reach: log(2 / alpha), or the margin.
-        evidence_treatment: log e-value for "treatment better" (``sequential`` only).
-        evidence_control: log e-value for "treatment worse" (``sequential`` only).
+        evidence_treatment, evidence_control: log e-values for "treatment better" / "treatment worse"
+            (``sequential`` only).
         critical_lift: the absolute lift that would give a verdict at the current counts
             (``sequential`` only; None without information).
         lift_ci_low, lift_ci_high: always-valid (1 - alpha) confidence sequence for the lift,
@@ -210,19 +146,16 @@ class Decision:
             for the treatment is ``lift_ci_low >= 0`` (with the margin), for the control
             ``lift_ci_high <= 0``: the same inversion, up to the bisection's rounding.
         params: every parameter the policy used, defaults included.
-        stop: why the test stopped: ``"evidence"`` (a verdict for an arm), ``"futility"`` (closed
-            early: a lift of ``min_detectable_lift`` is ruled out), ``"maximum"`` (closed at
-            ``max_trials_per_arm``), or None (keep going).
-        control_units, treatment_units: the arms' units (``decide_units``; equal to the trials when
-            every unit is one run).
+        stop: ``"evidence"`` (a verdict for an arm), ``"futility"`` (closed early: a lift of
+            ``min_detectable_lift`` is ruled out), ``"maximum"`` (closed at the maximum), or None.
+        control_units, treatment_units: the arms' units (equal to the trials when every unit is one run).
         futility_evidence: log likelihood ratio of "lift 0" against "lift ``min_detectable_lift``"
             (``sequential`` with the futility stop on; None otherwise or without information).
         futility_threshold: log(1 / futility_alpha), the value ``futility_evidence`` must reach.
 
     The ``lift`` of a test that stopped on evidence is the lift *observed at stopping*: a sequential test
     stops when the estimate happens to be high, so it is biased upward (about +0.09 for a true +0.05);
-    the guard's holdout estimate after the promotion is the honest figure. ``to_dict()`` also labels the
-    confidence sequence as a normal approximation (``lift_ci_kind``).
+    the guard's holdout estimate after the promotion is the honest figure.
     """
 
     winner: Winner
@@ -253,38 +186,27 @@ class Decision:
         # Read-only, so a frozen Decision cannot be changed through its params either.
         object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
 
-    @property
-    def decided(self) -> bool:
-        return self.winner is not None
-
     def to_dict(self) -> dict[str, JSONValue]:
-        """The decision as JSON-able values (stored in Postgres JSON columns)."""
-        return {
-            "winner": self.winner,
-            "policy": self.policy,
-            "reason": self.reason,
-            "control_successes": self.control_successes,
-            "control_trials": self.control_trials,
-            "treatment_successes": self.treatment_successes,
-            "treatment_trials": self.treatment_trials,
-            "control_rate": self.control_rate,
-            "treatment_rate": self.treatment_rate,
-            "lift": self.lift,
-            "statistic": self.statistic,
-            "threshold": self.threshold,
-            "evidence_treatment": self.evidence_treatment,
-            "evidence_control": self.evidence_control,
-            "critical_lift": self.critical_lift,
-            "lift_ci_low": self.lift_ci_low,
-            "lift_ci_high": self.lift_ci_high,
-            "params": dict(self.params),
-            "stop": self.stop,
-            "control_units": self.control_units,
-            "treatment_units": self.treatment_units,
-            "futility_evidence": self.futility_evidence,
-            "futility_threshold": self.futility_threshold,
-            "lift_ci_kind": LIFT_CI_KIND if self.lift_ci_low is not None else None,
-        }
+        """The decision as JSON-able values (stored in Postgres JSON columns), the interval labelled."""
+        figures: dict[str, JSONValue] = {f.name: getattr(self, f.name) for f in fields(self)}
+        figures["params"] = dict(self.params)
+        figures["lift_ci_kind"] = LIFT_CI_KIND if self.lift_ci_low is not None else None
+        return figures
+
+
+def _arm_figures(control: ArmUnits, treatment: ArmUnits) -> dict[str, Any]:
+    """The fields of a Decision that only restate its input."""
+    return {
+        "control_successes": control.successes,
+        "control_trials": control.trials,
+        "treatment_successes": treatment.successes,
+        "treatment_trials": treatment.trials,
+        "control_rate": control.rate,
+        "treatment_rate": treatment.rate,
+        "lift": _lift(control, treatment),
+        "control_units": control.units,
+        "treatment_units": treatment.units,
+    }
 
 
 # --- the sequential statistic -------------------------------------------------------------------
@@ -354,11 +276,7 @@ class RandomizationEvidence:
     @classmethod
     def from_counts(cls, counts: Counts, mixing_sd: float) -> RandomizationEvidence:
         """Run counts as single-trial units."""
-        return cls(
-            ArmUnits.from_counts(counts.control_successes, counts.control_trials),
-            ArmUnits.from_counts(counts.treatment_successes, counts.treatment_trials),
-            mixing_sd,
-        )
+        return cls(*counts.arms(), mixing_sd)
 
     @property
     def _pooled(self) -> ArmUnits:
@@ -439,15 +357,8 @@ def futility_log_evidence(control: ArmUnits, treatment: ArmUnits, lift: float) -
     ever reaches ``1 / a`` with probability at most ``a``: a futility stop at that level closes a test
     whose true lift is ``lift`` or more with probability at most ``a``. None without information.
     """
-    if not (control.trials and treatment.trials):
-        return None
-    both = control + treatment
-    pooled = both.successes / both.trials
-    spread = (
-        control.squared_deviations(pooled) / control.trials**2
-        + treatment.squared_deviations(pooled) / treatment.trials**2
-    )
-    if spread <= 0.0:
+    spread = null_variance(control, treatment)
+    if spread is None or spread <= 0.0:
         return None
     observed = treatment.successes / treatment.trials - control.successes / control.trials
     return lift * (lift / 2.0 - observed) / spread
@@ -456,26 +367,16 @@ def futility_log_evidence(control: ArmUnits, treatment: ArmUnits, lift: float) -
 # --- the policies -------------------------------------------------------------------------------
 
 
-def _reject_unknown(policy: str, params: Mapping[str, object], allowed: tuple[str, ...]) -> None:
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"unknown parameter(s) for policy {policy!r}: {', '.join(unknown)}; allowed: {', '.join(allowed)}"
-        )
-
-
-def _waiting(counts: Counts, needed: int) -> str:
+def _waiting(control: int, treatment: int, what: str, needed: int) -> str:
     return (
-        f"waiting: {counts.control_trials} control and {counts.treatment_trials} treatment trials, "
-        f"a verdict needs {needed} on each arm"
+        f"waiting: {control} control and {treatment} treatment {what}, a verdict needs {needed} on each arm"
     )
 
 
-def _waiting_units(control: ArmUnits, treatment: ArmUnits, needed: int) -> str:
-    return (
-        f"waiting: {control.units} control and {treatment.units} treatment units, "
-        f"a verdict needs {needed} on each arm"
-    )
+def _exact(value: float) -> Fraction:
+    # Margins are read as the decimal they print as, so a lift of exactly 0.1 (17/20 - 15/20)
+    # meets a 0.1 margin instead of losing to binary rounding.
+    return Fraction(repr(value))
 
 
 def _exact_lift(control: ArmUnits, treatment: ArmUnits) -> Fraction | None:
@@ -490,40 +391,34 @@ def _lift(control: ArmUnits, treatment: ArmUnits) -> float | None:
     return None if exact is None else float(exact)
 
 
-class _ParametrisedPolicy:
-    """What both policies share: their parameters by name, and building one from a caller's mapping."""
+class Parametrised:
+    """What the policies and the guard share: parameters are the dataclass's fields, checked by its
+    ``__post_init__``, and a caller's mapping of them is refused if it names one they do not have."""
 
     NAME: ClassVar[str]
-    PARAMS: ClassVar[tuple[str, ...]]
 
     @classmethod
-    def from_params(cls, params: Mapping[str, float]) -> Self:
-        _reject_unknown(cls.NAME, params, cls.PARAMS)
+    def from_params(cls, params: Mapping[str, Any]) -> Self:
+        allowed = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+        unknown = sorted(set(params) - set(allowed))
+        if unknown:
+            raise ValueError(
+                f"unknown parameter(s) for {cls.NAME}: {', '.join(unknown)}; allowed: {', '.join(allowed)}"
+            )
         # Types are checked at run time by __post_init__, which is the point of this path.
-        changes: dict[str, Any] = dict(params)
-        return replace(cls(), **changes)  # type: ignore[type-var]
+        return replace(cls(), **params)  # type: ignore[type-var]
 
     @property
     def params(self) -> dict[str, float | int]:
-        return {name: getattr(self, name) for name in self.PARAMS}
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
-class SequentialPolicy(_ParametrisedPolicy):
+class SequentialPolicy(Parametrised):
     """Always-valid sequential test on units; see the module docstring and docs/STATISTICS.md.
 
-    Args:
-        alpha: family-wise error level in (0, 1); each one-sided test runs at alpha / 2.
-        min_trials_per_arm: no verdict before both arms have this many units (>= 1).
-        max_trials_per_arm: both arms at this many units without a verdict: "inconclusive"
-            (>= min_trials_per_arm).
-        min_margin: a promotion also needs an observed lift of at least this much, in [0, 1).
-        mixing_sd: sd of the half-normal mixing distribution over the lift, in (0, 1].
-        min_detectable_lift: the futility stop closes the test once a lift of this much is ruled
-            out, in [0, 1); 0 turns it off.
-        futility_alpha: level of the futility stop, in (0, 1).
-        max_runs_factor: both arms at ``max_runs_factor * max_trials_per_arm`` trials (runs) without
-            a verdict: "inconclusive", whatever their units (an int >= 1).
+    Each field defaults to the module's constant of the same name in capitals, which says what it means;
+    ``__post_init__`` gives its range. The per-arm minimum and maximum count units.
     """
 
     alpha: float = ALPHA
@@ -536,47 +431,23 @@ class SequentialPolicy(_ParametrisedPolicy):
     max_runs_factor: int = MAX_RUNS_FACTOR
 
     NAME: ClassVar[str] = SEQUENTIAL
-    PARAMS: ClassVar[tuple[str, ...]] = (
-        "alpha",
-        "min_trials_per_arm",
-        "max_trials_per_arm",
-        "min_margin",
-        "mixing_sd",
-        "min_detectable_lift",
-        "futility_alpha",
-        "max_runs_factor",
-    )
 
     def __post_init__(self) -> None:
-        alpha = _as_real("alpha", self.alpha)
-        if not 0.0 < alpha < 1.0:
-            raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
-        low = _as_int_param("min_trials_per_arm", self.min_trials_per_arm, 1)
-        high = _as_int_param("max_trials_per_arm", self.max_trials_per_arm, low)
-        margin = _as_real("min_margin", self.min_margin)
-        if not 0.0 <= margin < 1.0:
-            raise ValueError(f"min_margin must be in [0, 1), got {margin!r}")
-        mixing_sd = _as_real("mixing_sd", self.mixing_sd)
-        if not 0.0 < mixing_sd <= 1.0:
-            raise ValueError(f"mixing_sd must be in (0, 1], got {mixing_sd!r}")
-        detectable = _as_real("min_detectable_lift", self.min_detectable_lift)
-        if not 0.0 <= detectable < 1.0:
-            raise ValueError(f"min_detectable_lift must be in [0, 1), got {detectable!r}")
-        futility_alpha = _as_real("futility_alpha", self.futility_alpha)
-        if not 0.0 < futility_alpha < 1.0:
-            raise ValueError(f"futility_alpha must be in (0, 1), got {futility_alpha!r}")
-        max_runs = _as_int_param("max_runs_factor", self.max_runs_factor, 1)
-        for name, value in (
-            ("alpha", alpha),
-            ("min_trials_per_arm", low),
-            ("max_trials_per_arm", high),
-            ("min_margin", margin),
-            ("mixing_sd", mixing_sd),
-            ("min_detectable_lift", detectable),
-            ("futility_alpha", futility_alpha),
-            ("max_runs_factor", max_runs),
-        ):
-            object.__setattr__(self, name, value)
+        alpha = as_real("alpha", self.alpha, 0.0, 1.0)
+        low = as_count("min_trials_per_arm", self.min_trials_per_arm, minimum=1)
+        set_checked(
+            self,
+            alpha=alpha,
+            min_trials_per_arm=low,
+            max_trials_per_arm=as_count("max_trials_per_arm", self.max_trials_per_arm, minimum=low),
+            min_margin=as_real("min_margin", self.min_margin, 0.0, 1.0, low_open=False),
+            mixing_sd=as_real("mixing_sd", self.mixing_sd, 0.0, 1.0, high_open=False),
+            min_detectable_lift=as_real(
+                "min_detectable_lift", self.min_detectable_lift, 0.0, 1.0, low_open=False
+            ),
+            futility_alpha=as_real("futility_alpha", self.futility_alpha, 0.0, 1.0),
+            max_runs_factor=as_count("max_runs_factor", self.max_runs_factor, minimum=1),
+        )
 
     @property
     def threshold(self) -> float:
@@ -585,14 +456,7 @@ class SequentialPolicy(_ParametrisedPolicy):
 
     @property
     def futility_threshold(self) -> float:
-        """log(1 / futility_alpha)."""
         return math.log(1.0 / self.futility_alpha)
-
-    def decide(self, counts: Counts) -> Decision:
-        return self.decide_units(
-            ArmUnits.from_counts(counts.control_successes, counts.control_trials),
-            ArmUnits.from_counts(counts.treatment_successes, counts.treatment_trials),
-        )
 
     def decide_units(self, control: ArmUnits, treatment: ArmUnits) -> Decision:
         evidence = RandomizationEvidence(control, treatment, self.mixing_sd)
@@ -606,23 +470,15 @@ class SequentialPolicy(_ParametrisedPolicy):
             critical_lift = critical / evidence.balance
             # A lift lives in [-1, 1]; clipping there keeps "treatment wins <=> low > 0".
             interval = (max(-1.0, lift - critical_lift), min(1.0, lift + critical_lift))
+        futility_on = self.min_detectable_lift > 0.0
         futility = (
-            futility_log_evidence(control, treatment, self.min_detectable_lift)
-            if self.min_detectable_lift > 0.0
-            else None
+            futility_log_evidence(control, treatment, self.min_detectable_lift) if futility_on else None
         )
         winner, stop, reason = self._verdict(control, treatment, for_treatment, for_control, futility)
         return Decision(
             winner=winner,
             policy=SEQUENTIAL,
             reason=reason,
-            control_successes=control.successes,
-            control_trials=control.trials,
-            treatment_successes=treatment.successes,
-            treatment_trials=treatment.trials,
-            control_rate=control.rate,
-            treatment_rate=treatment.rate,
-            lift=lift,
             statistic=max(for_treatment, for_control),
             threshold=self.threshold,
             evidence_treatment=for_treatment,
@@ -632,10 +488,9 @@ class SequentialPolicy(_ParametrisedPolicy):
             lift_ci_high=interval[1],
             params=self.params,
             stop=stop,
-            control_units=control.units,
-            treatment_units=treatment.units,
             futility_evidence=futility,
-            futility_threshold=self.futility_threshold if self.min_detectable_lift > 0.0 else None,
+            futility_threshold=self.futility_threshold if futility_on else None,
+            **_arm_figures(control, treatment),
         )
 
     def _verdict(
@@ -648,7 +503,7 @@ class SequentialPolicy(_ParametrisedPolicy):
     ) -> tuple[Winner, Stop, str]:
         low, high = min(control.units, treatment.units), self.max_trials_per_arm
         if low < self.min_trials_per_arm:
-            return None, None, _waiting_units(control, treatment, self.min_trials_per_arm)
+            return None, None, _waiting(control.units, treatment.units, "units", self.min_trials_per_arm)
         threshold = self.threshold
         figures = f"log e-values {for_treatment:.3f} (treatment) / {for_control:.3f} (control)"
         lift = _lift(control, treatment)
@@ -669,10 +524,8 @@ class SequentialPolicy(_ParametrisedPolicy):
             return (
                 "inconclusive",
                 "futility",
-                (
-                    f"inconclusive (futility): a lift of {self.min_detectable_lift} is ruled out "
-                    f"(log LR {futility:.3f} >= {self.futility_threshold:.3f}; lift {lift:+.4f})"
-                ),
+                f"inconclusive (futility): a lift of {self.min_detectable_lift} is ruled out "
+                f"(log LR {futility:.3f} >= {self.futility_threshold:.3f}; lift {lift:+.4f})",
             )
         runs_cap = self.max_runs_factor * high
         if low >= high or min(control.trials, treatment.trials) >= runs_cap:
@@ -686,18 +539,13 @@ class SequentialPolicy(_ParametrisedPolicy):
 
 
 @dataclass(frozen=True)
-class MarginPolicy(_ParametrisedPolicy):
+class MarginPolicy(Parametrised):
     """The seed's rule: per-arm target, then promote/archive at a fixed lift margin.
 
     Unlike the seed, which kept a test that was undecided at the target running forever, an
     undecided test keeps going until ``max_trials_per_arm`` on both arms and then closes as
     "inconclusive" (the same horizon as the sequential policy, so the two compare like for like).
-
-    Args:
-        sample_size_target: trials each arm needs before the rule looks at the lift (>= 1).
-        min_margin: promote at lift >= min_margin, archive at lift <= -min_margin; in (0, 1].
-        max_trials_per_arm: both arms at this many trials undecided: "inconclusive"
-            (>= sample_size_target).
+    It reads the arms' trials, not their units: it has no error control to protect anyway.
     """
 
     sample_size_target: int = SAMPLE_SIZE_TARGET
@@ -705,54 +553,36 @@ class MarginPolicy(_ParametrisedPolicy):
     max_trials_per_arm: int = MAX_TRIALS_PER_ARM
 
     NAME: ClassVar[str] = MARGIN
-    PARAMS: ClassVar[tuple[str, ...]] = ("sample_size_target", "min_margin", "max_trials_per_arm")
 
     def __post_init__(self) -> None:
-        target = _as_int_param("sample_size_target", self.sample_size_target, 1)
-        margin = _as_real("min_margin", self.min_margin)
-        # A zero margin would both promote and archive a tie.
-        if not 0.0 < margin <= 1.0:
-            raise ValueError(f"min_margin must be in (0, 1] for the margin policy, got {margin!r}")
-        high = _as_int_param("max_trials_per_arm", self.max_trials_per_arm, target)
-        for name, value in (
-            ("sample_size_target", target),
-            ("min_margin", margin),
-            ("max_trials_per_arm", high),
-        ):
-            object.__setattr__(self, name, value)
+        target = as_count("sample_size_target", self.sample_size_target, minimum=1)
+        set_checked(
+            self,
+            sample_size_target=target,
+            # A zero margin would both promote and archive a tie.
+            min_margin=as_real("min_margin", self.min_margin, 0.0, 1.0, high_open=False),
+            max_trials_per_arm=as_count("max_trials_per_arm", self.max_trials_per_arm, minimum=target),
+        )
 
-    def decide(self, counts: Counts) -> Decision:
-        winner, reason = self._verdict(counts)
+    def decide_units(self, control: ArmUnits, treatment: ArmUnits) -> Decision:
+        winner, reason = self._verdict(control, treatment)
+        lift = _lift(control, treatment)
         return Decision(
             winner=winner,
             policy=MARGIN,
             reason=reason,
-            control_successes=counts.control_successes,
-            control_trials=counts.control_trials,
-            treatment_successes=counts.treatment_successes,
-            treatment_trials=counts.treatment_trials,
-            control_rate=counts.control_rate,
-            treatment_rate=counts.treatment_rate,
-            lift=counts.lift,
-            statistic=counts.lift,
+            statistic=lift,
             threshold=self.min_margin,
             params=self.params,
             stop=None if winner is None else "maximum" if winner == "inconclusive" else "evidence",
-            control_units=counts.control_trials,
-            treatment_units=counts.treatment_trials,
+            **_arm_figures(control, treatment),
         )
 
-    def decide_units(self, control: ArmUnits, treatment: ArmUnits) -> Decision:
-        """The margin rule reads trials, not units: it has no error control to protect anyway."""
-        decision = self.decide(
-            Counts(control.successes, control.trials, treatment.successes, treatment.trials)
-        )
-        return replace(decision, control_units=control.units, treatment_units=treatment.units)
-
-    def _verdict(self, counts: Counts) -> tuple[Winner, str]:
-        if not counts.reached(self.sample_size_target):
-            return None, _waiting(counts, self.sample_size_target)
-        exact_lift = counts.exact_lift
+    def _verdict(self, control: ArmUnits, treatment: ArmUnits) -> tuple[Winner, str]:
+        reached = min(control.trials, treatment.trials)
+        if reached < self.sample_size_target:
+            return None, _waiting(control.trials, treatment.trials, "trials", self.sample_size_target)
+        exact_lift = _exact_lift(control, treatment)
         assert exact_lift is not None  # both arms have >= 1 trial here
         margin = _exact(self.min_margin)
         lift = float(exact_lift)
@@ -760,7 +590,7 @@ class MarginPolicy(_ParametrisedPolicy):
             return "treatment", f"treatment better: lift {lift:.4f} >= {self.min_margin}"
         if exact_lift <= -margin:
             return "control", f"control better: lift {lift:.4f} <= -{self.min_margin}"
-        if counts.reached(self.max_trials_per_arm):
+        if reached >= self.max_trials_per_arm:
             return "inconclusive", (
                 f"inconclusive: lift {lift:.4f} within +/-{self.min_margin} "
                 f"at {self.max_trials_per_arm} trials per arm"
@@ -789,32 +619,22 @@ def decide(
     policy: str = DEFAULT_POLICY,
     **params: float,
 ) -> Decision:
-    """Decide an A/B test from its counts: promote, archive, close, or keep going.
+    """Decide an A/B test from its counts (every run its own unit): promote, archive, close, or keep going.
 
     Args:
-        control_successes: successful trials of the production version.
-        control_trials: trials of the production version.
-        treatment_successes: successful trials of the candidate variation.
-        treatment_trials: trials of the candidate variation.
         policy: ``"sequential"`` (default) or ``"margin"``.
-        **params: the policy's parameters; omitted ones take the module defaults.
-            ``sequential``: ``alpha`` (ALPHA = 0.05), ``min_trials_per_arm`` (20),
-            ``max_trials_per_arm`` (1000), ``min_margin`` (0.0), ``mixing_sd`` (0.10),
-            ``min_detectable_lift`` (0.05; 0 turns the futility stop off), ``futility_alpha`` (0.10),
-            ``max_runs_factor`` (3).
-            ``margin``: ``sample_size_target`` (20), ``min_margin`` (0.10),
-            ``max_trials_per_arm`` (1000).
+        **params: the policy's parameters (the fields of SequentialPolicy or MarginPolicy); omitted ones
+            take the module defaults.
 
     Returns:
         A Decision; ``winner`` is "treatment", "control", "inconclusive" or None (keep going).
 
     Raises:
         ValueError: a count that is not an int (bools and floats included) or is negative,
-            successes above trials, an unknown policy or parameter name, or a parameter out of
-            range (alpha outside (0, 1), max_trials_per_arm below the minimum, ...).
+            successes above trials, an unknown policy or parameter name, or a parameter out of range.
     """
     counts = Counts(control_successes, control_trials, treatment_successes, treatment_trials)
-    return make_policy(policy, **params).decide(counts)
+    return make_policy(policy, **params).decide_units(*counts.arms())
 
 
 def decide_units(
@@ -834,7 +654,5 @@ def decide_units(
         ValueError: an argument that is not an ArmUnits, an unknown policy or parameter, or a
             parameter out of range (see ``decide``).
     """
-    for name, arm in (("control", control), ("treatment", treatment)):
-        if not isinstance(arm, ArmUnits):
-            raise ValueError(f"{name} must be an ArmUnits, got {type(arm).__name__}")
+    check_arms(control=control, treatment=treatment)
     return make_policy(policy, **params).decide_units(control, treatment)

@@ -7,11 +7,12 @@ from dataclasses import asdict
 from functools import lru_cache
 from typing import Any
 
-from celery import Task
-
 from db.memory import PatternMemory
 from scheduler.evaluation import promotion_memory, run_evaluation_round
 from worker.app import MAINTENANCE_QUEUE, app
+
+# Not retried but skipped (the next round comes in seconds): Celery's options only retry or fail on an error,
+# so the tasks catch the one list of infrastructure errors that the retry module keeps.
 from worker.retries import INFRASTRUCTURE_ERRORS
 from worker.settings import get_settings
 
@@ -21,17 +22,17 @@ def get_memory() -> PatternMemory:
     return promotion_memory(get_settings())
 
 
-@app.task(bind=True, name="wre.evaluate_ab_tests", max_retries=0, ignore_result=True)
-def evaluate_ab_tests(self: Task) -> list[dict[str, Any]]:
-    """One evaluation round. An unreachable database skips the round: the next one comes in seconds."""
+@app.task(name="wre.evaluate_ab_tests", max_retries=0, ignore_result=True)
+def evaluate_ab_tests() -> list[dict[str, Any]]:
+    """One evaluation round; an unreachable database skips it."""
     try:
         return [asdict(conclusion) for conclusion in run_evaluation_round(get_memory())]
     except INFRASTRUCTURE_ERRORS:
         return []
 
 
-@app.task(bind=True, name="wre.sweep_evolution_outbox", max_retries=0, ignore_result=True)
-def sweep_evolution_outbox(self: Task) -> list[str]:
+@app.task(name="wre.sweep_evolution_outbox", max_retries=0, ignore_result=True)
+def sweep_evolution_outbox() -> list[str]:
     """Enqueue ``wre.evolve_skill`` for every skill with a pending trigger, then mark the triggers done.
 
     A publish that fails leaves its triggers pending (the transaction rolls back); an unreachable database

@@ -16,20 +16,40 @@ from dataclasses import dataclass
 from typing import SupportsIndex
 
 
-def as_count(name: str, value: object) -> int:
-    """``value`` as a non-negative int; a ValueError naming ``name`` otherwise.
+def as_count(name: str, value: object, minimum: int = 0) -> int:
+    """``value`` as an int >= ``minimum``; a ValueError naming ``name`` otherwise.
 
     bool is an int subclass, but a True/False count is always a caller's bug, never a tally; floats are
     refused even when whole (a count that went through float arithmetic is suspect).
     """
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be an int, got bool {value!r}")
-    if not isinstance(value, SupportsIndex):
+    if isinstance(value, bool) or not isinstance(value, SupportsIndex):
         raise ValueError(f"{name} must be an int, got {type(value).__name__} {value!r}")
     number = operator.index(value)
-    if number < 0:
-        raise ValueError(f"{name} must be >= 0, got {number}")
+    if number < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {number}")
     return number
+
+
+def as_real(
+    name: str, value: object, low: float, high: float, *, low_open: bool = True, high_open: bool = True
+) -> float:
+    """``value`` as a float inside the interval (open or closed at each end); a ValueError naming ``name``
+    otherwise (NaN and infinities included: they fail the comparisons)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    number = float(value)
+    above = low < number if low_open else low <= number
+    below = number < high if high_open else number <= high
+    if not (above and below):
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must be in {interval}, got {number!r}")
+    return number
+
+
+def set_checked(instance: object, **values: object) -> None:
+    """Store a frozen dataclass's fields as ``__post_init__`` checked (and normalised) them."""
+    for name, value in values.items():
+        object.__setattr__(instance, name, value)
 
 
 _FIELDS = ("units", "trials", "successes", "sum_trials_sq", "sum_successes_sq", "sum_cross")
@@ -62,8 +82,7 @@ class ArmUnits:
     sum_cross: int
 
     def __post_init__(self) -> None:
-        for name in _FIELDS:
-            object.__setattr__(self, name, as_count(name, getattr(self, name)))
+        set_checked(self, **{name: as_count(name, getattr(self, name)) for name in _FIELDS})
         n, m, y = self.units, self.trials, self.successes
         if y > m:
             raise ValueError(f"successes ({y}) exceed trials ({m})")
@@ -118,11 +137,6 @@ class ArmUnits:
         return ArmUnits(*(getattr(self, name) + getattr(other, name) for name in _FIELDS))
 
     @property
-    def single_trial(self) -> bool:
-        """True when every unit has exactly one trial (the sums are then those of run counts)."""
-        return self.units == self.trials == self.sum_trials_sq
-
-    @property
     def rate(self) -> float | None:
         """The ratio of sums, successes / trials; None without trials."""
         return self.successes / self.trials if self.trials else None
@@ -132,18 +146,25 @@ class ArmUnits:
         value = self.sum_successes_sq - 2.0 * rate * self.sum_cross + rate * rate * self.sum_trials_sq
         return max(0.0, value)
 
-    @property
-    def rate_variance(self) -> float | None:
-        """Delta-method variance of the ratio of sums, units as the independent draws.
 
-        ``sum_i (y_i - r m_i)**2 / m**2`` with ``r`` = the arm's rate: for single-trial units it is
-        ``r (1 - r) / n``; users whose rates differ make it larger, as they should. None without
-        trials; 0 when every trial had the same outcome (no spread to measure).
-        """
-        rate = self.rate
-        if rate is None:
-            return None
-        return self.squared_deviations(rate) / (self.trials * self.trials)
+def check_arms(**arms: object) -> None:
+    """Refuse an arm that is not an ArmUnits (a tuple of counts passed by mistake), naming it."""
+    for name, arm in arms.items():
+        if not isinstance(arm, ArmUnits):
+            raise ValueError(f"{name} must be an ArmUnits, got {type(arm).__name__}")
 
-    def to_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in _FIELDS}
+
+def null_variance(first: ArmUnits, second: ArmUnits) -> float | None:
+    """Variance of first.rate - second.rate under "no difference", over units; None while an arm has no trials.
+
+    Each arm's units deviate from the *pooled* rate (the variance the null implies, as a score test does),
+    divided by the arm's trials squared, so an unequal split enters as 1 / m_1 + 1 / m_2 and nothing else.
+    """
+    if not (first.trials and second.trials):
+        return None
+    both = first + second
+    pooled = both.successes / both.trials
+    return (
+        first.squared_deviations(pooled) / first.trials**2
+        + second.squared_deviations(pooled) / second.trials**2
+    )
