@@ -6,22 +6,14 @@ import json
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from celery.result import AsyncResult
 
-from wre.context import (
-    EXIT_RUN_FAILED,
-    console,
-    err_console,
-    fail,
-    print_json,
-    record_panel,
-    show,
-    store,
-    user_errors,
-)
+from wre.context import EXIT_RUN_FAILED, console, err_console, fail, print_json, record_panel, show, store
+
+if TYPE_CHECKING:
+    from celery.result import AsyncResult
 
 DEFAULT_TIMEOUT_SECONDS = 120.0
 # What a result panel leaves out: the full step list is in --json; the panel shows the failed step.
@@ -52,10 +44,9 @@ def read_context(value: str) -> dict[str, Any]:
     return context
 
 
-def _check_timeout(timeout: float) -> float:
+def _check_timeout(timeout: float) -> None:
     if not timeout > 0:
         raise ValueError(f"--timeout must be a number of seconds above 0, got {timeout:g}")
-    return timeout
 
 
 def _celery_app() -> Any:
@@ -99,7 +90,6 @@ def report_result(run_id: str, outcome: Any, failed: bool, as_json: bool) -> Non
         sys.exit(EXIT_RUN_FAILED)
 
 
-@user_errors
 def run(
     skill: str = typer.Argument(..., metavar="SKILL", help="The skill to run."),
     context: str = typer.Option(
@@ -131,7 +121,6 @@ def run(
     report_result(result.id, outcome, result.failed(), as_json)
 
 
-@user_errors
 def result(
     run_id: str = typer.Argument(..., metavar="RUN_ID", help="The run's id (what `wre run` printed)."),
     wait: bool = typer.Option(False, "--wait", help="Wait until the run has finished."),
@@ -143,6 +132,8 @@ def result(
         uuid.UUID(run_id)
     except ValueError:
         raise ValueError(f"{run_id!r} is not a run id (a UUID, as `wre run` prints it)") from None
+    from celery.result import AsyncResult
+
     _check_timeout(timeout)
     async_result: AsyncResult = AsyncResult(run_id, app=_celery_app())  # type: ignore[type-arg]
     try:
