@@ -22,9 +22,7 @@ def _rate(successes: int, trials: int) -> str:
 
 @command(app, "list")
 def list_tests(
-    status: str | None = typer.Option(
-        None, metavar="STATUS", help="Only tests running, paused, completed or stopped."
-    ),
+    status: str | None = typer.Option(None, metavar="STATUS", help="Only tests running, paused, completed or stopped."),
     skill: str | None = typer.Option(None, metavar="SKILL", help="Only this skill's tests."),
     as_json: bool = typer.Option(False, "--json", help="Print the tests as JSON."),
 ) -> None:

@@ -6,13 +6,14 @@ from __future__ import annotations
 import contextlib
 import sys
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 import typer
 from typer.core import TyperArgument
 
 from wre import ab_cmd, run_cmd, runs_cmd, skill_cmd
-from wre.context import EXIT_USAGE, command, console, fail, one_line, print_json, show
+from wre.context import EXIT_USAGE, command, console, fail, one_line, print_json, show, store
 
 # Typer prints a Python type beside every argument (`<list[Path]>`); each argument's metavar says it in words.
 TyperArgument.display_type_rich = lambda self, ctx: None  # type: ignore[method-assign,assignment]
@@ -74,14 +75,11 @@ def db_downgrade(
 
 @command(app, "dashboard")
 def dashboard(
-    window: int = typer.Option(
-        100, min=1, metavar="RUNS", help="Runs in the first and the latest window (at least 1)."
-    ),
+    window: int = typer.Option(100, min=1, metavar="RUNS", help="Runs in the first and the latest window (at least 1)."),
     as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
 ) -> None:
     """Per skill: runs, first-attempt and delivered fidelity, retries, running tests and their distance to a
     verdict."""
-    from wre.context import store
     from wre.dashboard import build_dashboard, dashboard_data
 
     if as_json:
@@ -93,15 +91,10 @@ def dashboard(
 @command(app, "exporter")
 def exporter(
     port: int = typer.Option(9808, min=1, max=65535, metavar="PORT", help="TCP port of /metrics."),
-    address: str = typer.Option(
-        "127.0.0.1", metavar="ADDRESS", help="Interface to listen on (0.0.0.0: every interface)."
-    ),
-    window: int = typer.Option(
-        100, min=1, metavar="RUNS", help="Latest finished runs per skill behind the fidelity gauges."
-    ),
+    address: str = typer.Option("127.0.0.1", metavar="ADDRESS", help="Interface to listen on (0.0.0.0: every interface)."),
+    window: int = typer.Option(100, min=1, metavar="RUNS", help="Latest finished runs per skill behind the fidelity gauges."),
 ) -> None:
     """Serve Prometheus metrics read from the database on every scrape (runs, retries, fidelity, tests)."""
-    from wre.context import store
     from wre.exporter import start
 
     memory = store()
@@ -116,12 +109,9 @@ def exporter(
 @command(app, "report")
 def report(
     output: str = typer.Option("report.html", "--output", "-o", metavar="FILE", help="The HTML file to write."),
-    buckets: int = typer.Option(
-        30, min=1, max=500, metavar="POINTS", help="Points per skill on the fidelity charts."
-    ),
+    buckets: int = typer.Option(30, min=1, max=500, metavar="POINTS", help="Points per skill on the fidelity charts."),
 ) -> None:
     """Write a self-contained HTML report (no network needed): fidelity over time, A/B tests with intervals."""
-    from wre.context import store
     from wre.report import write_report
 
     summary = write_report(store(), output, buckets=buckets)
@@ -134,13 +124,10 @@ def demo(
         300, min=10, metavar="RUNS", help="Runs to enqueue (more are added while a test still needs trials)."
     ),
     database_url: str = typer.Option(
-        "",
-        metavar="URL",
+        "", metavar="URL",
         help="Store to use; default: a fresh SQLite file wre-demo.db. e.g. postgresql://postgres@127.0.0.1/wre",
     ),
-    broker_url: str = typer.Option(
-        "memory://", metavar="URL", help="Broker to use, e.g. redis://127.0.0.1:6379/0."
-    ),
+    broker_url: str = typer.Option("memory://", metavar="URL", help="Broker to use, e.g. redis://127.0.0.1:6379/0."),
 ) -> None:
     """The whole loop in under a minute: runs, retries, an evolved variation, its A/B test, a promotion.
 
@@ -149,8 +136,6 @@ def demo(
     redis://127.0.0.1:6379/0` (the database must exist; the demo migrates it and adds the example skills).
     For the full stack with separate worker, beat and Flower processes see `docker compose up` in the README.
     """
-    from pathlib import Path
-
     from wre.demo import DEFAULT_DATABASE, run_demo
 
     if not database_url:

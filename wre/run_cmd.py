@@ -81,12 +81,9 @@ def report_result(run_id: str, outcome: Any, failed: bool, as_json: bool) -> Non
         status = "succeeded" if outcome.get("success") else "did not succeed"
         show(record_panel(f"run {run_id}", shown, subtitle=status))
     if not outcome.get("success"):
-        err_console.print(
-            f"run {run_id} did not succeed: fidelity {outcome.get('pattern_fidelity')}, "
-            f"failed at step {outcome.get('failed_at_step')}, error {outcome.get('error')}",
-            highlight=False,
-            soft_wrap=True,
-        )
+        err_console.print(f"run {run_id} did not succeed: fidelity {outcome.get('pattern_fidelity')}, failed at "
+                          f"step {outcome.get('failed_at_step')}, error {outcome.get('error')}",
+                          highlight=False, soft_wrap=True)
         sys.exit(EXIT_RUN_FAILED)
 
 
@@ -96,9 +93,7 @@ def run(
         "{}", "--context", "-c", metavar="JSON|@FILE|-", help="The input context: a JSON object, @FILE or - (stdin)."
     ),
     agent: str | None = typer.Option(None, metavar="AGENT", help="The agent (default: the skill's)."),
-    assignment_key: str | None = typer.Option(
-        None, metavar="KEY", help="Pin the A/B arm to this key (e.g. a user id)."
-    ),
+    assignment_key: str | None = typer.Option(None, metavar="KEY", help="Pin the A/B arm to this key (e.g. a user id)."),
     wait: bool = typer.Option(False, "--wait", help="Wait for the run's result, print it; exit 3 if it failed."),
     timeout: float = typer.Option(DEFAULT_TIMEOUT_SECONDS, metavar="SECONDS", help="Seconds to wait with --wait."),
     as_json: bool = typer.Option(False, "--json", help="With --wait: print the result as JSON."),
@@ -128,23 +123,19 @@ def result(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """A queued run's result (exit 3 if the run did not succeed, 1 if it has none yet)."""
+    from celery.result import AsyncResult
+
     try:
         uuid.UUID(run_id)
     except ValueError:
         raise ValueError(f"{run_id!r} is not a run id (a UUID, as `wre run` prints it)") from None
-    from celery.result import AsyncResult
-
     _check_timeout(timeout)
     async_result: AsyncResult = AsyncResult(run_id, app=_celery_app())  # type: ignore[type-arg]
     try:
-        if wait:
-            outcome = wait_for(async_result, timeout)
-        elif async_result.ready():
-            outcome = async_result.get(propagate=False)
-        else:
+        if not (wait or async_result.ready()):
             attempts = store().run_outcomes(run_id)
             done = f"{len(attempts)} attempt(s) recorded so far" if attempts else "no attempt recorded yet"
             fail(f"run {run_id} has no result yet ({done}); `wre result {run_id} --wait` waits for it")
-        report_result(run_id, outcome, async_result.failed(), as_json)
+        report_result(run_id, wait_for(async_result, timeout), async_result.failed(), as_json)
     finally:
         async_result.backend.remove_pending_result(async_result)
