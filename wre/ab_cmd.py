@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Group
 
-from db.memory import AbTestRecord
-from db.models import TEST_STATUSES
-from worker.settings import AB_POLICIES, get_settings
-from worker.skills import parse_skill
-from wre.context import console, print_json, record_panel, show, store, table, user_errors
+from wre.context import command, console, known_skill, print_json, record_panel, show, store, table
+
+if TYPE_CHECKING:
+    from db.memory import AbTestRecord
 
 app = typer.Typer(help="A/B tests: list, inspect, start, stop; roll production back.", no_args_is_help=True)
 
@@ -21,68 +20,49 @@ def _rate(successes: int, trials: int) -> str:
     return f"{successes}/{trials} ({successes / trials:.0%})" if trials else "0/0"
 
 
-def ab_row(test: AbTestRecord) -> list[str]:
-    return [
-        f"#{test.test_id}",
-        test.skill_name,
-        test.status,
-        test.policy,
-        _rate(test.control_successes, test.control_trials),
-        _rate(test.treatment_successes, test.treatment_trials),
-        test.winner or "-",
-    ]
-
-
-@app.command("list")
-@user_errors
+@command(app, "list")
 def list_tests(
-    status: str | None = typer.Option(None, metavar="STATUS", help=f"Only tests {', '.join(TEST_STATUSES)}."),
+    status: str | None = typer.Option(None, metavar="STATUS", help="Only tests running, paused, completed or stopped."),
     skill: str | None = typer.Option(None, metavar="SKILL", help="Only this skill's tests."),
     as_json: bool = typer.Option(False, "--json", help="Print the tests as JSON."),
 ) -> None:
     """A/B tests, newest last."""
+    from db.models import TEST_STATUSES
+
     if status is not None and status not in TEST_STATUSES:
         raise ValueError(f"--status must be one of {', '.join(TEST_STATUSES)}, got {status!r}")
     memory = store()
-    if skill is not None and memory.get_skill(skill) is None:
-        raise ValueError(f"unknown skill {skill!r}; `wre skill list` shows the registered ones")
+    if skill is not None:
+        known_skill(memory, skill)
     tests = memory.list_ab_tests(status=status, skill_name=skill)
     if as_json:
         print_json([test.to_dict() for test in tests])
         return
     shown = table("test", "skill", "status", "policy", "control", "treatment", "winner")
-    for test in tests:
-        shown.add_row(*ab_row(test))
+    for t in tests:
+        shown.add_row(f"#{t.test_id}", t.skill_name, t.status, t.policy, _rate(t.control_successes, t.control_trials),
+                      _rate(t.treatment_successes, t.treatment_trials), t.winner or "-")
     show(shown)
 
 
 def test_view(test: AbTestRecord) -> dict[str, Any]:
     """Every field of the record (new ones included), arms summed up first, dates on one line."""
     fields = test.to_dict()
-    view: dict[str, Any] = {
-        "skill": fields.pop("skill_name"),
-        "status": fields.pop("status"),
-        "control": f"{fields.pop('control_version')}: "
-        f"{_rate(test.control_successes, test.control_trials)} successes",
-        "treatment": f"{fields.pop('treatment_version')}: "
-        f"{_rate(test.treatment_successes, test.treatment_trials)} successes",
-    }
-    # Summed up in the arms' lines above; the fidelity means are named for what they are.
-    for key in ("control_trials", "control_successes", "treatment_trials", "treatment_successes",
-                "control_fidelity_sum", "treatment_fidelity_sum"):
-        fields.pop(key, None)
+    view: dict[str, Any] = {"skill": fields.pop("skill_name"), "status": fields.pop("status")}
     for arm in ("control", "treatment"):
+        # Summed up in the arm's line; the fidelity mean is named for what it is.
+        successes, trials = fields.pop(f"{arm}_successes"), fields.pop(f"{arm}_trials")
+        view[arm] = f"{fields.pop(f'{arm}_version')}: {_rate(successes, trials)} successes"
+        fields.pop(f"{arm}_fidelity_sum", None)
         if f"{arm}_fidelity" in fields:
             fields[f"{arm} first-attempt fidelity (mean)"] = fields.pop(f"{arm}_fidelity")
     for key, value in fields.items():
-        if key in ("test_id", "decision"):
-            continue
-        view[key] = value.replace("T", " ")[:19] if key.endswith("_at") and isinstance(value, str) else value
+        if key not in ("test_id", "decision"):
+            view[key] = value.replace("T", " ")[:19] if key.endswith("_at") and isinstance(value, str) else value
     return view
 
 
-@app.command("show")
-@user_errors
+@command(app, "show")
 def show_test(
     test_id: int = typer.Argument(..., metavar="TEST_ID", help="The test's id."),
     as_json: bool = typer.Option(False, "--json", help="Print the test and the policy's verdict as JSON."),
@@ -104,8 +84,7 @@ def show_test(
     show(Group(*panels))
 
 
-@app.command("start")
-@user_errors
+@command(app, "start")
 def start(
     skill: str = typer.Argument(..., metavar="SKILL", help="The skill."),
     treatment: str = typer.Argument(
@@ -114,6 +93,9 @@ def start(
     policy: str | None = typer.Option(None, metavar="POLICY", help="sequential (default: WRE_AB_POLICY)."),
 ) -> None:
     """Start an A/B test of a hand-written skill file, or of a stored variation, against production."""
+    from worker.settings import AB_POLICIES, get_settings
+    from worker.skills import parse_skill
+
     memory = store()
     chosen = policy or get_settings().ab_policy
     if chosen not in AB_POLICIES:  # refused here, before anything is written
@@ -137,16 +119,14 @@ def start(
     console.print(f"started A/B test #{test_id}: {production} (control) vs {variation} (treatment)")
 
 
-@app.command("stop")
-@user_errors
+@command(app, "stop")
 def stop(test_id: int = typer.Argument(..., metavar="TEST_ID", help="The test's id.")) -> None:
     """Stop a running test without a verdict; its treatment is archived."""
     store().stop_ab_test(test_id)
     console.print(f"stopped A/B test #{test_id}")
 
 
-@app.command("rollback")
-@user_errors
+@command(app, "rollback")
 def rollback(
     skill: str = typer.Argument(..., metavar="SKILL", help="The skill."),
     to: str | None = typer.Option(

@@ -27,8 +27,6 @@ MARKER_LABEL_ROOM = 70
 GAP_FACTOR = 4.0
 # A series whose times all coincide still needs a visible x span.
 MIN_SPAN_SECONDS = 1.0
-SECONDS_PER_HOUR = 3600
-SECONDS_PER_DAY = 86400
 INTERVAL_ROW_HEIGHT = 34
 INTERVAL_LABEL_WIDTH = 96
 AXIS_COLOR = "#9ca3af"
@@ -83,20 +81,15 @@ def epoch(moment: datetime) -> float:
 def time_label(moment: float, span_seconds: float) -> str:
     """A tick label as precise as the span needs: seconds for a demo, dates for months of runs."""
     value = datetime.fromtimestamp(moment, UTC)
-    if span_seconds < SECONDS_PER_HOUR:
+    if span_seconds < 3600:
         return value.strftime("%H:%M:%S")
-    if span_seconds < 2 * SECONDS_PER_DAY:
+    if span_seconds < 2 * 86400:
         return value.strftime("%m-%d %H:%M")
     return value.strftime("%Y-%m-%d")
 
 
 def time_series_chart(title: str, series: list[Series], markers: list[Marker]) -> str:
-    """An SVG chart of values in 0..1 over time (UTC), with vertical markers.
-
-    :param title: the chart's accessible name.
-    :param series: lines to draw; each point's tooltip shows on hover.
-    :param markers: moments to mark (drawn behind the lines).
-    """
+    """An SVG chart of values in 0..1 over time (UTC), with vertical markers drawn behind the lines."""
     moments = [epoch(p.at) for s in series for p in s.points] + [epoch(m.at) for m in markers]
     if not moments:
         return ""
@@ -166,11 +159,8 @@ def segments(points: list[Point], gap_factor: float = GAP_FACTOR) -> list[list[P
 
 
 def interval_chart(title: str, rows: list[IntervalRow]) -> str:
-    """An SVG of estimates with their intervals on a 0..1 axis, one row each.
-
-    :param title: the chart's accessible name.
-    :param rows: the estimates; a row without an estimate (no trials) draws only its label and note.
-    """
+    """An SVG of estimates with their intervals on a 0..1 axis, one row each (without an estimate: label
+    and note only)."""
     height = MARGIN_TOP + len(rows) * INTERVAL_ROW_HEIGHT + MARGIN_BOTTOM
     left, right = MARGIN_LEFT + INTERVAL_LABEL_WIDTH, WIDTH - MARGIN_RIGHT
 
@@ -209,18 +199,10 @@ def _svg_open(width: int, height: int, title: str) -> str:
     )
 
 
-def _line(
-    x1: float, y1: float, x2: float, y2: float, color: str, dashed: bool = False, width: float = 1.0
-) -> str:
+def _line(x1: float, y1: float, x2: float, y2: float, color: str, dashed: bool = False, width: float = 1.0) -> str:
     dash = ' stroke-dasharray="4 3"' if dashed else ""
-    return (
-        f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" '
-        f'stroke="{color}" stroke-width="{width}"{dash}/>'
-    )
+    return f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" stroke="{color}" stroke-width="{width}"{dash}/>'
 
 
 def _text(x: float, y: float, content: str, anchor: str = "start", color: str = TEXT_COLOR) -> str:
-    return (
-        f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" fill="{color}" '
-        f'font-size="11">{escape(content)}</text>'
-    )
+    return f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" fill="{color}" font-size="11">{escape(content)}</text>'

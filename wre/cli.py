@@ -3,22 +3,22 @@ line on stderr and a non-zero exit, never a traceback; read commands take --json
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 import typer
 from typer.core import TyperArgument
 
-from worker.settings import get_settings
 from wre import ab_cmd, run_cmd, runs_cmd, skill_cmd
-from wre.context import EXIT_USAGE, console, fail, one_line, print_json, show, user_errors
+from wre.context import EXIT_USAGE, command, console, fail, one_line, print_json, show, store
 
 # Typer prints a Python type beside every argument (`<list[Path]>`); each argument's metavar says it in words.
 TyperArgument.display_type_rich = lambda self, ctx: None  # type: ignore[method-assign,assignment]
 
 app = typer.Typer(
-    help="wre: a self-improving skill runner on Celery. Settings come from WRE_* environment variables.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
@@ -28,21 +28,17 @@ db_app = typer.Typer(help="The database schema (Alembic).", no_args_is_help=True
 app.add_typer(db_app, name="db")
 app.add_typer(skill_cmd.app, name="skill")
 app.add_typer(ab_cmd.app, name="ab")
-app.command("run")(run_cmd.run)
-app.command("result")(run_cmd.result)
+command(app, "run")(run_cmd.run)
+command(app, "result")(run_cmd.result)
 app.add_typer(runs_cmd.app, name="runs")
-
-
-def package_version() -> str:
-    try:
-        return version("wre")
-    except PackageNotFoundError:
-        return "unknown (not installed)"
 
 
 def _print_version(value: bool) -> None:
     if value:
-        print(f"wre {package_version()}")
+        try:
+            print(f"wre {version('wre')}")
+        except PackageNotFoundError:
+            print("wre unknown (not installed)")
         raise typer.Exit()
 
 
@@ -55,39 +51,35 @@ def root(
     """wre: a self-improving skill runner on Celery. Settings come from WRE_* environment variables."""
 
 
-@db_app.command("upgrade")
-@user_errors
+@command(db_app, "upgrade")
 def db_upgrade(revision: str = typer.Argument("head", metavar="REVISION", help="Target revision.")) -> None:
     """Bring the database at WRE_DATABASE_URL to the latest schema (an empty one included)."""
     from db.migrate import upgrade
+    from worker.settings import get_settings
 
     upgrade(get_settings().database_url, revision)
     console.print(f"database at revision {revision}")
 
 
-@db_app.command("downgrade")
-@user_errors
+@command(db_app, "downgrade")
 def db_downgrade(
     revision: str = typer.Argument(..., metavar="REVISION", help="Target revision, e.g. base."),
 ) -> None:
     """Take the schema back to REVISION."""
     from db.migrate import downgrade
+    from worker.settings import get_settings
 
     downgrade(get_settings().database_url, revision)
     console.print(f"database at revision {revision}")
 
 
-@app.command("dashboard")
-@user_errors
+@command(app, "dashboard")
 def dashboard(
-    window: int = typer.Option(
-        100, min=1, metavar="RUNS", help="Runs in the first and the latest window (at least 1)."
-    ),
+    window: int = typer.Option(100, min=1, metavar="RUNS", help="Runs in the first and the latest window (at least 1)."),
     as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
 ) -> None:
     """Per skill: runs, first-attempt and delivered fidelity, retries, running tests and their distance to a
     verdict."""
-    from wre.context import store
     from wre.dashboard import build_dashboard, dashboard_data
 
     if as_json:
@@ -96,57 +88,46 @@ def dashboard(
         show(build_dashboard(store(), window))
 
 
-@app.command("exporter")
-@user_errors
+@command(app, "exporter")
 def exporter(
     port: int = typer.Option(9808, min=1, max=65535, metavar="PORT", help="TCP port of /metrics."),
-    address: str = typer.Option(
-        "127.0.0.1", metavar="ADDRESS", help="Interface to listen on (0.0.0.0: every interface)."
-    ),
-    window: int = typer.Option(
-        100, min=1, metavar="RUNS", help="Latest finished runs per skill behind the fidelity gauges."
-    ),
+    address: str = typer.Option("127.0.0.1", metavar="ADDRESS", help="Interface to listen on (0.0.0.0: every interface)."),
+    window: int = typer.Option(100, min=1, metavar="RUNS", help="Latest finished runs per skill behind the fidelity gauges."),
 ) -> None:
     """Serve Prometheus metrics read from the database on every scrape (runs, retries, fidelity, tests)."""
-    from wre.context import store
-    from wre.exporter import serve_forever
+    from wre.exporter import start
 
     memory = store()
     memory.list_skills()  # an unreachable or unmigrated store is refused now, not at the first scrape
+    server, thread = start(memory, port=port, address=address, window=window)
     console.print(f"serving wre metrics on http://{address}:{port}/metrics", soft_wrap=True)
-    serve_forever(memory, port=port, address=address, window=window)
+    with contextlib.suppress(KeyboardInterrupt):
+        thread.join()
+    server.shutdown()
 
 
-@app.command("report")
-@user_errors
+@command(app, "report")
 def report(
     output: str = typer.Option("report.html", "--output", "-o", metavar="FILE", help="The HTML file to write."),
-    buckets: int = typer.Option(
-        30, min=1, max=500, metavar="POINTS", help="Points per skill on the fidelity charts."
-    ),
+    buckets: int = typer.Option(30, min=1, max=500, metavar="POINTS", help="Points per skill on the fidelity charts."),
 ) -> None:
     """Write a self-contained HTML report (no network needed): fidelity over time, A/B tests with intervals."""
-    from wre.context import store
     from wre.report import write_report
 
     summary = write_report(store(), output, buckets=buckets)
     console.print(f"wrote {output}: {summary}", soft_wrap=True)
 
 
-@app.command("demo")
-@user_errors
+@command(app, "demo")
 def demo(
     runs: int = typer.Option(
         300, min=10, metavar="RUNS", help="Runs to enqueue (more are added while a test still needs trials)."
     ),
     database_url: str = typer.Option(
-        "",
-        metavar="URL",
+        "", metavar="URL",
         help="Store to use; default: a fresh SQLite file wre-demo.db. e.g. postgresql://postgres@127.0.0.1/wre",
     ),
-    broker_url: str = typer.Option(
-        "memory://", metavar="URL", help="Broker to use, e.g. redis://127.0.0.1:6379/0."
-    ),
+    broker_url: str = typer.Option("memory://", metavar="URL", help="Broker to use, e.g. redis://127.0.0.1:6379/0."),
 ) -> None:
     """The whole loop in under a minute: runs, retries, an evolved variation, its A/B test, a promotion.
 
@@ -155,8 +136,6 @@ def demo(
     redis://127.0.0.1:6379/0` (the database must exist; the demo migrates it and adds the example skills).
     For the full stack with separate worker, beat and Flower processes see `docker compose up` in the README.
     """
-    from pathlib import Path
-
     from wre.demo import DEFAULT_DATABASE, run_demo
 
     if not database_url:

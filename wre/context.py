@@ -2,7 +2,8 @@
 
 Output: tables never cut an id or a name (piped, they are as wide as their content; in a terminal, cells
 fold), ``--json`` prints plain JSON on stdout, records show as panels. Errors: whatever a user can cause
-is one line on stderr and a non-zero exit, never a traceback.
+is one line on stderr and a non-zero exit, never a traceback. Only Typer and Rich are imported here: the
+store, Celery and the settings load when a command runs, so `wre --help` and `wre --version` answer at once.
 """
 
 from __future__ import annotations
@@ -11,25 +12,17 @@ import json
 import sys
 from collections.abc import Callable, Mapping
 from functools import lru_cache, wraps
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-import alembic.util.exc
-import celery.exceptions
-import kombu.exceptions
-import redis.exceptions
-import sqlalchemy.exc
 import typer
 from rich.console import Console, RenderableType
 from rich.measure import Measurement
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy.engine import make_url
 
-from db.memory import PatternMemory
-from scheduler.evaluation import promotion_memory
-from worker.settings import get_settings
-from worker.skills import check_variation
+if TYPE_CHECKING:
+    from db.memory import PatternMemory
 
 console = Console()
 err_console = Console(stderr=True)
@@ -46,7 +39,16 @@ WIDEST = 100_000
 
 @lru_cache(maxsize=1)
 def store() -> PatternMemory:
+    from scheduler.evaluation import promotion_memory
+    from worker.settings import get_settings
+    from worker.skills import check_variation
+
     return promotion_memory(get_settings(), variation_check=check_variation)
+
+
+def known_skill(memory: PatternMemory, name: str) -> None:
+    if memory.get_skill(name) is None:
+        raise ValueError(f"unknown skill {name!r}; `wre skill list` shows the registered ones")
 
 
 def one_line(message: str) -> str:
@@ -61,6 +63,8 @@ def fail(message: str, status: int = EXIT_ERROR) -> NoReturn:
 
 def redacted(url: str) -> str:
     """A URL as it may be shown: without its password."""
+    from sqlalchemy.engine import make_url
+
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001 - a URL we cannot parse is shown as a placeholder, never raw
@@ -76,6 +80,14 @@ def user_errors(function: F) -> F:
 
     @wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import alembic.util.exc
+        import celery.exceptions
+        import kombu.exceptions
+        import redis.exceptions
+        import sqlalchemy.exc
+
+        from worker.settings import get_settings
+
         try:
             get_settings()
             return function(*args, **kwargs)
@@ -99,6 +111,11 @@ def user_errors(function: F) -> F:
             fail(f"unexpected {type(error).__name__}: {error}")
 
     return wrapper  # type: ignore[return-value]
+
+
+def command(app: typer.Typer, name: str) -> Callable[[F], F]:
+    """Register ``name`` on ``app`` with its errors as one line (:func:`user_errors`)."""
+    return lambda function: app.command(name)(user_errors(function))  # type: ignore[return-value]
 
 
 def print_json(data: Any) -> None:
@@ -125,14 +142,21 @@ def show(renderable: RenderableType) -> None:
     Console(file=console.file, width=max(console.width, needed), no_color=console.no_color).print(renderable)
 
 
+def number(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def percent(value: float | None, sign: str = "") -> str:
+    return "-" if value is None else f"{value:{sign}.0%}"
+
+
 def _cell(value: Any) -> RenderableType:
     if value is None:
         return Text("-")
     if isinstance(value, float):
         return Text(f"{value:.4g}")
     if isinstance(value, Mapping):
-        inner = fields_grid(value)
-        return inner
+        return fields_grid(value)
     if isinstance(value, list | tuple):
         return Text(", ".join(str(item) for item in value) or "-")
     return Text(str(value))

@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console, Group
+from rich.console import Group
 from rich.panel import Panel
 from rich.table import Table
 
-from db.memory import PatternMemory
-from wre.context import console as default_console
-from wre.context import store
+from wre.context import number, percent, table
 
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0%}"
-
-
-def _num(value: float | None, digits: int = 2) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def _gain(value: float | None) -> str:
-    return "-" if value is None else f"{value:+.0%}"
+if TYPE_CHECKING:
+    from db.memory import PatternMemory
 
 
 def distance_to_verdict(decision: dict[str, Any]) -> str:
@@ -38,77 +27,41 @@ def distance_to_verdict(decision: dict[str, Any]) -> str:
 def build_dashboard(memory: PatternMemory, window: int = 100) -> Group:
     overall = memory.get_telemetry_dashboard(window=window)
     summary = Table.grid(padding=(0, 2))
-    summary.add_row("runs", str(overall["total_runs"]), "attempts", str(overall["total_executions"]))
-    summary.add_row(
-        "retries",
-        str(overall["retry_count"]),
-        "repeated failure rate (retries / attempts)",
-        _pct(overall["repeated_failure_rate"]),
-    )
-    summary.add_row(
-        "variations tested",
-        str(overall["variations_tested"]),
-        "promoted / archived (of which inconclusive)",
-        f"{overall['variations_promoted']} / {overall['variations_archived']} "
-        f"({overall['variations_inconclusive']})",
-    )
-    summary.add_row(
-        "variation win rate",
-        _pct(overall["variation_win_rate"]),
-        "avg first-attempt fidelity delta of promotions",
-        _num(overall["avg_fidelity_delta"]),
-    )
-    summary.add_row(
-        f"first-attempt fidelity, median of first {window} runs",
-        _num(overall["first_attempt_fidelity_first_window"]),
-        f"latest {window} runs",
-        f"{_num(overall['first_attempt_fidelity_now'])} ({_gain(overall['first_attempt_fidelity_gain'])})",
-    )
-    summary.add_row(
-        f"delivered fidelity (after ReAct), median of latest {window} runs",
-        _num(overall["delivered_fidelity_now"]),
-        "",
-        "",
-    )
-    skills = Table(
-        "skill",
-        "runs",
-        "first-attempt fidelity first → now",
-        "gain",
-        "delivered fidelity now",
-        "repeated failure rate",
-        "retries",
-        "tokens",
-        title="skills",
-    )
-    tests = Table(
-        "test",
-        "kind",
-        "skill",
-        "control",
-        "treatment",
-        "lift now",
-        "distance to a verdict",
-        title="open A/B tests and guards (lift: treatment - control, observed so far)",
-    )
+    for row in (
+        ("runs", str(overall["total_runs"]), "attempts", str(overall["total_executions"])),
+        ("retries", str(overall["retry_count"]), "repeated failure rate (retries / attempts)",
+         percent(overall["repeated_failure_rate"])),
+        ("variations tested", str(overall["variations_tested"]), "promoted / archived (of which inconclusive)",
+         f"{overall['variations_promoted']} / {overall['variations_archived']} "
+         f"({overall['variations_inconclusive']})"),
+        ("variation win rate", percent(overall["variation_win_rate"]),
+         "avg first-attempt fidelity delta of promotions", number(overall["avg_fidelity_delta"])),
+        (f"first-attempt fidelity, median of first {window} runs",
+         number(overall["first_attempt_fidelity_first_window"]), f"latest {window} runs",
+         f"{number(overall['first_attempt_fidelity_now'])} ({percent(overall['first_attempt_fidelity_gain'], '+')})"),
+        (f"delivered fidelity (after ReAct), median of latest {window} runs",
+         number(overall["delivered_fidelity_now"]), "", ""),
+    ):
+        summary.add_row(*row)
+    skills = table("skill", "runs", "first-attempt fidelity first → now", "gain", "delivered fidelity now",
+                   "repeated failure rate", "retries", "tokens", title="skills")
     for skill in memory.list_skills():
         figures = memory.get_skill_dashboard(skill.name, window=window)
         skills.add_row(
             skill.name,
             str(figures["runs"]),
-            f"{_num(figures['first_attempt_fidelity_first_window'])} → "
-            f"{_num(figures['first_attempt_fidelity_now'])}",
-            _gain(figures["first_attempt_fidelity_gain"]),
-            _num(figures["delivered_fidelity_now"]),
-            _pct(figures["repeated_failure_rate"]),
+            f"{number(figures['first_attempt_fidelity_first_window'])} → {number(figures['first_attempt_fidelity_now'])}",
+            percent(figures["first_attempt_fidelity_gain"], "+"),
+            number(figures["delivered_fidelity_now"]),
+            percent(figures["repeated_failure_rate"]),
             str(figures["retries"]),
             str(figures["total_tokens"] or "-"),
         )
+    tests = table("test", "kind", "skill", "control", "treatment", "lift now", "distance to a verdict",
+                  title="open A/B tests and guards (lift: treatment - control, observed so far)")
     for test in memory.list_ab_tests(status="running") + memory.list_ab_tests(status="paused"):
-        counts = (
-            f"{test.control_successes}/{test.control_trials}",
-            f"{test.treatment_successes}/{test.treatment_trials}",
-        )
+        counts = (f"{test.control_successes}/{test.control_trials}",
+                  f"{test.treatment_successes}/{test.treatment_trials}")
         if test.status == "paused":
             # A health check stopped it: say why, never a verdict's distance.
             reason = str((test.health or {}).get("reason", "paused"))
@@ -118,7 +71,7 @@ def build_dashboard(memory: PatternMemory, window: int = 100) -> Group:
         # A guard's figure is the honest one after a promotion: the new production against its holdout.
         lift = decision.get("difference") if test.is_guard else decision.get("lift")
         kind = "guard (holdout = control)" if test.is_guard else test.kind
-        tests.add_row(f"#{test.test_id}", kind, test.skill_name, *counts, _num(lift), distance_to_verdict(decision))
+        tests.add_row(f"#{test.test_id}", kind, test.skill_name, *counts, number(lift), distance_to_verdict(decision))
     return Group(Panel(summary, title="wre"), skills, tests)
 
 
@@ -133,7 +86,3 @@ def dashboard_data(memory: PatternMemory, window: int = 100) -> dict[str, Any]:
         ],
         "paused_tests": [test.to_dict() for test in memory.list_ab_tests(status="paused")],
     }
-
-
-def render_dashboard(window: int = 100, console: Console | None = None) -> None:
-    (console or default_console).print(build_dashboard(store(), window))

@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import skills as example_skills
 from db.memory import LearningEventRecord, PatternMemory
+from wre.context import number, store
 
 DEFAULT_RUNS = 300
 DEFAULT_DATABASE = "wre-demo.db"
@@ -55,7 +56,6 @@ def configure(database_url: str, broker_url: str) -> None:
     # The demo follows runs in the store, not through results.
     os.environ["WRE_RESULT_BACKEND"] = "disabled"
     from worker.settings import get_settings
-    from wre.context import store
 
     get_settings.cache_clear()
     store.cache_clear()
@@ -88,7 +88,7 @@ def embedded_services(app: Celery, schedule_path: Path) -> Iterator[None]:
         worker_thread.join(timeout=10)
 
 
-def describe(event: LearningEventRecord) -> str | None:
+def describe(event: LearningEventRecord) -> str:
     """One line about a learning event, for the live feed."""
     details = event.details or {}
     if event.event_type == "variation_proposed":
@@ -96,18 +96,14 @@ def describe(event: LearningEventRecord) -> str | None:
                 f"enters A/B test #{details.get('test_id')} against production")
     if event.event_type == "variation_promoted":
         return (f"[bold green]promoted[/] {event.skill_name}: {event.variation_id} wins its A/B test; "
-                f"mean first-attempt fidelity control {_fmt(event.fidelity_before)} → "
-                f"treatment {_fmt(event.fidelity_after)}")
+                f"mean first-attempt fidelity control {number(event.fidelity_before)} → "
+                f"treatment {number(event.fidelity_after)}")
     if event.event_type == "variation_archived":
         return (f"[yellow]archived[/] {event.skill_name}: {event.variation_id} "
-                f"({event.description}; fidelity {_fmt(event.fidelity_before)} vs {_fmt(event.fidelity_after)})")
+                f"({event.description}; fidelity {number(event.fidelity_before)} vs {number(event.fidelity_after)})")
     if event.event_type == "evolution_refused":
         return f"[dim]evolver refused for {event.skill_name}: {event.description}[/]"
     return f"{event.event_type} {event.skill_name} {event.description}"
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
 
 
 def _context(skill: str, rng: random.Random) -> dict[str, Any]:
@@ -123,8 +119,7 @@ def run_demo(runs: int, database_url: str, broker_url: str, console: Console) ->
     from worker.app import app
     from worker.client import enqueue_skill
     from worker.registry import register_skill_file
-    from wre.context import store
-    from wre.dashboard import render_dashboard
+    from wre.dashboard import build_dashboard
 
     if broker_url.startswith("memory://"):
         app.conf.worker_send_task_events = False  # no one watches events in-process
@@ -155,9 +150,8 @@ def run_demo(runs: int, database_url: str, broker_url: str, console: Console) ->
             progress.update(bar, completed=done, description=f"retries {retries}")
             for event in memory.learning_events_since(last_event):
                 last_event = event.event_id or last_event
-                line = None if event.event_type in QUIET_EVENTS else describe(event)
-                if line:
-                    progress.console.print(line)
+                if event.event_type not in QUIET_EVENTS:
+                    progress.console.print(describe(event))
                 promoted = promoted or event.event_type == "variation_promoted"
             total = int(progress.tasks[0].total or 0)
             if (done >= total and promoted) or time.monotonic() - started > TIME_BUDGET_SECONDS:
@@ -169,7 +163,7 @@ def run_demo(runs: int, database_url: str, broker_url: str, console: Console) ->
                     enqueue_skill(name, _context(name, rng))
                 progress.update(bar, total=total + EXTRA_BATCH)
     console.rule("dashboard")
-    render_dashboard(window=50, console=console)
+    console.print(build_dashboard(memory, window=50))
     console.rule("what improved")
     for line in improvements(memory, known_tests):
         console.print(line, highlight=False)
@@ -189,8 +183,8 @@ def improvements(memory: PatternMemory, known_tests: set[int]) -> list[str]:
         verdict = "promoted" if test.winner == "treatment" else f"archived ({test.winner})"
         lines.append(
             f"{test.skill_name}: test #{test.test_id} {verdict}; first-attempt fidelity (mean) "
-            f"control {_fmt(test.control_fidelity)} over {test.control_trials} runs, treatment "
-            f"{_fmt(test.treatment_fidelity)} over {test.treatment_trials} runs; success "
+            f"control {number(test.control_fidelity)} over {test.control_trials} runs, treatment "
+            f"{number(test.treatment_fidelity)} over {test.treatment_trials} runs; success "
             f"{test.control_successes}/{test.control_trials} vs {test.treatment_successes}/{test.treatment_trials}"
         )
     return lines or ["no A/B test was decided during the demo"]

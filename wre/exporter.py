@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from wsgiref.simple_server import WSGIServer
 
@@ -43,11 +44,8 @@ ARM_LABELS = ["test_id", "skill", "arm"]
 
 
 class StoreCollector(Collector):
-    """Collects wre's metrics from a PatternMemory at scrape time.
-
-    :param memory: the store to read (any dialect).
-    :param window: finished runs per skill behind the fidelity and success-rate gauges.
-    """
+    """Collects wre's metrics from a PatternMemory (any dialect) at scrape time; ``window``: finished runs
+    per skill behind the fidelity and success-rate gauges."""
 
     def __init__(self, memory: PatternMemory, window: int = DEFAULT_FIDELITY_WINDOW) -> None:
         if window < 1:
@@ -66,22 +64,18 @@ class StoreCollector(Collector):
             metrics, up = [], 0.0
         yield from metrics
         yield GaugeMetricFamily(f"{PREFIX}_up", "1 if the store answered this scrape, else 0.", value=up)
-        yield GaugeMetricFamily(
-            f"{PREFIX}_scrape_duration_seconds",
-            "Seconds this scrape spent reading the store.",
-            value=time.perf_counter() - started,
-        )
+        yield GaugeMetricFamily(f"{PREFIX}_scrape_duration_seconds", "Seconds this scrape spent reading the store.",
+                                value=time.perf_counter() - started)
 
     def _store_metrics(self) -> Iterator[Metric]:
         yield from self._run_metrics()
         yield from self._fidelity_metrics()
         yield from self._test_metrics()
         yield from self._event_metrics()
-        evolutions = self.memory.get_counter(EVOLUTIONS_COUNTER)
         yield CounterMetricFamily(
             f"{PREFIX}_evolution_triggers",
             "Evolution triggers: runs that exhausted their attempts (a claim and cooldown make fewer evolutions).",
-            evolutions,
+            self.memory.get_counter(EVOLUTIONS_COUNTER),
         )
         calls, runs = fleet_screening_spent(self.memory)
         yield GaugeMetricFamily(
@@ -134,9 +128,7 @@ class StoreCollector(Collector):
         median = _gauge("delivered_fidelity_median", f"Median delivered fidelity of {delivered}.")
         mean = _gauge("delivered_fidelity_mean", f"Mean delivered fidelity of {delivered}.")
         success = _gauge("success_rate", f"Share of {delivered} that succeeded.")
-        covered = _gauge(
-            "fidelity_window_runs", "Finished runs behind the delivered fidelity gauges (at most the window)."
-        )
+        covered = _gauge("fidelity_window_runs", "Finished runs behind the delivered fidelity gauges (at most the window).")
         for name, figures in recent_fidelity(self.memory, self.window).items():
             median.add_metric([name], figures.median)
             mean.add_metric([name], figures.mean)
@@ -149,9 +141,7 @@ class StoreCollector(Collector):
     def _test_metrics(self) -> Iterator[Metric]:
         running = _gauge("ab_tests_running", "A/B tests running now (at most one per skill; guards apart).")
         guards = _gauge("guards_running", "Guards watching a promotion now (new production vs a holdout).")
-        paused = _gauge(
-            "ab_tests_paused", "Tests paused by a health check (sample-ratio mismatch): they route nothing."
-        )
+        paused = _gauge("ab_tests_paused", "Tests paused by a health check (sample-ratio mismatch): they route nothing.")
         tested = _counter("variations_tested", "Variations put under an A/B test.")
         verdicts = CounterMetricFamily(
             f"{PREFIX}_ab_test_verdicts",
@@ -164,49 +154,41 @@ class StoreCollector(Collector):
         wins = GaugeMetricFamily(
             f"{PREFIX}_ab_test_successes", "Successful trials of a running test's arm.", labels=ARM_LABELS
         )
-        running_per_skill: dict[str, int] = {}
-        guards_per_skill: dict[str, int] = {}
-        paused_per_skill: dict[str, int] = {}
-        tested_per_skill: dict[str, set[str]] = {}
-        verdicts_per_skill: dict[tuple[str, str], int] = {}
+        # Every skill with a test is listed under each figure, with 0 where it has none.
+        counts: Counter[tuple[str, str]] = Counter()
+        winners: Counter[tuple[str, str]] = Counter()
+        treatments: dict[str, set[str]] = {}
         for test in self.memory.list_ab_tests():
             skill = test.skill_name
-            running_per_skill.setdefault(skill, 0)
-            guards_per_skill.setdefault(skill, 0)
-            paused_per_skill.setdefault(skill, 0)
-            if test.status == "paused":
-                paused_per_skill[skill] += 1
+            treatments.setdefault(skill, set())
+            counts[skill, "paused"] += test.status == "paused"
             if test.is_guard:
-                guards_per_skill[skill] += test.status == "running"
+                counts[skill, "guards"] += test.status == "running"
                 continue
-            tested_per_skill.setdefault(skill, set()).add(test.treatment_version)
+            treatments[skill].add(test.treatment_version)
             if test.winner is not None:
-                verdicts_per_skill[skill, test.winner] = verdicts_per_skill.get((skill, test.winner), 0) + 1
+                winners[skill, test.winner] += 1
             if test.status != "running":
                 continue
-            running_per_skill[skill] += 1
+            counts[skill, "running"] += 1
             for arm in ("control", "treatment"):
                 labels = [str(test.test_id), skill, arm]
                 trials.add_metric(labels, getattr(test, f"{arm}_trials"))
                 wins.add_metric(labels, getattr(test, f"{arm}_successes"))
-        for skill, count in sorted(running_per_skill.items()):
-            running.add_metric([skill], count)
-            guards.add_metric([skill], guards_per_skill[skill])
-            paused.add_metric([skill], paused_per_skill[skill])
-            tested.add_metric([skill], len(tested_per_skill.get(skill, ())))
-        for (skill, winner), count in sorted(verdicts_per_skill.items()):
+        for skill in sorted(treatments):
+            running.add_metric([skill], counts[skill, "running"])
+            guards.add_metric([skill], counts[skill, "guards"])
+            paused.add_metric([skill], counts[skill, "paused"])
+            tested.add_metric([skill], len(treatments[skill]))
+        for (skill, winner), count in sorted(winners.items()):
             verdicts.add_metric([skill, winner], count)
         yield from (running, guards, paused, tested, verdicts, trials, wins)
 
     def _event_metrics(self) -> Iterator[Metric]:
         families = {
-            PROMOTED_EVENT: _counter(
-                "promotions", "Variations promoted to production (by a test or by hand)."
-            ),
+            PROMOTED_EVENT: _counter("promotions", "Variations promoted to production (by a test or by hand)."),
             ROLLBACK_EVENT: _counter("rollbacks", "Rollbacks to the previous production version."),
-            ARCHIVED_EVENT: _counter(
-                "variations_archived", "Variations archived (lost a test, or archived by hand)."
-            ),
+            ARCHIVED_EVENT: _counter("variations_archived", "Variations archived (lost a test, or archived by hand)."),
         }
         for (skill, kind), count in sorted(event_counts(self.memory).items()):
             families[kind].add_metric([skill], count)
@@ -221,40 +203,10 @@ def _gauge(name: str, documentation: str) -> GaugeMetricFamily:
     return GaugeMetricFamily(f"{PREFIX}_{name}", documentation, labels=SKILL)
 
 
-def registry_for(memory: PatternMemory, window: int = DEFAULT_FIDELITY_WINDOW) -> CollectorRegistry:
-    """A registry holding only wre's collector (no process or platform metrics of the exporter itself)."""
+def start(memory: PatternMemory, port: int = DEFAULT_PORT, address: str = DEFAULT_ADDRESS,
+          window: int = DEFAULT_FIDELITY_WINDOW) -> tuple[WSGIServer, threading.Thread]:
+    """Serve ``/metrics`` on ``address:port`` (0 picks a free port: ``server.server_port``) from a daemon
+    thread, with only wre's collector (no process or platform metrics of the exporter itself)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StoreCollector(memory, window))
-    return registry
-
-
-def start(
-    memory: PatternMemory,
-    port: int = DEFAULT_PORT,
-    address: str = DEFAULT_ADDRESS,
-    window: int = DEFAULT_FIDELITY_WINDOW,
-) -> tuple[WSGIServer, threading.Thread]:
-    """Serve ``/metrics`` on ``address:port`` from a daemon thread; returns the server and its thread.
-
-    :param memory: the store every scrape reads.
-    :param port: TCP port (0 picks a free one; read it from ``server.server_port``).
-    :param address: interface to listen on.
-    :param window: finished runs per skill behind the fidelity gauges.
-    """
-    return start_http_server(port, addr=address, registry=registry_for(memory, window))
-
-
-def serve_forever(
-    memory: PatternMemory,
-    port: int = DEFAULT_PORT,
-    address: str = DEFAULT_ADDRESS,
-    window: int = DEFAULT_FIDELITY_WINDOW,
-) -> None:
-    """Serve until interrupted (what `wre exporter` runs); parameters as for :func:`start`."""
-    server, thread = start(memory, port, address, window)
-    try:
-        thread.join()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.shutdown()
+    return start_http_server(port, addr=address, registry=registry)

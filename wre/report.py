@@ -31,6 +31,7 @@ from db.figures import (
 from db.memory import AbTestRecord, PatternMemory
 from db.screening import latest_screenings, screened
 from wre.charts import IntervalRow, Marker, Point, Series, interval_chart, time_series_chart
+from wre.context import number, percent
 
 DEFAULT_BUCKETS = 30
 # z for a two-sided 95% interval.
@@ -75,12 +76,8 @@ class Report:
 
 
 def wilson_interval(successes: int, trials: int, z: float = Z_95) -> tuple[float, float]:
-    """The Wilson score interval of a success rate (sound at 0 and at n, unlike the normal one).
-
-    :param successes: successful trials, 0..trials.
-    :param trials: all trials; 0 gives the uninformative (0, 1).
-    :param z: the normal quantile of the interval's coverage (1.96 for 95%).
-    """
+    """The Wilson score interval of a success rate (sound at 0 and at n, unlike the normal one); no trials
+    give the uninformative (0, 1); ``z`` is the normal quantile of its coverage (1.96 for 95%)."""
     if trials <= 0:
         return 0.0, 1.0
     if not 0 <= successes <= trials:
@@ -92,15 +89,8 @@ def wilson_interval(successes: int, trials: int, z: float = Z_95) -> tuple[float
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def build_report(
-    memory: PatternMemory, buckets: int = DEFAULT_BUCKETS, now: datetime | None = None
-) -> Report:
-    """Render the report from the store.
-
-    :param memory: the store to read.
-    :param buckets: points per skill on the fidelity charts.
-    :param now: the generation time shown in the header (now by default).
-    """
+def build_report(memory: PatternMemory, buckets: int = DEFAULT_BUCKETS, now: datetime | None = None) -> Report:
+    """Render the report from the store, with ``buckets`` points per skill on the fidelity charts."""
     runs = run_figures(memory)
     recent = recent_fidelity(memory, DEFAULT_FIDELITY_WINDOW)
     first = recent_fidelity(memory, DEFAULT_FIDELITY_WINDOW, first_attempts=True)
@@ -142,15 +132,17 @@ def build_report(
 
 
 def write_report(memory: PatternMemory, path: str | Path, buckets: int = DEFAULT_BUCKETS) -> str:
-    """Render the report and write it to ``path``; returns a one-line summary of what it covers.
-
-    :param memory: the store to read.
-    :param path: the HTML file to write (replaced if it exists).
-    :param buckets: points per skill on the fidelity charts.
-    """
+    """Render the report and write it to ``path`` (replaced if it exists); returns a one-line summary."""
     report = build_report(memory, buckets)
     Path(path).write_text(report.html, encoding="utf-8")
     return report.summary()
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    """An HTML table of cells that are HTML already (the callers escape what they put in)."""
+    head = "".join(f"<th>{header}</th>" for header in headers)
+    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _skill_table(
@@ -159,49 +151,34 @@ def _skill_table(
     first: dict[str, RecentFidelity],
     counts: dict[tuple[str, str], int],
 ) -> str:
-    header = (
-        "<tr><th>skill</th><th>runs</th><th>retries</th><th>repeated failure rate</th>"
-        f"<th>median first-attempt fidelity (latest {DEFAULT_FIDELITY_WINDOW})</th>"
-        f"<th>median delivered fidelity (latest {DEFAULT_FIDELITY_WINDOW})</th><th>success rate</th>"
-        "<th>promotions</th><th>rollbacks</th></tr>"
-    )
     rows = []
     for index, (name, figures) in enumerate(runs.items()):
         latest, first_tries = recent.get(name), first.get(name)
-        rows.append(
+        rows.append([
             # The anchors match _skill_section's ids: the same order, by index (names may hold any text).
-            f'<tr><td><a href="#skill-{index}">{escape(name)}</a></td>'
-            f"<td>{figures.runs}</td><td>{figures.retries}</td><td>{figures.repeated_failure_rate:.0%}</td>"
-            f"<td>{_number(first_tries.median if first_tries else None)}</td>"
-            f"<td>{_number(latest.median if latest else None)}</td>"
-            f"<td>{_percent(latest.success_rate if latest else None)}</td>"
-            f"<td>{counts.get((name, PROMOTED_EVENT), 0)}</td><td>{counts.get((name, ROLLBACK_EVENT), 0)}</td></tr>"
-        )
-    return f"<table><thead>{header}</thead><tbody>{''.join(rows)}</tbody></table>"
+            f'<a href="#skill-{index}">{escape(name)}</a>', figures.runs, figures.retries,
+            f"{figures.repeated_failure_rate:.0%}", number(first_tries.median if first_tries else None),
+            number(latest.median if latest else None), percent(latest.success_rate if latest else None),
+            counts.get((name, PROMOTED_EVENT), 0), counts.get((name, ROLLBACK_EVENT), 0),
+        ])
+    return _table(["skill", "runs", "retries", "repeated failure rate",
+                   f"median first-attempt fidelity (latest {DEFAULT_FIDELITY_WINDOW})",
+                   f"median delivered fidelity (latest {DEFAULT_FIDELITY_WINDOW})", "success rate", "promotions",
+                   "rollbacks"], rows)
 
 
 def _skill_section(index: int, name: str, buckets: list[FidelityBucket], events: list[dict[str, Any]]) -> str:
     heading = f'<section id="skill-{index}">\n<h3>{escape(name)}</h3>'
     if not buckets:
         return f'{heading}\n<p class="muted">No finished runs yet.</p>\n</section>'
-    fidelity = Series(
-        "mean delivered fidelity",
-        FIDELITY_COLOR,
-        [Point(b.middle_at, b.mean_fidelity, _bucket_tooltip(b)) for b in buckets],
-    )
-    success = Series(
-        "success rate",
-        SUCCESS_COLOR,
-        [Point(b.middle_at, b.success_rate, _bucket_tooltip(b)) for b in buckets],
-        dashed=True,
-    )
-    markers = [_marker(event) for event in events]
-    chart = time_series_chart(f"fidelity of {name} over time", [fidelity, success], markers)
-    legend = [
-        _swatch(FIDELITY_COLOR, "mean delivered fidelity of finished runs"),
-        _swatch(SUCCESS_COLOR, "success rate"),
-    ]
-    legend += [_swatch(color, label) for kind, (label, color) in EVENT_STYLE.items() if _has(events, kind)]
+    fidelity = Series("mean delivered fidelity", FIDELITY_COLOR,
+                      [Point(b.middle_at, b.mean_fidelity, _bucket_tooltip(b)) for b in buckets])
+    success = Series("success rate", SUCCESS_COLOR,
+                     [Point(b.middle_at, b.success_rate, _bucket_tooltip(b)) for b in buckets], dashed=True)
+    chart = time_series_chart(f"fidelity of {name} over time", [fidelity, success], [_marker(e) for e in events])
+    kinds = {event["event_type"] for event in events}
+    legend = [_swatch(FIDELITY_COLOR, "mean delivered fidelity of finished runs"), _swatch(SUCCESS_COLOR, "success rate")]
+    legend += [_swatch(color, label) for kind, (label, color) in EVENT_STYLE.items() if kind in kinds]
     per_point = sum(b.runs for b in buckets) / len(buckets)
     return (
         f"{heading}\n{chart}\n"
@@ -219,34 +196,23 @@ def _test_section(test: AbTestRecord) -> str:
         + (f', decided <span class="when">{_time(test.decided_at)}</span>' if test.decided_at else "")
         + "</p>"
     )
-    rows, table = [], []
+    rows, table = [], []  # the chart's rows, the table's rows
     for arm in ("control", "treatment"):
-        trials = int(getattr(test, f"{arm}_trials"))
-        successes = int(getattr(test, f"{arm}_successes"))
-        version = str(getattr(test, f"{arm}_version"))
-        fidelity = getattr(test, f"{arm}_fidelity")
+        trials, successes = int(getattr(test, f"{arm}_trials")), int(getattr(test, f"{arm}_successes"))
+        version, fidelity = str(getattr(test, f"{arm}_version")), getattr(test, f"{arm}_fidelity")
         low, high = wilson_interval(successes, trials)
         rate = successes / trials if trials else None
-        note = (
-            f"{arm} {version}: {successes}/{trials} succeeded = {rate:.1%}, 95% interval {low:.1%} to {high:.1%}"
-            if rate is not None
-            else f"{arm} {version}: no trials yet"
-        )
+        note = f"{arm} {version}: " + (
+            f"{successes}/{trials} succeeded = {rate:.1%}, 95% interval {low:.1%} to {high:.1%}"
+            if rate is not None else "no trials yet")
         rows.append(IntervalRow(arm, rate, low, high, ARM_COLORS[arm], note))
-        table.append(
-            f"<tr><td>{arm}</td><td>{escape(version)}</td><td>{trials}</td><td>{successes}</td>"
-            f"<td>{_percent(rate)}</td><td>{f'{low:.0%} to {high:.0%}' if trials else '-'}</td>"
-            f"<td>{_number(fidelity)}</td></tr>"
-        )
+        table.append([arm, escape(version), trials, successes, percent(rate),
+                      f"{low:.0%} to {high:.0%}" if trials else "-", number(fidelity)])
     chart = interval_chart(f"success rates of the arms of A/B test {test.test_id}", rows)
-    header = (
-        "<tr><th>arm</th><th>variation</th><th>trials</th><th>successes</th><th>success rate</th>"
-        "<th>Wilson 95% interval</th><th>mean first-attempt fidelity</th></tr>"
-    )
-    return (
-        f"{heading}\n{chart}\n<table><thead>{header}</thead><tbody>{''.join(table)}</tbody></table>\n"
-        f"{_decision_words(test)}{_decision_figures(test.decision)}</section>"
-    )
+    headers = ["arm", "variation", "trials", "successes", "success rate", "Wilson 95% interval",
+               "mean first-attempt fidelity"]
+    return (f"{heading}\n{chart}\n{_table(headers, table)}\n"
+            f"{_decision_words(test)}{_decision_figures(test.decision)}</section>")
 
 
 # What each figure a policy records means, in words (figures without an entry are listed by their key).
@@ -261,7 +227,6 @@ FIGURE_MEANINGS = {
     "lift_ci_high": "upper end of the lift's always-valid interval",
     "control_rate": "control's success rate",
     "treatment_rate": "treatment's success rate",
-    "reason": "the policy's own words",
 }
 WORDS_OF_WINNER = {
     "treatment": "Promoted: the treatment won",
@@ -278,8 +243,8 @@ def _decision_words(test: AbTestRecord) -> str:
     said = [WORDS_OF_WINNER.get(test.winner, f"Decided: {test.winner}")]
     lift = decision.get("lift")
     if isinstance(lift, int | float):
-        said.append(f"at a lift of {lift:+.2f} (treatment {_percent(decision.get('treatment_rate'))} "
-                    f"vs control {_percent(decision.get('control_rate'))} success)")
+        said.append(f"at a lift of {lift:+.2f} (treatment {percent(decision.get('treatment_rate'))} "
+                    f"vs control {percent(decision.get('control_rate'))} success)")
     statistic, threshold = decision.get("statistic"), decision.get("threshold")
     if isinstance(statistic, int | float) and isinstance(threshold, int | float):
         said.append(f"with evidence {statistic:.3g} against the {threshold:.3g} a verdict needs")
@@ -337,20 +302,17 @@ def _screening_section(screenings: list[dict[str, Any]], total_runs: int) -> str
         rounds, screened_count = screened(details)
         inputs = details.get("inputs", {})
         tokens = details.get("tokens")
-        rows.append(
-            f"<tr><td>{_time(item['created_at'])}</td><td>{escape(item['skill_name'])}</td>"
-            f"<td>{screened_count} in {rounds}</td><td>{inputs.get('failed', 0)} / {inputs.get('passed', 0)}</td>"
-            f"<td>{details.get('calls', 0)}</td><td>{'-' if tokens is None else tokens}</td>"
-            f"<td>{_number(parent.get('fidelity'))} → {_number(best)}</td>"
-            f"<td>{escape(details.get('chosen') or 'none')}</td></tr>"
-        )
+        rows.append([
+            _time(item["created_at"]), escape(item["skill_name"]), f"{screened_count} in {rounds}",
+            f"{inputs.get('failed', 0)} / {inputs.get('passed', 0)}", details.get("calls", 0),
+            "-" if tokens is None else tokens, f"{number(parent.get('fidelity'))} → {number(best)}",
+            escape(details.get("chosen") or "none"),
+        ])
     return (
         f'{heading}\n<p class="muted">Candidates replayed with production on recorded inputs before any live '
         f"traffic (replays are not runs): {len(screenings)} screenings, {calls} agent calls{share}.</p>\n"
-        "<table><thead><tr><th>time (UTC)</th><th>skill</th><th>candidates in rounds</th><th>inputs failed / passed</th>"
-        "<th>calls</th><th>tokens</th><th>replay fidelity (last round): production → best</th><th>chosen</th>"
-        "</tr></thead>"
-        f"<tbody>{''.join(rows)}</tbody></table>"
+        + _table(["time (UTC)", "skill", "candidates in rounds", "inputs failed / passed", "calls", "tokens",
+                  "replay fidelity (last round): production → best", "chosen"], rows)
     )
 
 
@@ -360,17 +322,14 @@ def _event_table(events: list[dict[str, Any]]) -> str:
     rows = []
     for event in events:
         label, color = EVENT_STYLE[event["event_type"]]
-        rows.append(
-            f"<tr><td class=\"when\">{_time(event['created_at'])}</td><td>{escape(event['skill_name'])}</td>"
-            f'<td style="color:{color}">{label}</td><td>{escape(event["variation_id"] or "-")}</td>'
-            f"<td>{_number(event['fidelity_before'])} → {_number(event['fidelity_after'])}</td>"
-            f"<td>{escape(event['description'] or '')}</td></tr>"
-        )
-    header = (
-        "<tr><th>time (UTC)</th><th>skill</th><th>event</th><th>variation</th>"
-        "<th>first-attempt fidelity before → after</th><th>what</th></tr>"
-    )
-    return f"<table><thead>{header}</thead><tbody>{''.join(rows)}</tbody></table>"
+        rows.append([
+            f'<span class="when">{_time(event["created_at"])}</span>', escape(event["skill_name"]),
+            f'<span style="color:{color}">{label}</span>', escape(event["variation_id"] or "-"),
+            f"{number(event['fidelity_before'])} → {number(event['fidelity_after'])}",
+            escape(event["description"] or ""),
+        ])
+    return _table(["time (UTC)", "skill", "event", "variation", "first-attempt fidelity before → after", "what"],
+                  rows)
 
 
 def _marker(event: dict[str, Any]) -> Marker:
@@ -383,14 +342,8 @@ def _marker(event: dict[str, Any]) -> Marker:
 
 
 def _bucket_tooltip(bucket: FidelityBucket) -> str:
-    return (
-        f"{bucket.runs} runs, {_time(bucket.first_at)} to {_time(bucket.last_at)}: "
-        f"mean fidelity {bucket.mean_fidelity:.2f}, success rate {bucket.success_rate:.0%}"
-    )
-
-
-def _has(events: list[dict[str, Any]], kind: str) -> bool:
-    return any(event["event_type"] == kind for event in events)
+    return (f"{bucket.runs} runs, {_time(bucket.first_at)} to {_time(bucket.last_at)}: "
+            f"mean fidelity {bucket.mean_fidelity:.2f}, success rate {bucket.success_rate:.0%}")
 
 
 def _swatch(color: str, label: str) -> str:
@@ -403,11 +356,3 @@ def _time(moment: datetime | None) -> str:
     if moment.tzinfo is not None:
         moment = moment.astimezone(UTC)
     return moment.strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _number(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0%}"

@@ -6,22 +6,14 @@ import json
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from celery.result import AsyncResult
 
-from wre.context import (
-    EXIT_RUN_FAILED,
-    console,
-    err_console,
-    fail,
-    print_json,
-    record_panel,
-    show,
-    store,
-    user_errors,
-)
+from wre.context import EXIT_RUN_FAILED, console, err_console, fail, print_json, record_panel, show, store
+
+if TYPE_CHECKING:
+    from celery.result import AsyncResult
 
 DEFAULT_TIMEOUT_SECONDS = 120.0
 # What a result panel leaves out: the full step list is in --json; the panel shows the failed step.
@@ -52,10 +44,9 @@ def read_context(value: str) -> dict[str, Any]:
     return context
 
 
-def _check_timeout(timeout: float) -> float:
+def _check_timeout(timeout: float) -> None:
     if not timeout > 0:
         raise ValueError(f"--timeout must be a number of seconds above 0, got {timeout:g}")
-    return timeout
 
 
 def _celery_app() -> Any:
@@ -90,25 +81,19 @@ def report_result(run_id: str, outcome: Any, failed: bool, as_json: bool) -> Non
         status = "succeeded" if outcome.get("success") else "did not succeed"
         show(record_panel(f"run {run_id}", shown, subtitle=status))
     if not outcome.get("success"):
-        err_console.print(
-            f"run {run_id} did not succeed: fidelity {outcome.get('pattern_fidelity')}, "
-            f"failed at step {outcome.get('failed_at_step')}, error {outcome.get('error')}",
-            highlight=False,
-            soft_wrap=True,
-        )
+        err_console.print(f"run {run_id} did not succeed: fidelity {outcome.get('pattern_fidelity')}, failed at "
+                          f"step {outcome.get('failed_at_step')}, error {outcome.get('error')}",
+                          highlight=False, soft_wrap=True)
         sys.exit(EXIT_RUN_FAILED)
 
 
-@user_errors
 def run(
     skill: str = typer.Argument(..., metavar="SKILL", help="The skill to run."),
     context: str = typer.Option(
         "{}", "--context", "-c", metavar="JSON|@FILE|-", help="The input context: a JSON object, @FILE or - (stdin)."
     ),
     agent: str | None = typer.Option(None, metavar="AGENT", help="The agent (default: the skill's)."),
-    assignment_key: str | None = typer.Option(
-        None, metavar="KEY", help="Pin the A/B arm to this key (e.g. a user id)."
-    ),
+    assignment_key: str | None = typer.Option(None, metavar="KEY", help="Pin the A/B arm to this key (e.g. a user id)."),
     wait: bool = typer.Option(False, "--wait", help="Wait for the run's result, print it; exit 3 if it failed."),
     timeout: float = typer.Option(DEFAULT_TIMEOUT_SECONDS, metavar="SECONDS", help="Seconds to wait with --wait."),
     as_json: bool = typer.Option(False, "--json", help="With --wait: print the result as JSON."),
@@ -131,7 +116,6 @@ def run(
     report_result(result.id, outcome, result.failed(), as_json)
 
 
-@user_errors
 def result(
     run_id: str = typer.Argument(..., metavar="RUN_ID", help="The run's id (what `wre run` printed)."),
     wait: bool = typer.Option(False, "--wait", help="Wait until the run has finished."),
@@ -139,6 +123,8 @@ def result(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """A queued run's result (exit 3 if the run did not succeed, 1 if it has none yet)."""
+    from celery.result import AsyncResult
+
     try:
         uuid.UUID(run_id)
     except ValueError:
@@ -146,14 +132,10 @@ def result(
     _check_timeout(timeout)
     async_result: AsyncResult = AsyncResult(run_id, app=_celery_app())  # type: ignore[type-arg]
     try:
-        if wait:
-            outcome = wait_for(async_result, timeout)
-        elif async_result.ready():
-            outcome = async_result.get(propagate=False)
-        else:
+        if not (wait or async_result.ready()):
             attempts = store().run_outcomes(run_id)
             done = f"{len(attempts)} attempt(s) recorded so far" if attempts else "no attempt recorded yet"
             fail(f"run {run_id} has no result yet ({done}); `wre result {run_id} --wait` waits for it")
-        report_result(run_id, outcome, async_result.failed(), as_json)
+        report_result(run_id, wait_for(async_result, timeout), async_result.failed(), as_json)
     finally:
         async_result.backend.remove_pending_result(async_result)

@@ -10,27 +10,16 @@ import typer
 from rich.console import Group
 from rich.text import Text
 
-from db.screening import SCREENING_EVENT, screened
-from worker.evolvers.base import evolution_blocker
-from worker.registry import register_skill_files
-from worker.screening import screening_budget, screening_wait
-from worker.settings import get_settings
-from worker.skills import parse_variation
-from wre.context import console, print_json, show, store, table, user_errors
+from wre.context import command, console, known_skill, print_json, record_panel, show, store, table
 
 SCREENINGS_SHOWN = 5
 
 app = typer.Typer(help="Register and inspect skills.", no_args_is_help=True)
 
-ACTIONS = {
-    "added": "registered",
-    "unchanged": "unchanged",
-    "replaced": "replaced production of",
-}
+ACTIONS = {"added": "registered", "unchanged": "unchanged", "replaced": "replaced production of"}
 
 
-@app.command("add")
-@user_errors
+@command(app, "add")
 def add(
     paths: list[Path] = typer.Argument(..., metavar="FILE...", help="Skill files (Markdown with YAML front matter)."),
     replace: bool = typer.Option(
@@ -45,6 +34,8 @@ def add(
     A file whose content production is, or was evolved from, changes nothing; a changed file is refused
     with what differs unless --replace.
     """
+    from worker.registry import register_skill_files
+
     for registered in register_skill_files(store(), paths, replace=replace):
         result = registered.result
         note = f" (production {result.previous})" if result.action == "unchanged" and result.previous else ""
@@ -56,7 +47,9 @@ def add(
         )
 
 
-def skill_rows() -> list[dict[str, Any]]:
+@command(app, "list")
+def list_skills(as_json: bool = typer.Option(False, "--json", help="Print the skills as JSON.")) -> None:
+    """The registered skills and the variation production runs."""
     memory = store()
     rows = []
     for skill in memory.list_skills():
@@ -73,45 +66,27 @@ def skill_rows() -> list[dict[str, Any]]:
                 "description": skill.description,
             }
         )
-    return rows
-
-
-@app.command("list")
-@user_errors
-def list_skills(as_json: bool = typer.Option(False, "--json", help="Print the skills as JSON.")) -> None:
-    """The registered skills and the variation production runs."""
-    rows = skill_rows()
     if as_json:
         print_json(rows)
         return
     shown = table("skill", "agent", "threshold", "production", "running test, guard", "description")
     for row in rows:
-        shown.add_row(
-            row["name"],
-            row["default_agent"],
-            "default" if row["threshold"] is None else f"{row['threshold']:.2f}",
-            row["production_variation_id"] or "-",
-            " ".join(
-                f"{label}#{row[key]}"
-                for label, key in (("", "running_test_id"), ("guard ", "running_guard_id"))
-                if row[key]
-            )
-            or "-",
-            row["description"],
-        )
+        test_id, guard_id = row["running_test_id"], row["running_guard_id"]
+        routes = f"{f'#{test_id} ' if test_id else ''}{f'guard #{guard_id}' if guard_id else ''}".strip()
+        threshold = "default" if row["threshold"] is None else f"{row['threshold']:.2f}"
+        shown.add_row(row["name"], row["default_agent"], threshold, row["production_variation_id"] or "-",
+                      routes or "-", row["description"])
     show(shown)
 
 
-@app.command("show")
-@user_errors
+@command(app, "show")
 def show_skill(
     name: str = typer.Argument(..., metavar="NAME", help="The skill's name."),
     as_json: bool = typer.Option(False, "--json", help="Print the skill as JSON."),
 ) -> None:
     """A skill's production content, its variations and its recent metrics."""
     memory = store()
-    if memory.get_skill(name) is None:
-        raise ValueError(f"unknown skill {name!r}; `wre skill list` shows the registered ones")
+    known_skill(memory, name)
     production, content = memory.get_production(name)
     variations = [
         {
@@ -134,24 +109,21 @@ def show_skill(
     console.rule(f"{name} — production {production}")
     console.print(content, markup=False, highlight=False, soft_wrap=True)
     listed = table("variation", "parent", "status", "created by", "created", title="variations")
-    for variation in variations:
-        listed.add_row(
-            variation["variation_id"],
-            variation["parent_version"] or "-",
-            variation["test_status"],
-            variation["created_by"],
-            (variation["created_at"] or "-").replace("T", " "),
-        )
-    figures = table("figure", "value", title=f"last {metrics['days']:g} days")
-    for key, value in metrics.items():
-        if key not in ("skill_name", "days"):
-            figures.add_row(key.replace("_", " "), "-" if value is None else
-                            f"{value:.3f}" if isinstance(value, float) else str(value))
-    show(Group(listed, figures, *_evolution_lines(evolution)))
+    for row in variations:
+        listed.add_row(row["variation_id"], row["parent_version"] or "-", row["test_status"], row["created_by"],
+                       (row["created_at"] or "-").replace("T", " "))
+    figures = {key: value for key, value in metrics.items() if key not in ("skill_name", "days")}
+    show(Group(listed, record_panel(f"last {metrics['days']:g} days", figures), *_evolution_lines(evolution)))
 
 
 def _evolution(name: str, content: str) -> dict[str, Any]:
     """Whether the skill evolves (and why not), what screening has spent, and its latest screenings."""
+    from db.screening import SCREENING_EVENT
+    from worker.evolvers.base import evolution_blocker
+    from worker.screening import screening_budget, screening_wait
+    from worker.settings import get_settings
+    from worker.skills import parse_variation
+
     memory = store()
     variation = parse_variation(content)
     blocker = evolution_blocker(variation)
@@ -178,6 +150,8 @@ def _evolution(name: str, content: str) -> dict[str, Any]:
 
 
 def _evolution_lines(evolution: dict[str, Any]) -> list[Any]:
+    from db.screening import screened
+
     state = "on" if evolution["evolved"] else f"not evolved: {evolution['not_evolved_because']}"
     lines: list[Any] = [
         Text(f"evolution: {state}"),
@@ -210,33 +184,21 @@ def _evolution_lines(evolution: dict[str, Any]) -> list[Any]:
     return [*lines, listed]
 
 
-@app.command("history")
-@user_errors
+@command(app, "history")
 def history(
     name: str = typer.Argument(..., metavar="NAME", help="The skill's name."),
     as_json: bool = typer.Option(False, "--json", help="Print the lineage as JSON."),
 ) -> None:
     """The skill's production lineage: every version that was production, when and why."""
     memory = store()
-    if memory.get_skill(name) is None:
-        raise ValueError(f"unknown skill {name!r}; `wre skill list` shows the registered ones")
+    known_skill(memory, name)
     changes = memory.production_history(name)
     if as_json:
-        print_json(
-            [
-                {**asdict(change), "created_at": change.created_at.isoformat() if change.created_at else None}
-                for change in changes
-            ]
-        )
+        print_json([{**asdict(c), "created_at": c.created_at.isoformat() if c.created_at else None} for c in changes])
         return
     listed = table("#", "since", "production", "replaced", "why", "test", title=f"{name}: production lineage")
-    for change in changes:
-        listed.add_row(
-            str(change.change_id),
-            change.created_at.strftime("%Y-%m-%d %H:%M:%S") if change.created_at else "-",
-            change.variation_id,
-            change.previous_variation_id or "-",
-            change.reason,
-            f"#{change.test_id}" if change.test_id else "-",
-        )
+    for c in changes:
+        since = c.created_at.strftime("%Y-%m-%d %H:%M:%S") if c.created_at else "-"
+        listed.add_row(str(c.change_id), since, c.variation_id, c.previous_variation_id or "-", c.reason,
+                       f"#{c.test_id}" if c.test_id else "-")
     show(listed)
