@@ -54,10 +54,11 @@ def test_throughput(broker_url: str, capsys: pytest.CaptureFixture[str]) -> None
         assert runs == 40 and seconds > 0 and rate > 0
     ratio_b, ratio_c, _ = _numbers(r"b/a = ([\d.]+) +c/a = ([\d.]+) +b/c = ([\d.]+)", out)
     assert 0 < ratio_b < 5 and 0 < ratio_c < 5
-    # Counted in the worker: at most one single-statement write per attempt (attempts recorded at the same moment
-    # share one: group commit).
-    (writes,) = _numbers(r"statements \(([\d.]+) writes", out)
-    assert 0 < writes <= 1.0
+    # Counted in the worker: at most one writing transaction per attempt (attempts recorded at the same moment
+    # share one: group commit); over so few runs the cache's first reads are a large share, each its own.
+    pattern = r"counting worker: ([\d.]+) transactions .*statements \(([\d.]+) writes, ([\d.]+) reads"
+    transactions, writes, reads = _numbers(pattern, out)
+    assert writes > 0 and 0 < transactions <= 1.0 + reads
     _bars(out, 2)
 
 
