@@ -42,7 +42,8 @@ from db.models import EVENTS, OUTCOMES, TESTS, VARIATIONS
 from db.screening import SCREENING_EVENT
 from worker.agents.simulated import simulation_spec
 from worker.client import enqueue_skill
-from worker.settings import Settings
+from worker.screening import SCREEN_ALPHA
+from worker.settings import SCREEN_CANDIDATES, SCREEN_GENERATIONS, Settings
 from worker.skills import parse_skill
 
 # wre's defaults as the code declares them (the worker gets no statistical override).
@@ -427,9 +428,9 @@ def main(argv: list[str] | None = None) -> int:
         f"evolver: p' = p + N({fleet.mean_shift}, {fleet.spread}) (declared per skill); statistics at wre's "
         f"defaults (A/B: sequential, alpha 0.05, min 20/arm, max "
         f"{args.max_trials_per_arm or DEFAULTS['ab_max_trials_per_arm']}/arm; screening: "
-        f"{DEFAULTS['evolve_candidates']} candidates, {DEFAULTS['screen_generations']} rounds, sign test at "
-        f"{DEFAULTS['screen_alpha']}, "
-        f"{DEFAULTS['screen_max_calls']} calls, budget {DEFAULTS['screen_budget_share']} of the {DEFAULTS['screen_budget_scope']}'s live runs); clocks compressed: evaluated every 1 s, evolution cooldown {args.cooldown:g} s"
+        f"{SCREEN_CANDIDATES} candidates, {SCREEN_GENERATIONS} rounds, sign test at {SCREEN_ALPHA}, "
+        f"{DEFAULTS['screen_max_calls']} calls, budget {DEFAULTS['screen_budget_share']} of the fleet's live runs); "
+        f"clocks compressed: evaluated every 1 s, evolution cooldown {args.cooldown:g} s"
     )
     if args.setting:
         report.line(f"NOT AT WRE'S DEFAULTS (exploration): {', '.join(args.setting)}")
