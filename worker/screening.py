@@ -327,19 +327,17 @@ def screen_candidates(
             "refused": refusals,
         }
         memory.record_learning_event(
-            parent.name,
-            SCREENING_EVENT,
-            chosen.variation_id if chosen else None,
-            fidelity_before=parent_score.fidelity,
-            fidelity_after=best.fidelity,
-            description=description,
-            details=details,
-            counters=screening_deltas(parent.name, calls, reservation),
+            parent.name, SCREENING_EVENT, chosen.variation_id if chosen else None,
+            fidelity_before=parent_score.fidelity, fidelity_after=best.fidelity, description=description,
+            details=details, counters=screening_deltas(parent.name, calls, reservation),
         )
     except BaseException:
         # No event (writing it is the last step here): the calls made are settled without one. (An error after
         # the event's commit reached the server would settle twice: a window of one round trip.)
-        _settle(memory, parent.name, meter.calls, reservation)
+        try:
+            memory.add_to_counters(screening_deltas(parent.name, meter.calls, reservation))
+        except Exception:  # the store is away: the screening's own error is the one to raise
+            log.warning("screening: %d calls not settled; the reservation expires", meter.calls, exc_info=True)
         raise
     if chosen is None:
         raise EvolutionRefused(f"screening: {verdict}")
@@ -363,16 +361,6 @@ class CallMeter:
             if time.monotonic() > self._deadline:
                 raise EvolutionRefused(f"screening out of time after {SCREEN_SECONDS} s")
             self.calls += 1
-
-
-def _settle(memory: PatternMemory, skill_name: str, calls: int, reservation: tuple[str, int]) -> None:
-    """Settle a screening that wrote no event: the calls it made stay spent, its reservation goes back (that of a
-    worker killed during a screening stops counting when it is too old, db/screening.py)."""
-    try:
-        memory.add_to_counters(screening_deltas(skill_name, calls, reservation))
-    except Exception:
-        # The store is away: the screening's own error is the one to raise; its reservation expires.
-        log.warning("screening: %d calls not settled", calls, exc_info=True)
 
 
 @dataclass(frozen=True)
