@@ -429,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
         f"defaults (A/B: sequential, alpha 0.05, min 20/arm, max "
         f"{args.max_trials_per_arm or DEFAULTS['ab_max_trials_per_arm']}/arm; screening: "
         f"{SCREEN_CANDIDATES} candidates, {SCREEN_GENERATIONS} rounds, sign test at {SCREEN_ALPHA}, "
-        f"{DEFAULTS['screen_max_calls']} calls, budget {DEFAULTS['screen_budget_share']} of the {DEFAULTS['screen_budget_scope']}'s live runs); clocks compressed: evaluated every 1 s, evolution cooldown {args.cooldown:g} s"
+        f"{DEFAULTS['screen_max_calls']} calls, budget {DEFAULTS['screen_budget_share']} of the fleet's live runs); "
+        f"clocks compressed: evaluated every 1 s, evolution cooldown {args.cooldown:g} s"
     )
     if args.setting:
         report.line(f"NOT AT WRE'S DEFAULTS (exploration): {', '.join(args.setting)}")

@@ -45,13 +45,7 @@ def _evolve_claimed(memory: PatternMemory, settings: Settings, skill_name: str) 
     production_id, content = memory.get_production(skill_name)
     parent = parse_variation(content)
     failures = [
-        Failure(
-            run_id=row["run_id"],
-            pattern_fidelity=row["pattern_fidelity"],
-            failed_at_step=row["failed_at_step"],
-            error=row["error"],
-            output=row["output"] or "",
-        )
+        Failure(row["run_id"], row["pattern_fidelity"], row["failed_at_step"], row["error"], row["output"] or "")
         for row in memory.recent_failures(skill_name, FAILURE_WINDOW)
     ]
     try:

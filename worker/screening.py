@@ -15,12 +15,10 @@ error guarantee whatever screening let through.
 Replays run in the evolve task (the maintenance queue), through the same agents and the same scoring as live
 runs, under run ids of their own. They write no outcome row, no run counter and no A/B trial: one learning event
 per screening (:data:`db.screening.SCREENING_EVENT`) records every round's candidates and replay scores, the
-chosen one and the calls and tokens spent, and settles the fleet's counter of screening calls. Calls are capped
-per screening (``WRE_SCREEN_MAX_CALLS``) and by a budget, ``WRE_SCREEN_BUDGET_SHARE`` of live runs: by default
-the fleet's (every skill's finished runs less every skill's screening calls, one skill at most
-:data:`SKILL_CAP_SHARES` times its own share plus one screening; a screening reserves its calls before it
-starts), or the skill's own (``WRE_SCREEN_BUDGET_SCOPE=skill``). An evolution that the budget cannot pay for
-waits for more live traffic.
+chosen one and the calls and tokens spent, and settles the calls it reserved before it started. Calls are
+capped per screening (``WRE_SCREEN_MAX_CALLS``) and by the fleet's budget, ``WRE_SCREEN_BUDGET_SHARE`` of every
+skill's finished runs less every skill's screening calls, one skill at most :data:`SKILL_CAP_SHARES` times its
+own share plus one screening. An evolution that the budget cannot pay for waits for more live traffic.
 """
 
 from __future__ import annotations
@@ -30,6 +28,7 @@ import logging
 import math
 import statistics
 import threading
+import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
@@ -37,6 +36,7 @@ from typing import Any
 
 from db.memory import PatternMemory
 from db.screening import (
+    RESERVATION_SECONDS,
     SCREENING_EVENT,
     ReplayInput,
     fleet_screening_spent,
@@ -47,9 +47,10 @@ from db.screening import (
     screening_spent,
 )
 from worker.agents import AgentResult, AttemptInfo, get_agent, run_attempt
+from worker.agents.isolation import close_child
 from worker.evolvers import EvolutionRefused, Evolver, Failure, validate_proposal
 from worker.evolvers.base import evolution_blocker
-from worker.scoring import score
+from worker.scoring import Score, score_within
 from worker.settings import (
     MIN_REPLAY_INPUTS,
     SCREEN_CANDIDATES,
@@ -61,13 +62,21 @@ from worker.skills import Skill
 
 log = logging.getLogger(__name__)
 
+# How long a screening and its task may take. WRE_SCREEN_MAX_CALLS calls of up to a skill's time limit bound
+# nothing a setting cannot stretch; at the defaults a screening is 25 waves of REPLAY_THREADS calls: minutes.
+# After SCREEN_SECONDS no replay starts (on any pool: a threads pool gets no Celery limit), and the rounds
+# finished are judged. The evolve task's soft limit leaves the replays under way an attempt and its scoring at
+# the default time limit; at its hard limit a prefork worker kills it, its claim lapses and its reservation
+# stops counting (db/screening.py).
+SCREEN_SECONDS = 10 * 60
+EVOLVE_SOFT_TIME_LIMIT = SCREEN_SECONDS + 2 * 60
+EVOLVE_TIME_LIMIT = RESERVATION_SECONDS
 # Replays of one screening in parallel (an llm agent waits on its server; the others are quick anyway).
 REPLAY_THREADS = 4
 TOKEN_KEYS = ("prompt_tokens", "completion_tokens")
-# A fleet budget lets a failing skill spend what the skills that need no screening leave, but one skill spends
+# The fleet's budget lets a failing skill spend what the skills that need no screening leave, but one skill spends
 # at most this many times its own share of its live runs, plus one screening: a skill whose screenings never
-# find anything must not take every other skill's share. bench/loop_model.py, held-out fleet: 13 of 14
-# triples of seeds met the gate with this cap, 9 of 14 with none, 5 of 14 with the skill's own budget.
+# find anything must not take every other skill's share.
 SKILL_CAP_SHARES = 2
 # The replay set: inputs of this many recent failed runs, and of a few recent passing ones (to catch regressions).
 SCREEN_FAILURES = 20
@@ -118,11 +127,8 @@ class _Replayed:
     tokens: int | None
 
     def plus(self, more: _Replayed) -> _Replayed:
-        return _Replayed(
-            self.fidelities + more.fidelities,
-            self.successes + more.successes,
-            _sum_tokens([self.tokens, more.tokens]),
-        )
+        tokens = _sum_tokens([self.tokens, more.tokens])
+        return _Replayed(self.fidelities + more.fidelities, self.successes + more.successes, tokens)
 
 
 def _sum_tokens(figures: Iterable[int | None]) -> int | None:
@@ -136,13 +142,8 @@ def _score(variation_id: str, replayed: _Replayed, base: _Replayed) -> ReplaySco
     wins = sum(mine > theirs for mine, theirs in pairs)
     losses = sum(mine < theirs for mine, theirs in pairs)
     return ReplayScore(
-        variation_id,
-        statistics.fmean(replayed.fidelities),
-        replayed.successes,
-        wins,
-        losses,
-        sign_test_p_value(wins, losses),
-        len(replayed.fidelities),
+        variation_id, statistics.fmean(replayed.fidelities), replayed.successes, wins, losses,
+        sign_test_p_value(wins, losses), len(replayed.fidelities),
     )
 
 
@@ -160,76 +161,62 @@ class ScreeningBudget:
     :param calls: agent calls the next screening may spend (at most ``WRE_SCREEN_MAX_CALLS``).
     :param skill_spent: the skill's screening calls so far.
     :param skill_runs: its finished live runs.
-    :param bound_by: which limit ``calls`` is: ``WRE_SCREEN_MAX_CALLS``, the skill's share, the fleet's share or
-        the skill's cap.
-    :param fleet_spent: every skill's screening calls, those reserved by screenings under way included (None
-        with the skill's own budget).
-    :param fleet_runs: every skill's finished live runs (None with the skill's own budget).
-    :param reserved: calls this screening reserved from the fleet's budget (settled with its event).
+    :param bound_by: which limit ``calls`` is: ``WRE_SCREEN_MAX_CALLS``, the fleet's share or the skill's cap.
+    :param fleet_spent: every skill's screening calls, those reserved by screenings under way included.
+    :param fleet_runs: every skill's finished live runs.
     """
 
     calls: int
     skill_spent: int
     skill_runs: int
     bound_by: str
-    fleet_spent: int | None = None
-    fleet_runs: int | None = None
-    reserved: int = 0
+    fleet_spent: int
+    fleet_runs: int
 
     def describe(self, settings: Settings) -> str:
         """The figures in one line, for a screening that waits and for ``wre skill show``."""
-        own = f"{self.skill_spent} replay calls spent for {self.skill_runs} live runs"
-        share = f"WRE_SCREEN_BUDGET_SHARE={settings.screen_budget_share:g}"
-        if self.fleet_spent is None:
-            return f"{own} ({share}, the skill's own runs)"
         return (
-            f"{own}; the fleet {self.fleet_spent} for {self.fleet_runs} ({share} of the fleet's runs, one skill "
-            f"at most {SKILL_CAP_SHARES}x its own share plus {settings.screen_max_calls}); bound by {self.bound_by}"
+            f"{self.skill_spent} replay calls spent for {self.skill_runs} live runs; the fleet "
+            f"{self.fleet_spent} for {self.fleet_runs} (WRE_SCREEN_BUDGET_SHARE={settings.screen_budget_share:g} "
+            f"of the fleet's runs, one skill at most {SKILL_CAP_SHARES}x its own share plus "
+            f"{settings.screen_max_calls}); bound by {self.bound_by}"
         )
 
 
 def screening_budget(memory: PatternMemory, settings: Settings, skill_name: str) -> ScreeningBudget:
-    """The calls the skill's next screening may spend, under ``WRE_SCREEN_BUDGET_SCOPE``.
+    """The calls the skill's next screening may spend.
 
     :param memory: the store (the skill's and the fleet's counters of screening calls and finished runs).
-    :param settings: share, scope and the cap per screening.
+    :param settings: share and the cap per screening.
     :param skill_name: the skill.
     """
-    spent, runs = screening_spent(memory, skill_name)
-    if settings.screen_budget_scope == "skill":
-        return _budget(settings, spent, runs)
-    return _budget(settings, spent, runs, *fleet_screening_spent(memory))
+    return _budget(settings, *screening_spent(memory, skill_name), *fleet_screening_spent(memory))
 
 
-def _budget(
-    settings: Settings, spent: int, runs: int, fleet_spent: int | None = None, fleet_runs: int | None = None
-) -> ScreeningBudget:
+def _budget(settings: Settings, spent: int, runs: int, fleet_spent: int, fleet_runs: int) -> ScreeningBudget:
     share = settings.screen_budget_share
-    limits = {"WRE_SCREEN_MAX_CALLS": settings.screen_max_calls}
-    if fleet_spent is None or fleet_runs is None:
-        limits["the skill's share"] = int(share * runs) - spent
-    else:
-        limits["the fleet's share"] = int(share * fleet_runs) - fleet_spent
-        limits["the skill's cap"] = int(SKILL_CAP_SHARES * share * runs) - spent + settings.screen_max_calls
-    bound_by = min(limits, key=lambda name: limits[name])  # the first of equals: the cap per screening
+    limits = {
+        "WRE_SCREEN_MAX_CALLS": settings.screen_max_calls,
+        "the fleet's share": int(share * fleet_runs) - fleet_spent,
+        "the skill's cap": int(SKILL_CAP_SHARES * share * runs) - spent + settings.screen_max_calls,
+    }
+    bound_by = min(limits, key=limits.__getitem__)  # the first of equals: the cap per screening
     return ScreeningBudget(limits[bound_by], spent, runs, bound_by, fleet_spent, fleet_runs)
 
 
-def _reserve(memory: PatternMemory, settings: Settings, skill_name: str) -> ScreeningBudget:
-    """The skill's budget; from the fleet's, reserved (when it pays for the smallest screening) in one step."""
-    if settings.screen_budget_scope == "skill":
-        return screening_budget(memory, settings, skill_name)  # the skill's claim keeps it to one screening
+def _reserve(
+    memory: PatternMemory, settings: Settings, skill_name: str
+) -> tuple[ScreeningBudget, tuple[str, int]]:
+    """The skill's budget, and its reservation from the fleet's (when it pays for the smallest screening)."""
     spent, runs = screening_spent(memory, skill_name)
     found: list[ScreeningBudget] = []
 
     def reserve(fleet_spent: int, fleet_runs: int) -> int:
-        budget = _budget(settings, spent, runs, fleet_spent, fleet_runs)
-        reserved = budget.calls if budget.calls >= SMALLEST_SCREENING else 0
-        found.append(replace(budget, reserved=reserved))
-        return reserved
+        found.append(_budget(settings, spent, runs, fleet_spent, fleet_runs))
+        return found[-1].calls if found[-1].calls >= SMALLEST_SCREENING else 0
 
-    reserve_fleet_calls(memory, skill_name, reserve)
-    return found[-1]
+    reservation = reserve_fleet_calls(memory, reserve)
+    return found[-1], reservation
 
 
 def screening_wait(
@@ -285,30 +272,22 @@ def screen_candidates(
     :raises EvolutionRefused: nothing an evolver can change, no budget, no recorded inputs, no candidate, or
         no candidate beat the parent (a learning event records that screening).
     """
-    budget, meter = _reserve(memory, settings, parent.name), CallMeter()
+    (budget, reservation), meter = _reserve(memory, settings, parent.name), CallMeter()
     try:
         # Checked again on the budget reserved: other skills' screenings may have spent the fleet's since the
         # check before the claim.
         waiting = screening_wait(memory, settings, parent, budget)
         if waiting is not None:
             raise EvolutionRefused(waiting)
+        inputs = _interleaved(replay_inputs(memory, parent.name, SCREEN_FAILURES, SCREEN_PASSES))
+        threshold = parent.threshold if parent.threshold is not None else settings.react_fidelity
         search = _Search(
-            memory,
-            settings,
-            parent,
-            production_id,
-            evolver,
-            failures,
-            seed,
-            _interleaved(replay_inputs(memory, parent.name, SCREEN_FAILURES, SCREEN_PASSES)),
-            budget.calls,
-            parent.threshold if parent.threshold is not None else settings.react_fidelity,
-            meter,
+            memory, settings, parent, production_id, evolver, failures, seed, inputs, budget.calls, threshold, meter
         )
         # A screening that chose nothing kept its last survivor if that one scored above production; the next
         # screening of the same production resumes from it, so what the last one found is not searched for again.
         resumed = _resumed(memory, parent, production_id)
-        rounds, kept, refusals, _, resumed = search.run_resumed(resumed)
+        rounds, kept, refusals, resumed = search.run_resumed(resumed)
         # Every call made, a round cut short included (its rounds' own figures leave out what they did not finish).
         calls = meter.calls
         last = rounds[-1]
@@ -348,21 +327,17 @@ def screen_candidates(
             "refused": refusals,
         }
         memory.record_learning_event(
-            parent.name,
-            SCREENING_EVENT,
-            chosen.variation_id if chosen else None,
-            fidelity_before=parent_score.fidelity,
-            fidelity_after=best.fidelity,
-            description=description,
-            details=details,
-            # The calls made, less what was reserved when it started (the unused part goes back).
-            counters=screening_deltas(parent.name, calls - budget.reserved),
+            parent.name, SCREENING_EVENT, chosen.variation_id if chosen else None,
+            fidelity_before=parent_score.fidelity, fidelity_after=best.fidelity, description=description,
+            details=details, counters=screening_deltas(parent.name, calls, reservation),
         )
     except BaseException:
-        # No event (writing it is the last step here): the counters are settled to the calls made, the rest of
-        # the reservation goes back. (An error after the event's commit reached the server would settle twice:
-        # a window of one round trip, worth reserved - calls.)
-        _settle(memory, parent.name, meter.calls - budget.reserved)
+        # No event (writing it is the last step here): the calls made are settled without one. (An error after
+        # the event's commit reached the server would settle twice: a window of one round trip.)
+        try:
+            memory.add_to_counters(screening_deltas(parent.name, meter.calls, reservation))
+        except Exception:  # the store is away: the screening's own error is the one to raise
+            log.warning("screening: %d calls not settled; the reservation expires", meter.calls, exc_info=True)
         raise
     if chosen is None:
         raise EvolutionRefused(f"screening: {verdict}")
@@ -373,31 +348,19 @@ class CallMeter:
     """The agent calls one screening has made, counted as each starts (replays run in threads).
 
     What settles the counters, whatever ends the screening: a replay that raised, or a round cut short by a
-    candidate that cannot run, still made the calls before it.
+    candidate that cannot run, still made the calls before it. No call starts after :data:`SCREEN_SECONDS`.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._calls = 0
+        self.calls = 0  # read once the replays are done
+        self._deadline = time.monotonic() + SCREEN_SECONDS
 
     def add(self) -> None:
         with self._lock:
-            self._calls += 1
-
-    @property
-    def calls(self) -> int:
-        with self._lock:
-            return self._calls
-
-
-def _settle(memory: PatternMemory, skill_name: str, delta: int) -> None:
-    """Correct the fleet's counter of a screening that wrote no event: the calls it made stay spent, the rest of
-    its reservation goes back (a worker killed during a screening cannot: that reservation stays spent)."""
-    try:
-        memory.add_to_counters(screening_deltas(skill_name, delta))
-    except Exception:
-        # The store is away: the screening's own error is the one to raise; its reservation stays spent.
-        log.warning("screening: the fleet's calls not settled by %d", delta, exc_info=True)
+            if time.monotonic() > self._deadline:
+                raise EvolutionRefused(f"screening out of time after {SCREEN_SECONDS} s")
+            self.calls += 1
 
 
 @dataclass(frozen=True)
@@ -418,7 +381,7 @@ class _Search:
 
     def run_resumed(
         self, resumed: tuple[str, Skill] | None
-    ) -> tuple[list[_Round], tuple[str, Skill] | None, list[str], int, tuple[str, Skill] | None]:
+    ) -> tuple[list[_Round], tuple[str, Skill] | None, list[str], tuple[str, Skill] | None]:
         """:meth:`run` from ``resumed``, or from production when that survivor offers nothing; and where it began."""
         try:
             return (*self.run(resumed), resumed)
@@ -428,14 +391,12 @@ class _Search:
             # The resumed survivor offers nothing new (a deterministic evolver) or cannot run: start from
             # production again, on what its replays left of the budget. This screening's event then ends the
             # resume; else every later one would stop here the same way.
-            rounds, kept, refusals, calls = replace(self, budget=self.budget - self.meter.calls).run(None)
+            rounds, kept, refusals = replace(self, budget=self.budget - self.meter.calls).run(None)
             refusals.insert(0, f"resuming {resumed[0]}: {error}"[:200])
-            return rounds, kept, refusals, calls, None
+            return rounds, kept, refusals, None
 
-    def run(
-        self, start: tuple[str, Skill] | None
-    ) -> tuple[list[_Round], tuple[str, Skill] | None, list[str], int]:
-        """The rounds done, the survivor to keep (or None), why proposals were dropped, and the calls spent.
+    def run(self, start: tuple[str, Skill] | None) -> tuple[list[_Round], tuple[str, Skill] | None, list[str]]:
+        """The rounds done, the survivor to keep (or None), and why proposals were dropped.
 
         :param start: a survivor to start from, as a later round would (a resumed screening), or None.
         :raises EvolutionRefused: the first round had no candidate, or one of them cannot run.
@@ -462,30 +423,24 @@ class _Search:
                 break  # nothing new to search from the survivor: the last round's survivor is judged
             refusals += refused
             # The kept survivor goes last, so that a tie in the halving goes to a new candidate: those are drawn
-            # around it, with the evolver's hoped-for step on top (in bench/loop_model.py, first costs 3 points).
+            # around it, with the evolver's hoped-for step on top.
             candidates = [*proposed, *([kept] if kept is not None else [])]
             # Each round starts on the inputs after the previous round's, under run ids of its own. With fewer
             # recorded inputs than the rounds replay (25 against about 36 at the defaults) it wraps round: a
             # stochastic agent draws afresh on a repeated input, a deterministic one repeats itself.
             round_inputs = inputs[offset:] + inputs[:offset]
             try:
+                skills, budget = {production_id: parent, **dict(candidates)}, self.budget - calls
                 done = _halve(
-                    settings,
-                    {production_id: parent, **dict(candidates)},
-                    production_id,
-                    candidates,
-                    base_id,
-                    round_inputs,
-                    replay_ids(round_seed, round_inputs),
-                    (self.budget - calls) // (SCREEN_GENERATIONS - generation),
-                    self.threshold,
-                    self.meter,
+                    settings, skills, production_id, candidates, base_id, round_inputs,
+                    replay_ids(round_seed, round_inputs), budget // (SCREEN_GENERATIONS - generation),
+                    self.threshold, self.meter,
                 )
             except EvolutionRefused as error:
                 if not rounds:
                     raise
-                # A candidate of a later round cannot run: the search ends there, and the rounds done are
-                # judged and recorded (with their calls, which count against the budget).
+                # A candidate of a later round cannot run, or time is up: the search ends there, and the rounds
+                # done are judged and recorded (with their calls, which count against the budget).
                 refusals.append(f"round {generation + 1}: {error}"[:200])
                 break
             if not done.inputs:
@@ -500,7 +455,7 @@ class _Search:
                 base_id, base, kept = production_id, parent, None
         if not rounds:  # nothing replayed, nothing spent (the wait before makes this unreachable)
             raise EvolutionRefused(f"no recorded input of {parent.name!r} to replay")
-        return rounds, kept, refusals, calls
+        return rounds, kept, refusals
 
 
 @dataclass(frozen=True)
@@ -566,11 +521,8 @@ def _halve(
     per_step = budget / (math.ceil(math.log2(len(alive))) + 1)
     used = calls = 0
     while used < len(inputs):
-        size = min(
-            len(inputs) - used,
-            max(1, int(per_step // (len(alive) + 1))),
-            (budget - calls) // (len(alive) + 1),
-        )
+        in_step = len(alive) + 1  # the parent and the candidates still in
+        size = min(len(inputs) - used, max(1, int(per_step // in_step)), (budget - calls) // in_step)
         if size <= 0:
             break
         batch, batch_ids = inputs[used : used + size], run_ids[used : used + size]
@@ -579,7 +531,7 @@ def _halve(
                 _replay(settings, skills[variation_id], variation_id, batch, batch_ids, threshold, meter)
             )
         used += size
-        calls += size * (len(alive) + 1)
+        calls += size * in_step
         if len(alive) > 1:
             alive = sorted(alive, key=lambda v: -statistics.fmean(replayed[v].fidelities))[: len(alive) // 2]
     return _Round(base_id, production_id, candidates, inputs[:used], replayed, alive[0], calls)
@@ -660,29 +612,38 @@ def _replay(
     threshold: float,
     meter: CallMeter,
 ) -> _Replayed:
-    """Run ``skill`` on every input and score it; infrastructure errors propagate (the task retries)."""
+    """Run ``skill`` on every input and score it, under the time limits of a live attempt; infrastructure errors
+    propagate (the task retries)."""
     agent = get_agent(skill.agent)
     time_limit = skill.time_limit or settings.default_time_limit_seconds
 
-    def one(pair: tuple[ReplayInput, str]) -> AgentResult:
-        item, run_id = pair
-        meter.add()
-        return run_attempt(agent, skill, item.input_context, AttemptInfo(run_id, 1, variation_id), time_limit)
+    def share(pairs: list[tuple[ReplayInput, str]]) -> list[tuple[AgentResult, Score]]:
+        # One thread's share of the replays. A python agent or a code check runs in the thread's child process,
+        # which would outlive the pool's thread: it is closed when the share is done.
+        done = []
+        try:
+            for item, run_id in pairs:
+                meter.add()
+                info = AttemptInfo(run_id, 1, variation_id)
+                result = run_attempt(agent, skill, item.input_context, info, time_limit)
+                done.append((result, score_within(skill, result.output, result.error, threshold, time_limit)))
+        finally:
+            close_child()
+        return done
 
+    pairs = list(zip(inputs, run_ids, strict=True))
+    size = max(1, math.ceil(len(pairs) / REPLAY_THREADS))
     with ThreadPoolExecutor(max_workers=REPLAY_THREADS) as pool:
-        results = list(pool.map(one, zip(inputs, run_ids, strict=True)))
+        shares = list(pool.map(share, [pairs[start : start + size] for start in range(0, len(pairs), size)]))
+    results, scored = zip(*[replay for part in shares for replay in part], strict=True)
     fatal = next((result for result in results if result.fatal), None)
     if fatal is not None:
         raise EvolutionRefused(f"replays of {variation_id} cannot run: {fatal.error}")
-    scored = [score(skill, result.output, result.error, threshold) for result in results]
-    return _Replayed(
-        [item.pattern_fidelity for item in scored],
-        sum(item.success for item in scored),
-        _tokens(results),
-    )
+    fidelities = [item.pattern_fidelity for item in scored]
+    return _Replayed(fidelities, sum(item.success for item in scored), _tokens(results))
 
 
-def _tokens(results: list[AgentResult]) -> int | None:
+def _tokens(results: Iterable[AgentResult]) -> int | None:
     """Tokens the agent reported (prompt + completion), or None when it reported none."""
     reported: list[dict[str, Any]] = [result.usage for result in results if isinstance(result.usage, dict)]
     if not reported:

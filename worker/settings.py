@@ -97,10 +97,8 @@ class Settings(BaseSettings):
         ``x-queue-type``). An existing queue keeps the type it was declared with.
     :param screen_max_calls: agent calls one screening may spend (the parent's replays included); the replay
         set is cut to fit. At least the smallest screening (:data:`SMALLEST_SCREENING`, 90 calls).
-    :param screen_budget_share: screening calls stay within this share of live runs; an evolution that would
-        exceed it waits for more live traffic.
-    :param screen_budget_scope: whose live runs pay: ``fleet`` every skill's, less every skill's screening calls
-        (one skill at most twice its own share plus one screening), or ``skill`` its own.
+    :param screen_budget_share: screening calls stay within this share of every skill's live runs (one skill at
+        most twice its own share plus one screening); an evolution that would exceed it waits for more traffic.
     :param task_events: Celery task events and the ``STARTED`` state, for Flower and ``celery events``. Off: they
         cost a publish per task state and a result write per task, and wre reads none. Flower turns them on
         in the workers it sees; 1 has them from a worker's first task (docker-compose.yml, which runs Flower).
@@ -144,7 +142,6 @@ class Settings(BaseSettings):
     queue_type: Literal["classic", "quorum"] = "classic"
     screen_max_calls: int = Field(100, ge=SMALLEST_SCREENING, le=10_000)
     screen_budget_share: float = Field(0.2, ge=0.0, le=10.0)
-    screen_budget_scope: Literal["fleet", "skill"] = "fleet"
     task_events: bool = False
     llm_base_url: str = Field("http://127.0.0.1:11434/v1", pattern=HTTP_URL_PATTERN)
     llm_model: str = Field("llama3.1", min_length=1)

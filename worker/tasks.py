@@ -18,6 +18,7 @@ from worker.app import MAINTENANCE_QUEUE, app
 from worker.evolution import evolve_skill as evolve
 from worker.messages import MessageError, check_run_id
 from worker.runner import InvalidRunError, SkillRunner
+from worker.screening import EVOLVE_SOFT_TIME_LIMIT, EVOLVE_TIME_LIMIT
 from worker.settings import get_settings
 from worker.skills import check_variation
 
@@ -86,7 +87,9 @@ def enqueue_evolution(skill_name: str) -> None:
         log.warning("evolution of %s not enqueued now (%s); the outbox sweep will", skill_name, error)
 
 
-@app.task(name="wre.evolve_skill", **retries.EVOLVE_RETRY_OPTIONS)
+# Time limits sized from a screening's (worker/screening.py); a prefork worker kills the task at the hard one.
+@app.task(name="wre.evolve_skill", soft_time_limit=EVOLVE_SOFT_TIME_LIMIT, time_limit=EVOLVE_TIME_LIMIT,
+          **retries.EVOLVE_RETRY_OPTIONS)
 def evolve_skill_task(skill_name: str) -> dict[str, Any]:
     """Propose a variation of ``skill_name`` from its recent failures and start its A/B test."""
     runner = get_runner()

@@ -135,7 +135,6 @@ def _evolution(name: str, content: str) -> dict[str, Any]:
         "not_evolved_because": blocker,
         "screening_calls": budget.skill_spent,
         "live_runs": budget.skill_runs,
-        "screening_budget_scope": settings.screen_budget_scope,
         "fleet_screening_calls": budget.fleet_spent,
         "fleet_live_runs": budget.fleet_runs,
         # What the next screening may spend now, and why it waits (below the smallest screening, say).
@@ -157,8 +156,7 @@ def _evolution_lines(evolution: dict[str, Any]) -> list[Any]:
         Text(f"evolution: {state}"),
         Text(
             f"screening: {evolution['screening_calls']} replay calls for {evolution['live_runs']} live runs"
-            + (f"; the fleet {evolution['fleet_screening_calls']} for {evolution['fleet_live_runs']}"
-               if evolution["screening_budget_scope"] == "fleet" else "")
+            + f"; the fleet {evolution['fleet_screening_calls']} for {evolution['fleet_live_runs']}"
             + f" (next screening may spend {evolution['next_screening_calls']})"
         ),
         *([Text(f"waits: {evolution['screening_waits']}")] if evolution["screening_waits"] else []),

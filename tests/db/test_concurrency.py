@@ -109,6 +109,6 @@ def test_screening_reservations_read_and_write_one_at_a_time(store: PatternMemor
         time.sleep(0.05)
         return 100 if runs - spent >= 100 else 0
 
-    _in_threads(4, lambda index: reserve_fleet_calls(store, f"skill-{index}", reserve))
+    _in_threads(4, lambda index: reserve_fleet_calls(store, reserve))
     assert sorted(seen) == [0, 100, 200, 200]
     assert fleet_screening_spent(store) == (200, 250)

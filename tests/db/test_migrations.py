@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from sqlalchemy import create_engine, insert, inspect
 from db.memory import PatternMemory
 from db.migrate import current_revision, downgrade, upgrade
 from db.models import EVENTS, OUTCOMES, Base
-from db.screening import fleet_screening_spent, screening_spent
+from db.screening import RESERVED_CALLS, fleet_screening_spent, screening_spent
 from tests.conftest import create_database, drop_database
 
 TABLES = {table.name for table in Base.metadata.sorted_tables}
@@ -106,6 +107,35 @@ def test_the_fleet_budget_counters_are_backfilled(backend: str, tmp_path: Path) 
         assert fleet_screening_spent(memory) == (0, 0) and screening_spent(memory, "s")[0] == 0
         upgrade(url)
         assert fleet_screening_spent(memory) == (176, 2)
+    finally:
+        engine.dispose()
+        if backend == "postgresql":
+            drop_database(url)
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_reservations_lost_before_they_could_expire_are_given_back(backend: str, tmp_path: Path) -> None:
+    # Revision 0006's code added a screening's reservation to the settled counters; a killed worker's stayed.
+    url = create_database("wre_migrate") if backend == "postgresql" else f"sqlite:///{tmp_path / 'wre.db'}"
+    engine = create_engine(url)
+    try:
+        upgrade(url, "0006_fleet_budget_counters")
+        memory = PatternMemory(engine)
+        with engine.begin() as conn:
+            conn.execute(insert(EVENTS), [_screening_event(90), _screening_event(10, skill="t")])
+            conn.execute(insert(OUTCOMES), [_outcome(1, 1, True)])
+        memory.add_to_counters({"screening_calls": 200, "skill.screening_calls:s": 190, "skill.screening_calls:t": 10})
+        memory.add_to_counters({"fleet.runs": 1})
+        assert fleet_screening_spent(memory) == (200, 1)  # s's lost reservation of 100 among them
+        upgrade(url)
+        assert fleet_screening_spent(memory) == (100, 1)
+        assert (screening_spent(memory, "s")[0], screening_spent(memory, "t")[0]) == (90, 10)
+        # A reservation now counts on its own, and going down and up again changes nothing recorded.
+        memory.add_to_counters({f"{RESERVED_CALLS}{int(time.time())}": 100})
+        assert fleet_screening_spent(memory) == (200, 1)
+        downgrade(url, "0006_fleet_budget_counters")
+        upgrade(url)
+        assert fleet_screening_spent(memory) == (200, 1)
     finally:
         engine.dispose()
         if backend == "postgresql":

@@ -6,18 +6,26 @@ outcome row and no counter; the calls are capped by the budget and recorded in o
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
+from db import screening as stored
+from db.abtests import EVOLUTION_LEASE_SECONDS
 from db.memory import OutcomeRecord, PatternMemory
-from db.models import OUTCOMES
-from db.screening import SCREENING_EVENT, fleet_screening_spent, screening_spent
+from db.models import COUNTERS, OUTCOMES
+from db.screening import SCREENING_EVENT, ReplayInput, fleet_screening_spent, screening_spent
 from tests.integration.test_cli import wre
-from tests.processes import service_env
+from tests.processes import REPO, service_env
 from worker import screening
 from worker.agents.simulated import simulation_spec
 from worker.evolution import evolve_skill
@@ -26,6 +34,7 @@ from worker.evolvers.simulated import SimulatedEvolver
 from worker.screening import SKILL_CAP_SHARES, screen_candidates, screening_budget, screening_wait
 from worker.settings import SCREEN_CANDIDATES, SCREEN_GENERATIONS, SMALLEST_SCREENING, Settings
 from worker.skills import Skill, parse_skill
+from worker.tasks import evolve_skill_task
 from wre.report import build_report
 
 
@@ -210,7 +219,7 @@ def test_the_fleet_pays_for_failing_skills_up_to_each_ones_cap(memory: PatternMe
     # One replay call per live run (share 1.0), 100 per screening, 90 for the smallest; one skill at most
     # twice its own share plus one screening.
     settings = Settings(evolve_cooldown_seconds=0, screen_budget_share=1.0)
-    assert (settings.screen_budget_scope, settings.screen_max_calls, SMALLEST_SCREENING) == ("fleet", 100, 90)
+    assert (settings.screen_max_calls, SMALLEST_SCREENING) == (100, 90)
     assert SKILL_CAP_SHARES == 2
     sim = memory.register_skill("sim", simulated_skill(0.3, 0.6), default_agent="simulated")
     other = memory.register_skill("other", simulated_skill(0.3, 0.6).replace("name: sim", "name: other"),
@@ -219,15 +228,11 @@ def test_the_fleet_pays_for_failing_skills_up_to_each_ones_cap(memory: PatternMe
                                    default_agent="simulated")
     _runs(memory, "sim", sim, 30, success=False)
     _runs(memory, "other", other, 30, success=False)
-    # 30 live runs pay for 30 calls: its own budget waits; the fleet's 60 runs wait too.
-    own = settings.model_copy(update={"screen_budget_scope": "skill"})
-    waiting = screening_wait(memory, own, parse_skill(simulated_skill(0.3, 0.6)))
-    assert waiting is not None and "30 calls available" in waiting and "the skill's own runs" in waiting
+    # The fleet's 60 runs pay for 60 calls: the skill waits.
     assert screening_budget(memory, settings, "sim").calls == 60
     assert evolve_skill(memory, settings, "sim")["status"] == "skipped"
     # A skill that needs no screening runs 100 times: the fleet's 160 runs pay for sim's screening.
     _runs(memory, "steady", steady, 100, success=True)
-    assert evolve_skill(memory, own, "sim")["status"] == "skipped"
     result = evolve_skill(memory, settings, "sim")
     assert result["status"] == "testing", result
     (details,) = _screenings(memory, "sim")
@@ -352,6 +357,72 @@ def test_a_screening_whose_event_is_not_written_counts_its_calls(
     assert screening_spent(memory, "sim") == (agent.made, 500)  # the skill's own, towards its cap
 
 
+# A screening whose replays hang, in a process of its own (killed by the test).
+HANGING_SCREENING = """
+import sys, time
+from db.memory import PatternMemory
+from worker import screening
+from worker.evolution import evolve_skill
+from worker.settings import Settings
+
+screening.run_attempt = lambda *args, **kwargs: time.sleep(3600)
+evolve_skill(PatternMemory(sys.argv[1]), Settings(evolve_cooldown_seconds=0), "sim")
+"""
+
+
+def _reservations(memory: PatternMemory) -> dict[str, int]:
+    query = (
+        select(COUNTERS.c.name, func.sum(COUNTERS.c.value))
+        .where(COUNTERS.c.name.startswith(stored.RESERVED_CALLS))
+        .group_by(COUNTERS.c.name)
+    )
+    with memory.transaction() as conn:
+        return {name: int(total) for name, total in conn.execute(query)}
+
+
+def test_a_reservation_lost_to_a_killed_worker_stops_counting_when_its_task_would_be_over(
+    memory: PatternMemory, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    production = memory.register_skill("sim", simulated_skill(0.3, 0.6), default_agent="simulated")
+    _runs(memory, "sim", production, 500, success=False)
+    child = subprocess.Popen([sys.executable, "-c", HANGING_SCREENING, database_url], cwd=REPO)
+    try:
+        deadline = time.monotonic() + 30
+        while fleet_screening_spent(memory) != (100, 500):  # 0.2 x 500 runs reserved, replays under way
+            assert time.monotonic() < deadline and child.poll() is None, "the screening never reserved"
+            time.sleep(0.1)
+    finally:
+        child.kill()
+        child.wait()
+    # Killed: nothing settled, and its reservation holds the fleet's whole budget for now.
+    assert fleet_screening_spent(memory) == (100, 500)
+    parent = parse_skill(simulated_skill(0.3, 0.6))
+    waiting = screening_wait(memory, Settings(), parent)
+    assert waiting is not None and waiting.startswith("screening budget: 0 calls available"), waiting
+    # As long as its claim holds, which the evolve task's hard time limit ends: then it no longer counts.
+    assert stored.RESERVATION_SECONDS == EVOLUTION_LEASE_SECONDS == evolve_skill_task.time_limit
+    later = time.time() + stored.RESERVATION_SECONDS + 1
+    monkeypatch.setattr(stored, "time", SimpleNamespace(time=lambda: later))
+    assert fleet_screening_spent(memory) == (0, 500)
+    assert screening_wait(memory, Settings(), parent) is None
+    screen_candidates(memory, Settings(), parent, production, SimulatedEvolver(), [], "seed")
+    (details,) = _screenings(memory, "sim")
+    assert fleet_screening_spent(memory) == (details["calls"], 500)
+    # The lost reservation was deleted by the next one; that one was settled with its event.
+    assert list(_reservations(memory).values()) == [0]
+
+
+def test_a_screening_out_of_time_starts_no_replay(memory: PatternMemory, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert (screening.SCREEN_SECONDS, evolve_skill_task.soft_time_limit) == (600, 720)
+    monkeypatch.setattr(screening, "SCREEN_SECONDS", 0)  # as if it had replayed for ten minutes
+    production = memory.register_skill("sim", simulated_skill(0.3, 0.6), default_agent="simulated")
+    _runs(memory, "sim", production, 500, success=False)
+    result = evolve_skill(memory, Settings(evolve_cooldown_seconds=0), "sim")
+    assert result["status"] == "refused" and "screening out of time after 0 s" in result["reason"], result
+    assert fleet_screening_spent(memory) == (0, 500)
+    assert set(_reservations(memory).values()) <= {0}  # settled
+
+
 def test_a_screening_that_chose_nothing_is_resumed_by_the_next(
     memory: PatternMemory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -470,12 +541,21 @@ def test_a_round_with_nothing_new_ends_the_search(memory: PatternMemory) -> None
     assert details["calls"] == details["rounds"][0]["calls"] <= settings.screen_max_calls // 3 + 1
 
 
+def _children_and_files() -> tuple[list[str], int]:
+    """This process's child processes (of every thread) and how many files it holds open."""
+    tasks = Path("/proc/self/task").glob("*/children")
+    return sorted(pid for path in tasks for pid in path.read_text().split()), len(os.listdir("/proc/self/fd"))
+
+
 def test_a_python_skill_evolves_through_its_params(memory: PatternMemory) -> None:
     settings = Settings(evolve_cooldown_seconds=0)
     production = memory.register_skill("tunable", TUNABLE, default_agent="python")
     _runs(memory, "tunable", production, 500, success=False)
+    before = _children_and_files()
     result = evolve_skill(memory, settings, "tunable")
     assert result["status"] == "testing", result
+    # Every replay ran in a child process of its thread: each was closed with its thread's share.
+    assert _children_and_files() == before
     variation = memory.get_variation(result["variation_id"])
     assert variation is not None
     assert parse_skill(variation.variation_content).params["mode"].value == "lenient"
@@ -485,6 +565,32 @@ def test_a_python_skill_evolves_through_its_params(memory: PatternMemory) -> Non
     assert len(details["rounds"][0]["candidates"]) == 1
     chosen = next(item for item in details["candidates"] if item["variation_id"] == result["variation_id"])
     assert chosen["losses"] == 0 and chosen["wins"] == chosen["replays"]
+
+
+SLOW_CHECK = """---
+name: slow
+agent: python
+entrypoint: tests.fixtures.entrypoints:echo
+time_limit: 0.5
+steps:
+  - id: answer
+    expect: {regex: '(a+)+b'}
+---
+Answer.
+"""
+
+
+def test_replays_are_scored_within_the_time_limit_of_a_live_attempt() -> None:
+    # The check backtracks for ever on thirty a's: each replay's scoring is stopped at the skill's time limit.
+    inputs = [ReplayInput(f"run-{index}", {"text": "a" * 30}, True) for index in range(8)]
+    before, started = _children_and_files(), time.monotonic()
+    replayed = screening._replay(
+        Settings(), parse_skill(SLOW_CHECK), "slow", inputs, [f"replay-{item.run_id}" for item in inputs], 0.9,
+        screening.CallMeter(),
+    )
+    assert time.monotonic() - started < 10  # two waves on four threads of at most 0.5 s + 0.5 s
+    assert replayed.fidelities == [0.0] * 8
+    assert _children_and_files() == before
 
 
 def test_a_python_skill_without_params_is_not_evolved(memory: PatternMemory) -> None:

@@ -30,7 +30,6 @@ def test_production_policies_are_the_scheduler_s_without_margin() -> None:
         ("WRE_AB_POLICY", "margin", "WRE_AB_POLICY=margin is out of range: must be 'sequential'"),
         ("WRE_AB_POLICY", "bayes", "WRE_AB_POLICY=bayes"),
         ("WRE_SCREEN_MAX_CALLS", "10", "WRE_SCREEN_MAX_CALLS=10 is out of range: must be within [90, 10000]"),
-        ("WRE_SCREEN_BUDGET_SCOPE", "team", "WRE_SCREEN_BUDGET_SCOPE=team is out of range: must be 'fleet' or"),
         ("WRE_GUARD_HOLDOUT_SHARE", "0.9", "WRE_GUARD_HOLDOUT_SHARE=0.9 is out of range: must be within [0, 0.5]"),
         ("WRE_MAX_CONTEXT_BYTES", "lots", "WRE_MAX_CONTEXT_BYTES=lots is not valid: Input should be a valid integer"),
         ("WRE_REACT_MODE", "maybe", "WRE_REACT_MODE=maybe is not valid"),
