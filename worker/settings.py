@@ -55,57 +55,8 @@ class SettingsError(ValueError):
 
 
 class Settings(BaseSettings):
-    """wre's configuration; docs list each setting with its range.
-
-    :param database_url: SQLAlchemy URL of the store: ``postgresql://`` (or ``postgres://``) in production,
-        ``sqlite:///path.db`` embedded.
-    :param broker_url: Celery broker URL: ``redis://`` or ``amqp://`` (RabbitMQ); docs/OPERATIONS.md compares them.
-    :param result_backend: Celery result backend; empty means the broker's Redis, or ``rpc://`` (results sent
-        back to their producer) on RabbitMQ; ``disabled`` for none.
-    :param react_mode: 1 retries low-fidelity attempts (ReAct), 0 gives every run one attempt.
-    :param react_max_iter: attempts per run.
-    :param react_fidelity: default fidelity threshold of a skill.
-    :param ab_policy: promotion policy of new tests (``sequential``).
-    :param ab_eval_seconds: period of the beat task that decides running A/B tests.
-    :param ab_min_trials_per_arm: no verdict before each arm has this many trials.
-    :param ab_max_trials_per_arm: a test still undecided here closes as inconclusive.
-    :param guard_holdout_share: after a promotion, the share of units kept on the last confirmed production version
-        while the guard watches the new one (0: no guard).
-    :param guard_units: the guard period, in units; a guard that found no regression by then confirms.
-    :param guard_min_units: no guard verdict before the holdout has this many units.
-    :param python_skill_modules: modules (and their submodules) a python skill may name as entrypoint or check.
-    :param max_context_bytes: largest JSON input context a run accepts.
-    :param visibility_timeout_seconds: Redis hands a message unacked this long to another worker: how a dead
-        worker's runs come back. It must exceed the longest attempt and the longest countdown wre schedules
-        (infrastructure backoff up to 30 s, an LLM server's Retry-After up to 300 s), or a message still running
-        is delivered twice (which records nothing twice, but costs an attempt).
-    :param default_time_limit_seconds: an attempt's time limit when the skill declares none.
-    :param production_cache_seconds: how long a worker trusts its view of a skill's production version and
-        running test; a promotion reaches every worker within this (0: read on every run).
-    :param evolve_cooldown_seconds: least time between two evolutions of one skill.
-    :param run_sweep_seconds: period of the beat task that re-sends overdue runs (0: no sweep).
-    :param run_overdue_seconds: a run with no final outcome and no news for this long is overdue: the sweep
-        re-sends it, ``wre runs stuck`` lists it. Unset: twice the visibility timeout (the broker redelivers
-        first). It must exceed the longest a run waits in the queue, or a queued run is sent twice.
-    :param run_request_retention_seconds: the sweep deletes the producer's record of a run this long after it
-        closed (the record holds the run's input; its outcomes stay). 0: kept for ever.
-    :param queue_prefix: prepended to both queue names (``{prefix}skills``, ``{prefix}maintenance``), so that
-        two deployments can share one broker.
-    :param skills_queue: the runs' queue name; when set it replaces ``{prefix}skills``.
-    :param maintenance_queue: the evolution and beat queue's name; when set it replaces ``{prefix}maintenance``.
-    :param queue_type: RabbitMQ only: ``classic`` or ``quorum`` (replicated; declared with
-        ``x-queue-type``). An existing queue keeps the type it was declared with.
-    :param screen_max_calls: agent calls one screening may spend (the parent's replays included); the replay
-        set is cut to fit. At least the smallest screening (:data:`SMALLEST_SCREENING`, 90 calls).
-    :param screen_budget_share: screening calls stay within this share of every skill's live runs (one skill at
-        most twice its own share plus one screening); an evolution that would exceed it waits for more traffic.
-    :param task_events: Celery task events and the ``STARTED`` state, for Flower and ``celery events``. Off: they
-        cost a publish per task state and a result write per task, and wre reads none. Flower turns them on
-        in the workers it sees; 1 has them from a worker's first task (docker-compose.yml, which runs Flower).
-    :param llm_base_url: OpenAI-compatible server for the ``llm`` agent and evolver.
-    :param llm_model: default model name.
-    :param llm_api_key: API key; never logged, never in kwargs or rows.
-    """
+    """wre's configuration. docs/OPERATIONS.md lists every setting with its range and meaning (one table, not
+    repeated here); the comments below say why a bound or a default is what it is."""
 
     # An empty variable is an unset one: `export WRE_X=` means the default, not a parse error.
     model_config = SettingsConfigDict(env_prefix="WRE_", extra="forbid", env_ignore_empty=True)
@@ -129,11 +80,16 @@ class Settings(BaseSettings):
         default_factory=lambda: ["skills"]
     )
     max_context_bytes: int = Field(256 * 1024, ge=1024, le=64 * 1024 * 1024)
+    # Must exceed the longest attempt and the longest countdown wre schedules (infrastructure backoff up to 30 s,
+    # an LLM server's Retry-After up to 300 s), or a message still running is delivered twice (recorded once, but
+    # an attempt spent).
     visibility_timeout_seconds: float = Field(3600.0, ge=1.0, le=7 * DAY)
     default_time_limit_seconds: float = Field(60.0, gt=0.0, le=DAY)
     production_cache_seconds: float = Field(2.0, ge=0.0, le=3600.0)
     evolve_cooldown_seconds: float = Field(30.0, ge=0.0, le=7 * DAY)
     run_sweep_seconds: float = Field(60.0, ge=0.0, le=DAY)
+    # Unset: twice the visibility timeout (the broker redelivers first). It must exceed the longest a run waits
+    # in the queue, or a queued run is sent twice.
     run_overdue_seconds: float | None = Field(None, ge=1.0, le=30 * DAY)
     run_request_retention_seconds: float = Field(7 * DAY, ge=0.0, le=366 * DAY)
     queue_prefix: str = Field("", pattern=QUEUE_NAME_PATTERN)
@@ -142,6 +98,8 @@ class Settings(BaseSettings):
     queue_type: Literal["classic", "quorum"] = "classic"
     screen_max_calls: int = Field(100, ge=SMALLEST_SCREENING, le=10_000)
     screen_budget_share: float = Field(0.2, ge=0.0, le=10.0)
+    # Off: events cost a publish per task state and a result write per task, and wre reads none (Flower turns
+    # them on in the workers it sees).
     task_events: bool = False
     llm_base_url: str = Field("http://127.0.0.1:11434/v1", pattern=HTTP_URL_PATTERN)
     llm_model: str = Field("llama3.1", min_length=1)
