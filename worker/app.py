@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+import kombu
 import redis.exceptions
 from celery import Celery
 from celery.signals import beat_init, worker_init
@@ -79,10 +80,19 @@ class Transport(kombu_redis.Transport):  # type: ignore[misc]
     Channel = Channel
 
 
-# The transport above under the schemes' own names: URLs stay redis://, so Flower and Celery's banner read
-# them as Redis.
-for _scheme in ("redis", "rediss"):
-    TRANSPORT_ALIASES[_scheme] = "worker.app:Transport"
+def use_worker_transport(**_: Any) -> None:
+    """Celery's ``worker_init`` receiver: the worker's broker connections use the transport above, under the
+    schemes' own names (URLs stay redis://, so Flower and Celery's banner read them as Redis). Only workers:
+    producers, beat and Flower keep kombu's own. The override reaches into kombu (``Channel._connparams``, pinned
+    in pyproject.toml): a kombu without it stops the worker here, in one line, rather than at the first restart.
+    """
+    if not callable(getattr(kombu_redis.Channel, "_connparams", None)):
+        raise SystemExit(
+            f"wre: cannot start: kombu {kombu.__version__} has no Redis Channel._connparams, which wre's Redis "
+            "transport overrides; install the kombu version pyproject.toml pins"
+        )
+    for scheme in ("redis", "rediss"):
+        TRANSPORT_ALIASES[scheme] = "worker.app:Transport"
 
 
 def is_amqp(broker_url: str) -> bool:
@@ -213,4 +223,5 @@ MAINTENANCE_QUEUE = _settings.maintenance_queue_name
 app.set_default()
 # A worker or beat whose database is missing or not migrated exits with one line.
 worker_init.connect(check_store_at_start, weak=False)
+worker_init.connect(use_worker_transport, weak=False)
 beat_init.connect(check_store_at_start, weak=False)

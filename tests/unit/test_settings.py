@@ -3,6 +3,9 @@ clamped), and the promotion policies worker/ names without importing scheduler/.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from db.models import POLICY_NAMES
@@ -137,11 +140,6 @@ def test_queue_names_come_from_the_settings(monkeypatch: pytest.MonkeyPatch) -> 
 def test_rabbitmq_queues_dead_letter_and_may_be_quorum() -> None:
     redis_config = celery_config(Settings(broker_url="redis://127.0.0.1:6379/3"))
     assert all(not q.queue_arguments for q in redis_config["task_queues"])
-    from kombu.transport import resolve_transport
-
-    from worker.app import Transport
-
-    assert resolve_transport("redis") is Transport  # the restart workaround, under the scheme's own name
     amqp = Settings(broker_url="amqp://127.0.0.1:5672//", queue_type="quorum")
     config = celery_config(amqp)
     skills, maintenance = config["task_queues"]
@@ -159,3 +157,27 @@ def test_the_smallest_screening_is_the_floor_of_the_cap() -> None:
     # Round 1: 4 candidates and the parent; rounds 2 and 3: 3 new ones, the kept survivor and the parent; 6 inputs
     # each: 6 x (5 + 5 + 5) = 90 calls.
     assert SMALLEST_SCREENING == 90 == Settings.model_fields["screen_max_calls"].metadata[0].ge
+
+
+def test_the_redis_restart_workaround_is_the_workers_alone_and_checked_at_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kombu.transport import TRANSPORT_ALIASES, resolve_transport
+    from kombu.transport import redis as kombu_redis
+
+    from worker.app import Transport, use_worker_transport
+
+    # A producer (it imports the app) keeps kombu's own transport.
+    probe = "import worker.client; from kombu.transport import resolve_transport as r; print(r('redis').__module__)"
+    found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert found.stdout.strip() == "kombu.transport.redis"
+    # As kombu has them (an embedded worker of an earlier test in this process may have changed them).
+    for scheme in ("redis", "rediss"):
+        monkeypatch.setitem(TRANSPORT_ALIASES, scheme, "kombu.transport.redis:Transport")
+    assert resolve_transport("redis") is kombu_redis.Transport
+    use_worker_transport()  # what the worker_init signal runs
+    assert resolve_transport("redis") is Transport and resolve_transport("rediss") is Transport
+    # A kombu whose channel lost the method the workaround overrides: the worker stops at start, in one line.
+    monkeypatch.delattr(kombu_redis.Channel, "_connparams")
+    with pytest.raises(SystemExit, match=r"^wre: cannot start: kombu .* has no Redis Channel._connparams"):
+        use_worker_transport()
