@@ -5,13 +5,13 @@ attempt whose (run id, attempt) was recorded before (a redelivery):
 
 1. the outcomes, ``INSERT … ON CONFLICT (run_id, attempt) DO NOTHING RETURNING run_id, attempt``: the keys
    returned are the attempts that are new; only those go on;
-2. their counters, summed per name, in one upsert on one shard, in name order (db/counters.py);
-3. the trials their first attempts complete, within their deadlines, and the counts of the tests those
+2. the trials their first attempts complete, within their deadlines, and the counts of the tests those
    trials count in: the tests locked first by ``SELECT … ORDER BY test_id FOR UPDATE`` (db/trials.py);
+3. their counters, summed per name, in one upsert on one shard, in name order (db/counters.py);
 4. their learning events.
 
 The transaction makes a batch all or nothing; Postgres runs the statements as the code orders them, so the
-lock order is the code's (outcome keys in key order, counters in name order, tests in id order), not a
+lock order is the code's (outcome keys in key order, then tests in id order, then counters in name order), not a
 planner's. On SQLite, ``BEGIN IMMEDIATE`` (db/engine.py) serializes the writers instead of any row lock.
 Should two writers still meet in opposite orders, Postgres ends one with a deadlock error, and the group
 commit writes that batch again one attempt at a time (``one_attempt_may_be_why``).
@@ -43,6 +43,10 @@ from db.trials import complete_trials
 # A batch carries at most this many attempts (each at most a bounded context and output): a write of a few MB
 # at worst, and a queue that is cut into several batches when a process has more threads than this.
 MAX_BATCH_ATTEMPTS = 32
+# The longest an attempt queued behind other writes of its process waits for them: longer than any batch can take
+# at the store's statement and lock timeouts (db/engine.py) and the pool's checkout timeout. Past it the attempt
+# fails as an infrastructure error and is retried (a write that still lands is found by the retry).
+QUEUED_WAIT_SECONDS = 120.0
 # Deadlock detected, serialization failure: the batch lost a race that a smaller write may not.
 RETRY_ALONE_SQLSTATES = frozenset({"40P01", "40001"})
 CONNECTION_ERRORS = (
@@ -88,14 +92,16 @@ def write_attempts(conn: Connection, attempts: Sequence[Attempt]) -> list[bool]:
     inserted = {(run_id, number) for run_id, number in conn.execute(_outcome_insert(conn.dialect.name), rows)}
     new = [attempts[index] for key, index in first.items() if key in inserted]
     if new:
+        firsts = [attempt.outcome for attempt in new if attempt.routed]
+        if firsts:
+            # The tests before the counters: a test row held elsewhere then keeps this transaction waiting (until
+            # the connection's lock_timeout) without holding a counter shard that other processes' batches need.
+            # A trial's deadline is judged when its outcome is written, not when the attempt joined the queue.
+            complete_trials(conn, {o["run_id"]: (o["success"], o["pattern_fidelity"]) for o in firsts}, utcnow())
         deltas: Counter[str] = Counter()
         for attempt in new:
             deltas.update(attempt.counters)
         add_counters(conn, deltas)
-        firsts = [attempt.outcome for attempt in new if attempt.routed]
-        if firsts:
-            # A trial's deadline is judged when its outcome is written, not when the attempt joined the queue.
-            complete_trials(conn, {o["run_id"]: (o["success"], o["pattern_fidelity"]) for o in firsts}, utcnow())
         events = [attempt.event for attempt in new if attempt.event is not None]
         if events:
             conn.execute(EVENT_INSERT, events)
@@ -177,6 +183,8 @@ class GroupCommit(Generic[Item, Result]):
     :param write: writes a batch (a sequence of items) and returns one result per item, in order.
     :param max_batch: the most items one batch carries; the rest wait for the next batch.
     :param alone: whether a batch's error may be one item's doing (then each item is written alone).
+    :param wait_seconds: the longest a queued item waits for the writes ahead of it (None: no limit); past it,
+        ``sqlalchemy.exc.TimeoutError``, an infrastructure error its caller retries.
     """
 
     def __init__(
@@ -184,12 +192,14 @@ class GroupCommit(Generic[Item, Result]):
         write: Callable[[Sequence[Item]], Sequence[Result]],
         max_batch: int,
         alone: Callable[[Exception], bool] = _every_error,
+        wait_seconds: float | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self._write = write
         self._max_batch = max_batch
         self._alone = alone
+        self._wait_seconds = wait_seconds
         self._lock = threading.Lock()
         self._queued: deque[_Entry[Item, Result]] = deque()
         self._writing = False
@@ -206,9 +216,13 @@ class GroupCommit(Generic[Item, Result]):
             self._writing = True
         if not leads:
             try:
-                entry.woken.wait()
+                if not entry.woken.wait(self._wait_seconds):
+                    raise sqlalchemy.exc.TimeoutError(
+                        f"no write of this process ended within {self._wait_seconds:g} s (group commit)"
+                    )
             except BaseException:
-                # Interrupted while queued (a gevent timeout, a signal): leave without stranding the queue.
+                # Interrupted or timed out while queued: leave without stranding the queue. An item already in a
+                # batch may still be written; the writes are idempotent, so its retry finds it recorded.
                 self._withdraw(entry)
                 raise
             # Woken either because a batch carried this item, or to lead: it heads the queue.

@@ -3,7 +3,7 @@
 ``record_attempt`` is the worker's hot path: the outcome, its counters, its A/B trial and its learning event in
 ONE transaction (db/attempts.py), all or nothing, and nothing at all when the (run id, attempt) was seen
 before. The attempts that a process's threads record at the same moment share that transaction
-(db/group_commit.py).
+(db/attempts.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,14 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select, update
 
-from db.attempts import MAX_BATCH_ATTEMPTS, Attempt, GroupCommit, one_attempt_may_be_why, write_attempts
+from db.attempts import (
+    MAX_BATCH_ATTEMPTS,
+    QUEUED_WAIT_SECONDS,
+    Attempt,
+    GroupCommit,
+    one_attempt_may_be_why,
+    write_attempts,
+)
 from db.counters import add_counters, checked_deltas, skill_counter_deltas
 from db.models import EVENTS, OUTCOMES, utcnow
 from db.records import LearningEventRecord, OutcomeRecord
@@ -87,7 +94,10 @@ class Outcomes:
         pid = os.getpid()
         with _GROUP_COMMITS_LOCK:
             if self._writer is None or self._writer[0] != pid:
-                self._writer = (pid, GroupCommit(self._write, MAX_BATCH_ATTEMPTS, alone=one_attempt_may_be_why))
+                writer = GroupCommit(
+                    self._write, MAX_BATCH_ATTEMPTS, alone=one_attempt_may_be_why, wait_seconds=QUEUED_WAIT_SECONDS
+                )
+                self._writer = (pid, writer)
             return self._writer[1]
 
     def _write(self, attempts: Sequence[Attempt]) -> list[bool]:

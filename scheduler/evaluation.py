@@ -95,7 +95,7 @@ def promotion_memory(settings: Settings, variation_check: VariationCheck | None 
     """A store that decides tests with the configured policy; one that schedules tests is handed the check of
     a treatment's content by its builder (the worker's skill parser: this floor does not import it)."""
     return PatternMemory(
-        settings.database_url,
+        settings.store_url,
         policy=PromotionPolicy(settings),
         policy_name=settings.ab_policy,
         variation_check=variation_check,

@@ -9,11 +9,10 @@ from typing import Any
 
 from db.memory import PatternMemory
 from scheduler.evaluation import promotion_memory, run_evaluation_round
-from worker.app import MAINTENANCE_QUEUE, app
 
-# Not retried but skipped (the next round comes in seconds): Celery's options only retry or fail on an error,
-# so the tasks catch the one list of infrastructure errors that the retry module keeps.
-from worker.retries import INFRASTRUCTURE_ERRORS
+# INFRASTRUCTURE_ERRORS: the retry module's list, offered by the app (this floor uses worker's app and settings
+# only). Not retried but skipped here: the next round comes in seconds.
+from worker.app import INFRASTRUCTURE_ERRORS, MAINTENANCE_QUEUE, app
 from worker.settings import get_settings
 
 

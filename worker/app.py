@@ -21,6 +21,7 @@ import redis.exceptions
 from celery import Celery
 from celery.signals import beat_init, worker_init
 from kombu import Exchange, Queue  # type: ignore[attr-defined]
+from kombu import transport as kombu_transport
 from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
 
@@ -30,6 +31,7 @@ from worker.messages import (
     MAX_BODY_BYTES_KEY,
     DeadLetterQueue,
 )
+from worker.retries import INFRASTRUCTURE_ERRORS as INFRASTRUCTURE_ERRORS  # for scheduler/ (its floor's door)
 from worker.retries import RESULT_BACKEND_RETRY_OPTIONS
 from worker.settings import Settings, SettingsError, get_settings
 
@@ -93,6 +95,9 @@ def use_worker_transport(**_: Any) -> None:
         )
     for scheme in ("redis", "rediss"):
         TRANSPORT_ALIASES[scheme] = "worker.app:Transport"
+        # The worker resolved its broker's transport before this signal (Celery reads it to choose its event
+        # loop) and kombu caches what it resolved: forget it, or every connection keeps kombu's own.
+        kombu_transport._transport_cache.pop(scheme, None)
 
 
 def is_amqp(broker_url: str) -> bool:
@@ -162,7 +167,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "timezone": "UTC",
         # The producer records each run there before sending it (worker/client.py). Celery hides settings
         # whose name says DATABASE from `celery inspect conf` and reports.
-        DATABASE_URL_KEY: settings.database_url,
+        DATABASE_URL_KEY: settings.store_url,
         MAX_BODY_BYTES_KEY: settings.max_context_bytes + ENVELOPE_ALLOWANCE_BYTES,
         DEAD_LETTER_QUEUE_KEY: settings.dead_letter_queue_name if is_amqp(settings.broker_url) else None,
     }

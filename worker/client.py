@@ -55,7 +55,7 @@ def run_request(
 def _checker(database_url: str | None) -> SkillRunner:
     """One runner per store, so that its short cache of skills and production serves a burst of enqueues."""
     settings = get_settings()
-    return SkillRunner(PatternMemory(database_url or settings.database_url), settings)
+    return SkillRunner(PatternMemory(database_url or settings.store_url), settings)
 
 
 def enqueue_skill(

@@ -545,7 +545,7 @@ class Orchestrator:
         self, memory: PatternMemory | None = None, settings: Settings | None = None, evolve: bool = True
     ) -> None:
         self.settings = settings or get_settings()
-        self.memory = memory or PatternMemory(self.settings.database_url)
+        self.memory = memory or PatternMemory(self.settings.store_url)
         self.runner = SkillRunner(self.memory, self.settings)
         self.evolve = evolve
 

@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     visibility_timeout_seconds: float = Field(3600.0, ge=1.0, le=7 * DAY)
     default_time_limit_seconds: float = Field(60.0, gt=0.0, le=DAY)
     production_cache_seconds: float = Field(2.0, ge=0.0, le=3600.0)
+    # Every store connection's lock and statement timeouts (Postgres): a lock held elsewhere or a runaway query
+    # ends as an error the retry layer retries, never a stalled worker. Migrations run without them.
+    db_lock_timeout_seconds: float = Field(2.0, ge=0.1, le=3600.0)
+    db_statement_timeout_seconds: float = Field(60.0, ge=1.0, le=DAY)
     evolve_cooldown_seconds: float = Field(30.0, ge=0.0, le=7 * DAY)
     run_sweep_seconds: float = Field(60.0, ge=0.0, le=DAY)
     # Unset: twice the visibility timeout (the broker redelivers first). It must exceed the longest a run waits
@@ -180,6 +184,19 @@ class Settings(BaseSettings):
         if self.skills_queue_name == self.maintenance_queue_name:
             raise ValueError(f"{names}: the skills and maintenance queues must differ, both are {name!r}")
         return self
+
+    @property
+    def store_url(self) -> str:
+        """The database URL every store of a process uses: on Postgres, with the lock and statement timeouts in
+        the connection's options (no statement per transaction). A URL that sets ``options`` itself is kept."""
+        url = make_url(self.database_url)
+        if url.get_backend_name() != "postgresql" or "options" in url.query:
+            return self.database_url
+        options = (
+            f"-c lock_timeout={round(self.db_lock_timeout_seconds * 1000)} "
+            f"-c statement_timeout={round(self.db_statement_timeout_seconds * 1000)}"
+        )
+        return url.update_query_dict({"options": options}).render_as_string(hide_password=False)
 
     @property
     def effective_run_overdue_seconds(self) -> float:

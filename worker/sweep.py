@@ -37,7 +37,7 @@ MAX_PRUNED_PER_ROUND = 10_000
 
 def sweep(celery: Celery, settings: Settings) -> dict[str, Any]:
     """One round; returns what it did (the task's result, and the test's)."""
-    engine = get_engine(settings.database_url)
+    engine = get_engine(settings.store_url)
     closed = close_finished(engine)
     idle_since = utcnow() - timedelta(seconds=settings.effective_run_overdue_seconds)
     settled: list[str] = []

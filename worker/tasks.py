@@ -36,7 +36,7 @@ REACT_BACKOFF_SECONDS = 0.0
 def get_runner() -> SkillRunner:
     """The process's runner: one store (one engine, pooled) shared by every thread of the worker."""
     settings = get_settings()
-    return SkillRunner(PatternMemory(settings.database_url, variation_check=check_variation), settings)
+    return SkillRunner(PatternMemory(settings.store_url, variation_check=check_variation), settings)
 
 
 @app.task(bind=True, name="wre.execute_skill", max_retries=None, resultrepr_maxsize=RESULT_REPR_CHARS)

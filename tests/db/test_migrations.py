@@ -125,17 +125,18 @@ def test_reservations_lost_before_they_could_expire_are_given_back(backend: str,
             conn.execute(insert(EVENTS), [_screening_event(90), _screening_event(10, skill="t")])
             conn.execute(insert(OUTCOMES), [_outcome(1, 1, True)])
         memory.add_to_counters({"screening_calls": 200, "skill.screening_calls:s": 190, "skill.screening_calls:t": 10})
-        memory.add_to_counters({"fleet.runs": 1})
-        assert fleet_screening_spent(memory) == (200, 1)  # s's lost reservation of 100 among them
+        # The workers' own count of finished runs (one more than the outcome here: a row pruned, say) stays.
+        memory.add_to_counters({"fleet.runs": 2})
+        assert fleet_screening_spent(memory) == (200, 2)  # s's lost reservation of 100 among them
         upgrade(url)
-        assert fleet_screening_spent(memory) == (100, 1)
+        assert fleet_screening_spent(memory) == (100, 2)
         assert (screening_spent(memory, "s")[0], screening_spent(memory, "t")[0]) == (90, 10)
         # A reservation now counts on its own, and going down and up again changes nothing recorded.
         memory.add_to_counters({f"{RESERVED_CALLS}{int(time.time())}": 100})
-        assert fleet_screening_spent(memory) == (200, 1)
+        assert fleet_screening_spent(memory) == (200, 2)
         downgrade(url, "0006_fleet_budget_counters")
         upgrade(url)
-        assert fleet_screening_spent(memory) == (200, 1)
+        assert fleet_screening_spent(memory) == (200, 2)
     finally:
         engine.dispose()
         if backend == "postgresql":

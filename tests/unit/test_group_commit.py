@@ -191,3 +191,21 @@ def test_an_interruption_while_writing_alone_answers_every_item() -> None:
         else:
             assert isinstance(answers[item], KeyboardInterrupt), answers
     assert _submit_all(group, [4]) == {4: 40}
+
+
+def test_a_queued_item_waits_a_bounded_time_then_leaves_the_queue() -> None:
+    import sqlalchemy.exc
+
+    writes = Writes()
+    group = GroupCommit(writes, max_batch=8, wait_seconds=0.2)
+    leader = threading.Thread(target=group.submit, args=(1,))
+    leader.start()
+    assert writes.first_started.wait(5)
+    # The write in flight holds; the queued item gives up after its wait, as an infrastructure error.
+    with pytest.raises(sqlalchemy.exc.TimeoutError, match="within 0.2 s"):
+        group.submit(2)
+    assert len(group._queued) == 0  # withdrawn: no batch will carry it
+    writes.hold.set()
+    leader.join(5)
+    assert not leader.is_alive() and writes.batches == [[1]]
+    assert group.submit(3) == 30  # the group commit still serves

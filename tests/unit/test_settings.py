@@ -162,7 +162,8 @@ def test_the_smallest_screening_is_the_floor_of_the_cap() -> None:
 def test_the_redis_restart_workaround_is_the_workers_alone_and_checked_at_start(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from kombu.transport import TRANSPORT_ALIASES, resolve_transport
+    from kombu import transport as kombu_transport
+    from kombu.transport import TRANSPORT_ALIASES, get_transport_cls, resolve_transport
     from kombu.transport import redis as kombu_redis
 
     from worker.app import Transport, use_worker_transport
@@ -172,12 +173,26 @@ def test_the_redis_restart_workaround_is_the_workers_alone_and_checked_at_start(
     found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
     assert found.stdout.strip() == "kombu.transport.redis"
     # As kombu has them (an embedded worker of an earlier test in this process may have changed them).
+    monkeypatch.setattr(kombu_transport, "_transport_cache", {})
     for scheme in ("redis", "rediss"):
         monkeypatch.setitem(TRANSPORT_ALIASES, scheme, "kombu.transport.redis:Transport")
     assert resolve_transport("redis") is kombu_redis.Transport
+    assert get_transport_cls("redis") is kombu_redis.Transport  # resolved (and cached) before worker_init
     use_worker_transport()  # what the worker_init signal runs
     assert resolve_transport("redis") is Transport and resolve_transport("rediss") is Transport
+    assert get_transport_cls("redis") is Transport  # what a connection made afterwards uses
     # A kombu whose channel lost the method the workaround overrides: the worker stops at start, in one line.
     monkeypatch.delattr(kombu_redis.Channel, "_connparams")
     with pytest.raises(SystemExit, match=r"^wre: cannot start: kombu .* has no Redis Channel._connparams"):
         use_worker_transport()
+
+
+def test_store_connections_carry_lock_and_statement_timeouts() -> None:
+    from sqlalchemy.engine import make_url
+
+    url = make_url(Settings(database_url="postgresql://u@db/wre", db_lock_timeout_seconds=1.5).store_url)
+    assert url.query["options"] == "-c lock_timeout=1500 -c statement_timeout=60000"
+    # An operator's own options are theirs; SQLite has no such settings.
+    own = "postgresql://u@db/wre?options=-c%20lock_timeout%3D0"
+    assert Settings(database_url=own).store_url == own
+    assert Settings(database_url="sqlite:///wre.db").store_url == "sqlite:///wre.db"

@@ -40,8 +40,18 @@ def upgrade() -> None:
     # Literal statements with bound names only. A subquery rather than an aggregate's HAVING without GROUP BY,
     # which SQLite accepts only from 3.39. wre writes whole numbers; anything else in an event written by hand
     # counts if it is a number (rounded) and is left out otherwise, rather than stopping the upgrade.
+    forget()
+    recount_screening_calls()
+    runs = sa.text(
+        "INSERT INTO telemetry_counters (name, shard, value) SELECT :runs, 0, total FROM "
+        "(SELECT count(*) AS total FROM skill_outcomes WHERE final) AS found WHERE total <> 0"
+    )
+    op.get_bind().execute(runs, NAMES)
+
+
+def recount_screening_calls() -> None:
+    """The fleet's and each skill's screening calls, from the screening events (their counters absent)."""
     bind = op.get_bind()
-    _forget()
     if bind.dialect.name == "postgresql":
         fleet = sa.text(
             "INSERT INTO telemetry_counters (name, shard, value) SELECT :calls, 0, total FROM (SELECT "
@@ -71,21 +81,22 @@ def upgrade() -> None:
         )
     bind.execute(fleet, NAMES)
     bind.execute(skills, NAMES)
-    runs = sa.text(
-        "INSERT INTO telemetry_counters (name, shard, value) SELECT :runs, 0, total FROM "
-        "(SELECT count(*) AS total FROM skill_outcomes WHERE final) AS found WHERE total <> 0"
-    )
-    bind.execute(runs, NAMES)
 
 
 def downgrade() -> None:
-    _forget()
+    forget()
 
 
-def _forget() -> None:
-    forget = sa.text(
+def forget(runs: bool = True) -> None:
+    """Delete the screening counters (and ``fleet.runs`` when ``runs``)."""
+    statement = sa.text(
         "DELETE FROM telemetry_counters WHERE name IN (:calls, :runs) OR name LIKE :skill_calls_like"
     )
     op.get_bind().execute(
-        forget, {"calls": NAMES["calls"], "runs": NAMES["runs"], "skill_calls_like": NAMES["skill_calls"] + "%"}
+        statement,
+        {
+            "calls": NAMES["calls"],
+            "runs": NAMES["runs"] if runs else NAMES["calls"],
+            "skill_calls_like": NAMES["skill_calls"] + "%",
+        },
     )
