@@ -26,9 +26,9 @@ REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
 SECRETS = {"POSTGRES_PASSWORD": "pg-secret", "FLOWER_USER": "ops", "FLOWER_PASSWORD": "flower-secret"}
-SERVICES = {"postgres", "redis", "rabbitmq", "migrate", "worker", "beat", "flower", "exporter"}
+SERVICES = {"postgres", "redis", "rabbitmq", "migrate", "worker", "evaluator", "beat", "flower", "exporter"}
 WRE_SERVICES = SERVICES - {"postgres", "redis", "rabbitmq"}
-CELERY_SUBCOMMANDS = {"worker": "worker", "beat": "beat", "flower": "flower"}
+CELERY_SUBCOMMANDS = {"worker": "worker", "evaluator": "worker", "beat": "beat", "flower": "flower"}
 RENDER_TIMEOUT_SECONDS = 60
 
 
@@ -174,8 +174,13 @@ def _check_celery_command(name: str, args: list[str], service: dict[str, Any]) -
     subcommand = args[args.index("-A") + 2]
     assert subcommand == CELERY_SUBCOMMANDS[name], f"{name} runs celery {subcommand}"
     if subcommand == "worker":
-        # Without -Q a worker consumes the app's queues, whatever WRE_QUEUE_PREFIX names them.
-        assert "-Q" not in args and "--queues" not in args, "fixed queue names would ignore WRE_QUEUE_PREFIX"
+        # Without -Q a worker consumes the app's queues, whatever WRE_QUEUE_PREFIX names them; the evaluator
+        # names its one queue through the same prefix (rendered here without one).
+        if name == "evaluator":
+            assert args[args.index("-Q") + 1] == "evaluation"
+            assert "${WRE_QUEUE_PREFIX:-}evaluation" in COMPOSE_FILE.read_text()
+        else:
+            assert "-Q" not in args and "--queues" not in args, "fixed queue names would ignore WRE_QUEUE_PREFIX"
     if subcommand == "flower":
         # Flower passes its options to tornado, so --help does not vet them: ask Flower's option table.
         from flower.options import options as flower_options

@@ -105,11 +105,11 @@ def is_amqp(broker_url: str) -> bool:
 
 
 def task_queues(settings: Settings) -> list[Queue]:
-    """The two queues. On RabbitMQ a rejected run goes to the dead-letter queue (and quorum queues are declared
+    """The three queues: runs, maintenance (evolution, sweeps) and evaluation (beat's verdicts). On RabbitMQ a rejected run goes to the dead-letter queue (and quorum queues are declared
     as such); Redis has neither, so its queues take no arguments."""
     amqp = is_amqp(settings.broker_url)
     kind = {"x-queue-type": "quorum"} if amqp and settings.queue_type == "quorum" else {}
-    # Only runs are dead-lettered: the maintenance queue carries beat's rounds, which expire by design (RabbitMQ
+    # Only runs are dead-lettered: the other queues carry beat's rounds, which expire by design (RabbitMQ
     # dead-letters an expired message too), and wre's own evolution tasks.
     dead_letter = (
         {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": settings.dead_letter_queue_name} if amqp else {}
@@ -120,6 +120,7 @@ def task_queues(settings: Settings) -> list[Queue]:
         for name, arguments in (
             (settings.skills_queue_name, {**dead_letter, **kind}),
             (settings.maintenance_queue_name, kind),
+            (settings.evaluation_queue_name, kind),
         )
     ]
 
@@ -161,7 +162,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_queues": task_queues(settings),
         "task_routes": {
             EXECUTE_TASK: {"queue": skills},
-            **{task: {"queue": maintenance} for task in (EVOLVE_TASK, EVALUATE_TASK, SWEEP_TASK, OUTBOX_TASK)},
+            EVALUATE_TASK: {"queue": settings.evaluation_queue_name},
+            **{task: {"queue": maintenance} for task in (EVOLVE_TASK, SWEEP_TASK, OUTBOX_TASK)},
         },
         "beat_schedule": beat_schedule(settings),
         "timezone": "UTC",
@@ -182,8 +184,13 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
     if settings.run_sweep_seconds > 0:
         entries.append(("resend-overdue-runs", SWEEP_TASK, settings.run_sweep_seconds))
     # A round that waited longer than one period is stale: the next one supersedes it.
+    queue = {EVALUATE_TASK: settings.evaluation_queue_name}
     return {
-        name: {"task": task, "schedule": every, "options": {"expires": every, "queue": settings.maintenance_queue_name}}
+        name: {
+            "task": task,
+            "schedule": every,
+            "options": {"expires": every, "queue": queue.get(task, settings.maintenance_queue_name)},
+        }
         for name, task, every in entries
     }
 
@@ -222,6 +229,7 @@ app = create_app(_settings)
 # This process's queue names (the settings it was started with); another app's are in its conf.task_routes.
 SKILLS_QUEUE = _settings.skills_queue_name
 MAINTENANCE_QUEUE = _settings.maintenance_queue_name
+EVALUATION_QUEUE = _settings.evaluation_queue_name
 # The process's app is wre's, in every thread: signatures that Celery builds without an explicit app (a
 # retry's, for one) would otherwise fall back to a default app with a default broker when the worker runs
 # embedded in another program's thread.

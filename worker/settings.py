@@ -177,12 +177,13 @@ class Settings(BaseSettings):
                     f"{env_name(low)}={getattr(self, low)} exceeds {env_name(high)}={getattr(self, high)}"
                 )
         names = "WRE_QUEUE_PREFIX, WRE_SKILLS_QUEUE, WRE_MAINTENANCE_QUEUE"
-        for name in (self.skills_queue_name, self.maintenance_queue_name):
+        for name in (self.skills_queue_name, self.maintenance_queue_name, self.evaluation_queue_name):
             if name.startswith("amq."):
                 raise ValueError(f"{names}: queue name {name!r}: RabbitMQ reserves names that start with 'amq.'")
-        # One queue for both would let evolution wait behind a backlog of runs, or the reverse.
-        if self.skills_queue_name == self.maintenance_queue_name:
-            raise ValueError(f"{names}: the skills and maintenance queues must differ, both are {name!r}")
+        # One queue for two jobs would let evolution wait behind a backlog of runs, or a verdict behind either.
+        queues = (self.skills_queue_name, self.maintenance_queue_name, self.evaluation_queue_name)
+        if len(set(queues)) < len(queues):
+            raise ValueError(f"{names}: the skills, maintenance and evaluation queues must differ, got {queues}")
         return self
 
     @property
@@ -209,6 +210,11 @@ class Settings(BaseSettings):
     @property
     def maintenance_queue_name(self) -> str:
         return self.maintenance_queue or f"{self.queue_prefix}maintenance"
+
+    @property
+    def evaluation_queue_name(self) -> str:
+        """Beat's deciding task alone (tests and guards), so that no evolution or screening delays a verdict."""
+        return f"{self.queue_prefix}evaluation"
 
     @property
     def dead_letter_queue_name(self) -> str:

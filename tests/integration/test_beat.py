@@ -36,3 +36,27 @@ def test_beat_promotes_and_workers_run_the_promoted_content(
     assert memory.get_production("greet")[0] == treatment
     assert result["variation_id"] == treatment and result["test_id"] is None
     assert "wre.evaluate_ab_tests" in beat.log()
+
+
+def test_verdicts_need_only_the_evaluation_queue(
+    memory: PatternMemory, database_url: str, broker_url: str, tmp_path: Path
+) -> None:
+    # A worker that consumes the evaluation queue alone decides the test while the maintenance queue (evolution,
+    # screening, sweeps) has no worker at all: no screening can delay a verdict.
+    register_skill_text(memory, python_skill("verdict", "echo"))
+    control, _ = memory.get_production("verdict")
+    treatment = memory.store_variation("verdict", python_skill("verdict", "echo", body="Answer warmly."))
+    test_id = memory.schedule_ab_test("verdict", control, treatment)
+    for i in range(60):
+        memory.record_ab_outcome(test_id, "control", i < 15)
+        memory.record_ab_outcome(test_id, "treatment", i < 57)
+    app = broker_app(database_url, broker_url)
+    env = service_env(database_url, broker_url, WRE_AB_EVAL_SECONDS="1", WRE_GUARD_HOLDOUT_SHARE="0")
+    evaluator = start_worker(app, env, tmp_path, concurrency=1, queues="evaluation")
+    beat = start_beat(env, tmp_path)
+    with running(beat, evaluator):
+        wait_until(lambda: memory.get_ab_test(test_id).status == "completed", timeout=30,  # type: ignore[union-attr]
+                   what="the evaluation worker to decide the test")
+    assert memory.get_production("verdict")[0] == treatment
+    log = evaluator.log()  # a task it ran is logged as NAME[id]; the banner lists every task by name alone
+    assert "wre.evaluate_ab_tests[" in log and "wre.sweep_evolution_outbox[" not in log

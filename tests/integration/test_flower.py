@@ -27,7 +27,7 @@ from tests.processes import (
     start_worker,
     wait_until,
 )
-from worker.app import MAINTENANCE_QUEUE, SKILLS_QUEUE
+from worker.app import EVALUATION_QUEUE, MAINTENANCE_QUEUE, SKILLS_QUEUE
 from worker.client import EXECUTE_TASK, enqueue_skill
 from worker.registry import register_skill_text
 
@@ -143,7 +143,7 @@ def test_flower_shows_the_worker_and_the_task(app: Celery, stack: Stack, skill: 
 
     wait_until(worker_listed, timeout=15, interval=0.5, what=f"Flower's API to list {hostname}")
     ours = seen[hostname]
-    assert {queue["name"] for queue in ours["active_queues"]} == {SKILLS_QUEUE, MAINTENANCE_QUEUE}
+    assert {queue["name"] for queue in ours["active_queues"]} == {SKILLS_QUEUE, MAINTENANCE_QUEUE, EVALUATION_QUEUE}
     assert ours["stats"]["pool"]["max-concurrency"] == 2
 
     lengths = get(f"{base}/api/queues/length", auth=(USER, PASSWORD))

@@ -47,7 +47,7 @@ def test_production_policies_are_the_scheduler_s_without_margin() -> None:
         ("WRE_GUARD_MIN_UNITS", "6000", "WRE_GUARD_MIN_UNITS=6000 exceeds WRE_GUARD_UNITS=5000"),
         ("WRE_QUEUE_PREFIX", "amq.", "WRE_QUEUE_PREFIX, WRE_SKILLS_QUEUE, WRE_MAINTENANCE_QUEUE: queue name"),
         ("WRE_SKILLS_QUEUE", "a b", "WRE_SKILLS_QUEUE=a b is not valid: must be at most 100 letters"),
-        ("WRE_MAINTENANCE_QUEUE", "skills", "the skills and maintenance queues must differ"),
+        ("WRE_MAINTENANCE_QUEUE", "skills", "the skills, maintenance and evaluation queues must differ"),
     ],
 )
 def test_a_value_out_of_range_is_refused_in_one_line_naming_the_variable(
@@ -104,7 +104,11 @@ def test_celery_config_is_json_only_with_late_acks() -> None:
     assert config["worker_prefetch_multiplier"] == 1
     assert config["beat_schedule"]["evaluate-ab-tests"]["task"] == "wre.evaluate_ab_tests"
     assert config["beat_schedule"]["evaluate-ab-tests"]["options"]["expires"] > 0
-    assert {q.name for q in config["task_queues"]} == {"skills", "maintenance"}
+    assert {q.name for q in config["task_queues"]} == {"skills", "maintenance", "evaluation"}
+    # Verdicts on a queue of their own: no screening on the maintenance queue delays one.
+    assert config["task_routes"]["wre.evaluate_ab_tests"] == {"queue": "evaluation"}
+    assert config["beat_schedule"]["evaluate-ab-tests"]["options"]["queue"] == "evaluation"
+    assert config["task_routes"]["wre.evolve_skill"] == {"queue": "maintenance"}
 
 
 def test_task_events_are_off_unless_asked_for() -> None:
@@ -129,10 +133,13 @@ def test_statistical_defaults_are_the_scheduler_constants() -> None:
 def test_queue_names_come_from_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WRE_QUEUE_PREFIX", "acme.")
     config = celery_config(Settings())
-    assert {q.name for q in config["task_queues"]} == {"acme.skills", "acme.maintenance"}
+    assert {q.name for q in config["task_queues"]} == {"acme.skills", "acme.maintenance", "acme.evaluation"}
     assert config["task_default_queue"] == "acme.skills"
     assert config["task_routes"]["wre.execute_skill"] == {"queue": "acme.skills"}
-    assert {entry["options"]["queue"] for entry in config["beat_schedule"].values()} == {"acme.maintenance"}
+    assert {entry["options"]["queue"] for entry in config["beat_schedule"].values()} == {
+        "acme.maintenance",
+        "acme.evaluation",
+    }
     monkeypatch.setenv("WRE_SKILLS_QUEUE", "runs")
     assert Settings().skills_queue_name == "runs" and Settings().maintenance_queue_name == "acme.maintenance"
 
@@ -142,13 +149,14 @@ def test_rabbitmq_queues_dead_letter_and_may_be_quorum() -> None:
     assert all(not q.queue_arguments for q in redis_config["task_queues"])
     amqp = Settings(broker_url="amqp://127.0.0.1:5672//", queue_type="quorum")
     config = celery_config(amqp)
-    skills, maintenance = config["task_queues"]
+    skills, maintenance, evaluation = config["task_queues"]
     assert skills.queue_arguments == {
         "x-dead-letter-exchange": "",
         "x-dead-letter-routing-key": "skills.dead",
         "x-queue-type": "quorum",
     }
-    assert maintenance.queue_arguments == {"x-queue-type": "quorum"}  # beat's rounds expire: not dead letters
+    # Beat's rounds expire: not dead letters.
+    assert maintenance.queue_arguments == evaluation.queue_arguments == {"x-queue-type": "quorum"}
     assert amqp.effective_result_backend == "rpc://"  # RabbitMQ stores no results
     assert config["result_extended"] is False  # a result never keeps its kwargs
 
