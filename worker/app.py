@@ -1,9 +1,9 @@
 """The Celery app: ``celery -A worker.app worker|beat|flower``.
 
 JSON only, late acks with redelivery when a worker dies, one prefetched message per process (skill runs are
-long), task events only when asked for (``WRE_TASK_EVENTS``; Flower turns them on itself), two queues named
-by settings (``skills`` for runs and ``maintenance`` for evolution and the beat task, both behind
-``WRE_QUEUE_PREFIX``). Every message is checked before Celery unpacks it (worker/messages.py). The
+long), task events only when asked for (``WRE_TASK_EVENTS``; Flower turns them on itself), three queues named
+by settings (``skills`` for runs, ``maintenance`` for evolution and sweeps, ``evaluation`` for beat's verdicts,
+all behind ``WRE_QUEUE_PREFIX``). Every message is checked before Celery unpacks it (worker/messages.py). The
 scheduler's tasks are included by module name and the beat entry names its task as data: worker/ never
 imports scheduler/.
 
