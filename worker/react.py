@@ -40,14 +40,8 @@ def _integer(value: object, name: str) -> int:
 
 @dataclass(frozen=True)
 class AttemptSummary:
-    """What the retry rules need to know about one scored attempt.
-
-    :param attempt: the attempt's number, from 1.
-    :param pattern_fidelity: its fidelity, within 0..1.
-    :param success: whether it succeeded (no error and fidelity at least the threshold).
-    :param failed_at_step: its first failing step, or None.
-    :param error: the agent's error, or None.
-    """
+    """What the retry rules need to know about one scored attempt (numbered from 1; ``success``: no error and
+    fidelity at least the threshold)."""
 
     attempt: int
     pattern_fidelity: float
@@ -77,16 +71,9 @@ class AttemptSummary:
 
 @dataclass(frozen=True)
 class ReactState:
-    """A run's ReAct state, before an attempt runs.
-
-    :param attempt: the attempt about to run (1-based).
-    :param max_iterations: the attempts the run may make, within 1..10.
-    :param threshold: the fidelity a successful attempt needs, within 0..1.
-    :param attempts: the summaries of the attempts already made (``attempt - 1`` of them, in order).
-    :param arm: the A/B arm the run is on, if a test chose its version.
-    :param variation_id: the variation every attempt of the run executes.
-    :param test_id: the A/B test that chose the version, if any.
-    """
+    """A run's ReAct state before an attempt runs: the attempt about to run (1-based), the summaries of the
+    ``attempt - 1`` made before it, in order, and the version (and the test and arm, if a test chose it) every
+    attempt of the run executes."""
 
     attempt: int
     max_iterations: int
@@ -113,15 +100,10 @@ class ReactState:
 
 @dataclass(frozen=True)
 class ReactDecision:
-    """What to do after an attempt.
-
-    :param action: ``finish_success``, ``retry`` or ``finish_exhausted``.
-    :param next_state: the state of the next attempt (only for ``retry``).
-    :param previous_attempt: ``{fidelity, failed_at_step, error}`` for the next attempt (only for ``retry``).
-    :param evolve: whether the skill should evolve (only when exhausted, i.e. the final attempt failed).
-    :param metadata: the result's ``_react_metadata``: ``iterations``, ``max_iterations``, ``all_attempts``
-        and ``early_success`` (the run stopped on a success rather than running out of attempts).
-    """
+    """What to do after an attempt: ``finish_success``, ``retry`` (with the next attempt's state and the
+    ``{fidelity, failed_at_step, error}`` it is told) or ``finish_exhausted`` (``evolve`` when the final attempt
+    failed); ``metadata`` is the result's ``_react_metadata`` (``iterations``, ``max_iterations``,
+    ``all_attempts``, ``early_success``: stopped on a success rather than out of attempts)."""
 
     action: Action
     next_state: ReactState | None

@@ -104,13 +104,8 @@ class ForbiddenEntrypointError(EntrypointError):
 
 @dataclass(frozen=True)
 class StepCheck:
-    """One declared step of a skill and the check its output must pass.
-
-    :param id: the step's id, unique within the skill.
-    :param description: what the step does (free text, may be empty).
-    :param kind: which check: ``key``, ``regex``, ``json_schema``, ``equals`` or ``python``.
-    :param argument: the check's argument as written (key name, pattern, schema, value, ``module:function``).
-    """
+    """One declared step of a skill (its id unique within the skill) and the check its output must pass: the
+    check's kind and its argument as written (key name, pattern, schema, value, ``module:function``)."""
 
     id: str
     description: str
@@ -123,12 +118,7 @@ class Param:
     """A tunable parameter of a skill: the value its entrypoint gets, and the values an evolver may pick.
 
     Declared either with ``choices`` (a list) or with a numeric range ``min``..``max`` (integers when the
-    value and both bounds are integers).
-
-    :param name: the keyword the entrypoint receives.
-    :param choices: the values allowed, or None for a range.
-    :param minimum: the range's lower bound (None with choices).
-    :param maximum: the range's upper bound (None with choices).
+    value and both bounds are integers). ``name`` is the keyword the entrypoint receives.
     """
 
     name: str
@@ -153,22 +143,13 @@ class Param:
 
 @dataclass(frozen=True)
 class Skill:
-    """A parsed, validated skill file (one variation's content).
+    """A parsed, validated skill file (one variation's content), as its front matter declares it.
 
-    :param name: the skill's name.
-    :param description: one line about the skill.
-    :param agent: the default agent's name.
-    :param threshold: the fidelity a successful attempt needs; None means ``WRE_REACT_FIDELITY``.
-    :param time_limit: seconds an attempt may take; None means ``WRE_DEFAULT_TIME_LIMIT_SECONDS``.
-    :param entrypoint: ``module:function`` the python agent calls, if any.
-    :param evolver: the evolver that proposes new variations.
-    :param steps: the declared step checks, in order.
-    :param instructions: the Markdown body, stripped of surrounding whitespace.
-    :param extra: the other front-matter keys (``simulation:``, ``llm:``, ...); treat as read-only.
-    :param content: the full original text, exactly as stored in a variation.
-    :param params: tunable parameters (``params:``), passed to a python entrypoint as keywords; evolvers may
-        change their values within what each declares.
-    :param input_schema: the JSON Schema a run's input context must satisfy (``input:``), if declared.
+    ``threshold`` None means ``WRE_REACT_FIDELITY``; ``time_limit`` None means ``WRE_DEFAULT_TIME_LIMIT_SECONDS``;
+    ``instructions`` is the Markdown body, stripped; ``extra`` the other front-matter keys (``simulation:``,
+    ``llm:``, ...), read-only; ``content`` the exact text stored as the variation; ``params`` are passed to a
+    python entrypoint as keywords (evolvers may change their values within what each declares);
+    ``input_schema`` is the JSON Schema a run's input context must satisfy, if declared.
     """
 
     name: str

@@ -49,14 +49,9 @@ ELLIPSIS = "…"
 
 @dataclass(frozen=True)
 class AgentResult:
-    """What one attempt produced.
-
-    :param output: the agent's output (None if it failed).
-    :param error: why the attempt failed (``Type: message``, trimmed), or None.
-    :param elapsed_ms: wall time the attempt took, in milliseconds.
-    :param usage: what the agent reported it used (tokens, ...), if anything.
-    :param fatal: the agent raised :class:`AgentConfigurationError`: retrying cannot help, end the run.
-    """
+    """What one attempt produced: its output (None if it failed), why it failed (``Type: message``, trimmed),
+    its wall time, what the agent reported it used, and ``fatal`` when the agent raised
+    :class:`AgentConfigurationError` (retrying cannot help: end the run)."""
 
     output: object
     error: str | None
@@ -66,11 +61,7 @@ class AgentResult:
 
 
 def trim(text: str, limit: int = MAX_ERROR_CHARS) -> str:
-    """``text`` cut to at most ``limit`` characters, marked with an ellipsis when cut.
-
-    :param text: any text.
-    :param limit: the most characters to keep (at least 1).
-    """
+    """``text`` cut to at most ``limit`` (≥ 1) characters, marked with an ellipsis when cut."""
     return text if len(text) <= limit else text[: max(limit - len(ELLIPSIS), 0)] + ELLIPSIS
 
 

@@ -129,13 +129,8 @@ def _moved(param: Param, rng: random.Random) -> ParamValue:
 
 
 def tuned_params(skill: Skill, seed: str, candidate: int) -> str:
-    """The parent with one parameter moved to another allowed value, drawn from (seed, candidate).
-
-    :param skill: the parent; must declare ``params:``.
-    :param seed: the evolution's seed.
-    :param candidate: the candidate's index.
-    :raises EvolutionRefused: the skill declares no parameters.
-    """
+    """The parent with one parameter moved to another allowed value, drawn from (the evolution's seed, the
+    candidate's index); :class:`EvolutionRefused` when it declares no ``params:``."""
     if not skill.params:
         raise EvolutionRefused(f"skill {skill.name!r} declares no params to tune")
     rng = candidate_rng(seed, skill, candidate)
