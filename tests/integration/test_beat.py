@@ -11,16 +11,22 @@ from worker.client import enqueue_skill
 from worker.registry import register_skill_text
 
 
+def _a_clear_winner(memory: PatternMemory, skill: str) -> tuple[int, str]:
+    """A test whose treatment clearly wins, recorded before beat starts looking; (test id, treatment)."""
+    register_skill_text(memory, python_skill(skill, "echo"))
+    control, _ = memory.get_production(skill)
+    treatment = memory.store_variation(skill, python_skill(skill, "echo", body="Answer warmly."))
+    test_id = memory.schedule_ab_test(skill, control, treatment)
+    for i in range(60):
+        memory.record_ab_outcome(test_id, "control", i < 15)
+        memory.record_ab_outcome(test_id, "treatment", i < 57)
+    return test_id, treatment
+
+
 def test_beat_promotes_and_workers_run_the_promoted_content(
     memory: PatternMemory, database_url: str, broker_url: str, tmp_path: Path
 ) -> None:
-    register_skill_text(memory, python_skill("greet", "echo"))
-    control, _ = memory.get_production("greet")
-    treatment = memory.store_variation("greet", python_skill("greet", "echo", body="Answer warmly."))
-    test_id = memory.schedule_ab_test("greet", control, treatment)
-    for i in range(60):  # a clear difference, recorded before beat starts looking
-        memory.record_ab_outcome(test_id, "control", i < 15)
-        memory.record_ab_outcome(test_id, "treatment", i < 57)
+    test_id, treatment = _a_clear_winner(memory, "greet")
     app = broker_app(database_url, broker_url)
     # No guard here: every run after the promotion runs the promoted content (tests/integration/
     # test_experiments.py has the guard).
@@ -43,13 +49,7 @@ def test_verdicts_need_only_the_evaluation_queue(
 ) -> None:
     # A worker that consumes the evaluation queue alone decides the test while the maintenance queue (evolution,
     # screening, sweeps) has no worker at all: no screening can delay a verdict.
-    register_skill_text(memory, python_skill("verdict", "echo"))
-    control, _ = memory.get_production("verdict")
-    treatment = memory.store_variation("verdict", python_skill("verdict", "echo", body="Answer warmly."))
-    test_id = memory.schedule_ab_test("verdict", control, treatment)
-    for i in range(60):
-        memory.record_ab_outcome(test_id, "control", i < 15)
-        memory.record_ab_outcome(test_id, "treatment", i < 57)
+    test_id, treatment = _a_clear_winner(memory, "verdict")
     app = broker_app(database_url, broker_url)
     env = service_env(database_url, broker_url, WRE_AB_EVAL_SECONDS="1", WRE_GUARD_HOLDOUT_SHARE="0")
     evaluator = start_worker(app, env, tmp_path, concurrency=1, queues="evaluation")
