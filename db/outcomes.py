@@ -33,8 +33,9 @@ from db.records import LearningEventRecord, OutcomeRecord
 from db.store import Store, require_count, require_text
 
 MAX_STORED_OUTPUT_CHARS = 8_000
-MAX_STORED_CONTEXT_BYTES = 16_000
-CONTEXT_PREVIEW_CHARS = 2_000
+# An input context is stored whole (screening replays it), up to the most WRE_MAX_CONTEXT_BYTES allows: a worker
+# refuses a larger one before any attempt; a store caller that passes one is refused here.
+MAX_STORED_CONTEXT_BYTES = 64 * 1024 * 1024
 # One sweep hands over at most this many triggers; a backlog drains over the next sweeps.
 OUTBOX_SWEEP_LIMIT = 1000
 OUTCOME_FIELDS = tuple(field.name for field in fields(OutcomeRecord))
@@ -277,8 +278,8 @@ def bounded_output(output: str | None) -> str | None:
 
 
 def bounded_context(context: dict[str, Any]) -> dict[str, Any]:
-    """The context as stored: whole when small, a marked preview when large (rows stay small)."""
-    text = json.dumps(context, default=str)
-    if len(text.encode()) <= MAX_STORED_CONTEXT_BYTES:
-        return storable_json(context)  # type: ignore[no-any-return]
-    return {"_truncated": True, "bytes": len(text.encode()), "preview": storable_text(text[:CONTEXT_PREVIEW_CHARS])}
+    """The context as stored: whole, within MAX_STORED_CONTEXT_BYTES (ValueError beyond it)."""
+    size = len(json.dumps(context, default=str).encode())
+    if size > MAX_STORED_CONTEXT_BYTES:
+        raise ValueError(f"an input context of {size:,} bytes is over the store's limit of {MAX_STORED_CONTEXT_BYTES:,}")
+    return storable_json(context)  # type: ignore[no-any-return]

@@ -37,7 +37,7 @@ RESERVATION_SECONDS = EVOLUTION_LEASE_SECONDS
 # The advisory lock that makes reading the fleet's budget and reserving from it one step (the evaluators' locks
 # use 0x77726501 and a skill's hash as a pair of keys; this single 64-bit key cannot meet those).
 RESERVATION_LOCK = 0x7772650200000001
-# A context too large to store whole was kept as a marked preview (db.outcomes.bounded_context): not replayable.
+# Before contexts were stored whole, a large one was kept as a marked preview: such old rows are not replayable.
 TRUNCATED_MARKER = "_truncated"
 
 

@@ -39,7 +39,10 @@ from worker.scoring import Score, score_within
 from worker.settings import Settings, get_settings
 from worker.skills import Skill, input_error, parse_variation
 
-MAX_OUTPUT_RESULT_CHARS = 20_000
+# The largest output an attempt may return, as JSON text: the result carries it whole, and the final attempt's
+# row stores it whole (``result``). A larger one fails its attempt with this limit named, rather than reaching
+# the producer cut into JSON that does not parse.
+MAX_OUTPUT_CHARS = 1_000_000
 MAX_CACHED_VARIATIONS = 1024
 MAX_CACHED_SKILLS = 4096
 # A trial's deadline is its first attempt's time limit plus this; a trial still without an outcome then counts
@@ -330,6 +333,10 @@ class SkillRunner:
             AttemptInfo(run_id, state.attempt, version.variation_id),
             time_limit,
         )
+        size = _output_size(result.output)
+        if result.error is None and size > MAX_OUTPUT_CHARS:
+            error = f"the output is {size:,} characters, over the limit of {MAX_OUTPUT_CHARS:,} (MAX_OUTPUT_CHARS)"
+            result = replace(result, output=None, error=error)
         scored = score_within(version.skill, result.output, result.error, state.threshold, time_limit)
         elapsed_ms = (time.perf_counter() - started) * 1000
         summary = _summary(state.attempt, scored)
@@ -525,12 +532,20 @@ def _from_text(stored: str | None) -> object:
         return stored
 
 
-def _json_safe(output: object) -> object:
+def _output_size(output: object) -> int:
     try:
-        text = json.dumps(output)
+        return len(json.dumps(output))
     except (TypeError, ValueError):
-        return str(output)[:MAX_OUTPUT_RESULT_CHARS]
-    return output if len(text) <= MAX_OUTPUT_RESULT_CHARS else text[:MAX_OUTPUT_RESULT_CHARS]
+        return len(str(output))
+
+
+def _json_safe(output: object) -> object:
+    """The output as the result carries it: itself when it is JSON, else its text (both within the limit)."""
+    try:
+        json.dumps(output)
+    except (TypeError, ValueError):
+        return str(output)
+    return output
 
 
 class Orchestrator:

@@ -6,6 +6,7 @@ import pytest
 
 from db.catalog import variation_id_for
 from db.memory import AbTestConflictError, LearningEventRecord, OutcomeRecord, PatternMemory
+from db.screening import replay_inputs
 
 CONTENT = "---\nname: greet\n---\nSay hello."
 
@@ -77,12 +78,25 @@ def test_store_outcome_rejects_bad_input(memory: PatternMemory, bad: dict[str, o
     assert memory.run_outcomes("run-1") == []
 
 
-def test_outcome_storage_is_bounded(memory: PatternMemory) -> None:
+def test_inputs_are_stored_whole_within_the_limit_and_refused_beyond(
+    memory: PatternMemory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import db.outcomes
+
     _skill(memory)
-    memory.record_attempt(_outcome(output="x" * 100_000, input_context={"blob": "y" * 100_000}))
+    blob = {"blob": "y" * 100_000}
+    memory.record_attempt(_outcome(output="x" * 100_000, input_context=blob, success=False))
     row = memory.run_outcomes("run-1")[0]
+    # The text column is a marked preview (the final attempt's whole output is its `result`); the input is whole.
     assert len(row["output"]) < 9_000 and "trimmed" in row["output"]
-    assert row["input_context"]["_truncated"] is True
+    assert row["input_context"] == blob
+    # ... so screening can replay it.
+    [replayed] = replay_inputs(memory, "greet", failures=5, passes=5)
+    assert replayed.input_context == blob
+    monkeypatch.setattr(db.outcomes, "MAX_STORED_CONTEXT_BYTES", 50_000)
+    with pytest.raises(ValueError, match="over the store's limit of 50,000"):
+        memory.record_attempt(_outcome("run-2", input_context=blob))
+    assert memory.run_outcomes("run-2") == []
 
 
 def test_skill_metrics(memory: PatternMemory) -> None:

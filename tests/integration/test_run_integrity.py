@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
 
 import pytest
@@ -109,7 +110,9 @@ def test_a_reused_run_id_with_other_arguments_is_refused(runner: SkillRunner, me
     assert len(memory.run_outcomes("run-r")) == 1
 
 
-@pytest.mark.parametrize(("entrypoint", "context"), [("long_answer", {"chars": 12_000}), ("json_text", {})])
+@pytest.mark.parametrize(
+    ("entrypoint", "context"), [("long_answer", {"chars": 12_000}), ("long_answer", {"chars": 50_000}), ("json_text", {})]
+)
 def test_a_repeated_run_answers_exactly_from_the_store(
     runner: SkillRunner, memory: PatternMemory, entrypoint: str, context: dict[str, object]
 ) -> None:
@@ -130,6 +133,24 @@ def test_a_repeated_run_answers_exactly_from_the_store(
     assert runner.result(request, version, "run-e", replayed)["result"] == original["result"]
     [row] = memory.run_outcomes("run-e")
     assert len(row["output"]) < len(json.dumps(original["result"])) or entrypoint == "json_text"
+    if entrypoint == "long_answer":  # whole, however long: no JSON cut short (the text column is a preview)
+        assert original["result"]["answer"] == "x" * int(context["chars"])  # type: ignore[call-overload]
+
+
+def test_an_output_over_the_limit_fails_its_attempt_naming_the_limit(
+    runner: SkillRunner, memory: PatternMemory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import worker.runner
+
+    monkeypatch.setattr(worker.runner, "MAX_OUTPUT_CHARS", 20_000)
+    register_skill_text(memory, python_skill("huge", "long_answer", threshold=0.0))
+    request = runner.validate({"skill_name": "huge", "input_context": {"chars": 30_000}})
+    version, state, _ = runner.resume(request, "run-h", 1, read_store=False)
+    outcome = runner.attempt(request, version, state, "run-h")
+    [row] = memory.run_outcomes("run-h")
+    assert row["execution_success"] is False and row["output"] is None
+    assert re.fullmatch(r"the output is 30,0\d\d characters, over the limit of 20,000 \(MAX_OUTPUT_CHARS\)", row["error"])
+    assert outcome.decision.action == "retry"  # a failed attempt like any other: retried with its error
 
 
 def test_replacing_production_during_a_test_is_refused(memory: PatternMemory) -> None:
