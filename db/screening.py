@@ -53,12 +53,8 @@ def screened(details: dict[str, Any]) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class ReplayInput:
-    """One recorded input to replay.
-
-    :param run_id: the run it was recorded with.
-    :param input_context: the run's input, as the producer sent it.
-    :param failed: the run failed (its final attempt did not pass); else its first attempt passed.
-    """
+    """One recorded input to replay, with its run; ``failed``: the run's final attempt did not pass (else its
+    first attempt passed)."""
 
     run_id: str
     input_context: dict[str, Any]
@@ -66,13 +62,8 @@ class ReplayInput:
 
 
 def replay_inputs(memory: Store, skill_name: str, failures: int, passes: int) -> list[ReplayInput]:
-    """The inputs of the skill's most recent failed runs and first-attempt passes, failures first, newest first.
-
-    :param memory: the store.
-    :param skill_name: the skill.
-    :param failures: at most this many failed runs.
-    :param passes: at most this many runs whose first attempt passed.
-    """
+    """The inputs of the skill's most recent failed runs (at most ``failures``) and first-attempt passes (at most
+    ``passes``), failures first, newest first."""
     failed = (
         select(OUTCOMES.c.run_id, OUTCOMES.c.input_context)
         .where(OUTCOMES.c.skill_name == skill_name, OUTCOMES.c.final, ~OUTCOMES.c.success)
@@ -106,11 +97,7 @@ def screening_deltas(skill_name: str, calls: int, reservation: tuple[str, int]) 
 
 
 def screening_spent(memory: Store, skill_name: str) -> tuple[int, int]:
-    """``(agent calls spent on screening, finished live runs)`` of the skill so far: what its budget compares.
-
-    :param memory: the store.
-    :param skill_name: the skill.
-    """
+    """``(agent calls spent on screening, finished live runs)`` of the skill so far: what its budget compares."""
     # Finished runs, as the fleet's: both counters are bumped by the statement that records a final attempt.
     spent, runs = skill_counter_name("screening_calls", skill_name), skill_counter_name("runs", skill_name)
     with memory.transaction() as conn:
@@ -121,8 +108,6 @@ def screening_spent(memory: Store, skill_name: str) -> tuple[int, int]:
 def fleet_screening_spent(memory: Store) -> tuple[int, int]:
     """``(agent calls spent on screening, finished live runs)`` of every skill so far: the settled calls and the
     reservations that still count.
-
-    :param memory: the store.
     """
     with memory.transaction() as conn:
         return _fleet_spent(conn)[:2]
@@ -146,7 +131,6 @@ def reserve_fleet_calls(memory: Store, reserve: Callable[[int, int], int]) -> tu
     Screenings of several skills run at once; without this, each saw the same remaining budget, and together
     they spent up to one screening each beyond it. Reservations too old to count are deleted here.
 
-    :param memory: the store.
     :param reserve: given the fleet's screening calls and finished runs, the calls to reserve (0: none).
     """
     with memory.transaction() as conn:
@@ -161,11 +145,7 @@ def reserve_fleet_calls(memory: Store, reserve: Callable[[int, int], int]) -> tu
 
 
 def last_screening(memory: Store, skill_name: str) -> dict[str, Any] | None:
-    """The details of the skill's latest screening event, or None if it was never screened.
-
-    :param memory: the store.
-    :param skill_name: the skill.
-    """
+    """The details of the skill's latest screening event, or None if it was never screened."""
     query = (
         select(EVENTS.c.details)
         .where(EVENTS.c.skill_name == skill_name, EVENTS.c.event_type == SCREENING_EVENT)
@@ -180,7 +160,6 @@ def last_screening(memory: Store, skill_name: str) -> dict[str, Any] | None:
 def latest_screenings(memory: Store, limit: int = 200) -> list[dict[str, Any]]:
     """The latest screening events of every skill, oldest first: skill, time, description and details.
 
-    :param memory: the store.
     :param limit: at most this many.
     """
     query = (
