@@ -85,8 +85,9 @@ class Transport(kombu_redis.Transport):  # type: ignore[misc]
 def use_worker_transport(**_: Any) -> None:
     """Celery's ``worker_init`` receiver: the worker's broker connections use the transport above, under the
     schemes' own names (URLs stay redis://, so Flower and Celery's banner read them as Redis). Only workers:
-    producers, beat and Flower keep kombu's own. The override reaches into kombu (``Channel._connparams``, pinned
-    in pyproject.toml): a kombu without it stops the worker here, in one line, rather than at the first restart.
+    producers, beat and Flower keep kombu's own. The override reaches into kombu (``Channel._connparams`` and its
+    transport cache, pinned in pyproject.toml): a kombu without the method stops the worker here, in one line,
+    rather than at the first restart.
     """
     if not callable(getattr(kombu_redis.Channel, "_connparams", None)):
         raise SystemExit(

@@ -333,10 +333,10 @@ class SkillRunner:
             AttemptInfo(run_id, state.attempt, version.variation_id),
             time_limit,
         )
-        size = _output_size(result.output)
-        if result.error is None and size > MAX_OUTPUT_CHARS:
-            error = f"the output is {size:,} characters, over the limit of {MAX_OUTPUT_CHARS:,} (MAX_OUTPUT_CHARS)"
-            result = replace(result, output=None, error=error)
+        text = _as_text(result.output)  # serialized once: measured here, stored below
+        if result.error is None and text is not None and len(text) > MAX_OUTPUT_CHARS:
+            error = f"the output is {len(text):,} characters, over the limit of {MAX_OUTPUT_CHARS:,} (MAX_OUTPUT_CHARS)"
+            result, text = replace(result, output=None, error=error), None
         scored = score_within(version.skill, result.output, result.error, state.threshold, time_limit)
         elapsed_ms = (time.perf_counter() - started) * 1000
         summary = _summary(state.attempt, scored)
@@ -354,7 +354,7 @@ class SkillRunner:
             error=scored.error,
             step_results=[dict(step) for step in scored.step_results],
             input_context=request.input_context,
-            output=_as_text(result.output),
+            output=text,
             execution_time_ms=elapsed_ms,
             test_id=version.test_id,
             arm=version.arm,
@@ -530,13 +530,6 @@ def _from_text(stored: str | None) -> object:
         return json.loads(stored)
     except ValueError:
         return stored
-
-
-def _output_size(output: object) -> int:
-    try:
-        return len(json.dumps(output))
-    except (TypeError, ValueError):
-        return len(str(output))
 
 
 def _json_safe(output: object) -> object:
